@@ -1,0 +1,34 @@
+//! The lazy graph.
+//!
+//! A [`Var`] is a cheap handle on a node of a graph of meta-operators. Building a
+//! graph checks shapes, dtypes and devices at once (errors name the op and the
+//! shapes) and computes nothing; [`Var::sync`], [`realize`], [`Var::to_vec`] and
+//! [`Var::item`] walk the needed sub-graph and run it. A realised node drops its
+//! inputs, so the graph behind it can be freed.
+//!
+//! ```
+//! use jit_core::Var;
+//! let x = Var::from_vec(vec![1.0f32, 2.0, 3.0], &[3]).unwrap();
+//! let y = (&x * 2.0 + 1.0).exp();
+//! let v = y.to_vec::<f32>().unwrap();
+//! assert!((v[0] - 3f32.exp()).abs() < 1e-5);
+//! ```
+
+mod arith;
+mod device;
+mod display;
+mod error;
+mod meta;
+mod realize;
+mod shape;
+mod var;
+
+pub use arith::Operand;
+pub use device::Device;
+pub use error::{Error, Result};
+pub use kernels::{
+    BinaryOp, DType, Distribution, Element, HostBuffer, IndexExpr, MetaOp, ReduceOp, UnaryOp,
+};
+pub use realize::{live_buffers, realize};
+pub use shape::{broadcast_shapes, normalize_dim, normalize_dims};
+pub use var::{manual_seed, Var};

@@ -1,0 +1,204 @@
+//! Realisation: walks the pending sub-graph behind the requested values, runs each
+//! node on the backend, frees intermediates as soon as their last consumer has run,
+//! and stores the results in the requested nodes (which then drop their inputs).
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use crate::var::{State, Var};
+use kernels::{Buffer, Element, HostBuffer, MetaOp};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+/// Number of data buffers alive in the process (see [`kernels::live_buffers`]).
+pub fn live_buffers() -> usize {
+    kernels::live_buffers()
+}
+
+/// The pending nodes behind `targets`, inputs before consumers.
+fn schedule(targets: &[Var]) -> Vec<Var> {
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    // Iterative post-order DFS: (node, inputs already pushed)
+    let mut stack: Vec<(Var, bool)> = targets.iter().rev().map(|v| (v.clone(), false)).collect();
+    while let Some((v, expanded)) = stack.pop() {
+        if expanded {
+            order.push(v);
+            continue;
+        }
+        if seen.contains(&v.id()) {
+            continue;
+        }
+        let inputs = match &*v.state() {
+            State::Pending { inputs, .. } => inputs.clone(),
+            State::Ready { .. } => continue,
+        };
+        seen.insert(v.id());
+        stack.push((v, true));
+        for i in inputs.into_iter().rev() {
+            if !seen.contains(&i.id()) {
+                stack.push((i, false));
+            }
+        }
+    }
+    order
+}
+
+fn check_device(v: &Var) -> Result<()> {
+    match v.device() {
+        Device::Cpu => Ok(()),
+        Device::Cuda(n) => {
+            let why = match kernels::cuda::probe() {
+                Err(e) => e.to_string(),
+                Ok(info) if n >= info.device_count => {
+                    format!(
+                        "the driver reports {} CUDA device(s), so cuda:{n} does not exist",
+                        info.device_count
+                    )
+                }
+                Ok(_) => "this build has no CUDA backend yet; select the CPU with JIT_DEVICE=cpu"
+                    .to_string(),
+            };
+            Err(Error::Device {
+                op: "realize".into(),
+                msg: format!("cannot run on cuda:{n}: {why}"),
+            })
+        }
+    }
+}
+
+/// Computes all `vars` (and only what they need), in one walk of the graph.
+pub fn realize(vars: &[Var]) -> Result<()> {
+    let order = schedule(vars);
+    if order.is_empty() {
+        return Ok(());
+    }
+    for v in &order {
+        check_device(v)?;
+    }
+    let targets: HashSet<u64> = vars.iter().map(Var::id).collect();
+    // How many pending consumers each pending node still has.
+    let mut remaining: HashMap<u64, usize> = HashMap::new();
+    let mut plan = Vec::with_capacity(order.len());
+    for v in &order {
+        let (op, inputs) = match &*v.state() {
+            State::Pending { op, inputs } => (op.clone(), inputs.clone()),
+            State::Ready { .. } => continue,
+        };
+        for i in &inputs {
+            *remaining.entry(i.id()).or_insert(0) += 1;
+        }
+        plan.push((v.clone(), op, inputs));
+    }
+    let mut values: HashMap<u64, Arc<Buffer>> = HashMap::new();
+    for (v, op, inputs) in plan {
+        let mut data = Vec::with_capacity(inputs.len());
+        for i in &inputs {
+            let d = match &*i.state() {
+                State::Ready { data, .. } => Some(data.clone()),
+                State::Pending { .. } => None,
+            };
+            let d = match d.or_else(|| values.get(&i.id()).cloned()) {
+                Some(d) => d,
+                None => {
+                    return Err(Error::Kernel(kernels::KernelError::Internal {
+                        op: op.name().into(),
+                        reason: format!(
+                            "input node {} was not computed before its consumer",
+                            i.id()
+                        ),
+                    }))
+                }
+            };
+            data.push(d);
+        }
+        let out = if op == MetaOp::Reshape {
+            data[0].clone()
+        } else {
+            let args: Vec<(&HostBuffer, &[usize])> = data
+                .iter()
+                .zip(&inputs)
+                .map(|(d, i)| (d.host(), i.shape()))
+                .collect();
+            let host = kernels::reference::eval(&op, &args, v.shape(), v.dtype())?;
+            Arc::new(Buffer::new(host))
+        };
+        drop(data);
+        for i in &inputs {
+            if let Some(r) = remaining.get_mut(&i.id()) {
+                *r -= 1;
+                if *r == 0 {
+                    values.remove(&i.id());
+                }
+            }
+        }
+        if targets.contains(&v.id()) {
+            *v.state() = State::Ready {
+                data: out.clone(),
+                op: op.name(),
+            };
+        }
+        if remaining.get(&v.id()).copied().unwrap_or(0) > 0 {
+            values.insert(v.id(), out);
+        }
+    }
+    Ok(())
+}
+
+impl Var {
+    /// Computes this value now.
+    pub fn sync(&self) -> Result<()> {
+        realize(std::slice::from_ref(self))
+    }
+
+    /// Computes this value and returns its host data.
+    pub fn to_host(&self) -> Result<HostBuffer> {
+        self.sync()?;
+        match &*self.state() {
+            State::Ready { data, .. } => Ok(data.host().clone()),
+            State::Pending { op, .. } => Err(Error::Kernel(kernels::KernelError::Internal {
+                op: op.name().into(),
+                reason: "value still pending after realisation".into(),
+            })),
+        }
+    }
+
+    /// Computes this value and returns its elements in row-major order. `T` must be
+    /// the value's dtype (cast first to convert).
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
+        if T::DTYPE != self.dtype() {
+            return Err(Error::DType {
+                op: "to_vec".into(),
+                msg: format!(
+                    "the value is {}, not {}; call .cast(DType::{:?}) first",
+                    self.dtype(),
+                    T::DTYPE,
+                    T::DTYPE
+                ),
+            });
+        }
+        let host = self.to_host()?;
+        Ok(host.as_slice::<T>().map(<[T]>::to_vec).unwrap_or_default())
+    }
+
+    /// Computes this value and returns its elements converted to f64.
+    pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
+        Ok(self.to_host()?.to_f64_vec())
+    }
+
+    /// The single element of a one-element value.
+    pub fn item<T: Element>(&self) -> Result<T> {
+        if self.numel() != 1 {
+            return Err(Error::shape(
+                "item",
+                format!(
+                    "only a value with one element can be read as a scalar, got shape {:?}",
+                    self.shape()
+                ),
+            ));
+        }
+        let v = self.to_vec::<T>()?;
+        v.first()
+            .copied()
+            .ok_or_else(|| Error::shape("item", "empty value"))
+    }
+}

@@ -1,0 +1,322 @@
+//! `Var`: a cheap, clonable handle on a node of the lazy graph.
+
+use crate::device::Device;
+use crate::error::{Error, Result};
+use kernels::{Buffer, DType, Distribution, Element, HostBuffer, MetaOp};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+static SEED: AtomicU64 = AtomicU64::new(0x5EED);
+static SEED_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Sets the global seed. Every later `rand`/`randn` call without an explicit seed
+/// draws a key from `(seed, call number)`, so a program is reproducible from here.
+pub fn manual_seed(seed: u64) {
+    SEED.store(seed, Ordering::SeqCst);
+    SEED_COUNTER.store(0, Ordering::SeqCst);
+}
+
+fn next_seed() -> u64 {
+    let n = SEED_COUNTER.fetch_add(1, Ordering::SeqCst);
+    // splitmix64 of (seed, n): distinct, well-mixed keys for consecutive calls
+    let mut z = SEED.load(Ordering::SeqCst) ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+pub(crate) enum State {
+    /// Not computed yet: the op and its inputs.
+    Pending { op: MetaOp, inputs: Vec<Var> },
+    /// Computed: the data. `op` is kept for display.
+    Ready { data: Arc<Buffer>, op: &'static str },
+}
+
+pub(crate) struct Node {
+    pub(crate) id: u64,
+    pub(crate) shape: Vec<usize>,
+    pub(crate) dtype: DType,
+    pub(crate) device: Device,
+    pub(crate) state: Mutex<State>,
+}
+
+impl Drop for Node {
+    /// Drops the graph behind a node without recursion, so that dropping a very long
+    /// unrealised chain cannot overflow the stack.
+    fn drop(&mut self) {
+        let mut stack: Vec<Var> = match self.state.get_mut() {
+            Ok(State::Pending { inputs, .. }) => std::mem::take(inputs),
+            _ => return,
+        };
+        while let Some(v) = stack.pop() {
+            if let Some(mut node) = Arc::into_inner(v.0) {
+                if let Ok(State::Pending { inputs, .. }) = node.state.get_mut() {
+                    stack.append(inputs);
+                }
+            }
+        }
+    }
+}
+
+/// A value in the lazy graph: shape, dtype, device, and either the op that will
+/// compute it or its data.
+#[derive(Clone)]
+pub struct Var(pub(crate) Arc<Node>);
+
+impl Var {
+    pub(crate) fn new_node(shape: Vec<usize>, dtype: DType, device: Device, state: State) -> Var {
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Var(Arc::new(Node {
+            id,
+            shape,
+            dtype,
+            device,
+            state: Mutex::new(state),
+        }))
+    }
+
+    pub(crate) fn pending(
+        shape: Vec<usize>,
+        dtype: DType,
+        device: Device,
+        op: MetaOp,
+        inputs: Vec<Var>,
+    ) -> Var {
+        Var::new_node(shape, dtype, device, State::Pending { op, inputs })
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, State> {
+        // A poisoned lock only means another thread panicked while holding it; the
+        // state itself is always consistent (it is replaced whole).
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wraps host data of the given shape.
+    pub fn from_host(data: HostBuffer, shape: &[usize]) -> Result<Var> {
+        let n: usize = shape.iter().product();
+        if data.len() != n {
+            return Err(Error::shape(
+                "from_vec",
+                format!(
+                    "{} elements cannot have shape {shape:?} ({n} elements)",
+                    data.len()
+                ),
+            ));
+        }
+        let dtype = data.dtype();
+        let state = State::Ready {
+            data: Arc::new(Buffer::new(data)),
+            op: "array",
+        };
+        Ok(Var::new_node(shape.to_vec(), dtype, Device::Cpu, state))
+    }
+
+    /// A value from a vector and a shape.
+    pub fn from_vec<T: Element>(data: Vec<T>, shape: &[usize]) -> Result<Var> {
+        Var::from_host(T::into_buffer(data), shape)
+    }
+
+    /// A value from a slice and a shape.
+    pub fn from_slice<T: Element>(data: &[T], shape: &[usize]) -> Result<Var> {
+        Var::from_vec(data.to_vec(), shape)
+    }
+
+    /// A rank-0 value.
+    pub fn scalar<T: Element>(v: T) -> Var {
+        Var::new_node(
+            vec![],
+            T::DTYPE,
+            Device::Cpu,
+            State::Ready {
+                data: Arc::new(Buffer::new(T::into_buffer(vec![v]))),
+                op: "array",
+            },
+        )
+    }
+
+    /// Every element equal to `value` (rounded to `dtype`).
+    pub fn full(shape: &[usize], value: f64, dtype: DType) -> Var {
+        Var::pending(
+            shape.to_vec(),
+            dtype,
+            Device::Cpu,
+            MetaOp::Full { value },
+            vec![],
+        )
+    }
+
+    /// Zeros.
+    pub fn zeros(shape: &[usize], dtype: DType) -> Var {
+        Var::full(shape, 0.0, dtype)
+    }
+
+    /// Ones.
+    pub fn ones(shape: &[usize], dtype: DType) -> Var {
+        Var::full(shape, 1.0, dtype)
+    }
+
+    /// `full` with this value's shape, dtype and device.
+    pub fn full_like(&self, value: f64) -> Var {
+        Var::pending(
+            self.shape().to_vec(),
+            self.dtype(),
+            self.device(),
+            MetaOp::Full { value },
+            vec![],
+        )
+    }
+
+    /// Zeros like this value.
+    pub fn zeros_like(&self) -> Var {
+        self.full_like(0.0)
+    }
+
+    /// Ones like this value.
+    pub fn ones_like(&self) -> Var {
+        self.full_like(1.0)
+    }
+
+    /// The index along `dim` at every position of `shape` (a generalised `arange`).
+    pub fn index(shape: &[usize], dim: usize, dtype: DType) -> Result<Var> {
+        if dim >= shape.len() {
+            return Err(Error::Dim {
+                op: "index".into(),
+                dim: dim as isize,
+                ndim: shape.len(),
+                shape: shape.to_vec(),
+            });
+        }
+        Ok(Var::pending(
+            shape.to_vec(),
+            dtype,
+            Device::Cpu,
+            MetaOp::Index { dim },
+            vec![],
+        ))
+    }
+
+    /// `0, 1, ..., n-1` as i64.
+    pub fn arange(n: usize) -> Var {
+        Var::pending(
+            vec![n],
+            DType::I64,
+            Device::Cpu,
+            MetaOp::Index { dim: 0 },
+            vec![],
+        )
+    }
+
+    /// Random values from `dist` with an explicit Philox key. Element `k` (row-major)
+    /// depends only on `seed` and `k`, identically on every backend.
+    pub fn random(shape: &[usize], dist: Distribution, dtype: DType, seed: u64) -> Result<Var> {
+        if !dtype.is_float() {
+            return Err(Error::dtype(
+                "random",
+                format!("random values need a floating-point dtype, got {dtype}"),
+            ));
+        }
+        Ok(Var::pending(
+            shape.to_vec(),
+            dtype,
+            Device::Cpu,
+            MetaOp::Random { seed, dist },
+            vec![],
+        ))
+    }
+
+    /// Uniform on `[0, 1)`, keyed from the global seed (see [`manual_seed`]).
+    pub fn rand(shape: &[usize], dtype: DType) -> Result<Var> {
+        Var::random(
+            shape,
+            Distribution::Uniform {
+                low: 0.0,
+                high: 1.0,
+            },
+            dtype,
+            next_seed(),
+        )
+    }
+
+    /// Standard normal, keyed from the global seed (see [`manual_seed`]).
+    pub fn randn(shape: &[usize], dtype: DType) -> Result<Var> {
+        Var::random(
+            shape,
+            Distribution::Normal {
+                mean: 0.0,
+                std: 1.0,
+            },
+            dtype,
+            next_seed(),
+        )
+    }
+
+    /// Unique id of the node.
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.0.shape
+    }
+
+    /// The element type.
+    pub fn dtype(&self) -> DType {
+        self.0.dtype
+    }
+
+    /// The device.
+    pub fn device(&self) -> Device {
+        self.0.device
+    }
+
+    /// Number of dims.
+    pub fn ndim(&self) -> usize {
+        self.0.shape.len()
+    }
+
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.0.shape.iter().product()
+    }
+
+    /// Size of dim `dim` (negative counts from the end).
+    pub fn dim(&self, dim: isize) -> Result<usize> {
+        Ok(self.0.shape[crate::shape::normalize_dim("dim", dim, self.shape())?])
+    }
+
+    /// True when the value has been computed.
+    pub fn is_realized(&self) -> bool {
+        matches!(*self.state(), State::Ready { .. })
+    }
+
+    /// The meta-op that computes this value, or `None` once it is computed.
+    pub fn op(&self) -> Option<MetaOp> {
+        match &*self.state() {
+            State::Pending { op, .. } => Some(op.clone()),
+            State::Ready { .. } => None,
+        }
+    }
+
+    /// The inputs of the op (empty once computed: a realised node drops its inputs).
+    pub fn inputs(&self) -> Vec<Var> {
+        match &*self.state() {
+            State::Pending { inputs, .. } => inputs.clone(),
+            State::Ready { .. } => vec![],
+        }
+    }
+
+    /// Name of the op that made this value.
+    pub fn op_name(&self) -> &'static str {
+        match &*self.state() {
+            State::Pending { op, .. } => op.name(),
+            State::Ready { op, .. } => op,
+        }
+    }
+
+    /// True when both handles refer to the same node.
+    pub fn same_node(&self, other: &Var) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}

@@ -1,0 +1,107 @@
+//! Activations and clamping.
+
+use crate::reduce::ReduceOps;
+use jit_core::{normalize_dim, Error, Result, Var};
+
+/// Activation functions with PyTorch semantics (NaN propagates through all of them).
+pub trait Activations {
+    /// Limits values to `[min, max]`; either bound may be absent.
+    fn clamp(&self, min: Option<f64>, max: Option<f64>) -> Result<Var>;
+    /// `max(x, 0)`.
+    fn relu(&self) -> Result<Var>;
+    /// `x` where `x > 0`, else `slope * x`.
+    fn leaky_relu(&self, slope: f64) -> Result<Var>;
+    /// Exact GELU: `x * Phi(x) = 0.5 x (1 + erf(x / sqrt 2))`.
+    fn gelu(&self) -> Result<Var>;
+    /// GELU with the tanh approximation (`approximate="tanh"`).
+    fn gelu_tanh(&self) -> Result<Var>;
+    /// `x * sigmoid(x)`.
+    fn silu(&self) -> Result<Var>;
+    /// Softmax along `dim`, computed as `exp(x - max) / sum(exp(x - max))`.
+    fn softmax(&self, dim: isize) -> Result<Var>;
+    /// Log-softmax along `dim`: `x - max - log(sum(exp(x - max)))`.
+    fn log_softmax(&self, dim: isize) -> Result<Var>;
+}
+
+fn float_input(op: &str, x: &Var) -> Result<Var> {
+    if x.dtype().is_float() {
+        Ok(x.clone())
+    } else {
+        Err(Error::DType {
+            op: op.into(),
+            msg: format!(
+                "needs a floating-point input, got {} (cast it first)",
+                x.dtype()
+            ),
+        })
+    }
+}
+
+impl Activations for Var {
+    fn clamp(&self, min: Option<f64>, max: Option<f64>) -> Result<Var> {
+        // min(max(x, lo), hi): with lo > hi every element becomes hi, as in PyTorch.
+        let mut y = self.clone();
+        if let Some(lo) = min {
+            y = y.maximum(lo)?;
+        }
+        if let Some(hi) = max {
+            y = y.minimum(hi)?;
+        }
+        Ok(y)
+    }
+
+    fn relu(&self) -> Result<Var> {
+        self.maximum(0)
+    }
+
+    fn leaky_relu(&self, slope: f64) -> Result<Var> {
+        let x = float_input("leaky_relu", self)?;
+        Var::where_(&x.gt(0.0)?, &x, &x.try_mul(slope)?)
+    }
+
+    fn gelu(&self) -> Result<Var> {
+        let x = float_input("gelu", self)?;
+        let cdf = x
+            .try_mul(std::f64::consts::FRAC_1_SQRT_2)?
+            .erf()
+            .try_add(1.0)?
+            .try_mul(0.5)?;
+        x.try_mul(&cdf)
+    }
+
+    fn gelu_tanh(&self) -> Result<Var> {
+        let x = float_input("gelu", self)?;
+        let k = (2.0 / std::f64::consts::PI).sqrt();
+        let inner = x.try_add(&x.pow(3.0)?.try_mul(0.044715)?)?.try_mul(k)?;
+        x.try_mul(0.5)?.try_mul(&inner.tanh().try_add(1.0)?)
+    }
+
+    fn silu(&self) -> Result<Var> {
+        let x = float_input("silu", self)?;
+        x.try_mul(&x.sigmoid())
+    }
+
+    fn softmax(&self, dim: isize) -> Result<Var> {
+        let x = float_input("softmax", self)?;
+        let d = normalize_dim("softmax", dim, x.shape())?;
+        if x.shape().get(d) == Some(&0) {
+            return Ok(x);
+        }
+        let m = x.max(&[dim], true)?;
+        let e = x.try_sub(&m)?.exp();
+        let s = e.sum(&[dim], true)?;
+        e.try_div(&s)
+    }
+
+    fn log_softmax(&self, dim: isize) -> Result<Var> {
+        let x = float_input("log_softmax", self)?;
+        let d = normalize_dim("log_softmax", dim, x.shape())?;
+        if x.shape().get(d) == Some(&0) {
+            return Ok(x);
+        }
+        let m = x.max(&[dim], true)?;
+        let shifted = x.try_sub(&m)?;
+        let lse = shifted.exp().sum(&[dim], true)?.log();
+        shifted.try_sub(&lse)
+    }
+}

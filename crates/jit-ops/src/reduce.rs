@@ -1,0 +1,171 @@
+//! Reductions.
+
+use jit_core::{normalize_dims, DType, Error, ReduceOp, Result, Var};
+
+/// Reductions with PyTorch semantics. An empty `dims` list reduces every dim (as
+/// `torch.sum(x, dim=[])` does).
+pub trait ReduceOps {
+    /// Sum over `dims`; bool and integer inputs give i64.
+    fn sum(&self, dims: &[isize], keepdim: bool) -> Result<Var>;
+    /// Sum of every element (rank 0).
+    fn sum_all(&self) -> Result<Var>;
+    /// Mean over `dims` (floating-point inputs only, as in PyTorch).
+    fn mean(&self, dims: &[isize], keepdim: bool) -> Result<Var>;
+    /// Mean of every element (rank 0).
+    fn mean_all(&self) -> Result<Var>;
+    /// Maximum over `dims` (`torch.amax`); NaN-propagating.
+    fn max(&self, dims: &[isize], keepdim: bool) -> Result<Var>;
+    /// Minimum over `dims` (`torch.amin`); NaN-propagating.
+    fn min(&self, dims: &[isize], keepdim: bool) -> Result<Var>;
+    /// Product over `dims`; bool and integer inputs give i64.
+    fn prod(&self, dims: &[isize], keepdim: bool) -> Result<Var>;
+    /// Variance over `dims`, divided by `N - 1` when `unbiased`, else by `N`.
+    fn var(&self, dims: &[isize], unbiased: bool, keepdim: bool) -> Result<Var>;
+    /// Standard deviation: the square root of [`var`](Self::var).
+    fn std(&self, dims: &[isize], unbiased: bool, keepdim: bool) -> Result<Var>;
+    /// Index (i64) of the first maximum along `dim`; NaN counts as the maximum.
+    fn argmax(&self, dim: isize, keepdim: bool) -> Result<Var>;
+    /// Index (i64) of the first minimum along `dim`; NaN counts as the minimum.
+    fn argmin(&self, dim: isize, keepdim: bool) -> Result<Var>;
+}
+
+fn axes(op: &str, x: &Var, dims: &[isize]) -> Result<Vec<usize>> {
+    if dims.is_empty() {
+        return Ok((0..x.ndim()).collect());
+    }
+    if x.ndim() == 0 {
+        // A scalar accepts dim 0 / -1 and reduces nothing.
+        normalize_dims(op, dims, x.shape())?;
+        return Ok(vec![]);
+    }
+    normalize_dims(op, dims, x.shape())
+}
+
+fn count(x: &Var, axes: &[usize]) -> usize {
+    axes.iter().map(|&a| x.shape()[a]).product()
+}
+
+fn widen_for_sum(x: &Var) -> Var {
+    if x.dtype().is_float() {
+        x.clone()
+    } else {
+        x.cast(DType::I64)
+    }
+}
+
+fn need_float(op: &str, x: &Var) -> Result<()> {
+    if x.dtype().is_float() {
+        Ok(())
+    } else {
+        Err(Error::DType {
+            op: op.into(),
+            msg: format!(
+                "needs a floating-point input, got {} (cast it first, e.g. .cast(DType::F32))",
+                x.dtype()
+            ),
+        })
+    }
+}
+
+fn extreme(x: &Var, op: ReduceOp, name: &str, dims: &[isize], keepdim: bool) -> Result<Var> {
+    let ax = axes(name, x, dims)?;
+    if let Some(&a) = ax.iter().find(|&&a| x.shape()[a] == 0) {
+        return Err(Error::Shape {
+            op: name.into(),
+            msg: format!(
+                "cannot reduce over dim {a} of size 0 (shape {:?}): the result has no identity",
+                x.shape()
+            ),
+        });
+    }
+    x.reduce(op, &ax, keepdim)
+}
+
+fn arg_extreme(x: &Var, op: ReduceOp, name: &str, dim: isize, keepdim: bool) -> Result<Var> {
+    let d = axes(name, x, &[dim])?;
+    let Some(&d) = d.first() else {
+        // rank 0: the only index is 0
+        return Ok(Var::full(&[], 0.0, DType::I64));
+    };
+    let n = x.shape()[d];
+    if n == 0 {
+        return Err(Error::Shape {
+            op: name.into(),
+            msg: format!(
+                "cannot take {name} over dim {d} of size 0 (shape {:?})",
+                x.shape()
+            ),
+        });
+    }
+    let m = x.reduce(op, &[d], true)?;
+    let mut hit = x.eq(&m)?;
+    if x.dtype().is_float() {
+        // NaN is the result of a NaN-propagating max/min: pick the first NaN.
+        hit = hit.logical_or(&x.ne(x)?)?;
+    }
+    let idx = Var::index(x.shape(), d, DType::I64)?;
+    let cand = Var::where_(&hit, &idx, n as i64)?;
+    cand.reduce(ReduceOp::Min, &[d], keepdim)
+}
+
+impl ReduceOps for Var {
+    fn sum(&self, dims: &[isize], keepdim: bool) -> Result<Var> {
+        let ax = axes("sum", self, dims)?;
+        widen_for_sum(self).reduce(ReduceOp::Sum, &ax, keepdim)
+    }
+
+    fn sum_all(&self) -> Result<Var> {
+        self.sum(&[], false)
+    }
+
+    fn mean(&self, dims: &[isize], keepdim: bool) -> Result<Var> {
+        need_float("mean", self)?;
+        let ax = axes("mean", self, dims)?;
+        let n = count(self, &ax);
+        self.reduce(ReduceOp::Sum, &ax, keepdim)?
+            .try_mul(1.0 / n as f64)
+    }
+
+    fn mean_all(&self) -> Result<Var> {
+        self.mean(&[], false)
+    }
+
+    fn max(&self, dims: &[isize], keepdim: bool) -> Result<Var> {
+        extreme(self, ReduceOp::Max, "max", dims, keepdim)
+    }
+
+    fn min(&self, dims: &[isize], keepdim: bool) -> Result<Var> {
+        extreme(self, ReduceOp::Min, "min", dims, keepdim)
+    }
+
+    fn prod(&self, dims: &[isize], keepdim: bool) -> Result<Var> {
+        let ax = axes("prod", self, dims)?;
+        widen_for_sum(self).reduce(ReduceOp::Prod, &ax, keepdim)
+    }
+
+    fn var(&self, dims: &[isize], unbiased: bool, keepdim: bool) -> Result<Var> {
+        need_float("var", self)?;
+        let ax = axes("var", self, dims)?;
+        let n = count(self, &ax);
+        let mean = self
+            .reduce(ReduceOp::Sum, &ax, true)?
+            .try_mul(1.0 / n as f64)?;
+        let d = self.try_sub(&mean)?;
+        let ss = d.try_mul(&d)?.reduce(ReduceOp::Sum, &ax, keepdim)?;
+        let denom = if unbiased { n as f64 - 1.0 } else { n as f64 };
+        // N - 1 = 0 gives 0/0 = NaN, as PyTorch does.
+        ss.try_div(denom)
+    }
+
+    fn std(&self, dims: &[isize], unbiased: bool, keepdim: bool) -> Result<Var> {
+        Ok(self.var(dims, unbiased, keepdim)?.sqrt())
+    }
+
+    fn argmax(&self, dim: isize, keepdim: bool) -> Result<Var> {
+        arg_extreme(self, ReduceOp::Max, "argmax", dim, keepdim)
+    }
+
+    fn argmin(&self, dim: isize, keepdim: bool) -> Result<Var> {
+        arg_extreme(self, ReduceOp::Min, "argmin", dim, keepdim)
+    }
+}

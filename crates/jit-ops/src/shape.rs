@@ -1,0 +1,580 @@
+//! Shape and indexing operators, each a `reshape` or a `reindex` (plus `where` and
+//! reductions for `cat` and `gather`).
+
+use jit_core::{
+    normalize_dim, normalize_dims, DType, Error, IndexExpr as E, ReduceOp, Result, Var,
+};
+
+/// Padding modes of [`ShapeOps::pad`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum PadMode {
+    /// Pad with a constant value.
+    Constant(f64),
+    /// Mirror without repeating the edge (`torch` "reflect"); padding must be smaller
+    /// than the dim.
+    Reflect,
+    /// Repeat the edge value (`torch` "replicate").
+    Replicate,
+}
+
+/// Shape and indexing operators with PyTorch semantics. Dims may be negative.
+pub trait ShapeOps: Sized {
+    /// Same as [`Var::reshape`].
+    fn view(&self, shape: &[isize]) -> Result<Var>;
+    /// Merges dims `start..=end` into one.
+    fn flatten(&self, start: isize, end: isize) -> Result<Var>;
+    /// Removes `dim` if its size is 1 (else returns the value unchanged).
+    fn squeeze(&self, dim: isize) -> Result<Var>;
+    /// Removes every dim of size 1.
+    fn squeeze_all(&self) -> Result<Var>;
+    /// Inserts a dim of size 1 at `dim` (in `[-ndim-1, ndim]`).
+    fn unsqueeze(&self, dim: isize) -> Result<Var>;
+    /// Swaps two dims.
+    fn transpose(&self, d0: isize, d1: isize) -> Result<Var>;
+    /// Reorders dims: output dim `k` is input dim `dims[k]`.
+    fn permute(&self, dims: &[isize]) -> Result<Var>;
+    /// `len` elements of `dim` from `start`.
+    fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Var>;
+    /// Python slicing `x[start:end:step]` along `dim` (negative bounds count from the
+    /// end and are clamped; `step` must be positive).
+    fn slice(&self, dim: isize, start: isize, end: Option<isize>, step: usize) -> Result<Var>;
+    /// Pads the last dims: `pads` is `[last_lo, last_hi, second_last_lo, ...]` as in
+    /// `torch.nn.functional.pad`.
+    fn pad(&self, pads: &[usize], mode: PadMode) -> Result<Var>;
+    /// Reverses the order along each of `dims`.
+    fn flip(&self, dims: &[isize]) -> Result<Var>;
+    /// Broadcasts to `shape` (-1 keeps a dim; new dims are added in front).
+    fn expand(&self, shape: &[isize]) -> Result<Var>;
+    /// Tiles the value `reps[d]` times along each dim (`torch.Tensor.repeat`).
+    fn repeat(&self, reps: &[usize]) -> Result<Var>;
+    /// Splits into pieces of `size` along `dim` (the last may be smaller).
+    fn split(&self, size: usize, dim: isize) -> Result<Vec<Var>>;
+    /// Splits into pieces of the given sizes along `dim`.
+    fn split_sizes(&self, sizes: &[usize], dim: isize) -> Result<Vec<Var>>;
+    /// Splits into `chunks` pieces along `dim` (`torch.chunk`).
+    fn chunk(&self, chunks: usize, dim: isize) -> Result<Vec<Var>>;
+    /// `out[i] = self[i with dim replaced by index[i]]` (`torch.gather`); `index` is
+    /// an integer value of the same rank. Out-of-range indices read 0.
+    fn gather(&self, dim: isize, index: &Var) -> Result<Var>;
+    /// Selects the entries `index` (1-D integer) along `dim` (`torch.index_select`).
+    fn index_select(&self, dim: isize, index: &Var) -> Result<Var>;
+    /// Nearest-neighbour resize of the last `size.len()` dims, with PyTorch's
+    /// `mode="nearest"` rule `src = floor(dst * in / out)`.
+    fn interpolate_nearest(&self, size: &[usize]) -> Result<Var>;
+    /// Nearest-neighbour upsampling of an NCHW value by an integer factor.
+    fn upsample_nearest2d(&self, scale: usize) -> Result<Var>;
+}
+
+fn identity_exprs(n: usize) -> Vec<E> {
+    (0..n).map(E::idx).collect()
+}
+
+fn reindex(x: &Var, shape: &[usize], exprs: Vec<E>) -> Result<Var> {
+    x.reindex(shape, exprs, 0.0, vec![])
+}
+
+impl ShapeOps for Var {
+    fn view(&self, shape: &[isize]) -> Result<Var> {
+        self.reshape(shape)
+    }
+
+    fn flatten(&self, start: isize, end: isize) -> Result<Var> {
+        if self.ndim() == 0 {
+            return self.reshape(&[1]);
+        }
+        let s = normalize_dim("flatten", start, self.shape())?;
+        let e = normalize_dim("flatten", end, self.shape())?;
+        if s > e {
+            return Err(Error::argument(
+                "flatten",
+                format!("start dim {start} comes after end dim {end}"),
+            ));
+        }
+        let sh = self.shape();
+        let mut new: Vec<isize> = sh[..s].iter().map(|&d| d as isize).collect();
+        new.push(sh[s..=e].iter().product::<usize>() as isize);
+        new.extend(sh[e + 1..].iter().map(|&d| d as isize));
+        self.reshape(&new)
+    }
+
+    fn squeeze(&self, dim: isize) -> Result<Var> {
+        let d = normalize_dim("squeeze", dim, self.shape())?;
+        if self.ndim() == 0 || self.shape()[d] != 1 {
+            return Ok(self.clone());
+        }
+        let new: Vec<isize> = self
+            .shape()
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| k != d)
+            .map(|(_, &n)| n as isize)
+            .collect();
+        self.reshape(&new)
+    }
+
+    fn squeeze_all(&self) -> Result<Var> {
+        let new: Vec<isize> = self
+            .shape()
+            .iter()
+            .filter(|&&n| n != 1)
+            .map(|&n| n as isize)
+            .collect();
+        self.reshape(&new)
+    }
+
+    fn unsqueeze(&self, dim: isize) -> Result<Var> {
+        let mut ext = self.shape().to_vec();
+        ext.push(1);
+        let d = normalize_dim("unsqueeze", dim, &ext)?;
+        let mut new: Vec<isize> = self.shape().iter().map(|&n| n as isize).collect();
+        new.insert(d, 1);
+        self.reshape(&new)
+    }
+
+    fn transpose(&self, d0: isize, d1: isize) -> Result<Var> {
+        let a = normalize_dim("transpose", d0, self.shape())?;
+        let b = normalize_dim("transpose", d1, self.shape())?;
+        let mut perm: Vec<isize> = (0..self.ndim() as isize).collect();
+        if self.ndim() > 0 {
+            perm.swap(a, b);
+        }
+        self.permute(&perm)
+    }
+
+    fn permute(&self, dims: &[isize]) -> Result<Var> {
+        if dims.len() != self.ndim() {
+            return Err(Error::Shape {
+                op: "permute".into(),
+                msg: format!(
+                    "got {} dims {dims:?} for a value of rank {} (shape {:?})",
+                    dims.len(),
+                    self.ndim(),
+                    self.shape()
+                ),
+            });
+        }
+        let p = normalize_dims("permute", dims, self.shape())?;
+        if p.iter().enumerate().all(|(k, &d)| k == d) {
+            return Ok(self.clone());
+        }
+        let shape: Vec<usize> = p.iter().map(|&d| self.shape()[d]).collect();
+        // input dim p[k] is output index k
+        let mut exprs = vec![E::c(0); self.ndim()];
+        for (k, &d) in p.iter().enumerate() {
+            exprs[d] = E::idx(k);
+        }
+        reindex(self, &shape, exprs)
+    }
+
+    fn narrow(&self, dim: isize, start: usize, len: usize) -> Result<Var> {
+        let d = normalize_dim("narrow", dim, self.shape())?;
+        let n = self.shape().get(d).copied().unwrap_or(1);
+        if start + len > n {
+            return Err(Error::Shape {
+                op: "narrow".into(),
+                msg: format!(
+                    "start {start} + length {len} exceeds size {n} of dim {d} (shape {:?})",
+                    self.shape()
+                ),
+            });
+        }
+        self.slice(dim, start as isize, Some((start + len) as isize), 1)
+    }
+
+    fn slice(&self, dim: isize, start: isize, end: Option<isize>, step: usize) -> Result<Var> {
+        let d = normalize_dim("slice", dim, self.shape())?;
+        if step == 0 {
+            return Err(Error::argument("slice", "step must be positive"));
+        }
+        if self.ndim() == 0 {
+            return Err(Error::Shape {
+                op: "slice".into(),
+                msg: "cannot slice a rank-0 value".into(),
+            });
+        }
+        let n = self.shape()[d] as isize;
+        let norm = |v: isize| if v < 0 { (v + n).max(0) } else { v.min(n) };
+        let s = norm(start);
+        let e = norm(end.unwrap_or(n));
+        let len = if e > s {
+            ((e - s) as usize).div_ceil(step)
+        } else {
+            0
+        };
+        if s == 0 && len as isize == n && step == 1 {
+            return Ok(self.clone());
+        }
+        let mut shape = self.shape().to_vec();
+        shape[d] = len;
+        let mut exprs = identity_exprs(self.ndim());
+        exprs[d] = E::idx(d) * step as i64 + s as i64;
+        reindex(self, &shape, exprs)
+    }
+
+    fn pad(&self, pads: &[usize], mode: PadMode) -> Result<Var> {
+        if pads.len() % 2 != 0 || pads.len() / 2 > self.ndim() {
+            return Err(Error::Shape {
+                op: "pad".into(),
+                msg: format!(
+                    "padding {pads:?} must have an even length of at most 2 x rank ({}) for shape {:?}",
+                    2 * self.ndim(),
+                    self.shape()
+                ),
+            });
+        }
+        let mut shape = self.shape().to_vec();
+        let mut exprs = identity_exprs(self.ndim());
+        for (k, pair) in pads.chunks(2).enumerate() {
+            let d = self.ndim() - 1 - k;
+            let (lo, hi) = (pair[0], pair[1]);
+            let n = self.shape()[d];
+            let j = E::idx(d) - lo as i64;
+            exprs[d] = match mode {
+                PadMode::Constant(_) => j,
+                PadMode::Reflect => {
+                    if lo >= n.max(1) || hi >= n.max(1) {
+                        return Err(Error::Shape {
+                            op: "pad".into(),
+                            msg: format!(
+                                "reflect padding ({lo}, {hi}) must be smaller than the size {n} of dim {d} (shape {:?})",
+                                self.shape()
+                            ),
+                        });
+                    }
+                    let m = n as i64 - 1;
+                    E::c(m) - (E::c(m) - j.abs()).abs()
+                }
+                PadMode::Replicate => {
+                    if n == 0 && lo + hi > 0 {
+                        return Err(Error::Shape {
+                            op: "pad".into(),
+                            msg: format!(
+                                "cannot replicate-pad the empty dim {d} (shape {:?})",
+                                self.shape()
+                            ),
+                        });
+                    }
+                    j.clamp(0, n as i64 - 1)
+                }
+            };
+            shape[d] = n + lo + hi;
+        }
+        let fill = if let PadMode::Constant(v) = mode {
+            v
+        } else {
+            0.0
+        };
+        self.reindex(&shape, exprs, fill, vec![])
+    }
+
+    fn flip(&self, dims: &[isize]) -> Result<Var> {
+        let ds = normalize_dims("flip", dims, self.shape())?;
+        if self.ndim() == 0 {
+            return Ok(self.clone());
+        }
+        let mut exprs = identity_exprs(self.ndim());
+        for d in ds {
+            exprs[d] = E::c(self.shape()[d] as i64 - 1) - E::idx(d);
+        }
+        reindex(self, self.shape(), exprs)
+    }
+
+    fn expand(&self, shape: &[isize]) -> Result<Var> {
+        if shape.len() < self.ndim() {
+            return Err(Error::Shape {
+                op: "expand".into(),
+                msg: format!(
+                    "target {shape:?} has fewer dims than the value's shape {:?}",
+                    self.shape()
+                ),
+            });
+        }
+        let lead = shape.len() - self.ndim();
+        let mut target = Vec::with_capacity(shape.len());
+        for (k, &s) in shape.iter().enumerate() {
+            target.push(match s {
+                -1 if k >= lead => self.shape()[k - lead],
+                s if s >= 0 => s as usize,
+                _ => {
+                    return Err(Error::Shape {
+                        op: "expand".into(),
+                        msg: format!(
+                            "size {s} at dim {k} of {shape:?} is invalid for shape {:?}",
+                            self.shape()
+                        ),
+                    })
+                }
+            });
+        }
+        self.broadcast_as(&target).map_err(|_| Error::Shape {
+            op: "expand".into(),
+            msg: format!(
+                "cannot expand shape {:?} to {shape:?}: only dims of size 1 can be expanded",
+                self.shape()
+            ),
+        })
+    }
+
+    fn repeat(&self, reps: &[usize]) -> Result<Var> {
+        if reps.len() < self.ndim() {
+            return Err(Error::Shape {
+                op: "repeat".into(),
+                msg: format!(
+                    "{} repeat counts {reps:?} for a value of rank {} (shape {:?})",
+                    reps.len(),
+                    self.ndim(),
+                    self.shape()
+                ),
+            });
+        }
+        let lead = reps.len() - self.ndim();
+        let shape: Vec<usize> = reps
+            .iter()
+            .enumerate()
+            .map(|(k, &r)| r * if k >= lead { self.shape()[k - lead] } else { 1 })
+            .collect();
+        let exprs: Vec<E> = (0..self.ndim())
+            .map(|d| E::idx(d + lead).modulo(self.shape()[d] as i64))
+            .collect();
+        reindex(self, &shape, exprs)
+    }
+
+    fn split(&self, size: usize, dim: isize) -> Result<Vec<Var>> {
+        if size == 0 {
+            return Err(Error::argument("split", "split size must be positive"));
+        }
+        let d = normalize_dim("split", dim, self.shape())?;
+        let n = self.shape().get(d).copied().unwrap_or(1);
+        let mut sizes = vec![size; n / size];
+        if n % size != 0 || n == 0 {
+            sizes.push(n % size);
+        }
+        self.split_sizes(&sizes, dim)
+    }
+
+    fn split_sizes(&self, sizes: &[usize], dim: isize) -> Result<Vec<Var>> {
+        let d = normalize_dim("split", dim, self.shape())?;
+        let n = self.shape().get(d).copied().unwrap_or(1);
+        if sizes.iter().sum::<usize>() != n {
+            return Err(Error::Shape {
+                op: "split".into(),
+                msg: format!(
+                    "sizes {sizes:?} do not add up to the size {n} of dim {d} (shape {:?})",
+                    self.shape()
+                ),
+            });
+        }
+        let mut start = 0;
+        let mut out = Vec::with_capacity(sizes.len());
+        for &s in sizes {
+            out.push(self.narrow(dim, start, s)?);
+            start += s;
+        }
+        Ok(out)
+    }
+
+    fn chunk(&self, chunks: usize, dim: isize) -> Result<Vec<Var>> {
+        if chunks == 0 {
+            return Err(Error::argument(
+                "chunk",
+                "number of chunks must be positive",
+            ));
+        }
+        let d = normalize_dim("chunk", dim, self.shape())?;
+        let n = self.shape().get(d).copied().unwrap_or(1);
+        self.split(n.div_ceil(chunks).max(1), dim)
+    }
+
+    fn gather(&self, dim: isize, index: &Var) -> Result<Var> {
+        let d = normalize_dim("gather", dim, self.shape())?;
+        if index.dtype().is_float() || index.dtype() == DType::Bool {
+            return Err(Error::DType {
+                op: "gather".into(),
+                msg: format!("index must be an integer value, got {}", index.dtype()),
+            });
+        }
+        if index.ndim() != self.ndim() {
+            return Err(Error::Shape {
+                op: "gather".into(),
+                msg: format!(
+                    "index of shape {:?} must have the rank of the input {:?}",
+                    index.shape(),
+                    self.shape()
+                ),
+            });
+        }
+        for k in 0..self.ndim() {
+            if k != d && index.shape()[k] > self.shape()[k] {
+                return Err(Error::Shape {
+                    op: "gather".into(),
+                    msg: format!(
+                        "index shape {:?} exceeds input shape {:?} at dim {k}",
+                        index.shape(),
+                        self.shape()
+                    ),
+                });
+            }
+        }
+        if self.ndim() == 0 {
+            return Ok(self.clone());
+        }
+        // One-hot lowering: compare the index with every position along `dim` and keep
+        // the matching element (a reduction the planner fuses into one kernel).
+        let k = self.shape()[d];
+        let r = self.ndim();
+        let mut ext = index.shape().to_vec();
+        ext.push(k);
+        let mut exprs = identity_exprs(r);
+        exprs[d] = E::idx(r);
+        let xs = self.reindex(&ext, exprs, 0.0, vec![])?;
+        let idx = index.cast(DType::I64).unsqueeze(-1)?.broadcast_as(&ext)?;
+        let pos = Var::index(&ext, r, DType::I64)?;
+        let hit = idx.eq(&pos)?;
+        let picked = Var::where_(&hit, &xs, xs.zeros_like())?;
+        match self.dtype() {
+            DType::Bool => picked.reduce(ReduceOp::Max, &[r], false),
+            _ => picked.reduce(ReduceOp::Sum, &[r], false),
+        }
+    }
+
+    fn index_select(&self, dim: isize, index: &Var) -> Result<Var> {
+        let d = normalize_dim("index_select", dim, self.shape())?;
+        if index.ndim() != 1 {
+            return Err(Error::Shape {
+                op: "index_select".into(),
+                msg: format!("index must be 1-D, got shape {:?}", index.shape()),
+            });
+        }
+        if self.ndim() == 0 {
+            return self.gather(0, index);
+        }
+        let mut shape = self.shape().to_vec();
+        shape[d] = index.shape()[0];
+        let new: Vec<usize> = (0..self.ndim()).filter(|&k| k != d).collect();
+        let idx = index.broadcast_to_dims(&shape, &new)?;
+        self.gather(dim, &idx)
+    }
+
+    fn interpolate_nearest(&self, size: &[usize]) -> Result<Var> {
+        if size.len() > self.ndim() {
+            return Err(Error::Shape {
+                op: "interpolate".into(),
+                msg: format!(
+                    "output size {size:?} has more dims than the input shape {:?}",
+                    self.shape()
+                ),
+            });
+        }
+        let lead = self.ndim() - size.len();
+        let mut shape = self.shape().to_vec();
+        let mut exprs = identity_exprs(self.ndim());
+        for (k, &out) in size.iter().enumerate() {
+            let d = lead + k;
+            let inp = self.shape()[d];
+            if inp == 0 && out > 0 {
+                return Err(Error::Shape {
+                    op: "interpolate".into(),
+                    msg: format!(
+                        "cannot resize the empty dim {d} of shape {:?}",
+                        self.shape()
+                    ),
+                });
+            }
+            shape[d] = out;
+            if out > 0 {
+                exprs[d] = (E::idx(d) * inp as i64).floor_div(out as i64);
+            }
+        }
+        reindex(self, &shape, exprs)
+    }
+
+    fn upsample_nearest2d(&self, scale: usize) -> Result<Var> {
+        if self.ndim() != 4 {
+            return Err(Error::Shape {
+                op: "upsample_nearest2d".into(),
+                msg: format!("expects an NCHW value, got shape {:?}", self.shape()),
+            });
+        }
+        let (h, w) = (self.shape()[2], self.shape()[3]);
+        self.interpolate_nearest(&[h * scale, w * scale])
+    }
+}
+
+/// Concatenates values of equal rank along `dim`; other dims must match. dtypes are
+/// promoted as in `torch.cat`.
+pub fn cat(xs: &[Var], dim: isize) -> Result<Var> {
+    let first = xs
+        .first()
+        .ok_or_else(|| Error::argument("cat", "expects at least one value"))?;
+    let d = normalize_dim("cat", dim, first.shape())?;
+    if first.ndim() == 0 {
+        return Err(Error::Shape {
+            op: "cat".into(),
+            msg: "zero-dimensional values cannot be concatenated".into(),
+        });
+    }
+    let mut dt = first.dtype();
+    for (k, x) in xs.iter().enumerate() {
+        let same_rest = x.ndim() == first.ndim()
+            && (0..first.ndim()).all(|j| j == d || x.shape()[j] == first.shape()[j]);
+        if !same_rest {
+            return Err(Error::Shape {
+                op: "cat".into(),
+                msg: format!(
+                    "value {k} has shape {:?}, which does not match {:?} outside dim {d}",
+                    x.shape(),
+                    first.shape()
+                ),
+            });
+        }
+        dt = DType::promote(dt, x.dtype());
+    }
+    let total: usize = xs.iter().map(|x| x.shape()[d]).sum();
+    let mut shape = first.shape().to_vec();
+    shape[d] = total;
+    // Each piece is shifted into place by a reindex; `where` on the position along
+    // `dim` picks the piece, so values are copied exactly.
+    let pos = Var::index(&shape, d, DType::I64)?;
+    let mut offsets = Vec::with_capacity(xs.len());
+    let mut off = 0usize;
+    for x in xs {
+        offsets.push(off);
+        off += x.shape()[d];
+    }
+    let place = |x: &Var, off: usize| -> Result<Var> {
+        let mut exprs = identity_exprs(shape.len());
+        exprs[d] = E::idx(d) - off as i64;
+        x.cast(dt).reindex(&shape, exprs, 0.0, vec![])
+    };
+    let last = xs.len() - 1;
+    let mut out = place(&xs[last], offsets[last])?;
+    for k in (0..last).rev() {
+        let piece = place(&xs[k], offsets[k])?;
+        out = Var::where_(&pos.lt(offsets[k + 1] as i64)?, &piece, &out)?;
+    }
+    Ok(out)
+}
+
+/// Stacks values of equal shape along a new dim.
+pub fn stack(xs: &[Var], dim: isize) -> Result<Var> {
+    let first = xs
+        .first()
+        .ok_or_else(|| Error::argument("stack", "expects at least one value"))?;
+    for (k, x) in xs.iter().enumerate() {
+        if x.shape() != first.shape() {
+            return Err(Error::Shape {
+                op: "stack".into(),
+                msg: format!(
+                    "value {k} has shape {:?} but value 0 has shape {:?}",
+                    x.shape(),
+                    first.shape()
+                ),
+            });
+        }
+    }
+    let ys = xs
+        .iter()
+        .map(|x| x.unsqueeze(dim))
+        .collect::<Result<Vec<_>>>()?;
+    cat(&ys, dim)
+}

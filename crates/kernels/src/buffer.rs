@@ -1,0 +1,329 @@
+//! Typed host storage and live-buffer accounting.
+
+use crate::dtype::DType;
+use half::{bf16, f16};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+static LIVE_BUFFERS: AtomicUsize = AtomicUsize::new(0);
+static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// Number of [`Buffer`]s alive in this process (all backends). Tests use it to check
+/// that realised graphs release what they no longer need.
+pub fn live_buffers() -> usize {
+    LIVE_BUFFERS.load(Ordering::Relaxed)
+}
+
+/// Bytes held by live [`Buffer`]s.
+pub fn live_bytes() -> usize {
+    LIVE_BYTES.load(Ordering::Relaxed)
+}
+
+/// Host data of one dtype, contiguous, row-major.
+#[derive(Clone, PartialEq)]
+pub enum HostBuffer {
+    /// bool
+    Bool(Vec<bool>),
+    /// u8
+    U8(Vec<u8>),
+    /// i32
+    I32(Vec<i32>),
+    /// i64
+    I64(Vec<i64>),
+    /// f16
+    F16(Vec<f16>),
+    /// bf16
+    BF16(Vec<bf16>),
+    /// f32
+    F32(Vec<f32>),
+    /// f64
+    F64(Vec<f64>),
+}
+
+macro_rules! for_each_buffer {
+    ($buf:expr, $v:ident => $body:expr) => {
+        match $buf {
+            HostBuffer::Bool($v) => $body,
+            HostBuffer::U8($v) => $body,
+            HostBuffer::I32($v) => $body,
+            HostBuffer::I64($v) => $body,
+            HostBuffer::F16($v) => $body,
+            HostBuffer::BF16($v) => $body,
+            HostBuffer::F32($v) => $body,
+            HostBuffer::F64($v) => $body,
+        }
+    };
+}
+
+impl HostBuffer {
+    /// The dtype of the elements.
+    pub fn dtype(&self) -> DType {
+        match self {
+            HostBuffer::Bool(_) => DType::Bool,
+            HostBuffer::U8(_) => DType::U8,
+            HostBuffer::I32(_) => DType::I32,
+            HostBuffer::I64(_) => DType::I64,
+            HostBuffer::F16(_) => DType::F16,
+            HostBuffer::BF16(_) => DType::BF16,
+            HostBuffer::F32(_) => DType::F32,
+            HostBuffer::F64(_) => DType::F64,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        for_each_buffer!(self, v => v.len())
+    }
+
+    /// True when there are no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Element `i` as f64 (bool as 0/1, integers converted).
+    pub fn get_f64(&self, i: usize) -> f64 {
+        for_each_buffer!(self, v => v[i].to_f64())
+    }
+
+    /// Element `i` as i64 (floats truncated toward zero).
+    pub fn get_i64(&self, i: usize) -> i64 {
+        for_each_buffer!(self, v => v[i].to_i64())
+    }
+
+    /// All elements converted to f64.
+    pub fn to_f64_vec(&self) -> Vec<f64> {
+        for_each_buffer!(self, v => v.iter().map(|x| x.to_f64()).collect())
+    }
+
+    /// All elements converted to i64.
+    pub fn to_i64_vec(&self) -> Vec<i64> {
+        for_each_buffer!(self, v => v.iter().map(|x| x.to_i64()).collect())
+    }
+
+    /// Builds a buffer of `dtype` from f64 values, rounding each to the dtype.
+    pub fn from_f64s(dtype: DType, vals: impl IntoIterator<Item = f64>) -> HostBuffer {
+        let it = vals.into_iter();
+        match dtype {
+            DType::Bool => HostBuffer::Bool(it.map(bool::from_f64).collect()),
+            DType::U8 => HostBuffer::U8(it.map(u8::from_f64).collect()),
+            DType::I32 => HostBuffer::I32(it.map(i32::from_f64).collect()),
+            DType::I64 => HostBuffer::I64(it.map(i64::from_f64).collect()),
+            DType::F16 => HostBuffer::F16(it.map(f16::from_f64).collect()),
+            DType::BF16 => HostBuffer::BF16(it.map(bf16::from_f64).collect()),
+            DType::F32 => HostBuffer::F32(it.map(f32::from_f64).collect()),
+            DType::F64 => HostBuffer::F64(it.collect()),
+        }
+    }
+
+    /// Builds a buffer of `dtype` from i64 values (wrapping into integer ranges).
+    pub fn from_i64s(dtype: DType, vals: impl IntoIterator<Item = i64>) -> HostBuffer {
+        let it = vals.into_iter();
+        match dtype {
+            DType::Bool => HostBuffer::Bool(it.map(bool::from_i64).collect()),
+            DType::U8 => HostBuffer::U8(it.map(u8::from_i64).collect()),
+            DType::I32 => HostBuffer::I32(it.map(i32::from_i64).collect()),
+            DType::I64 => HostBuffer::I64(it.collect()),
+            DType::F16 => HostBuffer::F16(it.map(f16::from_i64).collect()),
+            DType::BF16 => HostBuffer::BF16(it.map(bf16::from_i64).collect()),
+            DType::F32 => HostBuffer::F32(it.map(f32::from_i64).collect()),
+            DType::F64 => HostBuffer::F64(it.map(f64::from_i64).collect()),
+        }
+    }
+
+    /// A buffer of `n` copies of `value` (rounded to `dtype`).
+    pub fn filled(dtype: DType, n: usize, value: f64) -> HostBuffer {
+        HostBuffer::from_f64s(dtype, std::iter::repeat_n(value, n))
+    }
+
+    /// Converts every element to `dtype` with the cast rules.
+    pub fn cast(&self, dtype: DType) -> HostBuffer {
+        if dtype == self.dtype() {
+            return self.clone();
+        }
+        if self.dtype().is_float() {
+            HostBuffer::from_f64s(dtype, self.to_f64_vec())
+        } else {
+            HostBuffer::from_i64s(dtype, self.to_i64_vec())
+        }
+    }
+
+    /// Borrow as a typed slice, if the dtype is `T`'s.
+    pub fn as_slice<T: Element>(&self) -> Option<&[T]> {
+        T::slice_of(self)
+    }
+
+    /// Size of the data in bytes.
+    pub fn size_in_bytes(&self) -> usize {
+        self.len() * self.dtype().size_in_bytes()
+    }
+}
+
+impl std::fmt::Debug for HostBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HostBuffer<{}>[{}]", self.dtype(), self.len())
+    }
+}
+
+/// A Rust type that can be an element of a [`HostBuffer`].
+pub trait Element: Copy + Send + Sync + 'static + std::fmt::Debug {
+    /// Its dtype.
+    const DTYPE: DType;
+    /// Widening conversion (bool to 0/1).
+    fn to_f64(self) -> f64;
+    /// Integer view (floats truncated toward zero).
+    fn to_i64(self) -> i64;
+    /// Conversion with rounding to nearest / cast rules.
+    fn from_f64(v: f64) -> Self;
+    /// Conversion with integer wrapping.
+    fn from_i64(v: i64) -> Self;
+    /// Wraps a vector into a buffer.
+    fn into_buffer(v: Vec<Self>) -> HostBuffer;
+    /// A typed view of a buffer of this dtype.
+    fn slice_of(b: &HostBuffer) -> Option<&[Self]>;
+}
+
+macro_rules! element {
+    ($t:ty, $variant:ident, $to_f:expr, $to_i:expr, $from_f:expr, $from_i:expr) => {
+        impl Element for $t {
+            const DTYPE: DType = DType::$variant;
+            fn to_f64(self) -> f64 {
+                ($to_f)(self)
+            }
+            fn to_i64(self) -> i64 {
+                ($to_i)(self)
+            }
+            fn from_f64(v: f64) -> Self {
+                ($from_f)(v)
+            }
+            fn from_i64(v: i64) -> Self {
+                ($from_i)(v)
+            }
+            fn into_buffer(v: Vec<Self>) -> HostBuffer {
+                HostBuffer::$variant(v)
+            }
+            fn slice_of(b: &HostBuffer) -> Option<&[Self]> {
+                match b {
+                    HostBuffer::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+element!(
+    bool,
+    Bool,
+    |x: bool| f64::from(u8::from(x)),
+    |x: bool| i64::from(x),
+    |v: f64| v != 0.0,
+    |v: i64| v != 0
+);
+element!(
+    u8,
+    U8,
+    f64::from,
+    i64::from,
+    |v: f64| v as i64 as u8,
+    |v: i64| v as u8
+);
+element!(
+    i32,
+    I32,
+    f64::from,
+    i64::from,
+    |v: f64| v as i64 as i32,
+    |v: i64| v as i32
+);
+element!(
+    i64,
+    I64,
+    |x: i64| x as f64,
+    |x: i64| x,
+    |v: f64| v as i64,
+    |v: i64| v
+);
+element!(
+    f16,
+    F16,
+    |x: f16| x.to_f64(),
+    |x: f16| x.to_f64() as i64,
+    f16::from_f64,
+    |v: i64| f16::from_f64(v as f64)
+);
+element!(
+    bf16,
+    BF16,
+    |x: bf16| x.to_f64(),
+    |x: bf16| x.to_f64() as i64,
+    bf16::from_f64,
+    |v: i64| bf16::from_f64(v as f64)
+);
+element!(
+    f32,
+    F32,
+    f64::from,
+    |x: f32| x as i64,
+    |v: f64| v as f32,
+    |v: i64| v as f32
+);
+element!(
+    f64,
+    F64,
+    |x: f64| x,
+    |x: f64| x as i64,
+    |v: f64| v,
+    |v: i64| v as f64
+);
+
+/// A host buffer owned by the framework, counted in [`live_buffers`].
+pub struct Buffer {
+    data: HostBuffer,
+}
+
+impl Buffer {
+    /// Takes ownership of host data.
+    pub fn new(data: HostBuffer) -> Buffer {
+        LIVE_BUFFERS.fetch_add(1, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(data.size_in_bytes(), Ordering::Relaxed);
+        Buffer { data }
+    }
+
+    /// The data.
+    pub fn host(&self) -> &HostBuffer {
+        &self.data
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        LIVE_BUFFERS.fetch_sub(1, Ordering::Relaxed);
+        LIVE_BYTES.fetch_sub(self.data.size_in_bytes(), Ordering::Relaxed);
+    }
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.data.fmt(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conversions_round_and_wrap() {
+        let b = HostBuffer::from_f64s(DType::F16, [0.1, 65504.0, 1e6]);
+        assert_eq!(b.get_f64(0), f16::from_f64(0.1).to_f64());
+        assert_eq!(b.get_f64(1), 65504.0);
+        assert!(b.get_f64(2).is_infinite());
+        let i = HostBuffer::from_i64s(DType::U8, [256, -1, 7]);
+        assert_eq!(i.to_i64_vec(), vec![0, 255, 7]);
+        assert_eq!(
+            HostBuffer::F32(vec![-1.5, 2.5])
+                .cast(DType::I32)
+                .to_i64_vec(),
+            vec![-1, 2]
+        );
+    }
+}

@@ -1,0 +1,456 @@
+//! Index expressions: the small typed AST that `reindex` and `reindex_reduce` use to
+//! map loop indices to positions in another shape.
+//!
+//! Expressions are built with ordinary operators and read like the arithmetic they
+//! stand for:
+//!
+//! ```
+//! use kernels::IndexExpr as E;
+//! // reflect padding by 2 of a dimension of size 5, over output index i0
+//! let j = E::idx(0) - 2;
+//! let reflected = E::c(4) - (E::c(4) - j.abs()).abs();
+//! assert_eq!(reflected.eval(&[0]), 2);
+//! assert_eq!(reflected.eval(&[8]), 2);
+//! ```
+//!
+//! Constructors fold constants (`x + 0` is `x`, `2 * 3` is `6`), so composing
+//! reindexes by substitution keeps expressions small.
+
+use std::fmt;
+use std::ops::{Add, Mul, Neg, Sub};
+
+/// A comparison inside an index expression; evaluates to 1 or 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CmpOp {
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+}
+
+/// An integer expression over the loop indices `i0 .. in` of a kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum IndexExpr {
+    /// An integer constant.
+    Const(i64),
+    /// Loop index `i_k`.
+    Idx(usize),
+    /// `a + b`
+    Add(Box<IndexExpr>, Box<IndexExpr>),
+    /// `a - b`
+    Sub(Box<IndexExpr>, Box<IndexExpr>),
+    /// `a * b`
+    Mul(Box<IndexExpr>, Box<IndexExpr>),
+    /// Floor division (rounds toward negative infinity); division by zero gives 0.
+    FloorDiv(Box<IndexExpr>, Box<IndexExpr>),
+    /// Floor modulo (result has the sign of the divisor); modulo zero gives 0.
+    Mod(Box<IndexExpr>, Box<IndexExpr>),
+    /// `min(a, b)`
+    Min(Box<IndexExpr>, Box<IndexExpr>),
+    /// `max(a, b)`
+    Max(Box<IndexExpr>, Box<IndexExpr>),
+    /// Comparison, 1 when true and 0 when false.
+    Cmp(CmpOp, Box<IndexExpr>, Box<IndexExpr>),
+    /// `if cond != 0 { then } else { other }`.
+    Select(Box<IndexExpr>, Box<IndexExpr>, Box<IndexExpr>),
+}
+
+use IndexExpr as E;
+
+fn floor_div(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        return 0;
+    }
+    let q = a.wrapping_div(b);
+    if (a % b != 0) && ((a < 0) != (b < 0)) {
+        q - 1
+    } else {
+        q
+    }
+}
+
+fn floor_mod(a: i64, b: i64) -> i64 {
+    if b == 0 {
+        return 0;
+    }
+    let r = a.wrapping_rem(b);
+    if r != 0 && ((r < 0) != (b < 0)) {
+        r + b
+    } else {
+        r
+    }
+}
+
+impl IndexExpr {
+    /// A constant.
+    pub fn c(v: i64) -> IndexExpr {
+        E::Const(v)
+    }
+
+    /// Loop index `i_k`.
+    pub fn idx(k: usize) -> IndexExpr {
+        E::Idx(k)
+    }
+
+    /// The constant value, if this is a constant.
+    pub fn as_const(&self) -> Option<i64> {
+        match self {
+            E::Const(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    /// Floor division by `rhs`.
+    pub fn floor_div(self, rhs: impl Into<IndexExpr>) -> IndexExpr {
+        let rhs = rhs.into();
+        match (self.as_const(), rhs.as_const()) {
+            (Some(a), Some(b)) => E::Const(floor_div(a, b)),
+            (_, Some(1)) => self,
+            _ => E::FloorDiv(Box::new(self), Box::new(rhs)),
+        }
+    }
+
+    /// Floor modulo by `rhs`.
+    pub fn modulo(self, rhs: impl Into<IndexExpr>) -> IndexExpr {
+        let rhs = rhs.into();
+        match (self.as_const(), rhs.as_const()) {
+            (Some(a), Some(b)) => E::Const(floor_mod(a, b)),
+            (_, Some(1)) => E::Const(0),
+            _ => E::Mod(Box::new(self), Box::new(rhs)),
+        }
+    }
+
+    /// `min(self, rhs)`
+    pub fn min(self, rhs: impl Into<IndexExpr>) -> IndexExpr {
+        let rhs = rhs.into();
+        match (self.as_const(), rhs.as_const()) {
+            (Some(a), Some(b)) => E::Const(a.min(b)),
+            _ if self == rhs => self,
+            _ => E::Min(Box::new(self), Box::new(rhs)),
+        }
+    }
+
+    /// `max(self, rhs)`
+    pub fn max(self, rhs: impl Into<IndexExpr>) -> IndexExpr {
+        let rhs = rhs.into();
+        match (self.as_const(), rhs.as_const()) {
+            (Some(a), Some(b)) => E::Const(a.max(b)),
+            _ if self == rhs => self,
+            _ => E::Max(Box::new(self), Box::new(rhs)),
+        }
+    }
+
+    /// `|self|`, written as `max(self, -self)`.
+    pub fn abs(self) -> IndexExpr {
+        let neg = -self.clone();
+        self.max(neg)
+    }
+
+    /// `clamp(self, lo, hi)`.
+    pub fn clamp(self, lo: i64, hi: i64) -> IndexExpr {
+        self.max(lo).min(hi)
+    }
+
+    fn cmp(op: CmpOp, a: IndexExpr, b: IndexExpr) -> IndexExpr {
+        match (a.as_const(), b.as_const()) {
+            (Some(x), Some(y)) => E::Const(i64::from(match op {
+                CmpOp::Lt => x < y,
+                CmpOp::Le => x <= y,
+                CmpOp::Eq => x == y,
+                CmpOp::Ne => x != y,
+            })),
+            _ => E::Cmp(op, Box::new(a), Box::new(b)),
+        }
+    }
+
+    /// `self < rhs` as 1/0.
+    pub fn lt(self, rhs: impl Into<IndexExpr>) -> IndexExpr {
+        Self::cmp(CmpOp::Lt, self, rhs.into())
+    }
+
+    /// `self <= rhs` as 1/0.
+    pub fn le(self, rhs: impl Into<IndexExpr>) -> IndexExpr {
+        Self::cmp(CmpOp::Le, self, rhs.into())
+    }
+
+    /// `self >= rhs` as 1/0.
+    pub fn ge(self, rhs: impl Into<IndexExpr>) -> IndexExpr {
+        Self::cmp(CmpOp::Le, rhs.into(), self)
+    }
+
+    /// `self > rhs` as 1/0.
+    pub fn gt(self, rhs: impl Into<IndexExpr>) -> IndexExpr {
+        Self::cmp(CmpOp::Lt, rhs.into(), self)
+    }
+
+    /// `self == rhs` as 1/0.
+    pub fn eq_(self, rhs: impl Into<IndexExpr>) -> IndexExpr {
+        Self::cmp(CmpOp::Eq, self, rhs.into())
+    }
+
+    /// `self != rhs` as 1/0.
+    pub fn ne_(self, rhs: impl Into<IndexExpr>) -> IndexExpr {
+        Self::cmp(CmpOp::Ne, self, rhs.into())
+    }
+
+    /// `if self != 0 { then } else { other }`.
+    pub fn select(self, then: impl Into<IndexExpr>, other: impl Into<IndexExpr>) -> IndexExpr {
+        let (then, other) = (then.into(), other.into());
+        match self.as_const() {
+            Some(0) => other,
+            Some(_) => then,
+            None if then == other => then,
+            None => E::Select(Box::new(self), Box::new(then), Box::new(other)),
+        }
+    }
+
+    /// Evaluates with the given loop indices. Indices the expression does not mention
+    /// may be missing; a mentioned index beyond `idx` reads as 0.
+    pub fn eval(&self, idx: &[i64]) -> i64 {
+        match self {
+            E::Const(v) => *v,
+            E::Idx(k) => idx.get(*k).copied().unwrap_or(0),
+            E::Add(a, b) => a.eval(idx).wrapping_add(b.eval(idx)),
+            E::Sub(a, b) => a.eval(idx).wrapping_sub(b.eval(idx)),
+            E::Mul(a, b) => a.eval(idx).wrapping_mul(b.eval(idx)),
+            E::FloorDiv(a, b) => floor_div(a.eval(idx), b.eval(idx)),
+            E::Mod(a, b) => floor_mod(a.eval(idx), b.eval(idx)),
+            E::Min(a, b) => a.eval(idx).min(b.eval(idx)),
+            E::Max(a, b) => a.eval(idx).max(b.eval(idx)),
+            E::Cmp(op, a, b) => {
+                let (x, y) = (a.eval(idx), b.eval(idx));
+                i64::from(match op {
+                    CmpOp::Lt => x < y,
+                    CmpOp::Le => x <= y,
+                    CmpOp::Eq => x == y,
+                    CmpOp::Ne => x != y,
+                })
+            }
+            E::Select(c, t, o) => {
+                if c.eval(idx) != 0 {
+                    t.eval(idx)
+                } else {
+                    o.eval(idx)
+                }
+            }
+        }
+    }
+
+    /// Replaces every `Idx(k)` by `vars[k]` (composition of index maps).
+    /// Indices beyond `vars` are left as they are.
+    pub fn substitute(&self, vars: &[IndexExpr]) -> IndexExpr {
+        let bin = |a: &IndexExpr, b: &IndexExpr| (a.substitute(vars), b.substitute(vars));
+        match self {
+            E::Const(v) => E::Const(*v),
+            E::Idx(k) => vars.get(*k).cloned().unwrap_or(E::Idx(*k)),
+            E::Add(a, b) => {
+                let (a, b) = bin(a, b);
+                a + b
+            }
+            E::Sub(a, b) => {
+                let (a, b) = bin(a, b);
+                a - b
+            }
+            E::Mul(a, b) => {
+                let (a, b) = bin(a, b);
+                a * b
+            }
+            E::FloorDiv(a, b) => {
+                let (a, b) = bin(a, b);
+                a.floor_div(b)
+            }
+            E::Mod(a, b) => {
+                let (a, b) = bin(a, b);
+                a.modulo(b)
+            }
+            E::Min(a, b) => {
+                let (a, b) = bin(a, b);
+                a.min(b)
+            }
+            E::Max(a, b) => {
+                let (a, b) = bin(a, b);
+                a.max(b)
+            }
+            E::Cmp(op, a, b) => {
+                let (a, b) = bin(a, b);
+                Self::cmp(*op, a, b)
+            }
+            E::Select(c, t, o) => c
+                .substitute(vars)
+                .select(t.substitute(vars), o.substitute(vars)),
+        }
+    }
+
+    /// The largest loop index the expression mentions, if any.
+    pub fn max_index(&self) -> Option<usize> {
+        match self {
+            E::Const(_) => None,
+            E::Idx(k) => Some(*k),
+            E::Add(a, b)
+            | E::Sub(a, b)
+            | E::Mul(a, b)
+            | E::FloorDiv(a, b)
+            | E::Mod(a, b)
+            | E::Min(a, b)
+            | E::Max(a, b)
+            | E::Cmp(_, a, b) => a.max_index().max(b.max_index()),
+            E::Select(c, t, o) => c.max_index().max(t.max_index()).max(o.max_index()),
+        }
+    }
+
+    /// Number of nodes (a size measure used to keep compositions in check).
+    pub fn node_count(&self) -> usize {
+        match self {
+            E::Const(_) | E::Idx(_) => 1,
+            E::Add(a, b)
+            | E::Sub(a, b)
+            | E::Mul(a, b)
+            | E::FloorDiv(a, b)
+            | E::Mod(a, b)
+            | E::Min(a, b)
+            | E::Max(a, b)
+            | E::Cmp(_, a, b) => 1 + a.node_count() + b.node_count(),
+            E::Select(c, t, o) => 1 + c.node_count() + t.node_count() + o.node_count(),
+        }
+    }
+}
+
+impl From<i64> for IndexExpr {
+    fn from(v: i64) -> Self {
+        E::Const(v)
+    }
+}
+
+impl Add for IndexExpr {
+    type Output = IndexExpr;
+    fn add(self, rhs: IndexExpr) -> IndexExpr {
+        match (self.as_const(), rhs.as_const()) {
+            (Some(a), Some(b)) => E::Const(a.wrapping_add(b)),
+            (Some(0), _) => rhs,
+            (_, Some(0)) => self,
+            // (x + a) + b  ->  x + (a + b)
+            (None, Some(b)) => match self {
+                E::Add(x, a) if a.as_const().is_some() => {
+                    *x + E::Const(a.as_const().unwrap_or(0) + b)
+                }
+                E::Sub(x, a) if a.as_const().is_some() => {
+                    *x + E::Const(b - a.as_const().unwrap_or(0))
+                }
+                s => E::Add(Box::new(s), Box::new(rhs)),
+            },
+            _ => E::Add(Box::new(self), Box::new(rhs)),
+        }
+    }
+}
+
+impl Sub for IndexExpr {
+    type Output = IndexExpr;
+    fn sub(self, rhs: IndexExpr) -> IndexExpr {
+        match (self.as_const(), rhs.as_const()) {
+            (Some(a), Some(b)) => E::Const(a.wrapping_sub(b)),
+            (_, Some(0)) => self,
+            (None, Some(b)) => self + E::Const(-b),
+            _ if self == rhs => E::Const(0),
+            _ => E::Sub(Box::new(self), Box::new(rhs)),
+        }
+    }
+}
+
+impl Mul for IndexExpr {
+    type Output = IndexExpr;
+    fn mul(self, rhs: IndexExpr) -> IndexExpr {
+        match (self.as_const(), rhs.as_const()) {
+            (Some(a), Some(b)) => E::Const(a.wrapping_mul(b)),
+            (Some(0), _) | (_, Some(0)) => E::Const(0),
+            (Some(1), _) => rhs,
+            (_, Some(1)) => self,
+            _ => E::Mul(Box::new(self), Box::new(rhs)),
+        }
+    }
+}
+
+impl Neg for IndexExpr {
+    type Output = IndexExpr;
+    fn neg(self) -> IndexExpr {
+        E::Const(0) - self
+    }
+}
+
+macro_rules! scalar_rhs {
+    ($tr:ident, $m:ident) => {
+        impl $tr<i64> for IndexExpr {
+            type Output = IndexExpr;
+            fn $m(self, rhs: i64) -> IndexExpr {
+                self.$m(E::Const(rhs))
+            }
+        }
+    };
+}
+scalar_rhs!(Add, add);
+scalar_rhs!(Sub, sub);
+scalar_rhs!(Mul, mul);
+
+impl fmt::Display for IndexExpr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            E::Const(v) => write!(f, "{v}"),
+            E::Idx(k) => write!(f, "i{k}"),
+            E::Add(a, b) => write!(f, "({a}+{b})"),
+            E::Sub(a, b) => write!(f, "({a}-{b})"),
+            E::Mul(a, b) => write!(f, "{a}*{b}"),
+            E::FloorDiv(a, b) => write!(f, "floordiv({a},{b})"),
+            E::Mod(a, b) => write!(f, "mod({a},{b})"),
+            E::Min(a, b) => write!(f, "min({a},{b})"),
+            E::Max(a, b) => write!(f, "max({a},{b})"),
+            E::Cmp(op, a, b) => {
+                let s = match op {
+                    CmpOp::Lt => "<",
+                    CmpOp::Le => "<=",
+                    CmpOp::Eq => "==",
+                    CmpOp::Ne => "!=",
+                };
+                write!(f, "({a}{s}{b})")
+            }
+            E::Select(c, t, o) => write!(f, "select({c},{t},{o})"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn floor_semantics() {
+        assert_eq!(E::c(-7).floor_div(2).eval(&[]), -4);
+        assert_eq!(E::c(-7).modulo(3).eval(&[]), 2);
+        assert_eq!(E::c(7).modulo(-3).eval(&[]), -2);
+        assert_eq!(E::idx(0).floor_div(0).eval(&[5]), 0);
+    }
+
+    #[test]
+    fn folding_and_substitution() {
+        let e = (E::idx(0) + 0) * 1 + 3 - 3;
+        assert_eq!(e, E::idx(0));
+        let f = E::idx(0) * 2 + 1;
+        let g = f.substitute(&[E::idx(1) + 4]);
+        assert_eq!(g.eval(&[0, 3]), 15);
+        assert_eq!(g.max_index(), Some(1));
+        assert_eq!(format!("{}", E::idx(0) * 2 + 1), "(i0*2+1)");
+    }
+
+    #[test]
+    fn comparisons_and_select() {
+        let e = E::idx(0).lt(3).select(E::idx(0), E::c(-1));
+        assert_eq!(e.eval(&[2]), 2);
+        assert_eq!(e.eval(&[3]), -1);
+        assert_eq!(E::idx(0).ge(2).eval(&[2]), 1);
+        assert_eq!(E::idx(0).gt(2).eval(&[2]), 0);
+        assert_eq!(E::idx(0).clamp(0, 4).eval(&[9]), 4);
+        assert_eq!((-E::idx(0)).abs().eval(&[-3]), 3);
+    }
+}

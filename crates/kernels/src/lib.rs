@@ -1,0 +1,29 @@
+//! Below the graph: data types, host buffers, index expressions, the meta-op
+//! descriptors, the counter-based random generator and the backends that run them.
+//!
+//! Nothing in this crate knows about graphs. A backend receives one operation (or,
+//! from the fusion planner, one fused kernel) together with its input buffers and
+//! produces an output buffer.
+//!
+//! * [`dtype`]: the element types and their promotion rules.
+//! * [`buffer`]: typed host storage with live-buffer accounting.
+//! * [`expr`]: the typed index-expression AST used by `reindex` and `reindex_reduce`.
+//! * [`meta`]: the meta-operator descriptors.
+//! * [`random`]: Philox-4x32-10, the same numbers on every backend.
+//! * [`reference`]: the oracle interpreter, computing in f64 / i64.
+//! * [`cuda`]: run-time discovery of the CUDA libraries.
+
+pub mod buffer;
+pub mod cuda;
+pub mod dtype;
+pub mod error;
+pub mod expr;
+pub mod meta;
+pub mod random;
+pub mod reference;
+
+pub use buffer::{live_buffers, Buffer, Element, HostBuffer};
+pub use dtype::DType;
+pub use error::KernelError;
+pub use expr::IndexExpr;
+pub use meta::{BinaryOp, Distribution, MetaOp, ReduceOp, UnaryOp};
