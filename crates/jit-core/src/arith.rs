@@ -259,7 +259,7 @@ macro_rules! operator {
                 or_panic(Var::$tm(self, rhs), $sym)
             }
         }
-        operator!(@scalar_lhs $tr, $m, $tm, $sym, f64, f32, i64, i32);
+        operator!(@scalar_lhs $tr, $m, $tm, $sym, f64, i64);
     };
     (@scalar_lhs $tr:ident, $m:ident, $tm:ident, $sym:literal, $($t:ty),*) => {
         $(

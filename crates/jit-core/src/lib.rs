@@ -26,6 +26,7 @@ mod var;
 pub use arith::Operand;
 pub use device::Device;
 pub use error::{Error, Result};
+pub use half::{bf16, f16};
 pub use kernels::{
     BinaryOp, DType, Distribution, Element, HostBuffer, IndexExpr, MetaOp, ReduceOp, UnaryOp,
 };
