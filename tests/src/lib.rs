@@ -1,6 +1,8 @@
 //! Helpers for the integration tests: a seeded random generator that reports its
 //! seed, a plain-Rust n-d array used as an independent oracle, and closeness checks.
 
+#![warn(missing_docs)]
+
 use jit_core::{DType, HostBuffer, Var};
 use std::time::{SystemTime, UNIX_EPOCH};
 

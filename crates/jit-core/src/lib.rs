@@ -14,6 +14,8 @@
 //! assert!((v[0] - 3f32.exp()).abs() < 1e-5);
 //! ```
 
+#![warn(missing_docs)]
+
 mod arith;
 mod device;
 mod display;
@@ -27,6 +29,7 @@ pub use arith::Operand;
 pub use device::Device;
 pub use error::{Error, Result};
 pub use half::{bf16, f16};
+pub use kernels::cuda::{probe as cuda_probe, CudaInfo};
 pub use kernels::{
     BinaryOp, DType, Distribution, Element, HostBuffer, IndexExpr, MetaOp, ReduceOp, UnaryOp,
 };

@@ -376,7 +376,7 @@ impl Var {
             return Err(bad());
         }
         let new: Vec<usize> = if holes == 1 {
-            if known == 0 || n % known != 0 {
+            if known == 0 || !n.is_multiple_of(known) {
                 return Err(bad());
             }
             shape

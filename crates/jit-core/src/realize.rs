@@ -44,7 +44,12 @@ fn schedule(targets: &[Var]) -> Vec<Var> {
 }
 
 fn check_device(v: &Var) -> Result<()> {
-    match v.device() {
+    usable(v.device(), "realize")
+}
+
+/// Ok when values can be computed on `device` in this build; else the reason.
+fn usable(device: Device, op: &str) -> Result<()> {
+    match device {
         Device::Cpu => Ok(()),
         Device::Cuda(n) => {
             let why = match kernels::cuda::probe() {
@@ -59,7 +64,7 @@ fn check_device(v: &Var) -> Result<()> {
                     .to_string(),
             };
             Err(Error::Device {
-                op: "realize".into(),
+                op: op.into(),
                 msg: format!("cannot run on cuda:{n}: {why}"),
             })
         }
@@ -145,6 +150,23 @@ pub fn realize(vars: &[Var]) -> Result<()> {
 }
 
 impl Var {
+    /// This value on `device`. Moving to the device it is already on is free; a
+    /// device that cannot be used here (no driver, no such ordinal, or no backend for
+    /// it in this build) is an error that says which.
+    pub fn to(&self, device: Device) -> Result<Var> {
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        usable(device, "to")?;
+        Err(Error::Device {
+            op: "to".into(),
+            msg: format!(
+                "no copy path from {} to {device} in this build",
+                self.device()
+            ),
+        })
+    }
+
     /// Computes this value now.
     pub fn sync(&self) -> Result<()> {
         realize(std::slice::from_ref(self))

@@ -78,7 +78,7 @@ impl Activations for Var {
 
     fn silu(&self) -> Result<Var> {
         let x = float_input("silu", self)?;
-        x.try_mul(&x.sigmoid())
+        x.try_mul(x.sigmoid())
     }
 
     fn softmax(&self, dim: isize) -> Result<Var> {

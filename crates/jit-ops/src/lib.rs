@@ -10,6 +10,8 @@
 //!
 //! Import the [`prelude`] to get [`Var`] together with these methods.
 
+#![warn(missing_docs)]
+
 pub mod activation;
 pub mod linalg;
 pub mod reduce;

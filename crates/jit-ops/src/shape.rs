@@ -212,7 +212,7 @@ impl ShapeOps for Var {
     }
 
     fn pad(&self, pads: &[usize], mode: PadMode) -> Result<Var> {
-        if pads.len() % 2 != 0 || pads.len() / 2 > self.ndim() {
+        if !pads.len().is_multiple_of(2) || pads.len() / 2 > self.ndim() {
             return Err(Error::Shape {
                 op: "pad".into(),
                 msg: format!(
@@ -346,7 +346,7 @@ impl ShapeOps for Var {
         let d = normalize_dim("split", dim, self.shape())?;
         let n = self.shape().get(d).copied().unwrap_or(1);
         let mut sizes = vec![size; n / size];
-        if n % size != 0 || n == 0 {
+        if !n.is_multiple_of(size) || n == 0 {
             sizes.push(n % size);
         }
         self.split_sizes(&sizes, dim)

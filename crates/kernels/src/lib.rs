@@ -13,6 +13,8 @@
 //! * [`reference`]: the oracle interpreter, computing in f64 / i64.
 //! * [`cuda`]: run-time discovery of the CUDA libraries.
 
+#![warn(missing_docs)]
+
 pub mod buffer;
 pub mod cuda;
 pub mod dtype;
