@@ -20,7 +20,9 @@ mod arith;
 mod device;
 mod display;
 mod error;
+pub mod flags;
 mod meta;
+mod planner;
 mod realize;
 mod shape;
 mod var;
@@ -28,11 +30,12 @@ mod var;
 pub use arith::Operand;
 pub use device::Device;
 pub use error::{Error, Result};
+pub use flags::{flags, set_flags, with_flags, Backend, Flags};
 pub use half::{bf16, f16};
 pub use kernels::cuda::{probe as cuda_probe, CudaInfo};
 pub use kernels::{
     BinaryOp, DType, Distribution, Element, HostBuffer, IndexExpr, MetaOp, ReduceOp, UnaryOp,
 };
-pub use realize::{live_buffers, realize};
+pub use realize::{kernel_launches, live_buffers, planned_kernels, realize};
 pub use shape::{broadcast_shapes, normalize_dim, normalize_dims};
 pub use var::{manual_seed, Var};

@@ -4,10 +4,36 @@
 
 use crate::device::Device;
 use crate::error::{Error, Result};
+use crate::flags::{flags, Backend};
+use crate::planner::{self, Step};
 use crate::var::{State, Var};
 use kernels::{Buffer, Element, HostBuffer, MetaOp};
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+static KERNEL_LAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// Number of kernels run by the CPU backend in this process (meta-ops on the
+/// reference backend are not counted).
+pub fn kernel_launches() -> u64 {
+    KERNEL_LAUNCHES.load(Ordering::Relaxed)
+}
+
+/// The kernels (canonical IR text) that realising `vars` would run with the current
+/// fusion setting, without running them. Realised inputs are not recomputed.
+pub fn planned_kernels(vars: &[Var]) -> Result<Vec<String>> {
+    let order = schedule(vars);
+    let targets: HashSet<u64> = vars.iter().map(Var::id).collect();
+    let steps = planner::plan(&order, &targets, flags().fusion)?;
+    Ok(steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Kernel { kernel, .. } => Some(kernel.to_string()),
+            Step::Alias { .. } => None,
+        })
+        .collect())
+}
 
 /// Number of data buffers alive in the process (see [`kernels::live_buffers`]).
 pub fn live_buffers() -> usize {
@@ -81,6 +107,105 @@ pub fn realize(vars: &[Var]) -> Result<()> {
         check_device(v)?;
     }
     let targets: HashSet<u64> = vars.iter().map(Var::id).collect();
+    let f = flags();
+    match f.backend {
+        Backend::Reference => run_reference(order, &targets),
+        Backend::Cpu => run_planned(&order, &targets, f.fusion, f.dump),
+    }
+}
+
+fn data_of(v: &Var, values: &HashMap<u64, Arc<Buffer>>) -> Result<Arc<Buffer>> {
+    let ready = match &*v.state() {
+        State::Ready { data, .. } => Some(data.clone()),
+        State::Pending { .. } => None,
+    };
+    ready
+        .or_else(|| values.get(&v.id()).cloned())
+        .ok_or_else(|| {
+            Error::Kernel(kernels::KernelError::Internal {
+                op: v.op_name().into(),
+                reason: format!("value {} was not computed before its consumer", v.id()),
+            })
+        })
+}
+
+/// Runs the planner's kernels in order, freeing each intermediate after its last
+/// reader.
+fn run_planned(order: &[Var], targets: &HashSet<u64>, fused: bool, dump: bool) -> Result<()> {
+    let steps = planner::plan(order, targets, fused)?;
+    let mut remaining: HashMap<u64, usize> = HashMap::new();
+    for s in &steps {
+        match s {
+            Step::Kernel { inputs, .. } => {
+                for i in inputs {
+                    *remaining.entry(i.id()).or_insert(0) += 1;
+                }
+            }
+            Step::Alias { src, .. } => *remaining.entry(src.id()).or_insert(0) += 1,
+        }
+    }
+    let mut values: HashMap<u64, Arc<Buffer>> = HashMap::new();
+    let put = |v: &Var,
+               data: Arc<Buffer>,
+               remaining: &HashMap<u64, usize>,
+               values: &mut HashMap<u64, Arc<Buffer>>| {
+        if targets.contains(&v.id()) {
+            *v.state() = State::Ready {
+                data: data.clone(),
+                op: v.op_name(),
+            };
+        }
+        if remaining.get(&v.id()).copied().unwrap_or(0) > 0 {
+            values.insert(v.id(), data);
+        }
+    };
+    for step in steps {
+        let read: Vec<Var> = match &step {
+            Step::Kernel {
+                kernel,
+                launch,
+                inputs,
+                outputs,
+            } => {
+                let data = inputs
+                    .iter()
+                    .map(|i| data_of(i, &values))
+                    .collect::<Result<Vec<_>>>()?;
+                let hosts: Vec<&HostBuffer> = data.iter().map(|d| d.host()).collect();
+                if dump {
+                    eprintln!(
+                        "[jit] kernel {} {launch:?}\n{kernel}",
+                        kernel.structural_hash()
+                    );
+                }
+                let outs = kernels::exec::run(kernel, launch, &hosts)?;
+                KERNEL_LAUNCHES.fetch_add(1, Ordering::Relaxed);
+                drop(data);
+                for (o, buf) in outputs.iter().zip(outs) {
+                    put(o, Arc::new(Buffer::new(buf)), &remaining, &mut values);
+                }
+                inputs.clone()
+            }
+            Step::Alias { out, src } => {
+                let d = data_of(src, &values)?;
+                put(out, d, &remaining, &mut values);
+                vec![src.clone()]
+            }
+        };
+        for i in read {
+            if let Some(r) = remaining.get_mut(&i.id()) {
+                *r -= 1;
+                if *r == 0 {
+                    values.remove(&i.id());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs every meta-op on the reference interpreter.
+fn run_reference(order: Vec<Var>, targets: &HashSet<u64>) -> Result<()> {
     // How many pending consumers each pending node still has.
     let mut remaining: HashMap<u64, usize> = HashMap::new();
     let mut plan = Vec::with_capacity(order.len());

@@ -39,6 +39,9 @@ pub enum IndexExpr {
     Const(i64),
     /// Loop index `i_k`.
     Idx(usize),
+    /// Kernel argument `a_k`: a size, stride or offset passed at launch, so that the
+    /// compiled kernel does not depend on it.
+    Arg(usize),
     /// `a + b`
     Add(Box<IndexExpr>, Box<IndexExpr>),
     /// `a - b`
@@ -209,20 +212,28 @@ impl IndexExpr {
     }
 
     /// Evaluates with the given loop indices. Indices the expression does not mention
-    /// may be missing; a mentioned index beyond `idx` reads as 0.
+    /// may be missing; a mentioned index beyond `idx` reads as 0, and so does every
+    /// kernel argument.
     pub fn eval(&self, idx: &[i64]) -> i64 {
+        self.eval_args(idx, &[])
+    }
+
+    /// Evaluates with loop indices and kernel arguments (missing ones read as 0).
+    pub fn eval_args(&self, idx: &[i64], args: &[i64]) -> i64 {
+        let ev = |e: &IndexExpr| e.eval_args(idx, args);
         match self {
             E::Const(v) => *v,
             E::Idx(k) => idx.get(*k).copied().unwrap_or(0),
-            E::Add(a, b) => a.eval(idx).wrapping_add(b.eval(idx)),
-            E::Sub(a, b) => a.eval(idx).wrapping_sub(b.eval(idx)),
-            E::Mul(a, b) => a.eval(idx).wrapping_mul(b.eval(idx)),
-            E::FloorDiv(a, b) => floor_div(a.eval(idx), b.eval(idx)),
-            E::Mod(a, b) => floor_mod(a.eval(idx), b.eval(idx)),
-            E::Min(a, b) => a.eval(idx).min(b.eval(idx)),
-            E::Max(a, b) => a.eval(idx).max(b.eval(idx)),
+            E::Arg(k) => args.get(*k).copied().unwrap_or(0),
+            E::Add(a, b) => ev(a).wrapping_add(ev(b)),
+            E::Sub(a, b) => ev(a).wrapping_sub(ev(b)),
+            E::Mul(a, b) => ev(a).wrapping_mul(ev(b)),
+            E::FloorDiv(a, b) => floor_div(ev(a), ev(b)),
+            E::Mod(a, b) => floor_mod(ev(a), ev(b)),
+            E::Min(a, b) => ev(a).min(ev(b)),
+            E::Max(a, b) => ev(a).max(ev(b)),
             E::Cmp(op, a, b) => {
-                let (x, y) = (a.eval(idx), b.eval(idx));
+                let (x, y) = (ev(a), ev(b));
                 i64::from(match op {
                     CmpOp::Lt => x < y,
                     CmpOp::Le => x <= y,
@@ -231,11 +242,48 @@ impl IndexExpr {
                 })
             }
             E::Select(c, t, o) => {
-                if c.eval(idx) != 0 {
-                    t.eval(idx)
+                if ev(c) != 0 {
+                    ev(t)
                 } else {
-                    o.eval(idx)
+                    ev(o)
                 }
+            }
+        }
+    }
+
+    /// Replaces every constant whose magnitude exceeds 1 by a fresh kernel argument,
+    /// appending its value to `args`. Constants 0, 1 and -1 stay: they shape the code
+    /// (a unit stride, a zero offset), the others are sizes a new input may change.
+    pub fn lift_constants(&self, args: &mut Vec<i64>) -> IndexExpr {
+        let mut bin =
+            |a: &IndexExpr, b: &IndexExpr, f: fn(Box<IndexExpr>, Box<IndexExpr>) -> IndexExpr| {
+                let a = a.lift_constants(args);
+                let b = b.lift_constants(args);
+                f(Box::new(a), Box::new(b))
+            };
+        match self {
+            E::Const(v) if v.abs() > 1 => {
+                args.push(*v);
+                E::Arg(args.len() - 1)
+            }
+            E::Const(_) | E::Idx(_) | E::Arg(_) => self.clone(),
+            E::Add(a, b) => bin(a, b, E::Add),
+            E::Sub(a, b) => bin(a, b, E::Sub),
+            E::Mul(a, b) => bin(a, b, E::Mul),
+            E::FloorDiv(a, b) => bin(a, b, E::FloorDiv),
+            E::Mod(a, b) => bin(a, b, E::Mod),
+            E::Min(a, b) => bin(a, b, E::Min),
+            E::Max(a, b) => bin(a, b, E::Max),
+            E::Cmp(op, a, b) => {
+                let a = a.lift_constants(args);
+                let b = b.lift_constants(args);
+                E::Cmp(*op, Box::new(a), Box::new(b))
+            }
+            E::Select(c, t, o) => {
+                let c = c.lift_constants(args);
+                let t = t.lift_constants(args);
+                let o = o.lift_constants(args);
+                E::Select(Box::new(c), Box::new(t), Box::new(o))
             }
         }
     }
@@ -246,6 +294,7 @@ impl IndexExpr {
         let bin = |a: &IndexExpr, b: &IndexExpr| (a.substitute(vars), b.substitute(vars));
         match self {
             E::Const(v) => E::Const(*v),
+            E::Arg(k) => E::Arg(*k),
             E::Idx(k) => vars.get(*k).cloned().unwrap_or(E::Idx(*k)),
             E::Add(a, b) => {
                 let (a, b) = bin(a, b);
@@ -288,7 +337,7 @@ impl IndexExpr {
     /// The largest loop index the expression mentions, if any.
     pub fn max_index(&self) -> Option<usize> {
         match self {
-            E::Const(_) => None,
+            E::Const(_) | E::Arg(_) => None,
             E::Idx(k) => Some(*k),
             E::Add(a, b)
             | E::Sub(a, b)
@@ -302,10 +351,88 @@ impl IndexExpr {
         }
     }
 
+    /// An interval containing every value the expression takes when loop index `k`
+    /// ranges over `ranges[k]` (inclusive), or `None` when it cannot tell (an index
+    /// without a range, a kernel argument, division by a non-constant).
+    pub fn bounds(&self, ranges: &[(i64, i64)]) -> Option<(i64, i64)> {
+        let b = |e: &IndexExpr| e.bounds(ranges);
+        Some(match self {
+            E::Const(v) => (*v, *v),
+            E::Idx(k) => *ranges.get(*k)?,
+            E::Arg(_) => return None,
+            E::Add(x, y) => {
+                let ((a, b0), (c, d)) = (b(x)?, b(y)?);
+                (a.checked_add(c)?, b0.checked_add(d)?)
+            }
+            E::Sub(x, y) => {
+                let ((a, b0), (c, d)) = (b(x)?, b(y)?);
+                (a.checked_sub(d)?, b0.checked_sub(c)?)
+            }
+            E::Mul(x, y) => {
+                let ((a, b0), (c, d)) = (b(x)?, b(y)?);
+                let p = [
+                    a.checked_mul(c)?,
+                    a.checked_mul(d)?,
+                    b0.checked_mul(c)?,
+                    b0.checked_mul(d)?,
+                ];
+                (*p.iter().min()?, *p.iter().max()?)
+            }
+            E::FloorDiv(x, y) => {
+                let (a, b0) = b(x)?;
+                let k = y.as_const().filter(|&k| k > 0)?;
+                (floor_div(a, k), floor_div(b0, k))
+            }
+            E::Mod(x, y) => {
+                let k = y.as_const().filter(|&k| k > 0)?;
+                match b(x) {
+                    Some((a, b0)) if a >= 0 && b0 < k => (a, b0),
+                    _ => (0, k - 1),
+                }
+            }
+            E::Min(x, y) => {
+                let ((a, b0), (c, d)) = (b(x)?, b(y)?);
+                (a.min(c), b0.min(d))
+            }
+            E::Max(x, y) => {
+                let ((a, b0), (c, d)) = (b(x)?, b(y)?);
+                (a.max(c), b0.max(d))
+            }
+            E::Cmp(..) => (0, 1),
+            E::Select(_, t, o) => {
+                let ((a, b0), (c, d)) = (b(t)?, b(o)?);
+                (a.min(c), b0.max(d))
+            }
+        })
+    }
+
+    /// True when the expression provably lies in `[lo, hi]` over `ranges`.
+    pub fn provably_within(&self, ranges: &[(i64, i64)], lo: i64, hi: i64) -> bool {
+        self.bounds(ranges).is_some_and(|(a, b)| a >= lo && b <= hi)
+    }
+
+    /// Renumbers kernel arguments: `Arg(k)` becomes `Arg(k + by)`.
+    pub fn shift_args(&self, by: usize) -> IndexExpr {
+        let s = |e: &IndexExpr| Box::new(e.shift_args(by));
+        match self {
+            E::Arg(k) => E::Arg(k + by),
+            E::Const(_) | E::Idx(_) => self.clone(),
+            E::Add(a, b) => E::Add(s(a), s(b)),
+            E::Sub(a, b) => E::Sub(s(a), s(b)),
+            E::Mul(a, b) => E::Mul(s(a), s(b)),
+            E::FloorDiv(a, b) => E::FloorDiv(s(a), s(b)),
+            E::Mod(a, b) => E::Mod(s(a), s(b)),
+            E::Min(a, b) => E::Min(s(a), s(b)),
+            E::Max(a, b) => E::Max(s(a), s(b)),
+            E::Cmp(op, a, b) => E::Cmp(*op, s(a), s(b)),
+            E::Select(c, t, o) => E::Select(s(c), s(t), s(o)),
+        }
+    }
+
     /// Number of nodes (a size measure used to keep compositions in check).
     pub fn node_count(&self) -> usize {
         match self {
-            E::Const(_) | E::Idx(_) => 1,
+            E::Const(_) | E::Idx(_) | E::Arg(_) => 1,
             E::Add(a, b)
             | E::Sub(a, b)
             | E::Mul(a, b)
@@ -399,6 +526,7 @@ impl fmt::Display for IndexExpr {
         match self {
             E::Const(v) => write!(f, "{v}"),
             E::Idx(k) => write!(f, "i{k}"),
+            E::Arg(k) => write!(f, "a{k}"),
             E::Add(a, b) => write!(f, "({a}+{b})"),
             E::Sub(a, b) => write!(f, "({a}-{b})"),
             E::Mul(a, b) => write!(f, "{a}*{b}"),
@@ -441,6 +569,23 @@ mod tests {
         assert_eq!(g.eval(&[0, 3]), 15);
         assert_eq!(g.max_index(), Some(1));
         assert_eq!(format!("{}", E::idx(0) * 2 + 1), "(i0*2+1)");
+    }
+
+    #[test]
+    fn interval_bounds() {
+        let r = [(0, 9), (0, 2)];
+        assert_eq!((E::idx(0) * 3 + E::idx(1)).bounds(&r), Some((0, 29)));
+        assert_eq!((E::idx(0) - 2).bounds(&r), Some((-2, 7)));
+        assert_eq!(E::idx(0).floor_div(4).bounds(&r), Some((0, 2)));
+        assert_eq!((E::idx(0) - 5).modulo(4).bounds(&r), Some((0, 3)));
+        assert!(E::idx(1).provably_within(&r, 0, 2));
+        assert!(!(E::idx(1) + 1).provably_within(&r, 0, 2));
+        assert_eq!(E::Arg(0).bounds(&r), None);
+        let mut args = vec![];
+        let lifted = (E::idx(0) * 7 + 1).lift_constants(&mut args);
+        assert_eq!(args, vec![7]);
+        assert_eq!(lifted.eval_args(&[2], &args), 15);
+        assert_eq!(lifted.shift_args(3).eval_args(&[2], &[0, 0, 0, 7]), 15);
     }
 
     #[test]

@@ -1,0 +1,83 @@
+//! Run-time switches: which backend computes, and whether the planner fuses.
+//!
+//! Defaults come from the environment at first use (`JIT_BACKEND=cpu|reference`,
+//! `JIT_FUSION=0|1`, `JIT_DUMP=1` to print every kernel's IR); [`set_flags`] changes
+//! them for the process and [`with_flags`] for the current thread inside a scope.
+
+use std::cell::Cell;
+use std::sync::{Mutex, OnceLock};
+
+/// The backend that runs realisations on the `cpu` device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The meta-op interpreter in f64 (the oracle; never fuses).
+    Reference,
+    /// The fusion planner and CPU kernels.
+    Cpu,
+}
+
+/// The switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Flags {
+    /// Backend for the `cpu` device.
+    pub backend: Backend,
+    /// Fuse meta-ops into kernels (`false`: every meta-op is its own kernel).
+    pub fusion: bool,
+    /// Print the IR of every kernel that runs.
+    pub dump: bool,
+}
+
+fn env_flags() -> Flags {
+    let var = |k: &str| std::env::var(k).ok().map(|s| s.trim().to_ascii_lowercase());
+    let backend = match var("JIT_BACKEND").as_deref() {
+        Some("reference") | Some("ref") => Backend::Reference,
+        _ => Backend::Cpu,
+    };
+    let fusion = !matches!(
+        var("JIT_FUSION").as_deref(),
+        Some("0") | Some("false") | Some("off")
+    );
+    let dump = matches!(
+        var("JIT_DUMP").as_deref(),
+        Some("1") | Some("true") | Some("on")
+    );
+    Flags {
+        backend,
+        fusion,
+        dump,
+    }
+}
+
+fn global() -> &'static Mutex<Flags> {
+    static G: OnceLock<Mutex<Flags>> = OnceLock::new();
+    G.get_or_init(|| Mutex::new(env_flags()))
+}
+
+thread_local! {
+    static LOCAL: Cell<Option<Flags>> = const { Cell::new(None) };
+}
+
+/// The switches in force on this thread.
+pub fn flags() -> Flags {
+    LOCAL
+        .with(Cell::get)
+        .unwrap_or_else(|| *global().lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// Sets the process-wide switches (threads inside [`with_flags`] keep theirs).
+pub fn set_flags(f: Flags) {
+    *global().lock().unwrap_or_else(|e| e.into_inner()) = f;
+}
+
+/// Runs `body` with `f` in force on this thread, restoring the previous switches
+/// afterwards (also when `body` panics).
+pub fn with_flags<R>(f: Flags, body: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Flags>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LOCAL.with(|l| l.set(self.0));
+        }
+    }
+    let _restore = Restore(LOCAL.with(|l| l.replace(Some(f))));
+    body()
+}

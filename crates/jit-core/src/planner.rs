@@ -1,0 +1,672 @@
+//! The fusion planner: cuts the pending graph behind the requested values into
+//! kernels of the IR in `kernels::ir`.
+//!
+//! Rules (DESIGN.md, "From graph to kernels"):
+//! - element-wise, broadcast, reindex and reshape producers are inlined into their
+//!   consumer, as index arithmetic and guarded loads;
+//! - element-wise producers fuse into a reduction (they run in its inner loop), and
+//!   element-wise consumers of a reduction over the same domain run after it in the
+//!   same kernel (an epilogue: `sum(x) * (1/n)` is one kernel);
+//! - sibling reductions over one domain share a kernel (merged after planning when
+//!   neither needs the other);
+//! - a value is materialised when it is requested, is a scatter (`reindex_reduce`),
+//!   is a reduction that cannot run inside its consumer (read through a broadcast or
+//!   over another domain), or has several consumers and costs more than
+//!   [`RECOMPUTE_LIMIT`] to recompute;
+//! - with fusion off every meta-op but `reshape` is its own kernel.
+
+use crate::error::{Error, Result};
+use crate::var::{State, Var};
+use kernels::expr::IndexExpr as E;
+use kernels::ir::{Inst, Kernel, Launch, Output, Reduction, Store, Value, ValueId};
+use kernels::{DType, MetaOp};
+use std::collections::{HashMap, HashSet};
+
+/// A shared producer costing more than this (in rough instruction units) is stored
+/// rather than recomputed by each consumer.
+pub const RECOMPUTE_LIMIT: usize = 24;
+
+/// One step of a plan.
+pub(crate) enum Step {
+    /// Run a kernel.
+    Kernel {
+        /// The IR.
+        kernel: Box<Kernel>,
+        /// Sizes and arguments.
+        launch: Launch,
+        /// Values read, in the kernel's input order.
+        inputs: Vec<Var>,
+        /// Values written, in the kernel's output order.
+        outputs: Vec<Var>,
+    },
+    /// `out` is a reshape of the materialised `src`: same data.
+    Alias {
+        /// The reshaped value.
+        out: Var,
+        /// Its source.
+        src: Var,
+    },
+}
+
+fn op_and_inputs(v: &Var) -> Option<(MetaOp, Vec<Var>)> {
+    match &*v.state() {
+        State::Pending { op, inputs } => Some((op.clone(), inputs.clone())),
+        State::Ready { .. } => None,
+    }
+}
+
+fn strides(shape: &[usize]) -> Vec<i64> {
+    let mut s = vec![1i64; shape.len()];
+    for d in (0..shape.len().saturating_sub(1)).rev() {
+        s[d] = s[d + 1] * shape[d + 1] as i64;
+    }
+    s
+}
+
+/// Row-major flat offset of a multi-index.
+fn flat(idx: &[E], shape: &[usize]) -> E {
+    idx.iter()
+        .zip(strides(shape))
+        .fold(E::c(0), |acc, (e, s)| acc + e.clone() * s)
+}
+
+fn weight(op: &MetaOp) -> usize {
+    match op {
+        MetaOp::Unary(u) if u.float_only() => 4,
+        MetaOp::Binary(kernels::BinaryOp::Pow) => 4,
+        MetaOp::Reindex { .. } => 2,
+        _ => 1,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Phase {
+    Inner,
+    Body,
+}
+
+/// Why a kernel could not be built as planned: these values must be materialised.
+struct Force(Vec<Var>);
+
+struct Builder<'a> {
+    root: u64,
+    materialised: &'a HashSet<u64>,
+    out_shape: Vec<usize>,
+    red_shape: Option<Vec<usize>>,
+    kernel: Kernel,
+    args: Vec<i64>,
+    inputs: Vec<Var>,
+    memo: HashMap<(Phase, u64, Vec<E>, Option<E>), ValueId>,
+}
+
+impl<'a> Builder<'a> {
+    fn new(root: &Var, out_shape: Vec<usize>, materialised: &'a HashSet<u64>) -> Self {
+        Builder {
+            root: root.id(),
+            materialised,
+            kernel: Kernel {
+                out_rank: out_shape.len(),
+                ..Kernel::default()
+            },
+            out_shape,
+            red_shape: None,
+            args: vec![],
+            inputs: vec![],
+            memo: HashMap::new(),
+        }
+    }
+
+    fn ranges(&self, phase: Phase) -> Vec<(i64, i64)> {
+        let mut r: Vec<(i64, i64)> = self.out_shape.iter().map(|&n| (0, n as i64 - 1)).collect();
+        if phase == Phase::Inner {
+            if let Some(rs) = &self.red_shape {
+                r.extend(rs.iter().map(|&n| (0, n as i64 - 1)));
+            }
+        }
+        r
+    }
+
+    fn lift(&mut self, e: &E) -> E {
+        e.lift_constants(&mut self.args)
+    }
+
+    fn push(&mut self, phase: Phase, inst: Inst, dtype: DType) -> ValueId {
+        let list = match phase {
+            Phase::Inner => &mut self.kernel.inner,
+            Phase::Body => &mut self.kernel.body,
+        };
+        list.push(Value { inst, dtype });
+        list.len() - 1
+    }
+
+    fn input_slot(&mut self, v: &Var) -> usize {
+        if let Some(k) = self.inputs.iter().position(|i| i.same_node(v)) {
+            return k;
+        }
+        self.inputs.push(v.clone());
+        self.kernel.inputs.push(v.dtype());
+        self.inputs.len() - 1
+    }
+
+    fn is_stored(&self, v: &Var) -> bool {
+        v.id() != self.root && (v.is_realized() || self.materialised.contains(&v.id()))
+    }
+
+    fn load(&mut self, v: &Var, offset: E, guard: &Option<E>, phase: Phase) -> ValueId {
+        let input = self.input_slot(v);
+        let offset = self.lift(&offset);
+        let guard = guard.as_ref().map(|g| self.lift(g));
+        self.push(
+            phase,
+            Inst::Load {
+                input,
+                offset,
+                guard,
+                fill: 0.0,
+            },
+            v.dtype(),
+        )
+    }
+
+    /// In-range checks of `exprs` against `shape`, dropping the provable ones;
+    /// `None` when every check is provable.
+    fn range_checks(&self, exprs: &[E], shape: &[usize], phase: Phase) -> Option<E> {
+        let ranges = self.ranges(phase);
+        let mut cond: Option<E> = None;
+        for (e, &n) in exprs.iter().zip(shape) {
+            if e.provably_within(&ranges, 0, n as i64 - 1) {
+                continue;
+            }
+            let c = e.clone().ge(0) * e.clone().lt(n as i64);
+            cond = Some(match cond {
+                None => c,
+                Some(p) => p * c,
+            });
+        }
+        cond
+    }
+
+    fn emit(
+        &mut self,
+        v: &Var,
+        idx: &[E],
+        guard: &Option<E>,
+        phase: Phase,
+    ) -> std::result::Result<ValueId, Force> {
+        let key = (phase, v.id(), idx.to_vec(), guard.clone());
+        if let Some(&id) = self.memo.get(&key) {
+            return Ok(id);
+        }
+        let id = self.emit_uncached(v, idx, guard, phase)?;
+        self.memo.insert(key, id);
+        Ok(id)
+    }
+
+    fn emit_uncached(
+        &mut self,
+        v: &Var,
+        idx: &[E],
+        guard: &Option<E>,
+        phase: Phase,
+    ) -> std::result::Result<ValueId, Force> {
+        if self.is_stored(v) {
+            return Ok(self.load(v, flat(idx, v.shape()), guard, phase));
+        }
+        let Some((op, inputs)) = op_and_inputs(v) else {
+            return Ok(self.load(v, flat(idx, v.shape()), guard, phase));
+        };
+        let dt = v.dtype();
+        Ok(match op {
+            MetaOp::Full { value } => self.push(phase, Inst::Const(value), dt),
+            MetaOp::Index { dim } => {
+                let e = self.lift(&idx[dim]);
+                self.push(phase, Inst::Index(e), dt)
+            }
+            MetaOp::Random { seed, dist } => {
+                self.args.push(seed as i64);
+                let seed_arg = self.args.len() - 1;
+                let counter = self.lift(&flat(idx, v.shape()));
+                self.push(
+                    phase,
+                    Inst::Random {
+                        seed_arg,
+                        dist,
+                        counter,
+                    },
+                    dt,
+                )
+            }
+            MetaOp::Unary(u) => {
+                let a = self.emit(&inputs[0], idx, guard, phase)?;
+                self.push(phase, Inst::Unary(u, a), dt)
+            }
+            MetaOp::Binary(b) => {
+                let x = self.emit(&inputs[0], idx, guard, phase)?;
+                let y = self.emit(&inputs[1], idx, guard, phase)?;
+                self.push(phase, Inst::Binary(b, x, y), dt)
+            }
+            MetaOp::Where => {
+                let c = self.emit(&inputs[0], idx, guard, phase)?;
+                let x = self.emit(&inputs[1], idx, guard, phase)?;
+                let y = self.emit(&inputs[2], idx, guard, phase)?;
+                self.push(phase, Inst::Where(c, x, y), dt)
+            }
+            MetaOp::Cast => {
+                let a = self.emit(&inputs[0], idx, guard, phase)?;
+                self.push(phase, Inst::Cast(a), dt)
+            }
+            MetaOp::BroadcastTo { new_dims } => {
+                let x = &inputs[0];
+                let mut sub = Vec::with_capacity(x.ndim());
+                let mut k = 0;
+                for (d, e) in idx.iter().enumerate() {
+                    if new_dims.contains(&d) {
+                        continue;
+                    }
+                    sub.push(if x.shape()[k] == 1 {
+                        E::c(0)
+                    } else {
+                        e.clone()
+                    });
+                    k += 1;
+                }
+                self.emit(x, &sub, guard, phase)?
+            }
+            MetaOp::Reindex {
+                exprs,
+                overflow,
+                conds,
+            } => {
+                let x = &inputs[0];
+                let sub: Vec<E> = exprs.iter().map(|e| e.substitute(idx)).collect();
+                let mut check = self.range_checks(&sub, x.shape(), phase);
+                for c in &conds {
+                    let c = c.substitute(idx);
+                    if c.as_const().is_some_and(|k| k != 0) {
+                        continue;
+                    }
+                    check = Some(match check {
+                        None => c.ne_(0),
+                        Some(p) => p * c.ne_(0),
+                    });
+                }
+                match check {
+                    None => self.emit(x, &sub, guard, phase)?,
+                    Some(c) => {
+                        let inner_guard = Some(match guard {
+                            None => c.clone(),
+                            Some(g) => g.clone() * c.clone(),
+                        });
+                        let val = self.emit(x, &sub, &inner_guard, phase)?;
+                        let ce = self.lift(&c);
+                        let cv = self.push(phase, Inst::Index(ce), DType::Bool);
+                        let fill = self.push(phase, Inst::Const(overflow), dt);
+                        self.push(phase, Inst::Where(cv, val, fill), dt)
+                    }
+                }
+            }
+            MetaOp::Reshape => {
+                let x = &inputs[0];
+                let f = flat(idx, v.shape());
+                if self.is_stored(x) || x.is_realized() {
+                    // same row-major layout: the flat offset is unchanged
+                    self.load(x, f, guard, phase)
+                } else {
+                    let st = strides(x.shape());
+                    let n = x.ndim();
+                    let sub: Vec<E> = (0..n)
+                        .map(|d| {
+                            let q = f.clone().floor_div(st[d]);
+                            if d == 0 {
+                                q
+                            } else {
+                                q.modulo(x.shape()[d] as i64)
+                            }
+                        })
+                        .collect();
+                    self.emit(x, &sub, guard, phase)?
+                }
+            }
+            MetaOp::Reduce { op, axes, keepdims } => {
+                let x = &inputs[0];
+                let identity: Vec<E> = (0..self.out_shape.len()).map(E::idx).collect();
+                let red: Vec<usize> = axes.iter().map(|&a| x.shape()[a]).collect();
+                let fits = phase == Phase::Body
+                    && idx == identity.as_slice()
+                    && v.shape() == self.out_shape.as_slice()
+                    && guard.is_none()
+                    && self.red_shape.as_ref().is_none_or(|r| *r == red);
+                if !fits {
+                    return Err(Force(vec![v.clone()]));
+                }
+                self.red_shape = Some(red);
+                self.kernel.red_rank = axes.len();
+                let out_rank = self.out_shape.len();
+                let mut kept = 0;
+                let mut inner_idx = Vec::with_capacity(x.ndim());
+                for d in 0..x.ndim() {
+                    if let Some(r) = axes.iter().position(|&a| a == d) {
+                        inner_idx.push(E::idx(out_rank + r));
+                        if keepdims {
+                            kept += 1;
+                        }
+                    } else {
+                        inner_idx.push(E::idx(kept));
+                        kept += 1;
+                    }
+                }
+                let vi = self.emit(x, &inner_idx, &None, Phase::Inner)?;
+                self.kernel.reductions.push(Reduction {
+                    op,
+                    value: vi,
+                    dtype: dt,
+                });
+                let k = self.kernel.reductions.len() - 1;
+                self.push(Phase::Body, Inst::Acc(k), dt)
+            }
+            MetaOp::ReindexReduce { .. } => return Err(Force(vec![v.clone()])),
+        })
+    }
+
+    fn finish(
+        mut self,
+        outputs: Vec<Output>,
+        output_lens: Vec<usize>,
+    ) -> (Kernel, Launch, Vec<Var>) {
+        self.kernel.outputs = outputs;
+        self.kernel.n_args = self.args.len();
+        let launch = Launch {
+            out_shape: self.out_shape,
+            red_shape: self.red_shape.unwrap_or_default(),
+            args: self.args,
+            output_lens,
+        };
+        (self.kernel, launch, self.inputs)
+    }
+}
+
+fn build(root: &Var, materialised: &HashSet<u64>) -> std::result::Result<Step, Force> {
+    let (op, inputs) = op_and_inputs(root).ok_or_else(|| Force(vec![]))?;
+    if let MetaOp::ReindexReduce {
+        op: rop,
+        exprs,
+        conds,
+    } = &op
+    {
+        let x = &inputs[0];
+        let mut b = Builder::new(root, x.shape().to_vec(), materialised);
+        let identity: Vec<E> = (0..x.ndim()).map(E::idx).collect();
+        let value = b.emit(x, &identity, &None, Phase::Body)?;
+        let mut guard = b
+            .range_checks(exprs, root.shape(), Phase::Body)
+            .unwrap_or(E::c(1));
+        for c in conds {
+            guard = guard * c.clone().ne_(0);
+        }
+        let offset = b.lift(&flat(exprs, root.shape()));
+        let guard = b.lift(&guard);
+        let store = Store::Scatter {
+            op: *rop,
+            offset,
+            guard,
+        };
+        let out = Output {
+            dtype: root.dtype(),
+            value,
+            store,
+        };
+        let (kernel, launch, ins) = b.finish(vec![out], vec![root.numel()]);
+        return Ok(Step::Kernel {
+            kernel: Box::new(kernel),
+            launch,
+            inputs: ins,
+            outputs: vec![root.clone()],
+        });
+    }
+    if op == MetaOp::Reshape && (inputs[0].is_realized() || materialised.contains(&inputs[0].id()))
+    {
+        return Ok(Step::Alias {
+            out: root.clone(),
+            src: inputs[0].clone(),
+        });
+    }
+    let mut b = Builder::new(root, root.shape().to_vec(), materialised);
+    let identity: Vec<E> = (0..root.ndim()).map(E::idx).collect();
+    let value = b.emit(root, &identity, &None, Phase::Body)?;
+    let out = Output {
+        dtype: root.dtype(),
+        value,
+        store: Store::Dense,
+    };
+    let (kernel, launch, ins) = b.finish(vec![out], vec![root.numel()]);
+    Ok(Step::Kernel {
+        kernel: Box::new(kernel),
+        launch,
+        inputs: ins,
+        outputs: vec![root.clone()],
+    })
+}
+
+/// Plans the pending nodes `order` (inputs before consumers) so that `targets` end
+/// up computed.
+pub(crate) fn plan(order: &[Var], targets: &HashSet<u64>, fused: bool) -> Result<Vec<Step>> {
+    let mut consumers: HashMap<u64, usize> = HashMap::new();
+    let mut ops: HashMap<u64, MetaOp> = HashMap::new();
+    for v in order {
+        if let Some((op, inputs)) = op_and_inputs(v) {
+            for i in &inputs {
+                *consumers.entry(i.id()).or_insert(0) += 1;
+            }
+            ops.insert(v.id(), op);
+        }
+    }
+    let mut m: HashSet<u64> = targets.clone();
+    for v in order {
+        let Some(op) = ops.get(&v.id()) else { continue };
+        let shared = consumers.get(&v.id()).copied().unwrap_or(0) > 1;
+        let store = match op {
+            MetaOp::ReindexReduce { .. } => true,
+            MetaOp::Reshape => false,
+            MetaOp::Reduce { .. } => !fused || shared,
+            _ => !fused,
+        };
+        if store {
+            m.insert(v.id());
+        }
+    }
+    if fused {
+        // Shared producers that are expensive to recompute are stored.
+        let mut cost: HashMap<u64, usize> = HashMap::new();
+        for v in order {
+            let Some(op) = ops.get(&v.id()) else { continue };
+            let c = if matches!(op, MetaOp::Reduce { .. } | MetaOp::ReindexReduce { .. }) {
+                1
+            } else {
+                weight(op)
+                    + v.inputs()
+                        .iter()
+                        .map(|i| {
+                            if m.contains(&i.id()) {
+                                1
+                            } else {
+                                cost.get(&i.id()).copied().unwrap_or(1)
+                            }
+                        })
+                        .sum::<usize>()
+            };
+            if consumers.get(&v.id()).copied().unwrap_or(0) > 1 && c > RECOMPUTE_LIMIT {
+                m.insert(v.id());
+                cost.insert(v.id(), 1);
+            } else {
+                cost.insert(v.id(), c);
+            }
+        }
+    }
+    // Build; a reduction that cannot run inside its consumer is materialised and the
+    // plan is rebuilt (the set only grows, so this ends).
+    for _ in 0..=order.len() {
+        let mut steps = Vec::new();
+        let mut forced = Vec::new();
+        for v in order.iter().filter(|v| m.contains(&v.id())) {
+            match build(v, &m) {
+                Ok(s) => steps.push(s),
+                Err(Force(f)) => forced.extend(f),
+            }
+        }
+        if forced.is_empty() {
+            return Ok(if fused { merge_siblings(steps) } else { steps });
+        }
+        let before = m.len();
+        m.extend(forced.iter().map(Var::id));
+        if m.len() == before {
+            break;
+        }
+    }
+    Err(Error::Kernel(kernels::KernelError::Internal {
+        op: "planner".into(),
+        reason: "the plan did not converge".into(),
+    }))
+}
+
+/// Renumbers a value of kernel `b` for appending after kernel `a`.
+fn shift_value(v: &Value, inputs: usize, args: usize, vals: usize, accs: usize) -> Value {
+    let inst = match &v.inst {
+        Inst::Load {
+            input,
+            offset,
+            guard,
+            fill,
+        } => Inst::Load {
+            input: input + inputs,
+            offset: offset.shift_args(args),
+            guard: guard.as_ref().map(|g| g.shift_args(args)),
+            fill: *fill,
+        },
+        Inst::Const(c) => Inst::Const(*c),
+        Inst::Index(e) => Inst::Index(e.shift_args(args)),
+        Inst::Random {
+            seed_arg,
+            dist,
+            counter,
+        } => Inst::Random {
+            seed_arg: seed_arg + args,
+            dist: *dist,
+            counter: counter.shift_args(args),
+        },
+        Inst::Unary(op, a) => Inst::Unary(*op, a + vals),
+        Inst::Binary(op, a, b) => Inst::Binary(*op, a + vals, b + vals),
+        Inst::Where(c, a, b) => Inst::Where(c + vals, a + vals, b + vals),
+        Inst::Cast(a) => Inst::Cast(a + vals),
+        Inst::Acc(k) => Inst::Acc(k + accs),
+    };
+    Value {
+        inst,
+        dtype: v.dtype,
+    }
+}
+
+/// Appends kernel `b` to kernel `a` (same domains): one pass computes both.
+fn append(a: &mut Kernel, la: &mut Launch, b: &Kernel, lb: &Launch) {
+    let (ni, na, ninner, nbody, nacc) = (
+        a.inputs.len(),
+        a.n_args,
+        a.inner.len(),
+        a.body.len(),
+        a.reductions.len(),
+    );
+    a.inputs.extend(&b.inputs);
+    a.inner
+        .extend(b.inner.iter().map(|v| shift_value(v, ni, na, ninner, 0)));
+    a.reductions.extend(b.reductions.iter().map(|r| Reduction {
+        value: r.value + ninner,
+        ..r.clone()
+    }));
+    a.body
+        .extend(b.body.iter().map(|v| shift_value(v, ni, na, nbody, nacc)));
+    a.outputs.extend(b.outputs.iter().map(|o| Output {
+        value: o.value + nbody,
+        ..o.clone()
+    }));
+    a.n_args += b.n_args;
+    la.args.extend(&lb.args);
+    la.output_lens.extend(&lb.output_lens);
+}
+
+/// Merges reduction kernels over the same domains when the later one's inputs are
+/// all available where the earlier one runs.
+fn merge_siblings(steps: Vec<Step>) -> Vec<Step> {
+    let mut out: Vec<Step> = Vec::with_capacity(steps.len());
+    // step index that produces each value
+    let mut producer: HashMap<u64, usize> = HashMap::new();
+    for step in steps {
+        let target = match &step {
+            Step::Kernel {
+                kernel,
+                launch,
+                inputs,
+                ..
+            } if kernel.red_rank > 0 && !kernel.has_scatter() => {
+                let ready_at = inputs
+                    .iter()
+                    .filter_map(|i| producer.get(&i.id()).copied())
+                    .max();
+                out.iter().enumerate().position(|(k, s)| match s {
+                    Step::Kernel {
+                        kernel: k2,
+                        launch: l2,
+                        ..
+                    } => {
+                        k2.red_rank > 0
+                            && !k2.has_scatter()
+                            && l2.out_shape == launch.out_shape
+                            && l2.red_shape == launch.red_shape
+                            && ready_at.is_none_or(|r| r < k)
+                    }
+                    Step::Alias { .. } => false,
+                })
+            }
+            _ => None,
+        };
+        match (target, step) {
+            (
+                Some(t),
+                Step::Kernel {
+                    kernel,
+                    launch,
+                    inputs,
+                    outputs,
+                },
+            ) => {
+                if let Step::Kernel {
+                    kernel: ka,
+                    launch: la,
+                    inputs: ia,
+                    outputs: oa,
+                } = &mut out[t]
+                {
+                    append(ka, la, &kernel, &launch);
+                    ia.extend(inputs);
+                    for o in &outputs {
+                        producer.insert(o.id(), t);
+                    }
+                    oa.extend(outputs);
+                }
+            }
+            (_, step) => {
+                let k = out.len();
+                match &step {
+                    Step::Kernel { outputs, .. } => {
+                        for o in outputs {
+                            producer.insert(o.id(), k);
+                        }
+                    }
+                    Step::Alias { out: o, .. } => {
+                        producer.insert(o.id(), k);
+                    }
+                }
+                out.push(step);
+            }
+        }
+    }
+    out
+}
