@@ -3,6 +3,8 @@
 
 #![warn(missing_docs)]
 
+pub mod graphgen;
+
 use jit_core::{DType, HostBuffer, Var};
 use std::time::{SystemTime, UNIX_EPOCH};
 

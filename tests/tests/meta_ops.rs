@@ -165,6 +165,86 @@ fn random_leaves_are_counter_based() {
 }
 
 #[test]
+fn random_numbers_are_identical_on_every_backend() {
+    use jit_core::{with_flags, Backend, Flags};
+    let make = || {
+        let u = Var::random(
+            &[7, 13],
+            Distribution::Uniform {
+                low: 0.0,
+                high: 1.0,
+            },
+            DType::F64,
+            99,
+        )
+        .unwrap();
+        let n = Var::random(
+            &[7, 13],
+            Distribution::Normal {
+                mean: 0.0,
+                std: 1.0,
+            },
+            DType::F64,
+            99,
+        )
+        .unwrap();
+        // consumed through a transpose so that the counter is computed from indices
+        (
+            u.transpose(0, 1).unwrap().to_vec::<f64>().unwrap(),
+            n.to_vec::<f64>().unwrap(),
+        )
+    };
+    let reference = with_flags(
+        Flags {
+            backend: Backend::Reference,
+            fusion: false,
+            dump: false,
+        },
+        make,
+    );
+    let fused = with_flags(
+        Flags {
+            backend: Backend::Cpu,
+            fusion: true,
+            dump: false,
+        },
+        make,
+    );
+    assert_eq!(reference, fused);
+    // element (row 0, col 1) of u is stream element 1
+    assert_eq!(reference.0[7], kernels_uniform(99, 1));
+}
+
+fn kernels_uniform(seed: u64, k: u64) -> f64 {
+    // the documented mapping: top 24 bits of the first Philox word, scaled to [0, 1)
+    let w = philox(k, seed)[0];
+    f64::from(w >> 8) / 16_777_216.0
+}
+
+/// Philox-4x32-10 written out independently of the framework.
+fn philox(counter: u64, key: u64) -> [u32; 4] {
+    let (mut c, mut k) = (
+        [counter as u32, (counter >> 32) as u32, 0, 0],
+        [key as u32, (key >> 32) as u32],
+    );
+    for r in 0..10 {
+        if r > 0 {
+            k[0] = k[0].wrapping_add(0x9E37_79B9);
+            k[1] = k[1].wrapping_add(0xBB67_AE85);
+        }
+        let p0 = u64::from(0xD251_1F53u32) * u64::from(c[0]);
+        let p1 = u64::from(0xCD9E_8D57u32) * u64::from(c[2]);
+        c = [
+            (p1 >> 32) as u32 ^ c[1] ^ k[0],
+            p1 as u32,
+            (p0 >> 32) as u32 ^ c[3] ^ k[1],
+            p0 as u32,
+        ];
+    }
+    c
+}
+
+#[test]
 fn reshape_shares_data_and_realize_computes_several() {
     let x = Var::arange(6).cast(DType::F32);
     let a = x.reshape(&[2, 3]).unwrap();

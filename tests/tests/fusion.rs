@@ -1,0 +1,128 @@
+//! Kernel counts of the fusion planner (asserted) and fused/unfused agreement on the
+//! workloads the benchmarks use.
+
+use integration_tests::{assert_values_close, Rng};
+use jit_core::{planned_kernels, with_flags, Backend, Flags};
+use jit_ops::prelude::*;
+
+const FUSED: Flags = Flags {
+    backend: Backend::Cpu,
+    fusion: true,
+    dump: false,
+};
+const UNFUSED: Flags = Flags {
+    backend: Backend::Cpu,
+    fusion: false,
+    dump: false,
+};
+
+fn kernels(f: Flags, build: impl Fn() -> Var) -> usize {
+    with_flags(f, || planned_kernels(&[build()]).expect("plan").len())
+}
+
+fn chain(x: &Var) -> Var {
+    // ten element-wise ops
+    ((((x * 1.5 + 0.25).tanh() - 0.5).abs() * 2.0).sigmoid() + 1.0).sqrt() / 3.0
+}
+
+fn instance_norm(x: &Var, w: &Var, b: &Var) -> Var {
+    let mean = x.mean(&[2, 3], true).unwrap();
+    let var = x.var(&[2, 3], false, true).unwrap();
+    (x - &mean) / (var + 1e-5).sqrt() * w + b
+}
+
+fn adain(c: &Var, s: &Var) -> Var {
+    let (mc, ms) = (
+        c.mean(&[2, 3], true).unwrap(),
+        s.mean(&[2, 3], true).unwrap(),
+    );
+    let sc = (c.var(&[2, 3], true, true).unwrap() + 1e-5).sqrt();
+    let ss = (s.var(&[2, 3], true, true).unwrap() + 1e-5).sqrt();
+    (c - &mc) / sc * ss + ms
+}
+
+#[test]
+fn elementwise_chain_is_one_kernel() {
+    let x = Var::ones(&[64, 33], DType::F32);
+    x.sync().unwrap();
+    assert_eq!(kernels(FUSED, || chain(&x)), 1);
+    assert!(kernels(UNFUSED, || chain(&x)) >= 10);
+}
+
+#[test]
+fn softmax_is_at_most_three_kernels() {
+    let x = Var::randn(&[31, 50], DType::F32).unwrap();
+    x.sync().unwrap();
+    let n = kernels(FUSED, || x.softmax(-1).unwrap());
+    assert!(n <= 3, "softmax planned as {n} kernels");
+}
+
+#[test]
+fn instance_norm_fuses_to_three_kernels() {
+    let x = Var::randn(&[2, 3, 7, 5], DType::F32).unwrap();
+    let w = Var::randn(&[1, 3, 1, 1], DType::F32).unwrap();
+    let b = Var::randn(&[1, 3, 1, 1], DType::F32).unwrap();
+    realize(&[x.clone(), w.clone(), b.clone()]).unwrap();
+    let fused = kernels(FUSED, || instance_norm(&x, &w, &b));
+    let unfused = kernels(UNFUSED, || instance_norm(&x, &w, &b));
+    assert!(fused <= 3, "instance norm fused into {fused} kernels");
+    assert!(unfused >= 8, "instance norm unfused is {unfused} kernels");
+}
+
+#[test]
+fn adain_is_at_most_four_kernels() {
+    let c = Var::randn(&[2, 4, 6, 5], DType::F32).unwrap();
+    let s = Var::randn(&[2, 4, 6, 5], DType::F32).unwrap();
+    realize(&[c.clone(), s.clone()]).unwrap();
+    let n = kernels(FUSED, || adain(&c, &s));
+    assert!(n <= 4, "AdaIN planned as {n} kernels");
+    // style of another size: the statistics can no longer share kernels, still few
+    let s2 = Var::randn(&[2, 4, 3, 9], DType::F32).unwrap();
+    s2.sync().unwrap();
+    let n2 = kernels(FUSED, || adain(&c, &s2));
+    assert!(
+        n2 <= 5,
+        "AdaIN with a differently sized style planned as {n2} kernels"
+    );
+}
+
+#[test]
+fn fused_and_unfused_agree_on_the_bench_workloads() {
+    let mut rng = Rng::fresh("fused_and_unfused_agree_on_the_bench_workloads");
+    manual_seed(rng.next_u64());
+    let x = Var::randn(&[2, 3, 9, 7], DType::F32).unwrap();
+    let s = Var::randn(&[2, 3, 9, 7], DType::F32).unwrap();
+    let w = Var::randn(&[1, 3, 1, 1], DType::F32).unwrap();
+    let b = Var::randn(&[1, 3, 1, 1], DType::F32).unwrap();
+    realize(&[x.clone(), s.clone(), w.clone(), b.clone()]).unwrap();
+    let work: Vec<(&str, Box<dyn Fn() -> Var>)> = vec![
+        ("chain", Box::new(|| chain(&x))),
+        ("softmax", Box::new(|| x.softmax(-1).unwrap())),
+        ("instance norm", Box::new(|| instance_norm(&x, &w, &b))),
+        ("adain", Box::new(|| adain(&x, &s))),
+    ];
+    let reference = Flags {
+        backend: Backend::Reference,
+        fusion: false,
+        dump: false,
+    };
+    for (name, f) in &work {
+        let want = with_flags(reference, || f().to_vec_f64().unwrap());
+        for mode in [FUSED, UNFUSED] {
+            let got = with_flags(mode, || f().to_vec_f64().unwrap());
+            assert_values_close(&got, &want, 1e-5, 1e-5, &format!("{name} {mode:?}"));
+        }
+    }
+}
+
+#[test]
+fn realised_values_are_not_recomputed() {
+    let x = Var::randn(&[16], DType::F32).unwrap();
+    let y = (&x * 2.0).exp();
+    y.sync().unwrap();
+    let z = &y + 1.0;
+    // only the add runs: y is data now
+    let plan = with_flags(FUSED, || planned_kernels(&[z.clone()]).unwrap());
+    assert_eq!(plan.len(), 1);
+    assert!(!plan[0].contains("exp"), "{}", plan[0]);
+}
