@@ -95,7 +95,8 @@ fn fused_and_unfused_agree_on_the_bench_workloads() {
     let w = Var::randn(&[1, 3, 1, 1], DType::F32).unwrap();
     let b = Var::randn(&[1, 3, 1, 1], DType::F32).unwrap();
     realize(&[x.clone(), s.clone(), w.clone(), b.clone()]).unwrap();
-    let work: Vec<(&str, Box<dyn Fn() -> Var>)> = vec![
+    type Workload<'a> = (&'a str, Box<dyn Fn() -> Var + 'a>);
+    let work: Vec<Workload> = vec![
         ("chain", Box::new(|| chain(&x))),
         ("softmax", Box::new(|| x.softmax(-1).unwrap())),
         ("instance norm", Box::new(|| instance_norm(&x, &w, &b))),
@@ -122,7 +123,7 @@ fn realised_values_are_not_recomputed() {
     y.sync().unwrap();
     let z = &y + 1.0;
     // only the add runs: y is data now
-    let plan = with_flags(FUSED, || planned_kernels(&[z.clone()]).unwrap());
+    let plan = with_flags(FUSED, || planned_kernels(std::slice::from_ref(&z)).unwrap());
     assert_eq!(plan.len(), 1);
     assert!(!plan[0].contains("exp"), "{}", plan[0]);
 }
