@@ -28,9 +28,7 @@ fn softmax_rows(c: &mut Criterion) {
     let x = Var::randn(&[64, 256], DType::F32).expect("randn");
     x.sync().expect("leaf");
     g.throughput(Throughput::Elements(64 * 256));
-    g.bench_function("64x256", |b| {
-        b.iter(|| x.softmax(-1).expect("softmax").sync().expect("realise"))
-    });
+    g.bench_function("64x256", |b| b.iter(|| x.softmax(-1).expect("softmax").sync().expect("realise")));
     g.finish();
 }
 

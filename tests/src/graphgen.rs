@@ -44,15 +44,7 @@ pub fn random_graph(seed: u64) -> Result<Graph> {
         let x = if rng.chance(0.2) {
             let key = rng.next_u64();
             log.push(format!("x{k} = random normal {shape:?} key {key}"));
-            Var::random(
-                &shape,
-                jit_core::Distribution::Normal {
-                    mean: 0.0,
-                    std: 1.0,
-                },
-                DType::F32,
-                key,
-            )?
+            Var::random(&shape, jit_core::Distribution::Normal { mean: 0.0, std: 1.0 }, DType::F32, key)?
         } else {
             log.push(format!("x{k} = input {shape:?}"));
             rng.nd(&shape, -2.0, 2.0).var(DType::F32)
@@ -65,18 +57,8 @@ pub fn random_graph(seed: u64) -> Result<Graph> {
         let kind = rng.below(15);
         let y = match kind {
             0 => {
-                let u = [
-                    "exp_tanh",
-                    "sin",
-                    "cos",
-                    "abs",
-                    "neg",
-                    "sigmoid",
-                    "sqrt_abs",
-                    "log1p_abs",
-                    "erf",
-                    "floor",
-                ][rng.below(10)];
+                let u = ["exp_tanh", "sin", "cos", "abs", "neg", "sigmoid", "sqrt_abs", "log1p_abs", "erf", "floor"]
+                    [rng.below(10)];
                 log.push(format!("{u} of {:?}", a.shape()));
                 match u {
                     "exp_tanh" => squash(&a).exp(),
@@ -125,11 +107,7 @@ pub fn random_graph(seed: u64) -> Result<Graph> {
                     continue;
                 }
                 let dims: Vec<isize> = (0..a.ndim() as isize).filter(|_| rng.chance(0.5)).collect();
-                let dims = if dims.is_empty() {
-                    vec![rng.below(a.ndim()) as isize]
-                } else {
-                    dims
-                };
+                let dims = if dims.is_empty() { vec![rng.below(a.ndim()) as isize] } else { dims };
                 let keep = rng.chance(0.6);
                 let r = ["sum", "mean", "max", "min"][rng.below(4)];
                 if (r == "max" || r == "min") && a.numel() == 0 {
@@ -212,15 +190,8 @@ pub fn random_graph(seed: u64) -> Result<Graph> {
                 let r = a.ndim();
                 let mut shape = a.shape().to_vec();
                 shape[r - 1] = m;
-                let exprs: Vec<E> = (0..r)
-                    .map(|d| {
-                        if d == r - 1 {
-                            E::idx(d).modulo(m as i64)
-                        } else {
-                            E::idx(d)
-                        }
-                    })
-                    .collect();
+                let exprs: Vec<E> =
+                    (0..r).map(|d| if d == r - 1 { E::idx(d).modulo(m as i64) } else { E::idx(d) }).collect();
                 log.push(format!("scatter-add {:?} into {shape:?}", a.shape()));
                 squash(&a.reindex_reduce(ReduceOp::Sum, &shape, exprs, vec![])?)
             }
@@ -252,10 +223,7 @@ pub fn evaluate(seed: u64, flags: jit_core::Flags) -> Result<Vec<(Vec<usize>, Ve
     jit_core::with_flags(flags, || {
         let g = random_graph(seed)?;
         realize(&g.outputs)?;
-        g.outputs
-            .iter()
-            .map(|o| Ok((o.shape().to_vec(), o.to_vec_f64()?)))
-            .collect()
+        g.outputs.iter().map(|o| Ok((o.shape().to_vec(), o.to_vec_f64()?))).collect()
     })
 }
 

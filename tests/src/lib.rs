@@ -24,16 +24,10 @@ impl Rng {
     /// A fresh seed from `JIT_TEST_SEED` or the clock; the seed is printed so that a
     /// failing run can be reproduced with `JIT_TEST_SEED=<seed>`.
     pub fn fresh(test: &str) -> Rng {
-        let seed = std::env::var("JIT_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                let t = SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1);
-                t ^ (test.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ hash(test)
-            });
+        let seed = std::env::var("JIT_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1);
+            t ^ (test.len() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ hash(test)
+        });
         println!("{test}: seed {seed} (rerun with JIT_TEST_SEED={seed})");
         Rng::new(seed)
     }
@@ -96,9 +90,7 @@ impl Rng {
 }
 
 fn hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 /// A plain row-major n-d array of f64: the independent computation the tests
@@ -127,21 +119,14 @@ impl Nd {
                 idx[d] = 0;
             }
         }
-        Nd {
-            shape: shape.to_vec(),
-            data,
-        }
+        Nd { shape: shape.to_vec(), data }
     }
 
     /// Element at a multi-index.
     pub fn at(&self, idx: &[usize]) -> f64 {
         let mut flat = 0;
         for (d, &i) in idx.iter().enumerate() {
-            assert!(
-                i < self.shape[d],
-                "index {idx:?} out of range for {:?}",
-                self.shape
-            );
+            assert!(i < self.shape[d], "index {idx:?} out of range for {:?}", self.shape);
             flat = flat * self.shape[d] + i;
         }
         self.data[flat]
@@ -150,30 +135,19 @@ impl Nd {
     /// Element at a NumPy-broadcast position of a larger `out_shape` index.
     pub fn at_broadcast(&self, idx: &[usize]) -> f64 {
         let lead = idx.len() - self.shape.len();
-        let own: Vec<usize> = self
-            .shape
-            .iter()
-            .enumerate()
-            .map(|(d, &n)| if n == 1 { 0 } else { idx[lead + d] })
-            .collect();
+        let own: Vec<usize> =
+            self.shape.iter().enumerate().map(|(d, &n)| if n == 1 { 0 } else { idx[lead + d] }).collect();
         self.at(&own)
     }
 
     /// Element-wise map.
     pub fn map(&self, f: impl Fn(f64) -> f64) -> Nd {
-        Nd {
-            shape: self.shape.clone(),
-            data: self.data.iter().map(|&v| f(v)).collect(),
-        }
+        Nd { shape: self.shape.clone(), data: self.data.iter().map(|&v| f(v)).collect() }
     }
 
     /// The array as a `Var` of `dtype`.
     pub fn var(&self, dtype: DType) -> Var {
-        Var::from_host(
-            HostBuffer::from_f64s(dtype, self.data.iter().copied()),
-            &self.shape,
-        )
-        .expect("shape matches")
+        Var::from_host(HostBuffer::from_f64s(dtype, self.data.iter().copied()), &self.shape).expect("shape matches")
     }
 
     /// The values rounded to `dtype` (what a `Var` of that dtype holds).
@@ -186,9 +160,7 @@ impl Nd {
 /// (`|g - w| <= atol + rtol * |w|`; NaN matches NaN, infinities must be equal).
 pub fn assert_close(got: &Var, want: &Nd, rtol: f64, atol: f64, ctx: &str) {
     assert_eq!(got.shape(), &want.shape[..], "{ctx}: shape");
-    let g = got
-        .to_vec_f64()
-        .unwrap_or_else(|e| panic!("{ctx}: realisation failed: {e}"));
+    let g = got.to_vec_f64().unwrap_or_else(|e| panic!("{ctx}: realisation failed: {e}"));
     assert_values_close(&g, &want.data, rtol, atol, ctx);
 }
 
@@ -203,10 +175,7 @@ pub fn assert_values_close(got: &[f64], want: &[f64], rtol: f64, atol: f64, ctx:
         } else {
             (g - w).abs() <= atol + rtol * w.abs()
         };
-        assert!(
-            ok,
-            "{ctx}: element {k}: got {g:e}, want {w:e} (rtol {rtol:e}, atol {atol:e})"
-        );
+        assert!(ok, "{ctx}: element {k}: got {g:e}, want {w:e} (rtol {rtol:e}, atol {atol:e})");
     }
 }
 

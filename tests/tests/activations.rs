@@ -35,13 +35,7 @@ fn activations_match_formulas() {
             // 1 + erf(x) cancels to 0, so compare composites with an absolute floor.
             let ca = if dtype == DType::F16 { 1e-2 } else { 1e-6 };
             let ctx = format!("{shape:?} {dtype}");
-            assert_close(
-                &v.relu().unwrap(),
-                &x.map(|z| z.max(0.0)),
-                0.0,
-                0.0,
-                &format!("relu {ctx}"),
-            );
+            assert_close(&v.relu().unwrap(), &x.map(|z| z.max(0.0)), 0.0, 0.0, &format!("relu {ctx}"));
             assert_close(
                 &v.leaky_relu(0.1).unwrap(),
                 &x.map(|z| if z > 0.0 { z } else { 0.1 * z }).rounded(dtype),
@@ -64,37 +58,14 @@ fn activations_match_formulas() {
                 &format!("clamp max {ctx}"),
             );
             let phi = |z: f64| 0.5 * (1.0 + libm_erf(z / std::f64::consts::SQRT_2));
-            assert_close(
-                &v.gelu().unwrap(),
-                &x.map(|z| z * phi(z)),
-                t * 4.0,
-                ca,
-                &format!("gelu {ctx}"),
-            );
+            assert_close(&v.gelu().unwrap(), &x.map(|z| z * phi(z)), t * 4.0, ca, &format!("gelu {ctx}"));
             let k = (2.0 / std::f64::consts::PI).sqrt();
             let gt = x.map(|z| 0.5 * z * (1.0 + (k * (z + 0.044715 * z * z * z)).tanh()));
-            assert_close(
-                &v.gelu_tanh().unwrap(),
-                &gt,
-                t * 4.0,
-                ca,
-                &format!("gelu_tanh {ctx}"),
-            );
-            assert_close(
-                &v.silu().unwrap(),
-                &x.map(|z| z / (1.0 + (-z).exp())),
-                t * 4.0,
-                ca,
-                &format!("silu {ctx}"),
-            );
+            assert_close(&v.gelu_tanh().unwrap(), &gt, t * 4.0, ca, &format!("gelu_tanh {ctx}"));
+            assert_close(&v.silu().unwrap(), &x.map(|z| z / (1.0 + (-z).exp())), t * 4.0, ca, &format!("silu {ctx}"));
             if !shape.is_empty() {
                 let d = rng.below(shape.len());
-                let di = d as isize
-                    - if rng.chance(0.5) {
-                        shape.len() as isize
-                    } else {
-                        0
-                    };
+                let di = d as isize - if rng.chance(0.5) { shape.len() as isize } else { 0 };
                 assert_close(
                     &v.softmax(di).unwrap(),
                     &softmax_ref(&x, d, false),
@@ -146,12 +117,7 @@ fn softmax_is_stable_for_large_inputs() {
 fn nan_propagates_through_relu_and_clamp() {
     let x = Var::from_vec(vec![f32::NAN, -1.0], &[2]).unwrap();
     assert!(x.relu().unwrap().to_vec::<f32>().unwrap()[0].is_nan());
-    assert!(x
-        .clamp(Some(0.0), Some(1.0))
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap()[0]
-        .is_nan());
+    assert!(x.clamp(Some(0.0), Some(1.0)).unwrap().to_vec::<f32>().unwrap()[0].is_nan());
     let ints = Var::from_vec(vec![-3i32, 4], &[2]).unwrap();
     assert_eq!(ints.relu().unwrap().to_vec::<i32>().unwrap(), vec![0, 4]);
 }

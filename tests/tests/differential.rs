@@ -1,6 +1,6 @@
-//! Differential testing: thousands of random meta-op graphs evaluated fused on the
-//! CPU backend, unfused on the CPU backend, and on the reference interpreter must
-//! agree. A failure prints the graph's seed and how it was built; rerun one graph
+//! Differential testing: thousands of random meta-op graphs evaluated on the
+//! reference interpreter, fused and unfused on the compiled CPU backend, and fused on
+//! the portable IR executor must agree. A failure prints the graph's seed and how it was built; rerun one graph
 //! with `JIT_GRAPH_SEED=<seed>`.
 
 use integration_tests::graphgen::{evaluate, random_graph};
@@ -9,32 +9,13 @@ use jit_core::{Backend, Flags};
 
 const GRAPHS: u64 = 2000;
 
-fn modes() -> [(&'static str, Flags); 3] {
+fn modes() -> [(&'static str, Flags); 4] {
+    let f = |backend, fusion| Flags { backend, fusion, dump: false };
     [
-        (
-            "reference",
-            Flags {
-                backend: Backend::Reference,
-                fusion: false,
-                dump: false,
-            },
-        ),
-        (
-            "cpu fused",
-            Flags {
-                backend: Backend::Cpu,
-                fusion: true,
-                dump: false,
-            },
-        ),
-        (
-            "cpu unfused",
-            Flags {
-                backend: Backend::Cpu,
-                fusion: false,
-                dump: false,
-            },
-        ),
+        ("reference", f(Backend::Reference, false)),
+        ("cpu fused", f(Backend::Cpu, true)),
+        ("cpu unfused", f(Backend::Cpu, false)),
+        ("interpreter fused", f(Backend::Interpreter, true)),
     ]
 }
 
@@ -42,13 +23,10 @@ fn check(seed: u64) {
     let [(rn, rf), rest @ ..] = modes();
     let want = evaluate(seed, rf).unwrap_or_else(|e| panic!("graph seed {seed}: {rn} failed: {e}"));
     for (name, f) in rest {
-        let got =
-            evaluate(seed, f).unwrap_or_else(|e| panic!("graph seed {seed}: {name} failed: {e}"));
+        let got = evaluate(seed, f).unwrap_or_else(|e| panic!("graph seed {seed}: {name} failed: {e}"));
         for (k, ((gs, g), (ws, w))) in got.iter().zip(&want).enumerate() {
             let ctx = || {
-                let log = random_graph(seed)
-                    .map(|g| g.log.join("\n  "))
-                    .unwrap_or_default();
+                let log = random_graph(seed).map(|g| g.log.join("\n  ")).unwrap_or_default();
                 format!("graph seed {seed} (JIT_GRAPH_SEED={seed}), output {k}, {name} vs {rn}; graph:\n  {log}")
             };
             assert_eq!(gs, ws, "{}", ctx());
@@ -61,10 +39,7 @@ fn check(seed: u64) {
 
 #[test]
 fn random_graphs_agree_across_backends_and_fusion() {
-    if let Some(seed) = std::env::var("JIT_GRAPH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
+    if let Some(seed) = std::env::var("JIT_GRAPH_SEED").ok().and_then(|s| s.parse().ok()) {
         check(seed);
         return;
     }

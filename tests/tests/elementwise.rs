@@ -36,23 +36,11 @@ fn erf(x: f64) -> f64 {
 #[test]
 fn hand_computed_values() {
     let x = Var::from_vec(vec![-2.0f32, -0.5, 0.0, 0.5, 2.5], &[5]).unwrap();
-    assert_eq!(
-        x.abs().to_vec::<f32>().unwrap(),
-        vec![2.0, 0.5, 0.0, 0.5, 2.5]
-    );
-    assert_eq!(
-        x.floor().to_vec::<f32>().unwrap(),
-        vec![-2.0, -1.0, 0.0, 0.0, 2.0]
-    );
+    assert_eq!(x.abs().to_vec::<f32>().unwrap(), vec![2.0, 0.5, 0.0, 0.5, 2.5]);
+    assert_eq!(x.floor().to_vec::<f32>().unwrap(), vec![-2.0, -1.0, 0.0, 0.0, 2.0]);
     // round half to even, like torch.round
-    assert_eq!(
-        x.round().to_vec::<f32>().unwrap(),
-        vec![-2.0, -0.0, 0.0, 0.0, 2.0]
-    );
-    assert_eq!(
-        (-&x).to_vec::<f32>().unwrap(),
-        vec![2.0, 0.5, -0.0, -0.5, -2.5]
-    );
+    assert_eq!(x.round().to_vec::<f32>().unwrap(), vec![-2.0, -0.0, 0.0, 0.0, 2.0]);
+    assert_eq!((-&x).to_vec::<f32>().unwrap(), vec![2.0, 0.5, -0.0, -0.5, -2.5]);
     let y = (&x * 2.0 + 1.0) / 4.0;
     assert_eq!(y.to_vec::<f32>().unwrap(), vec![-0.75, 0.0, 0.25, 0.5, 1.5]);
     let s = Var::from_vec(vec![0.0f64], &[1]).unwrap().sigmoid();
@@ -60,22 +48,13 @@ fn hand_computed_values() {
     let i = Var::from_vec(vec![-7i64, 7, -7, 7], &[4]).unwrap();
     let d = Var::from_vec(vec![2i64, -2, -2, 2], &[4]).unwrap();
     // integer floor division and remainder follow Python / torch.floor_divide / remainder
-    assert_eq!(
-        i.floor_divide(&d).unwrap().to_vec::<i64>().unwrap(),
-        vec![-4, -4, 3, 3]
-    );
-    assert_eq!(
-        i.remainder(&d).unwrap().to_vec::<i64>().unwrap(),
-        vec![1, -1, -1, 1]
-    );
+    assert_eq!(i.floor_divide(&d).unwrap().to_vec::<i64>().unwrap(), vec![-4, -4, 3, 3]);
+    assert_eq!(i.remainder(&d).unwrap().to_vec::<i64>().unwrap(), vec![1, -1, -1, 1]);
     // true division of integers gives f32
     let q = i.try_div(&d).unwrap();
     assert_eq!(q.dtype(), DType::F32);
     assert_eq!(q.to_vec::<f32>().unwrap(), vec![-3.5, -3.5, 3.5, 3.5]);
-    let fr = Var::from_vec(vec![-7.5f32, 7.5], &[2])
-        .unwrap()
-        .remainder(2.0)
-        .unwrap();
+    let fr = Var::from_vec(vec![-7.5f32, 7.5], &[2]).unwrap().remainder(2.0).unwrap();
     assert_eq!(fr.to_vec::<f32>().unwrap(), vec![0.5, 1.5]);
 }
 
@@ -119,13 +98,7 @@ fn unary_ops_match_f64_functions() {
             };
             assert_eq!(y.dtype(), dtype);
             let want = x.map(f);
-            assert_close(
-                &y,
-                &want,
-                tol(dtype) * 2.0,
-                atol(dtype),
-                &format!("{name} {dtype} {shape:?}"),
-            );
+            assert_close(&y, &want, tol(dtype) * 2.0, atol(dtype), &format!("{name} {dtype} {shape:?}"));
         }
     }
 }
@@ -134,16 +107,8 @@ fn broadcast_ref(a: &Nd, b: &Nd, f: impl Fn(f64, f64) -> f64) -> Nd {
     let n = a.shape.len().max(b.shape.len());
     let shape: Vec<usize> = (0..n)
         .map(|i| {
-            let da = if i + a.shape.len() >= n {
-                a.shape[i + a.shape.len() - n]
-            } else {
-                1
-            };
-            let db = if i + b.shape.len() >= n {
-                b.shape[i + b.shape.len() - n]
-            } else {
-                1
-            };
+            let da = if i + a.shape.len() >= n { a.shape[i + a.shape.len() - n] } else { 1 };
+            let db = if i + b.shape.len() >= n { b.shape[i + b.shape.len() - n] } else { 1 };
             if da == 1 {
                 db
             } else {
@@ -183,116 +148,38 @@ fn binary_ops_broadcast_like_numpy() {
     let mut rng = Rng::fresh("binary_ops_broadcast_like_numpy");
     for _ in 0..60 {
         let (sa, sb) = broadcastable_pair(&mut rng);
-        let (a, b) = (
-            rng.nd(&sa, -3.0, 3.0).rounded(DType::F32),
-            rng.nd(&sb, 0.5, 3.0).rounded(DType::F32),
-        );
+        let (a, b) = (rng.nd(&sa, -3.0, 3.0).rounded(DType::F32), rng.nd(&sb, 0.5, 3.0).rounded(DType::F32));
         let (va, vb) = (a.var(DType::F32), b.var(DType::F32));
         let ctx = format!("{sa:?} op {sb:?}");
-        assert_close(
-            &(&va + &vb),
-            &broadcast_ref(&a, &b, |x, y| x + y),
-            1e-6,
-            0.0,
-            &format!("add {ctx}"),
-        );
-        assert_close(
-            &(&va - &vb),
-            &broadcast_ref(&a, &b, |x, y| x - y),
-            1e-6,
-            1e-7,
-            &format!("sub {ctx}"),
-        );
-        assert_close(
-            &(&va * &vb),
-            &broadcast_ref(&a, &b, |x, y| x * y),
-            1e-6,
-            0.0,
-            &format!("mul {ctx}"),
-        );
-        assert_close(
-            &(&va / &vb),
-            &broadcast_ref(&a, &b, |x, y| x / y),
-            1e-6,
-            0.0,
-            &format!("div {ctx}"),
-        );
-        assert_close(
-            &va.pow(&vb).unwrap(),
-            &broadcast_ref(&a, &b, |x, y| x.powf(y)),
-            1e-6,
-            0.0,
-            &format!("pow {ctx}"),
-        );
-        assert_close(
-            &va.maximum(&vb).unwrap(),
-            &broadcast_ref(&a, &b, f64::max),
-            0.0,
-            0.0,
-            &format!("max {ctx}"),
-        );
-        assert_close(
-            &va.minimum(&vb).unwrap(),
-            &broadcast_ref(&a, &b, f64::min),
-            0.0,
-            0.0,
-            &format!("min {ctx}"),
-        );
+        assert_close(&(&va + &vb), &broadcast_ref(&a, &b, |x, y| x + y), 1e-6, 0.0, &format!("add {ctx}"));
+        assert_close(&(&va - &vb), &broadcast_ref(&a, &b, |x, y| x - y), 1e-6, 1e-7, &format!("sub {ctx}"));
+        assert_close(&(&va * &vb), &broadcast_ref(&a, &b, |x, y| x * y), 1e-6, 0.0, &format!("mul {ctx}"));
+        assert_close(&(&va / &vb), &broadcast_ref(&a, &b, |x, y| x / y), 1e-6, 0.0, &format!("div {ctx}"));
+        assert_close(&va.pow(&vb).unwrap(), &broadcast_ref(&a, &b, |x, y| x.powf(y)), 1e-6, 0.0, &format!("pow {ctx}"));
+        assert_close(&va.maximum(&vb).unwrap(), &broadcast_ref(&a, &b, f64::max), 0.0, 0.0, &format!("max {ctx}"));
+        assert_close(&va.minimum(&vb).unwrap(), &broadcast_ref(&a, &b, f64::min), 0.0, 0.0, &format!("min {ctx}"));
         let lt = va.lt(&vb).unwrap();
         assert_eq!(lt.dtype(), DType::Bool);
-        assert_close(
-            &lt,
-            &broadcast_ref(&a, &b, |x, y| f64::from(u8::from(x < y))),
-            0.0,
-            0.0,
-            &format!("lt {ctx}"),
-        );
+        assert_close(&lt, &broadcast_ref(&a, &b, |x, y| f64::from(u8::from(x < y))), 0.0, 0.0, &format!("lt {ctx}"));
         let ge = va.ge(&vb).unwrap();
-        assert_close(
-            &ge,
-            &broadcast_ref(&a, &b, |x, y| f64::from(u8::from(x >= y))),
-            0.0,
-            0.0,
-            &format!("ge {ctx}"),
-        );
+        assert_close(&ge, &broadcast_ref(&a, &b, |x, y| f64::from(u8::from(x >= y))), 0.0, 0.0, &format!("ge {ctx}"));
         let w = Var::where_(&lt, &va, &vb).unwrap();
-        assert_close(
-            &w,
-            &broadcast_ref(&a, &b, |x, y| if x < y { x } else { y }),
-            0.0,
-            0.0,
-            &format!("where {ctx}"),
-        );
+        assert_close(&w, &broadcast_ref(&a, &b, |x, y| if x < y { x } else { y }), 0.0, 0.0, &format!("where {ctx}"));
     }
 }
 
 #[test]
 fn scalars_and_type_promotion() {
     let i = Var::from_vec(vec![1i32, 2, 3], &[3]).unwrap();
-    assert_eq!(
-        (&i * 2).dtype(),
-        DType::I32,
-        "int tensor * int scalar stays i32"
-    );
-    assert_eq!(
-        (&i * 0.5).dtype(),
-        DType::F32,
-        "int tensor * float scalar is f32"
-    );
+    assert_eq!((&i * 2).dtype(), DType::I32, "int tensor * int scalar stays i32");
+    assert_eq!((&i * 0.5).dtype(), DType::F32, "int tensor * float scalar is f32");
     assert_eq!((&i * 0.5).to_vec::<f32>().unwrap(), vec![0.5, 1.0, 1.5]);
     let h = Var::from_vec(vec![f16::from_f32(1.5)], &[1]).unwrap();
-    assert_eq!(
-        (&h * 2.0).dtype(),
-        DType::F16,
-        "f16 tensor * float scalar stays f16"
-    );
+    assert_eq!((&h * 2.0).dtype(), DType::F16, "f16 tensor * float scalar stays f16");
     let l = Var::from_vec(vec![10i64], &[1]).unwrap();
     assert_eq!(i.try_add(&l).unwrap().dtype(), DType::I64);
     let d = Var::from_vec(vec![0.25f64], &[1]).unwrap();
-    let m = Var::from_vec(vec![1.0f32, 2.0], &[2])
-        .unwrap()
-        .try_add(&d)
-        .unwrap();
+    let m = Var::from_vec(vec![1.0f32, 2.0], &[2]).unwrap().try_add(&d).unwrap();
     assert_eq!(m.dtype(), DType::F64);
     assert_eq!(m.to_vec::<f64>().unwrap(), vec![1.25, 2.25]);
     let b = Var::from_vec(vec![true, false, true], &[3]).unwrap();
@@ -306,18 +193,9 @@ fn scalars_and_type_promotion() {
     assert_eq!(r.to_vec::<f32>().unwrap(), vec![1.5]);
     // logical ops read truth values of any dtype
     let f = Var::from_vec(vec![0.0f32, 2.0, 0.0], &[3]).unwrap();
-    assert_eq!(
-        f.logical_or(&b).unwrap().to_vec::<bool>().unwrap(),
-        vec![true, true, true]
-    );
-    assert_eq!(
-        f.logical_and(&b).unwrap().to_vec::<bool>().unwrap(),
-        vec![false, false, false]
-    );
-    assert_eq!(
-        f.logical_not().to_vec::<bool>().unwrap(),
-        vec![true, false, true]
-    );
+    assert_eq!(f.logical_or(&b).unwrap().to_vec::<bool>().unwrap(), vec![true, true, true]);
+    assert_eq!(f.logical_and(&b).unwrap().to_vec::<bool>().unwrap(), vec![false, false, false]);
+    assert_eq!(f.logical_not().to_vec::<bool>().unwrap(), vec![true, false, true]);
     // unary float ops promote integers to f32
     assert_eq!(i.exp().dtype(), DType::F32);
 }
@@ -325,72 +203,37 @@ fn scalars_and_type_promotion() {
 #[test]
 fn casts_follow_pytorch_rules() {
     let x = Var::from_vec(vec![-2.7f32, -0.5, 0.0, 0.5, 2.7, 300.0], &[6]).unwrap();
-    assert_eq!(
-        x.cast(DType::I32).to_vec::<i32>().unwrap(),
-        vec![-2, 0, 0, 0, 2, 300]
-    );
-    assert_eq!(
-        x.cast(DType::Bool).to_vec::<bool>().unwrap(),
-        vec![true, true, false, true, true, true]
-    );
+    assert_eq!(x.cast(DType::I32).to_vec::<i32>().unwrap(), vec![-2, 0, 0, 0, 2, 300]);
+    assert_eq!(x.cast(DType::Bool).to_vec::<bool>().unwrap(), vec![true, true, false, true, true, true]);
     let i = Var::from_vec(vec![256i64, -1, 7], &[3]).unwrap();
     assert_eq!(i.cast(DType::U8).to_vec::<u8>().unwrap(), vec![0, 255, 7]);
     let big = Var::from_vec(vec![i64::MAX - 1], &[1]).unwrap();
-    assert_eq!(
-        big.cast(DType::I64).to_vec::<i64>().unwrap(),
-        vec![i64::MAX - 1]
-    );
-    let h = Var::from_vec(vec![0.1f32], &[1])
-        .unwrap()
-        .cast(DType::BF16)
-        .cast(DType::F32);
-    assert_eq!(
-        h.to_vec::<f32>().unwrap(),
-        vec![bf16::from_f32(0.1).to_f32()]
-    );
+    assert_eq!(big.cast(DType::I64).to_vec::<i64>().unwrap(), vec![i64::MAX - 1]);
+    let h = Var::from_vec(vec![0.1f32], &[1]).unwrap().cast(DType::BF16).cast(DType::F32);
+    assert_eq!(h.to_vec::<f32>().unwrap(), vec![bf16::from_f32(0.1).to_f32()]);
 }
 
 #[test]
 fn integer_arithmetic_wraps_and_compares_exactly() {
     let mut rng = Rng::fresh("integer_arithmetic_wraps_and_compares_exactly");
     let shape = vec![rng.dim_size(false), rng.dim_size(false)];
-    let a: Vec<i64> = (0..shape.iter().product::<usize>())
-        .map(|_| rng.int(-1000, 1000))
-        .collect();
-    let b: Vec<i64> = a
-        .iter()
-        .map(|_| rng.int(1, 50) * if rng.chance(0.5) { -1 } else { 1 })
-        .collect();
+    let a: Vec<i64> = (0..shape.iter().product::<usize>()).map(|_| rng.int(-1000, 1000)).collect();
+    let b: Vec<i64> = a.iter().map(|_| rng.int(1, 50) * if rng.chance(0.5) { -1 } else { 1 }).collect();
     let va = Var::from_vec(a.clone(), &shape).unwrap();
     let vb = Var::from_vec(b.clone(), &shape).unwrap();
     let got = (&va * &vb + &va - 3).to_vec::<i64>().unwrap();
     let want: Vec<i64> = a.iter().zip(&b).map(|(x, y)| x * y + x - 3).collect();
     assert_eq!(got, want);
     let got = va.floor_divide(&vb).unwrap().to_vec::<i64>().unwrap();
-    let want: Vec<i64> = a
-        .iter()
-        .zip(&b)
-        .map(|(&x, &y)| (x as f64 / y as f64).floor() as i64)
-        .collect();
+    let want: Vec<i64> = a.iter().zip(&b).map(|(&x, &y)| (x as f64 / y as f64).floor() as i64).collect();
     assert_eq!(got, want);
     let got = va.remainder(&vb).unwrap().to_vec::<i64>().unwrap();
-    let want: Vec<i64> = a
-        .iter()
-        .zip(&b)
-        .map(|(&x, &y)| x - y * (x as f64 / y as f64).floor() as i64)
-        .collect();
+    let want: Vec<i64> = a.iter().zip(&b).map(|(&x, &y)| x - y * (x as f64 / y as f64).floor() as i64).collect();
     assert_eq!(got, want);
     let got = va.eq(&vb).unwrap().to_vec::<bool>().unwrap();
-    assert_eq!(
-        got,
-        a.iter().zip(&b).map(|(x, y)| x == y).collect::<Vec<_>>()
-    );
+    assert_eq!(got, a.iter().zip(&b).map(|(x, y)| x == y).collect::<Vec<_>>());
     let i32s = Var::from_vec(vec![i32::MAX], &[1]).unwrap();
-    assert_eq!(
-        (&i32s + 1).to_vec::<i32>().unwrap(),
-        vec![i32::MIN],
-        "i32 arithmetic wraps"
-    );
+    assert_eq!((&i32s + 1).to_vec::<i32>().unwrap(), vec![i32::MIN], "i32 arithmetic wraps");
 }
 
 #[test]
@@ -409,10 +252,7 @@ fn where_broadcasts_condition_and_scalars() {
     let x = Var::from_vec(vec![1.0f32, 2.0, 3.0], &[3]).unwrap();
     let w = Var::where_(&c, &x, 0.0).unwrap();
     assert_eq!(w.shape(), &[2, 3]);
-    assert_eq!(
-        w.to_vec::<f32>().unwrap(),
-        vec![1.0, 2.0, 3.0, 0.0, 0.0, 0.0]
-    );
+    assert_eq!(w.to_vec::<f32>().unwrap(), vec![1.0, 2.0, 3.0, 0.0, 0.0, 0.0]);
     let w = Var::where_(&c, 1, 2).unwrap();
     assert_eq!(w.to_vec::<i64>().unwrap(), vec![1, 2]);
     // integer condition is read as != 0

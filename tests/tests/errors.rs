@@ -12,34 +12,19 @@ fn msg<T: std::fmt::Debug>(r: Result<T>) -> String {
 fn shape_errors_name_op_and_shapes() {
     let a = Var::zeros(&[2, 3], DType::F32);
     let b = Var::zeros(&[4], DType::F32);
-    assert_eq!(
-        msg(a.try_add(&b)),
-        "add: shapes [2, 3] and [4] cannot be broadcast together (dim -1: 3 vs 4)"
-    );
-    assert_eq!(
-        msg(a.lt(&b)),
-        "lt: shapes [2, 3] and [4] cannot be broadcast together (dim -1: 3 vs 4)"
-    );
-    assert_eq!(
-        msg(a.reshape(&[4, 2])),
-        "reshape: shape [4, 2] is invalid for a value of shape [2, 3] (6 elements)"
-    );
+    assert_eq!(msg(a.try_add(&b)), "add: shapes [2, 3] and [4] cannot be broadcast together (dim -1: 3 vs 4)");
+    assert_eq!(msg(a.lt(&b)), "lt: shapes [2, 3] and [4] cannot be broadcast together (dim -1: 3 vs 4)");
+    assert_eq!(msg(a.reshape(&[4, 2])), "reshape: shape [4, 2] is invalid for a value of shape [2, 3] (6 elements)");
     assert_eq!(
         msg(a.reshape(&[-1, -1])),
         "reshape: shape [-1, -1] is invalid for a value of shape [2, 3] (6 elements)"
     );
-    assert_eq!(
-        msg(matmul(&a, &a)),
-        "matmul: shapes [2, 3] and [2, 3] cannot be multiplied (3 != 2)"
-    );
+    assert_eq!(msg(matmul(&a, &a)), "matmul: shapes [2, 3] and [2, 3] cannot be multiplied (3 != 2)");
     assert_eq!(
         msg(cat(&[a.clone(), b.clone()], 0)),
         "cat: value 1 has shape [4], which does not match [2, 3] outside dim 0"
     );
-    assert_eq!(
-        msg(a.narrow(1, 2, 2)),
-        "narrow: start 2 + length 2 exceeds size 3 of dim 1 (shape [2, 3])"
-    );
+    assert_eq!(msg(a.narrow(1, 2, 2)), "narrow: start 2 + length 2 exceeds size 3 of dim 1 (shape [2, 3])");
     assert_eq!(
         msg(a.expand(&[2, 4])),
         "expand: cannot expand shape [2, 3] to [2, 4]: only dims of size 1 can be expanded"
@@ -48,18 +33,12 @@ fn shape_errors_name_op_and_shapes() {
         msg(a.pad(&[3, 0], PadMode::Reflect)),
         "pad: reflect padding (3, 0) must be smaller than the size 3 of dim 1 (shape [2, 3])"
     );
-    assert_eq!(
-        msg(a.permute(&[0])),
-        "permute: got 1 dims [0] for a value of rank 2 (shape [2, 3])"
-    );
+    assert_eq!(msg(a.permute(&[0])), "permute: got 1 dims [0] for a value of rank 2 (shape [2, 3])");
     assert_eq!(
         msg(Var::from_vec(vec![1.0f32; 5], &[2, 3])),
         "from_vec: 5 elements cannot have shape [2, 3] (6 elements)"
     );
-    assert_eq!(
-        msg(a.item::<f32>()),
-        "item: only a value with one element can be read as a scalar, got shape [2, 3]"
-    );
+    assert_eq!(msg(a.item::<f32>()), "item: only a value with one element can be read as a scalar, got shape [2, 3]");
     let c = Var::zeros(&[2, 3], DType::F32);
     assert_eq!(
         msg(a.binary(jit_core::BinaryOp::Add, &b)),
@@ -90,13 +69,9 @@ fn dim_errors_give_the_valid_range() {
         msg(a.transpose(0, -3)),
         "transpose: dimension -3 is out of range for a tensor of rank 2 with shape [2, 3] (expected a dim in [-2, 1])"
     );
-    assert_eq!(
-        msg(a.sum(&[1, -1], false)),
-        "sum: dim -1 appears more than once in [1, -1]"
-    );
+    assert_eq!(msg(a.sum(&[1, -1], false)), "sum: dim -1 appears more than once in [1, -1]");
     assert!(msg(a.softmax(5)).starts_with("softmax: dimension 5 is out of range"));
-    assert!(msg(a.unsqueeze(4))
-        .starts_with("unsqueeze: dimension 4 is out of range for a tensor of rank 3"));
+    assert!(msg(a.unsqueeze(4)).starts_with("unsqueeze: dimension 4 is out of range for a tensor of rank 3"));
 }
 
 #[test]
@@ -120,26 +95,11 @@ fn dtype_errors_say_what_to_do() {
         msg(b.reduce(ReduceOp::Sum, &[0], false)),
         "sum: cannot sum or multiply bool values; cast to an integer first"
     );
-    assert_eq!(
-        msg(f.gather(0, &f)),
-        "gather: index must be an integer value, got f32"
-    );
-    assert_eq!(
-        msg(b.try_neg()),
-        "neg: negation is not defined for bool; use logical_not"
-    );
-    assert_eq!(
-        msg(f.to_vec::<i64>()),
-        "to_vec: the value is f32, not i64; call .cast(DType::I64) first"
-    );
-    assert_eq!(
-        msg(Var::where_meta(&f, &f, &f)),
-        "where: condition must be bool, got f32"
-    );
-    assert_eq!(
-        msg(i.softmax(0)),
-        "softmax: needs a floating-point input, got i32 (cast it first)"
-    );
+    assert_eq!(msg(f.gather(0, &f)), "gather: index must be an integer value, got f32");
+    assert_eq!(msg(b.try_neg()), "neg: negation is not defined for bool; use logical_not");
+    assert_eq!(msg(f.to_vec::<i64>()), "to_vec: the value is f32, not i64; call .cast(DType::I64) first");
+    assert_eq!(msg(Var::where_meta(&f, &f, &f)), "where: condition must be bool, got f32");
+    assert_eq!(msg(i.softmax(0)), "softmax: needs a floating-point input, got i32 (cast it first)");
 }
 
 #[test]

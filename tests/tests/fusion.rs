@@ -5,16 +5,8 @@ use integration_tests::{assert_values_close, Rng};
 use jit_core::{planned_kernels, with_flags, Backend, Flags};
 use jit_ops::prelude::*;
 
-const FUSED: Flags = Flags {
-    backend: Backend::Cpu,
-    fusion: true,
-    dump: false,
-};
-const UNFUSED: Flags = Flags {
-    backend: Backend::Cpu,
-    fusion: false,
-    dump: false,
-};
+const FUSED: Flags = Flags { backend: Backend::Cpu, fusion: true, dump: false };
+const UNFUSED: Flags = Flags { backend: Backend::Cpu, fusion: false, dump: false };
 
 fn kernels(f: Flags, build: impl Fn() -> Var) -> usize {
     with_flags(f, || planned_kernels(&[build()]).expect("plan").len())
@@ -32,10 +24,7 @@ fn instance_norm(x: &Var, w: &Var, b: &Var) -> Var {
 }
 
 fn adain(c: &Var, s: &Var) -> Var {
-    let (mc, ms) = (
-        c.mean(&[2, 3], true).unwrap(),
-        s.mean(&[2, 3], true).unwrap(),
-    );
+    let (mc, ms) = (c.mean(&[2, 3], true).unwrap(), s.mean(&[2, 3], true).unwrap());
     let sc = (c.var(&[2, 3], true, true).unwrap() + 1e-5).sqrt();
     let ss = (s.var(&[2, 3], true, true).unwrap() + 1e-5).sqrt();
     (c - &mc) / sc * ss + ms
@@ -80,10 +69,7 @@ fn adain_is_at_most_four_kernels() {
     let s2 = Var::randn(&[2, 4, 3, 9], DType::F32).unwrap();
     s2.sync().unwrap();
     let n2 = kernels(FUSED, || adain(&c, &s2));
-    assert!(
-        n2 <= 5,
-        "AdaIN with a differently sized style planned as {n2} kernels"
-    );
+    assert!(n2 <= 5, "AdaIN with a differently sized style planned as {n2} kernels");
 }
 
 #[test]
@@ -102,11 +88,7 @@ fn fused_and_unfused_agree_on_the_bench_workloads() {
         ("instance norm", Box::new(|| instance_norm(&x, &w, &b))),
         ("adain", Box::new(|| adain(&x, &s))),
     ];
-    let reference = Flags {
-        backend: Backend::Reference,
-        fusion: false,
-        dump: false,
-    };
+    let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
     for (name, f) in &work {
         let want = with_flags(reference, || f().to_vec_f64().unwrap());
         for mode in [FUSED, UNFUSED] {

@@ -20,18 +20,10 @@ fn memory_stays_bounded() {
         assert!(live <= 2, "step {step}: {live} live buffers");
     }
     // the fixed point of x -> x/2 + 1 is 2
-    assert!(x
-        .to_vec::<f32>()
-        .unwrap()
-        .iter()
-        .all(|&v| (v - 2.0).abs() < 1e-6));
+    assert!(x.to_vec::<f32>().unwrap().iter().all(|&v| (v - 2.0).abs() < 1e-6));
     assert!(peak >= 1);
     drop(x);
-    assert_eq!(
-        jit_core::live_buffers(),
-        base,
-        "everything freed after the last handle is dropped"
-    );
+    assert_eq!(jit_core::live_buffers(), base, "everything freed after the last handle is dropped");
 
     // A long unrealised chain: intermediates of one realisation are freed as it goes.
     let mut y = Var::ones(&[1000], DType::F32);
@@ -39,11 +31,7 @@ fn memory_stays_bounded() {
         y = y * 1.001;
     }
     y.sync().unwrap();
-    assert_eq!(
-        jit_core::live_buffers() - base,
-        1,
-        "only the result stays alive"
-    );
+    assert_eq!(jit_core::live_buffers() - base, 1, "only the result stays alive");
     assert!(y.inputs().is_empty());
     drop(y);
 
@@ -68,11 +56,7 @@ fn memory_stays_bounded() {
     let s = (&a * 2.0).sum_all().unwrap();
     let m = (&a * 3.0).max(&[0], false).unwrap();
     realize(&[s.clone(), m.clone()]).unwrap();
-    assert_eq!(
-        jit_core::live_buffers() - base,
-        2,
-        "only the two results stay alive"
-    );
+    assert_eq!(jit_core::live_buffers() - base, 2, "only the two results stay alive");
     assert_eq!(s.item::<f32>().unwrap(), 9900.0);
     assert_eq!(m.item::<f32>().unwrap(), 297.0);
     drop((a, s, m));

@@ -45,44 +45,16 @@ fn plain_mlp(
 fn two_layer_mlp_matches_plain_rust() {
     let mut rng = Rng::fresh("two_layer_mlp_matches_plain_rust");
     for _ in 0..5 {
-        let (n, i, h, o) = (
-            1 + rng.below(9),
-            1 + rng.below(13),
-            1 + rng.below(17),
-            1 + rng.below(7),
-        );
-        let mut vals = |len: usize, s: f64| -> Vec<f64> {
-            (0..len)
-                .map(|_| (rng.uniform(-s, s) as f32) as f64)
-                .collect()
-        };
-        let (x, w1, b1, w2, b2) = (
-            vals(n * i, 2.0),
-            vals(h * i, 0.5),
-            vals(h, 0.1),
-            vals(o * h, 0.5),
-            vals(o, 0.1),
-        );
-        let v = |d: &[f64], s: &[usize]| {
-            Var::from_vec(d.iter().map(|&z| z as f32).collect(), s).unwrap()
-        };
-        let hid = linear(&v(&x, &[n, i]), &v(&w1, &[h, i]), Some(&v(&b1, &[h])))
-            .unwrap()
-            .relu()
-            .unwrap();
-        let y = linear(&hid, &v(&w2, &[o, h]), Some(&v(&b2, &[o])))
-            .unwrap()
-            .softmax(-1)
-            .unwrap();
+        let (n, i, h, o) = (1 + rng.below(9), 1 + rng.below(13), 1 + rng.below(17), 1 + rng.below(7));
+        let mut vals =
+            |len: usize, s: f64| -> Vec<f64> { (0..len).map(|_| (rng.uniform(-s, s) as f32) as f64).collect() };
+        let (x, w1, b1, w2, b2) = (vals(n * i, 2.0), vals(h * i, 0.5), vals(h, 0.1), vals(o * h, 0.5), vals(o, 0.1));
+        let v = |d: &[f64], s: &[usize]| Var::from_vec(d.iter().map(|&z| z as f32).collect(), s).unwrap();
+        let hid = linear(&v(&x, &[n, i]), &v(&w1, &[h, i]), Some(&v(&b1, &[h]))).unwrap().relu().unwrap();
+        let y = linear(&hid, &v(&w2, &[o, h]), Some(&v(&b2, &[o]))).unwrap().softmax(-1).unwrap();
         assert_eq!(y.shape(), &[n, o]);
         let want = plain_mlp(&x, &w1, &b1, &w2, &b2, (n, i, h, o));
-        assert_values_close(
-            &y.to_vec_f64().unwrap(),
-            &want,
-            1e-5,
-            1e-6,
-            &format!("mlp n={n} i={i} h={h} o={o}"),
-        );
+        assert_values_close(&y.to_vec_f64().unwrap(), &want, 1e-5, 1e-6, &format!("mlp n={n} i={i} h={h} o={o}"));
     }
 }
 
@@ -97,8 +69,5 @@ fn matmul_shapes_follow_torch() {
     assert_eq!(matmul(&v, &v).unwrap().shape(), &[] as &[usize]);
     assert_eq!(matmul(&v, &v).unwrap().item::<f32>().unwrap(), 4.0);
     let i = Var::from_vec(vec![1i64, 2, 3, 4], &[2, 2]).unwrap();
-    assert_eq!(
-        matmul(&i, &i).unwrap().to_vec::<i64>().unwrap(),
-        vec![7, 10, 15, 22]
-    );
+    assert_eq!(matmul(&i, &i).unwrap().to_vec::<i64>().unwrap(), vec![7, 10, 15, 22]);
 }

@@ -14,9 +14,7 @@ fn shape_strategy(max_rank: usize) -> impl Strategy<Value = Vec<usize>> {
 fn int_nd(shape: &[usize], seed: u64) -> Nd {
     let mut s = seed;
     Nd::from_fn(shape, |_| {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((s >> 33) % 19) as f64 - 9.0
     })
 }

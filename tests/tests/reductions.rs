@@ -6,24 +6,14 @@ use jit_ops::prelude::*;
 
 /// Plain reduction of `x` over `axes` with `f(acc, v)` from `init`, then `fin(acc, n)`.
 fn reduce_ref(x: &Nd, axes: &[usize], keepdim: bool, init: f64, f: impl Fn(f64, f64) -> f64) -> Nd {
-    let out_shape: Vec<usize> = x
-        .shape
-        .iter()
-        .enumerate()
-        .map(|(d, &n)| if axes.contains(&d) { 1 } else { n })
-        .collect();
+    let out_shape: Vec<usize> =
+        x.shape.iter().enumerate().map(|(d, &n)| if axes.contains(&d) { 1 } else { n }).collect();
     let out = Nd::from_fn(&out_shape, |o| {
-        let inner_shape: Vec<usize> = x
-            .shape
-            .iter()
-            .enumerate()
-            .map(|(d, &n)| if axes.contains(&d) { n } else { 1 })
-            .collect();
+        let inner_shape: Vec<usize> =
+            x.shape.iter().enumerate().map(|(d, &n)| if axes.contains(&d) { n } else { 1 }).collect();
         let mut acc = init;
         let _ = Nd::from_fn(&inner_shape, |r| {
-            let idx: Vec<usize> = (0..x.shape.len())
-                .map(|d| if axes.contains(&d) { r[d] } else { o[d] })
-                .collect();
+            let idx: Vec<usize> = (0..x.shape.len()).map(|d| if axes.contains(&d) { r[d] } else { o[d] }).collect();
             acc = f(acc, x.at(&idx));
             0.0
         });
@@ -32,17 +22,9 @@ fn reduce_ref(x: &Nd, axes: &[usize], keepdim: bool, init: f64, f: impl Fn(f64, 
     if keepdim {
         out
     } else {
-        let shape: Vec<usize> = x
-            .shape
-            .iter()
-            .enumerate()
-            .filter(|(d, _)| !axes.contains(d))
-            .map(|(_, &n)| n)
-            .collect();
-        Nd {
-            shape,
-            data: out.data,
-        }
+        let shape: Vec<usize> =
+            x.shape.iter().enumerate().filter(|(d, _)| !axes.contains(d)).map(|(_, &n)| n).collect();
+        Nd { shape, data: out.data }
     }
 }
 
@@ -63,13 +45,7 @@ fn sums_means_extrema_over_random_axes() {
         // negative dims half of the time
         let dims: Vec<isize> = axes
             .iter()
-            .map(|&a| {
-                if rng.chance(0.5) {
-                    a as isize - shape.len() as isize
-                } else {
-                    a as isize
-                }
-            })
+            .map(|&a| if rng.chance(0.5) { a as isize - shape.len() as isize } else { a as isize })
             .collect();
         let dtype = [DType::F32, DType::F64][rng.below(2)];
         let x = rng.nd(&shape, -2.0, 2.0).rounded(dtype);
@@ -88,13 +64,7 @@ fn sums_means_extrema_over_random_axes() {
             &format!("sum {ctx}"),
         );
         let mean = reduce_ref(&x, &axes, keep, 0.0, |a, b| a + b).map(|s| s / n as f64);
-        assert_close(
-            &v.mean(&dims, keep).unwrap(),
-            &mean,
-            t,
-            acc / n as f64 + 1e-7,
-            &format!("mean {ctx}"),
-        );
+        assert_close(&v.mean(&dims, keep).unwrap(), &mean, t, acc / n as f64 + 1e-7, &format!("mean {ctx}"));
         assert_close(
             &v.max(&dims, keep).unwrap(),
             &reduce_ref(&x, &axes, keep, f64::NEG_INFINITY, f64::max),
@@ -120,24 +90,15 @@ fn sums_means_extrema_over_random_axes() {
         for unbiased in [false, true] {
             let m = reduce_ref(&x, &axes, true, 0.0, |a, b| a + b).map(|s| s / n as f64);
             let sq = Nd::from_fn(&shape, |i| {
-                let mi: Vec<usize> = i
-                    .iter()
-                    .enumerate()
-                    .map(|(d, &k)| if axes.contains(&d) { 0 } else { k })
-                    .collect();
+                let mi: Vec<usize> =
+                    i.iter().enumerate().map(|(d, &k)| if axes.contains(&d) { 0 } else { k }).collect();
                 (x.at(i) - m.at(&mi)).powi(2)
             });
             let denom = if unbiased { n as f64 - 1.0 } else { n as f64 };
             let var = reduce_ref(&sq, &axes, keep, 0.0, |a, b| a + b).map(|s| s / denom);
             // squares of terms <= 4 summed n times, then divided
             let vt = acc * 8.0 / denom.max(1.0) + 1e-6;
-            assert_close(
-                &v.var(&dims, unbiased, keep).unwrap(),
-                &var,
-                t * 4.0,
-                vt,
-                &format!("var({unbiased}) {ctx}"),
-            );
+            assert_close(&v.var(&dims, unbiased, keep).unwrap(), &var, t * 4.0, vt, &format!("var({unbiased}) {ctx}"));
             assert_close(
                 &v.std(&dims, unbiased, keep).unwrap(),
                 &var.map(f64::sqrt),
@@ -152,33 +113,15 @@ fn sums_means_extrema_over_random_axes() {
 #[test]
 fn hand_computed_reductions() {
     let x = Var::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
-    assert_eq!(
-        x.sum(&[0], false).unwrap().to_vec::<f32>().unwrap(),
-        vec![5.0, 7.0, 9.0]
-    );
+    assert_eq!(x.sum(&[0], false).unwrap().to_vec::<f32>().unwrap(), vec![5.0, 7.0, 9.0]);
     assert_eq!(x.sum(&[1], true).unwrap().shape(), &[2, 1]);
     assert_eq!(x.sum_all().unwrap().item::<f32>().unwrap(), 21.0);
-    assert_eq!(
-        x.mean(&[-1], false).unwrap().to_vec::<f32>().unwrap(),
-        vec![2.0, 5.0]
-    );
-    assert_eq!(
-        x.var(&[1], true, false).unwrap().to_vec::<f32>().unwrap(),
-        vec![1.0, 1.0]
-    );
-    assert_eq!(
-        x.var(&[1], false, false).unwrap().to_vec::<f32>().unwrap(),
-        vec![2.0 / 3.0, 2.0 / 3.0]
-    );
+    assert_eq!(x.mean(&[-1], false).unwrap().to_vec::<f32>().unwrap(), vec![2.0, 5.0]);
+    assert_eq!(x.var(&[1], true, false).unwrap().to_vec::<f32>().unwrap(), vec![1.0, 1.0]);
+    assert_eq!(x.var(&[1], false, false).unwrap().to_vec::<f32>().unwrap(), vec![2.0 / 3.0, 2.0 / 3.0]);
     assert_eq!(x.prod(&[], false).unwrap().item::<f32>().unwrap(), 720.0);
-    assert_eq!(
-        x.argmax(1, false).unwrap().to_vec::<i64>().unwrap(),
-        vec![2, 2]
-    );
-    assert_eq!(
-        x.argmin(0, true).unwrap().to_vec::<i64>().unwrap(),
-        vec![0, 0, 0]
-    );
+    assert_eq!(x.argmax(1, false).unwrap().to_vec::<i64>().unwrap(), vec![2, 2]);
+    assert_eq!(x.argmin(0, true).unwrap().to_vec::<i64>().unwrap(), vec![0, 0, 0]);
     assert_eq!(x.argmin(0, true).unwrap().shape(), &[1, 3]);
     // integer and bool sums are i64 like torch
     let i = Var::from_vec(vec![i32::MAX, 1], &[2]).unwrap();
@@ -190,12 +133,7 @@ fn hand_computed_reductions() {
     assert!(b.max(&[0], false).unwrap().item::<bool>().unwrap());
     // unbiased variance of one element is NaN, as in torch
     let one = Var::from_vec(vec![3.0f32], &[1]).unwrap();
-    assert!(one
-        .var(&[0], true, false)
-        .unwrap()
-        .item::<f32>()
-        .unwrap()
-        .is_nan());
+    assert!(one.var(&[0], true, false).unwrap().item::<f32>().unwrap().is_nan());
 }
 
 #[test]
@@ -204,34 +142,16 @@ fn argmax_picks_first_of_ties_and_nan() {
     assert_eq!(x.argmax(0, false).unwrap().item::<i64>().unwrap(), 1);
     assert_eq!(x.argmin(0, false).unwrap().item::<i64>().unwrap(), 3);
     let y = Var::from_vec(vec![1.0f32, f32::NAN, 5.0, f32::NAN], &[4]).unwrap();
-    assert_eq!(
-        y.argmax(0, false).unwrap().item::<i64>().unwrap(),
-        1,
-        "NaN is the maximum"
-    );
-    assert_eq!(
-        y.argmin(0, false).unwrap().item::<i64>().unwrap(),
-        1,
-        "NaN is the minimum"
-    );
+    assert_eq!(y.argmax(0, false).unwrap().item::<i64>().unwrap(), 1, "NaN is the maximum");
+    assert_eq!(y.argmin(0, false).unwrap().item::<i64>().unwrap(), 1, "NaN is the minimum");
     let mut rng = Rng::fresh("argmax_picks_first_of_ties_and_nan");
     for _ in 0..20 {
         let shape: Vec<usize> = (0..1 + rng.below(3)).map(|_| rng.dim_size(false)).collect();
         let d = rng.below(shape.len());
         // few distinct values so that ties are common
         let x = Nd::from_fn(&shape, |_| rng.int(0, 3) as f64);
-        let got = x
-            .var(DType::F32)
-            .argmax(d as isize, false)
-            .unwrap()
-            .to_vec::<i64>()
-            .unwrap();
-        let out_shape: Vec<usize> = shape
-            .iter()
-            .enumerate()
-            .filter(|&(k, _)| k != d)
-            .map(|(_, &n)| n)
-            .collect();
+        let got = x.var(DType::F32).argmax(d as isize, false).unwrap().to_vec::<i64>().unwrap();
+        let out_shape: Vec<usize> = shape.iter().enumerate().filter(|&(k, _)| k != d).map(|(_, &n)| n).collect();
         let want = Nd::from_fn(&out_shape, |o| {
             let mut best = (f64::NEG_INFINITY, 0);
             for k in 0..shape[d] {
@@ -243,41 +163,22 @@ fn argmax_picks_first_of_ties_and_nan() {
             }
             best.1 as f64
         });
-        assert_eq!(
-            got.iter().map(|&v| v as f64).collect::<Vec<_>>(),
-            want.data,
-            "argmax {shape:?} dim {d}"
-        );
+        assert_eq!(got.iter().map(|&v| v as f64).collect::<Vec<_>>(), want.data, "argmax {shape:?} dim {d}");
     }
 }
 
 #[test]
 fn empty_reductions() {
     let e = Var::zeros(&[3, 0], DType::F32);
-    assert_eq!(
-        e.sum(&[1], false).unwrap().to_vec::<f32>().unwrap(),
-        vec![0.0; 3]
-    );
-    assert_eq!(
-        e.prod(&[1], false).unwrap().to_vec::<f32>().unwrap(),
-        vec![1.0; 3]
-    );
-    assert!(e
-        .mean(&[1], false)
-        .unwrap()
-        .to_vec::<f32>()
-        .unwrap()
-        .iter()
-        .all(|v| v.is_nan()));
+    assert_eq!(e.sum(&[1], false).unwrap().to_vec::<f32>().unwrap(), vec![0.0; 3]);
+    assert_eq!(e.prod(&[1], false).unwrap().to_vec::<f32>().unwrap(), vec![1.0; 3]);
+    assert!(e.mean(&[1], false).unwrap().to_vec::<f32>().unwrap().iter().all(|v| v.is_nan()));
     assert_eq!(e.sum(&[0], false).unwrap().shape(), &[0]);
     assert!(e.max(&[1], false).is_err());
     assert!(e.argmax(1, false).is_err());
     // reducing a size-1 dim
     let x = Var::from_vec(vec![4.0f32, 5.0], &[2, 1]).unwrap();
-    assert_eq!(
-        x.max(&[1], false).unwrap().to_vec::<f32>().unwrap(),
-        vec![4.0, 5.0]
-    );
+    assert_eq!(x.max(&[1], false).unwrap().to_vec::<f32>().unwrap(), vec![4.0, 5.0]);
     // reducing a scalar over dim 0 is the identity
     let s = Var::scalar(2.5f32);
     assert_eq!(s.sum(&[0], false).unwrap().item::<f32>().unwrap(), 2.5);
@@ -290,8 +191,5 @@ fn half_precision_sums_accumulate_wide() {
     assert_eq!(x.sum_all().unwrap().item::<f16>().unwrap().to_f32(), 4096.0);
     let y = Var::full(&[3000], 0.1, DType::BF16);
     let s = y.sum_all().unwrap().cast(DType::F32).item::<f32>().unwrap();
-    assert!(
-        (s - 3000.0 * bf16::from_f32(0.1).to_f32()).abs() < 8.0,
-        "{s}"
-    );
+    assert!((s - 3000.0 * bf16::from_f32(0.1).to_f32()).abs() < 8.0, "{s}");
 }

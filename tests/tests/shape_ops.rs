@@ -38,13 +38,7 @@ fn transpose_permute_and_views() {
             }
             x.at(&src)
         });
-        assert_close(
-            &v.permute(&p).unwrap(),
-            &want,
-            0.0,
-            0.0,
-            &format!("permute {shape:?} {perm:?}"),
-        );
+        assert_close(&v.permute(&p).unwrap(), &want, 0.0, 0.0, &format!("permute {shape:?} {perm:?}"));
         let (a, b) = (rng.below(r), rng.below(r));
         let mut ts = shape.clone();
         ts.swap(a, b);
@@ -53,37 +47,18 @@ fn transpose_permute_and_views() {
             src.swap(a, b);
             x.at(&src)
         });
-        assert_close(
-            &v.transpose(a as isize, b as isize - r as isize).unwrap(),
-            &want,
-            0.0,
-            0.0,
-            "transpose",
-        );
+        assert_close(&v.transpose(a as isize, b as isize - r as isize).unwrap(), &want, 0.0, 0.0, "transpose");
         // views keep the row-major order
         let flat = v.flatten(0, -1).unwrap();
         assert_eq!(flat.shape(), &[x.data.len()]);
-        assert_close(
-            &flat,
-            &Nd {
-                shape: vec![x.data.len()],
-                data: x.data.clone(),
-            },
-            0.0,
-            0.0,
-            "flatten",
-        );
+        assert_close(&flat, &Nd { shape: vec![x.data.len()], data: x.data.clone() }, 0.0, 0.0, "flatten");
         let u = v.unsqueeze(-1).unwrap();
         assert_eq!(u.shape().len(), r + 1);
         assert_eq!(u.squeeze(-1).unwrap().shape(), &shape[..]);
     }
     let x = Var::zeros(&[1, 3, 1, 2], DType::F32);
     assert_eq!(x.squeeze_all().unwrap().shape(), &[3, 2]);
-    assert_eq!(
-        x.squeeze(1).unwrap().shape(),
-        &[1, 3, 1, 2],
-        "squeezing a dim of size 3 is a no-op"
-    );
+    assert_eq!(x.squeeze(1).unwrap().shape(), &[1, 3, 1, 2], "squeezing a dim of size 3 is a no-op");
     assert_eq!(x.view(&[-1, 2]).unwrap().shape(), &[3, 2]);
     assert_eq!(x.flatten(1, 2).unwrap().shape(), &[1, 3, 2]);
     assert_eq!(x.unsqueeze(0).unwrap().shape(), &[1, 1, 3, 1, 2]);
@@ -92,21 +67,13 @@ fn transpose_permute_and_views() {
 #[test]
 fn slicing_with_steps_and_negative_bounds() {
     let x = Var::arange(10);
-    let s = |start, end, step| {
-        x.slice(0, start, end, step)
-            .unwrap()
-            .to_vec::<i64>()
-            .unwrap()
-    };
+    let s = |start, end, step| x.slice(0, start, end, step).unwrap().to_vec::<i64>().unwrap();
     assert_eq!(s(1, Some(8), 3), vec![1, 4, 7]);
     assert_eq!(s(-3, None, 1), vec![7, 8, 9]);
     assert_eq!(s(0, Some(-7), 2), vec![0, 2]);
     assert_eq!(s(8, Some(2), 1), Vec::<i64>::new());
     assert_eq!(s(-100, Some(100), 4), vec![0, 4, 8]);
-    assert_eq!(
-        x.narrow(0, 2, 3).unwrap().to_vec::<i64>().unwrap(),
-        vec![2, 3, 4]
-    );
+    assert_eq!(x.narrow(0, 2, 3).unwrap().to_vec::<i64>().unwrap(), vec![2, 3, 4]);
     let mut rng = Rng::fresh("slicing_with_steps_and_negative_bounds");
     for _ in 0..30 {
         let shape: Vec<usize> = (0..1 + rng.below(3)).map(|_| rng.dim_size(false)).collect();
@@ -119,10 +86,7 @@ fn slicing_with_steps_and_negative_bounds() {
         );
         let x = rng.nd(&shape, -1.0, 1.0).rounded(DType::F64);
         let norm = |v: isize| if v < 0 { (v + n).max(0) } else { v.min(n) };
-        let picked: Vec<usize> = (norm(start)..norm(end))
-            .step_by(step)
-            .map(|i| i as usize)
-            .collect();
+        let picked: Vec<usize> = (norm(start)..norm(end)).step_by(step).map(|i| i as usize).collect();
         let mut out = shape.clone();
         out[d] = picked.len();
         let want = Nd::from_fn(&out, |o| {
@@ -130,17 +94,8 @@ fn slicing_with_steps_and_negative_bounds() {
             src[d] = picked[o[d]];
             x.at(&src)
         });
-        let got = x
-            .var(DType::F64)
-            .slice(d as isize, start, Some(end), step)
-            .unwrap();
-        assert_close(
-            &got,
-            &want,
-            0.0,
-            0.0,
-            &format!("slice {shape:?} dim {d} {start}:{end}:{step}"),
-        );
+        let got = x.var(DType::F64).slice(d as isize, start, Some(end), step).unwrap();
+        assert_close(&got, &want, 0.0, 0.0, &format!("slice {shape:?} dim {d} {start}:{end}:{step}"));
     }
 }
 
@@ -148,15 +103,9 @@ fn slicing_with_steps_and_negative_bounds() {
 fn padding_modes() {
     let x = Var::from_vec(vec![1.0f32, 2.0, 3.0], &[1, 3]).unwrap();
     let p = |m| x.pad(&[2, 2], m).unwrap().to_vec::<f32>().unwrap();
-    assert_eq!(
-        p(PadMode::Constant(-1.0)),
-        vec![-1.0, -1.0, 1.0, 2.0, 3.0, -1.0, -1.0]
-    );
+    assert_eq!(p(PadMode::Constant(-1.0)), vec![-1.0, -1.0, 1.0, 2.0, 3.0, -1.0, -1.0]);
     assert_eq!(p(PadMode::Reflect), vec![3.0, 2.0, 1.0, 2.0, 3.0, 2.0, 1.0]);
-    assert_eq!(
-        p(PadMode::Replicate),
-        vec![1.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0]
-    );
+    assert_eq!(p(PadMode::Replicate), vec![1.0, 1.0, 1.0, 2.0, 3.0, 3.0, 3.0]);
     let mut rng = Rng::fresh("padding_modes");
     for _ in 0..30 {
         let shape: Vec<usize> = (0..2 + rng.below(2)).map(|_| 2 + rng.below(6)).collect();
@@ -194,13 +143,7 @@ fn padding_modes() {
                 x.at(&src)
             });
             let got = x.var(DType::F32).pad(&pads, mode).unwrap();
-            assert_close(
-                &got,
-                &want,
-                0.0,
-                0.0,
-                &format!("pad {shape:?} {pads:?} {mode:?}"),
-            );
+            assert_close(&got, &want, 0.0, 0.0, &format!("pad {shape:?} {pads:?} {mode:?}"));
         }
     }
 }
@@ -237,28 +180,16 @@ fn non_contiguous_compositions() {
 #[test]
 fn flip_expand_repeat() {
     let x = Var::from_vec(vec![1i64, 2, 3, 4, 5, 6], &[2, 3]).unwrap();
-    assert_eq!(
-        x.flip(&[0, 1]).unwrap().to_vec::<i64>().unwrap(),
-        vec![6, 5, 4, 3, 2, 1]
-    );
-    assert_eq!(
-        x.flip(&[1]).unwrap().to_vec::<i64>().unwrap(),
-        vec![3, 2, 1, 6, 5, 4]
-    );
+    assert_eq!(x.flip(&[0, 1]).unwrap().to_vec::<i64>().unwrap(), vec![6, 5, 4, 3, 2, 1]);
+    assert_eq!(x.flip(&[1]).unwrap().to_vec::<i64>().unwrap(), vec![3, 2, 1, 6, 5, 4]);
     let c = Var::from_vec(vec![1i64, 2], &[2, 1]).unwrap();
     let e = c.expand(&[2, 2, -1]).unwrap();
     assert_eq!(e.shape(), &[2, 2, 1]);
     let e = c.expand(&[3, 2, 4]).unwrap();
-    assert_eq!(
-        e.to_vec::<i64>().unwrap(),
-        [[1; 4], [2; 4]].concat().repeat(3)
-    );
+    assert_eq!(e.to_vec::<i64>().unwrap(), [[1; 4], [2; 4]].concat().repeat(3));
     let r = x.repeat(&[2, 1, 2]).unwrap();
     assert_eq!(r.shape(), &[2, 2, 6]);
-    assert_eq!(
-        r.narrow(0, 1, 1).unwrap().to_vec::<i64>().unwrap(),
-        vec![1, 2, 3, 1, 2, 3, 4, 5, 6, 4, 5, 6]
-    );
+    assert_eq!(r.narrow(0, 1, 1).unwrap().to_vec::<i64>().unwrap(), vec![1, 2, 3, 1, 2, 3, 4, 5, 6, 4, 5, 6]);
 }
 
 #[test]
@@ -297,10 +228,7 @@ fn cat_stack_split_chunk() {
             &want,
             0.0,
             0.0,
-            &format!(
-                "cat dim {d} of {:?}",
-                parts.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()
-            ),
+            &format!("cat dim {d} of {:?}", parts.iter().map(|p| p.shape.clone()).collect::<Vec<_>>()),
         );
         // split the concatenation back into the parts
         let sizes: Vec<usize> = parts.iter().map(|p| p.shape[d]).collect();
@@ -312,17 +240,11 @@ fn cat_stack_split_chunk() {
     let x = Var::arange(7);
     let parts = x.split(3, 0).unwrap();
     assert_eq!(
-        parts
-            .iter()
-            .map(|p| p.to_vec::<i64>().unwrap())
-            .collect::<Vec<_>>(),
+        parts.iter().map(|p| p.to_vec::<i64>().unwrap()).collect::<Vec<_>>(),
         vec![vec![0, 1, 2], vec![3, 4, 5], vec![6]]
     );
     let parts = x.chunk(3, 0).unwrap();
-    assert_eq!(
-        parts.iter().map(Var::numel).collect::<Vec<_>>(),
-        vec![3, 3, 1]
-    );
+    assert_eq!(parts.iter().map(Var::numel).collect::<Vec<_>>(), vec![3, 3, 1]);
     let a = Var::from_vec(vec![1.0f32, 2.0], &[2]).unwrap();
     let b = Var::from_vec(vec![3.0f32, 4.0], &[2]).unwrap();
     let s = stack(&[a.clone(), b.clone()], 1).unwrap();
@@ -343,22 +265,13 @@ fn cat_stack_split_chunk() {
 fn gather_and_index_select() {
     let x = Var::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0, 6.0], &[2, 3]).unwrap();
     let idx = Var::from_vec(vec![2i64, 0, 1, 1], &[2, 2]).unwrap();
-    assert_eq!(
-        x.gather(1, &idx).unwrap().to_vec::<f32>().unwrap(),
-        vec![3.0, 1.0, 5.0, 5.0]
-    );
+    assert_eq!(x.gather(1, &idx).unwrap().to_vec::<f32>().unwrap(), vec![3.0, 1.0, 5.0, 5.0]);
     let idx0 = Var::from_vec(vec![1i64, 0, 1], &[1, 3]).unwrap();
-    assert_eq!(
-        x.gather(0, &idx0).unwrap().to_vec::<f32>().unwrap(),
-        vec![4.0, 2.0, 6.0]
-    );
+    assert_eq!(x.gather(0, &idx0).unwrap().to_vec::<f32>().unwrap(), vec![4.0, 2.0, 6.0]);
     let sel = Var::from_vec(vec![2i32, 2, 0, 1], &[4]).unwrap();
     let y = x.index_select(1, &sel).unwrap();
     assert_eq!(y.shape(), &[2, 4]);
-    assert_eq!(
-        y.to_vec::<f32>().unwrap(),
-        vec![3.0, 3.0, 1.0, 2.0, 6.0, 6.0, 4.0, 5.0]
-    );
+    assert_eq!(y.to_vec::<f32>().unwrap(), vec![3.0, 3.0, 1.0, 2.0, 6.0, 6.0, 4.0, 5.0]);
     let mut rng = Rng::fresh("gather_and_index_select");
     for _ in 0..20 {
         let shape: Vec<usize> = (0..1 + rng.below(3)).map(|_| rng.dim_size(false)).collect();
@@ -367,22 +280,13 @@ fn gather_and_index_select() {
         let mut ishape: Vec<usize> = shape.iter().map(|&n| 1 + rng.below(n)).collect();
         ishape[d] = 1 + rng.below(5);
         let ind = Nd::from_fn(&ishape, |_| rng.below(shape[d]) as f64);
-        let got = x
-            .var(DType::F64)
-            .gather(d as isize, &ind.var(DType::I64))
-            .unwrap();
+        let got = x.var(DType::F64).gather(d as isize, &ind.var(DType::I64)).unwrap();
         let want = Nd::from_fn(&ishape, |o| {
             let mut src = o.to_vec();
             src[d] = ind.at(o) as usize;
             x.at(&src)
         });
-        assert_close(
-            &got,
-            &want,
-            0.0,
-            0.0,
-            &format!("gather {shape:?} dim {d} index {ishape:?}"),
-        );
+        assert_close(&got, &want, 0.0, 0.0, &format!("gather {shape:?} dim {d} index {ishape:?}"));
     }
 }
 
@@ -391,16 +295,9 @@ fn nearest_upsampling() {
     let x = Var::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], &[1, 1, 2, 2]).unwrap();
     let y = x.upsample_nearest2d(2).unwrap();
     assert_eq!(y.shape(), &[1, 1, 4, 4]);
-    assert_eq!(
-        y.to_vec::<f32>().unwrap(),
-        vec![1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.]
-    );
+    assert_eq!(y.to_vec::<f32>().unwrap(), vec![1., 1., 2., 2., 1., 1., 2., 2., 3., 3., 4., 4., 3., 3., 4., 4.]);
     // torch: F.interpolate(arange(5), size=3, mode="nearest") picks floor(i * 5 / 3) = 0, 1, 3
-    let z = Var::arange(5)
-        .reshape(&[1, 5])
-        .unwrap()
-        .interpolate_nearest(&[3])
-        .unwrap();
+    let z = Var::arange(5).reshape(&[1, 5]).unwrap().interpolate_nearest(&[3]).unwrap();
     assert_eq!(z.to_vec::<i64>().unwrap(), vec![0, 1, 3]);
     let z = Var::arange(3).interpolate_nearest(&[7]).unwrap();
     assert_eq!(z.to_vec::<i64>().unwrap(), vec![0, 0, 0, 1, 1, 2, 2]);
@@ -410,10 +307,7 @@ fn nearest_upsampling() {
 fn empty_dims_flow_through_shape_ops() {
     let e = Var::zeros(&[2, 0, 3], DType::F32);
     assert_eq!(e.transpose(0, 2).unwrap().shape(), &[3, 0, 2]);
-    assert_eq!(
-        e.pad(&[1, 1], PadMode::Constant(0.0)).unwrap().shape(),
-        &[2, 0, 5]
-    );
+    assert_eq!(e.pad(&[1, 1], PadMode::Constant(0.0)).unwrap().shape(), &[2, 0, 5]);
     assert_eq!(e.flip(&[1]).unwrap().to_vec::<f32>().unwrap().len(), 0);
     assert_eq!(e.repeat(&[2, 1, 1]).unwrap().shape(), &[4, 0, 3]);
     let c = cat(&[e.clone(), Var::ones(&[2, 2, 3], DType::F32)], 1).unwrap();

@@ -91,13 +91,7 @@ impl Operand {
         if like.device() == full.device() {
             full
         } else {
-            Var::pending(
-                vec![],
-                dtype,
-                like.device(),
-                kernels::MetaOp::Full { value },
-                vec![],
-            )
+            Var::pending(vec![], dtype, like.device(), kernels::MetaOp::Full { value }, vec![])
         }
     }
 }
@@ -231,18 +225,12 @@ impl Var {
         let b = b.to_var(dt, cond);
         let shape = broadcast_shapes("where", c.shape(), a.shape())?;
         let shape = broadcast_shapes("where", &shape, b.shape())?;
-        Var::where_meta(
-            &c.broadcast_as(&shape)?,
-            &a.broadcast_as(&shape)?,
-            &b.broadcast_as(&shape)?,
-        )
+        Var::where_meta(&c.broadcast_as(&shape)?, &a.broadcast_as(&shape)?, &b.broadcast_as(&shape)?)
     }
 }
 
 fn or_panic(r: Result<Var>, what: &str) -> Var {
-    r.unwrap_or_else(|e: Error| {
-        panic!("{e} (the `{what}` operator panics; call the method to get a Result)")
-    })
+    r.unwrap_or_else(|e: Error| panic!("{e} (the `{what}` operator panics; call the method to get a Result)"))
 }
 
 macro_rules! operator {

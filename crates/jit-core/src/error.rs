@@ -59,22 +59,13 @@ pub enum Error {
 
 impl Error {
     pub(crate) fn shape(op: &str, msg: impl Into<String>) -> Error {
-        Error::Shape {
-            op: op.to_string(),
-            msg: msg.into(),
-        }
+        Error::Shape { op: op.to_string(), msg: msg.into() }
     }
     pub(crate) fn dtype(op: &str, msg: impl Into<String>) -> Error {
-        Error::DType {
-            op: op.to_string(),
-            msg: msg.into(),
-        }
+        Error::DType { op: op.to_string(), msg: msg.into() }
     }
     /// A bad argument of `op`.
     pub fn argument(op: &str, msg: impl Into<String>) -> Error {
-        Error::Argument {
-            op: op.to_string(),
-            msg: msg.into(),
-        }
+        Error::Argument { op: op.to_string(), msg: msg.into() }
     }
 }

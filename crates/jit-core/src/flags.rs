@@ -1,6 +1,6 @@
 //! Run-time switches: which backend computes, and whether the planner fuses.
 //!
-//! Defaults come from the environment at first use (`JIT_BACKEND=cpu|reference`,
+//! Defaults come from the environment at first use (`JIT_BACKEND=cpu|reference|interpreter`,
 //! `JIT_FUSION=0|1`, `JIT_DUMP=1` to print every kernel's IR); [`set_flags`] changes
 //! them for the process and [`with_flags`] for the current thread inside a scope.
 
@@ -12,8 +12,11 @@ use std::sync::{Mutex, OnceLock};
 pub enum Backend {
     /// The meta-op interpreter in f64 (the oracle; never fuses).
     Reference,
-    /// The fusion planner and CPU kernels.
+    /// The fusion planner and CPU kernels compiled with Cranelift.
     Cpu,
+    /// The fusion planner and the portable IR executor (no code generation; for
+    /// debugging a kernel and checking the compiler).
+    Interpreter,
 }
 
 /// The switches.
@@ -31,21 +34,12 @@ fn env_flags() -> Flags {
     let var = |k: &str| std::env::var(k).ok().map(|s| s.trim().to_ascii_lowercase());
     let backend = match var("JIT_BACKEND").as_deref() {
         Some("reference") | Some("ref") => Backend::Reference,
+        Some("interpreter") | Some("interp") => Backend::Interpreter,
         _ => Backend::Cpu,
     };
-    let fusion = !matches!(
-        var("JIT_FUSION").as_deref(),
-        Some("0") | Some("false") | Some("off")
-    );
-    let dump = matches!(
-        var("JIT_DUMP").as_deref(),
-        Some("1") | Some("true") | Some("on")
-    );
-    Flags {
-        backend,
-        fusion,
-        dump,
-    }
+    let fusion = !matches!(var("JIT_FUSION").as_deref(), Some("0") | Some("false") | Some("off"));
+    let dump = matches!(var("JIT_DUMP").as_deref(), Some("1") | Some("true") | Some("on"));
+    Flags { backend, fusion, dump }
 }
 
 fn global() -> &'static Mutex<Flags> {
@@ -59,9 +53,7 @@ thread_local! {
 
 /// The switches in force on this thread.
 pub fn flags() -> Flags {
-    LOCAL
-        .with(Cell::get)
-        .unwrap_or_else(|| *global().lock().unwrap_or_else(|e| e.into_inner()))
+    LOCAL.with(Cell::get).unwrap_or_else(|| *global().lock().unwrap_or_else(|e| e.into_inner()))
 }
 
 /// Sets the process-wide switches (threads inside [`with_flags`] keep theirs).

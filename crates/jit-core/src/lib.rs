@@ -32,10 +32,14 @@ pub use device::Device;
 pub use error::{Error, Result};
 pub use flags::{flags, set_flags, with_flags, Backend, Flags};
 pub use half::{bf16, f16};
+pub use kernels::cache::CacheStats;
 pub use kernels::cuda::{probe as cuda_probe, CudaInfo};
-pub use kernels::{
-    BinaryOp, DType, Distribution, Element, HostBuffer, IndexExpr, MetaOp, ReduceOp, UnaryOp,
-};
+pub use kernels::{BinaryOp, DType, Distribution, Element, HostBuffer, IndexExpr, MetaOp, ReduceOp, UnaryOp};
 pub use realize::{kernel_launches, live_buffers, planned_kernels, realize};
 pub use shape::{broadcast_shapes, normalize_dim, normalize_dims};
 pub use var::{manual_seed, Var};
+
+/// Counters of the CPU backend's compiled-kernel cache.
+pub fn cpu_cache_stats() -> CacheStats {
+    kernels::cpu::cache().stats()
+}

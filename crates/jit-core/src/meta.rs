@@ -12,31 +12,16 @@ pub(crate) fn same_device(op: &str, vars: &[&Var]) -> Result<Device> {
         if v.device() != d {
             return Err(Error::Device {
                 op: op.to_string(),
-                msg: format!(
-                    "inputs are on different devices ({d} and {}); move one with .to(device)",
-                    v.device()
-                ),
+                msg: format!("inputs are on different devices ({d} and {}); move one with .to(device)", v.device()),
             });
         }
     }
     Ok(d)
 }
 
-fn check_exprs(
-    op: &str,
-    exprs: &[IndexExpr],
-    conds: &[IndexExpr],
-    want: usize,
-    domain_rank: usize,
-) -> Result<()> {
+fn check_exprs(op: &str, exprs: &[IndexExpr], conds: &[IndexExpr], want: usize, domain_rank: usize) -> Result<()> {
     if exprs.len() != want {
-        return Err(Error::shape(
-            op,
-            format!(
-                "needs {want} index expressions (one per dim), got {}",
-                exprs.len()
-            ),
-        ));
+        return Err(Error::shape(op, format!("needs {want} index expressions (one per dim), got {}", exprs.len())));
     }
     for e in exprs.iter().chain(conds) {
         if let Some(k) = e.max_index() {
@@ -59,36 +44,21 @@ impl Var {
         if op.float_only() && !dt.is_float() {
             return Err(Error::dtype(
                 op.name(),
-                format!(
-                    "expected a floating-point input, got {dt} with shape {:?} (cast it first)",
-                    self.shape()
-                ),
+                format!("expected a floating-point input, got {dt} with shape {:?} (cast it first)", self.shape()),
             ));
         }
         if op == UnaryOp::Not && dt != DType::Bool {
-            return Err(Error::dtype(
-                "not",
-                format!("expected a bool input, got {dt} (compare it first)"),
-            ));
+            return Err(Error::dtype("not", format!("expected a bool input, got {dt} (compare it first)")));
         }
         if op == UnaryOp::Neg && dt == DType::Bool {
-            return Err(Error::dtype(
-                "neg",
-                "negation is not defined for bool; use logical_not",
-            ));
+            return Err(Error::dtype("neg", "negation is not defined for bool; use logical_not"));
         }
         Ok(self.unary_unchecked(op))
     }
 
     /// The unary node, for callers that have already made the dtype right.
     fn unary_unchecked(&self, op: UnaryOp) -> Var {
-        Var::pending(
-            self.shape().to_vec(),
-            self.dtype(),
-            self.device(),
-            MetaOp::Unary(op),
-            vec![self.clone()],
-        )
+        Var::pending(self.shape().to_vec(), self.dtype(), self.device(), MetaOp::Unary(op), vec![self.clone()])
     }
 
     /// Element-wise binary meta-op on inputs of equal shape and dtype (use the
@@ -98,68 +68,38 @@ impl Var {
         if self.shape() != rhs.shape() {
             return Err(Error::shape(
                 name,
-                format!(
-                    "meta-op inputs must have equal shapes, got {:?} and {:?}",
-                    self.shape(),
-                    rhs.shape()
-                ),
+                format!("meta-op inputs must have equal shapes, got {:?} and {:?}", self.shape(), rhs.shape()),
             ));
         }
         if self.dtype() != rhs.dtype() {
             return Err(Error::dtype(
                 name,
-                format!(
-                    "meta-op inputs must have equal dtypes, got {} and {}",
-                    self.dtype(),
-                    rhs.dtype()
-                ),
+                format!("meta-op inputs must have equal dtypes, got {} and {}", self.dtype(), rhs.dtype()),
             ));
         }
         let dt = self.dtype();
         if op.is_logical() && dt.is_float() {
-            return Err(Error::dtype(
-                name,
-                format!("defined for bool and integers, got {dt}"),
-            ));
+            return Err(Error::dtype(name, format!("defined for bool and integers, got {dt}")));
         }
-        if dt == DType::Bool
-            && !(op.is_logical()
-                || op.is_comparison()
-                || matches!(op, BinaryOp::Max | BinaryOp::Min))
+        if dt == DType::Bool && !(op.is_logical() || op.is_comparison() || matches!(op, BinaryOp::Max | BinaryOp::Min))
         {
-            return Err(Error::dtype(
-                name,
-                "arithmetic is not defined for bool; cast to an integer or float first",
-            ));
+            return Err(Error::dtype(name, "arithmetic is not defined for bool; cast to an integer or float first"));
         }
         let device = same_device(name, &[self, rhs])?;
         let out = if op.is_comparison() { DType::Bool } else { dt };
-        Ok(Var::pending(
-            self.shape().to_vec(),
-            out,
-            device,
-            MetaOp::Binary(op),
-            vec![self.clone(), rhs.clone()],
-        ))
+        Ok(Var::pending(self.shape().to_vec(), out, device, MetaOp::Binary(op), vec![self.clone(), rhs.clone()]))
     }
 
     /// `where(cond, a, b)` on inputs of equal shape; `cond` is bool, `a` and `b` share
     /// a dtype.
     pub fn where_meta(cond: &Var, a: &Var, b: &Var) -> Result<Var> {
         if cond.dtype() != DType::Bool {
-            return Err(Error::dtype(
-                "where",
-                format!("condition must be bool, got {}", cond.dtype()),
-            ));
+            return Err(Error::dtype("where", format!("condition must be bool, got {}", cond.dtype())));
         }
         if a.dtype() != b.dtype() {
             return Err(Error::dtype(
                 "where",
-                format!(
-                    "branches must share a dtype, got {} and {}",
-                    a.dtype(),
-                    b.dtype()
-                ),
+                format!("branches must share a dtype, got {} and {}", a.dtype(), b.dtype()),
             ));
         }
         if cond.shape() != a.shape() || a.shape() != b.shape() {
@@ -174,13 +114,7 @@ impl Var {
             ));
         }
         let device = same_device("where", &[cond, a, b])?;
-        Ok(Var::pending(
-            a.shape().to_vec(),
-            a.dtype(),
-            device,
-            MetaOp::Where,
-            vec![cond.clone(), a.clone(), b.clone()],
-        ))
+        Ok(Var::pending(a.shape().to_vec(), a.dtype(), device, MetaOp::Where, vec![cond.clone(), a.clone(), b.clone()]))
     }
 
     /// Converts to `dtype` (floats to integers truncate toward zero; to bool is `!= 0`).
@@ -188,13 +122,7 @@ impl Var {
         if dtype == self.dtype() {
             return self.clone();
         }
-        Var::pending(
-            self.shape().to_vec(),
-            dtype,
-            self.device(),
-            MetaOp::Cast,
-            vec![self.clone()],
-        )
+        Var::pending(self.shape().to_vec(), dtype, self.device(), MetaOp::Cast, vec![self.clone()])
     }
 
     /// Broadcast meta-op: output `shape`, where `new_dims` are the output dims the
@@ -202,14 +130,10 @@ impl Var {
     /// or input size 1 stretched).
     pub fn broadcast_to_dims(&self, shape: &[usize], new_dims: &[usize]) -> Result<Var> {
         let op = "broadcast_to";
-        if new_dims.iter().any(|&d| d >= shape.len()) || shape.len() != self.ndim() + new_dims.len()
-        {
+        if new_dims.iter().any(|&d| d >= shape.len()) || shape.len() != self.ndim() + new_dims.len() {
             return Err(Error::shape(
                 op,
-                format!(
-                    "cannot broadcast {:?} to {shape:?} with new dims {new_dims:?}",
-                    self.shape()
-                ),
+                format!("cannot broadcast {:?} to {shape:?} with new dims {new_dims:?}", self.shape()),
             ));
         }
         let mut k = 0;
@@ -246,10 +170,7 @@ impl Var {
         if shape.len() < self.ndim() {
             return Err(Error::shape(
                 "broadcast_to",
-                format!(
-                    "cannot broadcast {:?} to the lower-rank shape {shape:?}",
-                    self.shape()
-                ),
+                format!("cannot broadcast {:?} to the lower-rank shape {shape:?}", self.shape()),
             ));
         }
         let new: Vec<usize> = (0..shape.len() - self.ndim()).collect();
@@ -259,36 +180,17 @@ impl Var {
     /// Reindex meta-op: `out[i] = self[exprs(i)]`, or `overflow` where an index is out
     /// of range or a condition is zero. One expression per input dim, over the output
     /// indices `i0..` of `shape`.
-    pub fn reindex(
-        &self,
-        shape: &[usize],
-        exprs: Vec<IndexExpr>,
-        overflow: f64,
-        conds: Vec<IndexExpr>,
-    ) -> Result<Var> {
+    pub fn reindex(&self, shape: &[usize], exprs: Vec<IndexExpr>, overflow: f64, conds: Vec<IndexExpr>) -> Result<Var> {
         check_exprs("reindex", &exprs, &conds, self.ndim(), shape.len())?;
-        let op = MetaOp::Reindex {
-            exprs,
-            overflow,
-            conds,
-        };
-        Ok(Var::pending(
-            shape.to_vec(),
-            self.dtype(),
-            self.device(),
-            op,
-            vec![self.clone()],
-        ))
+        let op = MetaOp::Reindex { exprs, overflow, conds };
+        Ok(Var::pending(shape.to_vec(), self.dtype(), self.device(), op, vec![self.clone()]))
     }
 
     /// Reduce meta-op over `axes` (already normalised, any order).
     pub fn reduce(&self, op: ReduceOp, axes: &[usize], keepdims: bool) -> Result<Var> {
         let name = op.name();
         if self.dtype() == DType::Bool && matches!(op, ReduceOp::Sum | ReduceOp::Prod) {
-            return Err(Error::dtype(
-                name,
-                "cannot sum or multiply bool values; cast to an integer first",
-            ));
+            return Err(Error::dtype(name, "cannot sum or multiply bool values; cast to an integer first"));
         }
         let mut axes = axes.to_vec();
         axes.sort_unstable();
@@ -302,29 +204,14 @@ impl Var {
             });
         }
         let shape: Vec<usize> = if keepdims {
-            self.shape()
-                .iter()
-                .enumerate()
-                .map(|(d, &n)| if axes.contains(&d) { 1 } else { n })
-                .collect()
+            self.shape().iter().enumerate().map(|(d, &n)| if axes.contains(&d) { 1 } else { n }).collect()
         } else {
-            self.shape()
-                .iter()
-                .enumerate()
-                .filter(|(d, _)| !axes.contains(d))
-                .map(|(_, &n)| n)
-                .collect()
+            self.shape().iter().enumerate().filter(|(d, _)| !axes.contains(d)).map(|(_, &n)| n).collect()
         };
         if axes.is_empty() {
             return Ok(self.clone());
         }
-        Ok(Var::pending(
-            shape,
-            self.dtype(),
-            self.device(),
-            MetaOp::Reduce { op, axes, keepdims },
-            vec![self.clone()],
-        ))
+        Ok(Var::pending(shape, self.dtype(), self.device(), MetaOp::Reduce { op, axes, keepdims }, vec![self.clone()]))
     }
 
     /// Scatter-reduce meta-op into a new value of `shape`: each input element whose
@@ -339,37 +226,21 @@ impl Var {
     ) -> Result<Var> {
         check_exprs("reindex_reduce", &exprs, &conds, shape.len(), self.ndim())?;
         if self.dtype() == DType::Bool && matches!(op, ReduceOp::Sum | ReduceOp::Prod) {
-            return Err(Error::dtype(
-                "reindex_reduce",
-                "cannot sum or multiply bool values; cast to an integer first",
-            ));
+            return Err(Error::dtype("reindex_reduce", "cannot sum or multiply bool values; cast to an integer first"));
         }
         let op = MetaOp::ReindexReduce { op, exprs, conds };
-        Ok(Var::pending(
-            shape.to_vec(),
-            self.dtype(),
-            self.device(),
-            op,
-            vec![self.clone()],
-        ))
+        Ok(Var::pending(shape.to_vec(), self.dtype(), self.device(), op, vec![self.clone()]))
     }
 
     /// Same data with a new shape of the same number of elements. One dim may be -1.
     pub fn reshape(&self, shape: &[isize]) -> Result<Var> {
         let n = self.numel();
-        let known: usize = shape
-            .iter()
-            .filter(|&&d| d >= 0)
-            .map(|&d| d as usize)
-            .product();
+        let known: usize = shape.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
         let holes = shape.iter().filter(|&&d| d == -1).count();
         let bad = || {
             Error::shape(
                 "reshape",
-                format!(
-                    "shape {shape:?} is invalid for a value of shape {:?} ({n} elements)",
-                    self.shape()
-                ),
+                format!("shape {shape:?} is invalid for a value of shape {:?} ({n} elements)", self.shape()),
             )
         };
         if holes > 1 || shape.iter().any(|&d| d < -1) {
@@ -379,10 +250,7 @@ impl Var {
             if known == 0 || !n.is_multiple_of(known) {
                 return Err(bad());
             }
-            shape
-                .iter()
-                .map(|&d| if d == -1 { n / known } else { d as usize })
-                .collect()
+            shape.iter().map(|&d| if d == -1 { n / known } else { d as usize }).collect()
         } else {
             shape.iter().map(|&d| d as usize).collect()
         };
@@ -392,13 +260,7 @@ impl Var {
         if new == self.shape() {
             return Ok(self.clone());
         }
-        Ok(Var::pending(
-            new,
-            self.dtype(),
-            self.device(),
-            MetaOp::Reshape,
-            vec![self.clone()],
-        ))
+        Ok(Var::pending(new, self.dtype(), self.device(), MetaOp::Reshape, vec![self.clone()]))
     }
 
     /// `-self` (an error for bool).

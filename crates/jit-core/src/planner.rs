@@ -65,9 +65,7 @@ fn strides(shape: &[usize]) -> Vec<i64> {
 
 /// Row-major flat offset of a multi-index.
 fn flat(idx: &[E], shape: &[usize]) -> E {
-    idx.iter()
-        .zip(strides(shape))
-        .fold(E::c(0), |acc, (e, s)| acc + e.clone() * s)
+    idx.iter().zip(strides(shape)).fold(E::c(0), |acc, (e, s)| acc + e.clone() * s)
 }
 
 fn weight(op: &MetaOp) -> usize {
@@ -95,6 +93,7 @@ struct Builder<'a> {
     red_shape: Option<Vec<usize>>,
     kernel: Kernel,
     args: Vec<i64>,
+    params: Vec<f64>,
     inputs: Vec<Var>,
     memo: HashMap<(Phase, u64, Vec<E>, Option<E>), ValueId>,
 }
@@ -104,13 +103,11 @@ impl<'a> Builder<'a> {
         Builder {
             root: root.id(),
             materialised,
-            kernel: Kernel {
-                out_rank: out_shape.len(),
-                ..Kernel::default()
-            },
+            kernel: Kernel { out_rank: out_shape.len(), ..Kernel::default() },
             out_shape,
             red_shape: None,
             args: vec![],
+            params: vec![],
             inputs: vec![],
             memo: HashMap::new(),
         }
@@ -156,16 +153,7 @@ impl<'a> Builder<'a> {
         let input = self.input_slot(v);
         let offset = self.lift(&offset);
         let guard = guard.as_ref().map(|g| self.lift(g));
-        self.push(
-            phase,
-            Inst::Load {
-                input,
-                offset,
-                guard,
-                fill: 0.0,
-            },
-            v.dtype(),
-        )
+        self.push(phase, Inst::Load { input, offset, guard, fill: 0.0 }, v.dtype())
     }
 
     /// In-range checks of `exprs` against `shape`, dropping the provable ones;
@@ -186,13 +174,7 @@ impl<'a> Builder<'a> {
         cond
     }
 
-    fn emit(
-        &mut self,
-        v: &Var,
-        idx: &[E],
-        guard: &Option<E>,
-        phase: Phase,
-    ) -> std::result::Result<ValueId, Force> {
+    fn emit(&mut self, v: &Var, idx: &[E], guard: &Option<E>, phase: Phase) -> std::result::Result<ValueId, Force> {
         let key = (phase, v.id(), idx.to_vec(), guard.clone());
         if let Some(&id) = self.memo.get(&key) {
             return Ok(id);
@@ -217,7 +199,11 @@ impl<'a> Builder<'a> {
         };
         let dt = v.dtype();
         Ok(match op {
-            MetaOp::Full { value } => self.push(phase, Inst::Const(value), dt),
+            MetaOp::Full { value } => {
+                self.params.push(value);
+                let k = self.params.len() - 1;
+                self.push(phase, Inst::Param(k), dt)
+            }
             MetaOp::Index { dim } => {
                 let e = self.lift(&idx[dim]);
                 self.push(phase, Inst::Index(e), dt)
@@ -226,15 +212,7 @@ impl<'a> Builder<'a> {
                 self.args.push(seed as i64);
                 let seed_arg = self.args.len() - 1;
                 let counter = self.lift(&flat(idx, v.shape()));
-                self.push(
-                    phase,
-                    Inst::Random {
-                        seed_arg,
-                        dist,
-                        counter,
-                    },
-                    dt,
-                )
+                self.push(phase, Inst::Random { seed_arg, dist, counter }, dt)
             }
             MetaOp::Unary(u) => {
                 let a = self.emit(&inputs[0], idx, guard, phase)?;
@@ -263,20 +241,12 @@ impl<'a> Builder<'a> {
                     if new_dims.contains(&d) {
                         continue;
                     }
-                    sub.push(if x.shape()[k] == 1 {
-                        E::c(0)
-                    } else {
-                        e.clone()
-                    });
+                    sub.push(if x.shape()[k] == 1 { E::c(0) } else { e.clone() });
                     k += 1;
                 }
                 self.emit(x, &sub, guard, phase)?
             }
-            MetaOp::Reindex {
-                exprs,
-                overflow,
-                conds,
-            } => {
+            MetaOp::Reindex { exprs, overflow, conds } => {
                 let x = &inputs[0];
                 let sub: Vec<E> = exprs.iter().map(|e| e.substitute(idx)).collect();
                 let mut check = self.range_checks(&sub, x.shape(), phase);
@@ -356,11 +326,7 @@ impl<'a> Builder<'a> {
                     }
                 }
                 let vi = self.emit(x, &inner_idx, &None, Phase::Inner)?;
-                self.kernel.reductions.push(Reduction {
-                    op,
-                    value: vi,
-                    dtype: dt,
-                });
+                self.kernel.reductions.push(Reduction { op, value: vi, dtype: dt });
                 let k = self.kernel.reductions.len() - 1;
                 self.push(Phase::Body, Inst::Acc(k), dt)
             }
@@ -368,17 +334,15 @@ impl<'a> Builder<'a> {
         })
     }
 
-    fn finish(
-        mut self,
-        outputs: Vec<Output>,
-        output_lens: Vec<usize>,
-    ) -> (Kernel, Launch, Vec<Var>) {
+    fn finish(mut self, outputs: Vec<Output>, output_lens: Vec<usize>) -> (Kernel, Launch, Vec<Var>) {
         self.kernel.outputs = outputs;
         self.kernel.n_args = self.args.len();
+        self.kernel.n_params = self.params.len();
         let launch = Launch {
             out_shape: self.out_shape,
             red_shape: self.red_shape.unwrap_or_default(),
             args: self.args,
+            params: self.params,
             output_lens,
         };
         (self.kernel, launch, self.inputs)
@@ -387,64 +351,31 @@ impl<'a> Builder<'a> {
 
 fn build(root: &Var, materialised: &HashSet<u64>) -> std::result::Result<Step, Force> {
     let (op, inputs) = op_and_inputs(root).ok_or_else(|| Force(vec![]))?;
-    if let MetaOp::ReindexReduce {
-        op: rop,
-        exprs,
-        conds,
-    } = &op
-    {
+    if let MetaOp::ReindexReduce { op: rop, exprs, conds } = &op {
         let x = &inputs[0];
         let mut b = Builder::new(root, x.shape().to_vec(), materialised);
         let identity: Vec<E> = (0..x.ndim()).map(E::idx).collect();
         let value = b.emit(x, &identity, &None, Phase::Body)?;
-        let mut guard = b
-            .range_checks(exprs, root.shape(), Phase::Body)
-            .unwrap_or(E::c(1));
+        let mut guard = b.range_checks(exprs, root.shape(), Phase::Body).unwrap_or(E::c(1));
         for c in conds {
             guard = guard * c.clone().ne_(0);
         }
         let offset = b.lift(&flat(exprs, root.shape()));
         let guard = b.lift(&guard);
-        let store = Store::Scatter {
-            op: *rop,
-            offset,
-            guard,
-        };
-        let out = Output {
-            dtype: root.dtype(),
-            value,
-            store,
-        };
+        let store = Store::Scatter { op: *rop, offset, guard };
+        let out = Output { dtype: root.dtype(), value, store };
         let (kernel, launch, ins) = b.finish(vec![out], vec![root.numel()]);
-        return Ok(Step::Kernel {
-            kernel: Box::new(kernel),
-            launch,
-            inputs: ins,
-            outputs: vec![root.clone()],
-        });
+        return Ok(Step::Kernel { kernel: Box::new(kernel), launch, inputs: ins, outputs: vec![root.clone()] });
     }
-    if op == MetaOp::Reshape && (inputs[0].is_realized() || materialised.contains(&inputs[0].id()))
-    {
-        return Ok(Step::Alias {
-            out: root.clone(),
-            src: inputs[0].clone(),
-        });
+    if op == MetaOp::Reshape && (inputs[0].is_realized() || materialised.contains(&inputs[0].id())) {
+        return Ok(Step::Alias { out: root.clone(), src: inputs[0].clone() });
     }
     let mut b = Builder::new(root, root.shape().to_vec(), materialised);
     let identity: Vec<E> = (0..root.ndim()).map(E::idx).collect();
     let value = b.emit(root, &identity, &None, Phase::Body)?;
-    let out = Output {
-        dtype: root.dtype(),
-        value,
-        store: Store::Dense,
-    };
+    let out = Output { dtype: root.dtype(), value, store: Store::Dense };
     let (kernel, launch, ins) = b.finish(vec![out], vec![root.numel()]);
-    Ok(Step::Kernel {
-        kernel: Box::new(kernel),
-        launch,
-        inputs: ins,
-        outputs: vec![root.clone()],
-    })
+    Ok(Step::Kernel { kernel: Box::new(kernel), launch, inputs: ins, outputs: vec![root.clone()] })
 }
 
 /// Plans the pending nodes `order` (inputs before consumers) so that `targets` end
@@ -485,13 +416,7 @@ pub(crate) fn plan(order: &[Var], targets: &HashSet<u64>, fused: bool) -> Result
                 weight(op)
                     + v.inputs()
                         .iter()
-                        .map(|i| {
-                            if m.contains(&i.id()) {
-                                1
-                            } else {
-                                cost.get(&i.id()).copied().unwrap_or(1)
-                            }
-                        })
+                        .map(|i| if m.contains(&i.id()) { 1 } else { cost.get(&i.id()).copied().unwrap_or(1) })
                         .sum::<usize>()
             };
             if consumers.get(&v.id()).copied().unwrap_or(0) > 1 && c > RECOMPUTE_LIMIT {
@@ -529,66 +454,42 @@ pub(crate) fn plan(order: &[Var], targets: &HashSet<u64>, fused: bool) -> Result
 }
 
 /// Renumbers a value of kernel `b` for appending after kernel `a`.
-fn shift_value(v: &Value, inputs: usize, args: usize, vals: usize, accs: usize) -> Value {
+fn shift_value(v: &Value, inputs: usize, args: usize, params: usize, vals: usize, accs: usize) -> Value {
     let inst = match &v.inst {
-        Inst::Load {
-            input,
-            offset,
-            guard,
-            fill,
-        } => Inst::Load {
+        Inst::Load { input, offset, guard, fill } => Inst::Load {
             input: input + inputs,
             offset: offset.shift_args(args),
             guard: guard.as_ref().map(|g| g.shift_args(args)),
             fill: *fill,
         },
         Inst::Const(c) => Inst::Const(*c),
+        Inst::Param(k) => Inst::Param(k + params),
         Inst::Index(e) => Inst::Index(e.shift_args(args)),
-        Inst::Random {
-            seed_arg,
-            dist,
-            counter,
-        } => Inst::Random {
-            seed_arg: seed_arg + args,
-            dist: *dist,
-            counter: counter.shift_args(args),
-        },
+        Inst::Random { seed_arg, dist, counter } => {
+            Inst::Random { seed_arg: seed_arg + args, dist: *dist, counter: counter.shift_args(args) }
+        }
         Inst::Unary(op, a) => Inst::Unary(*op, a + vals),
         Inst::Binary(op, a, b) => Inst::Binary(*op, a + vals, b + vals),
         Inst::Where(c, a, b) => Inst::Where(c + vals, a + vals, b + vals),
         Inst::Cast(a) => Inst::Cast(a + vals),
         Inst::Acc(k) => Inst::Acc(k + accs),
     };
-    Value {
-        inst,
-        dtype: v.dtype,
-    }
+    Value { inst, dtype: v.dtype }
 }
 
 /// Appends kernel `b` to kernel `a` (same domains): one pass computes both.
 fn append(a: &mut Kernel, la: &mut Launch, b: &Kernel, lb: &Launch) {
-    let (ni, na, ninner, nbody, nacc) = (
-        a.inputs.len(),
-        a.n_args,
-        a.inner.len(),
-        a.body.len(),
-        a.reductions.len(),
-    );
+    let (ni, na, np) = (a.inputs.len(), a.n_args, a.n_params);
+    let (ninner, nbody, nacc) = (a.inner.len(), a.body.len(), a.reductions.len());
     a.inputs.extend(&b.inputs);
-    a.inner
-        .extend(b.inner.iter().map(|v| shift_value(v, ni, na, ninner, 0)));
-    a.reductions.extend(b.reductions.iter().map(|r| Reduction {
-        value: r.value + ninner,
-        ..r.clone()
-    }));
-    a.body
-        .extend(b.body.iter().map(|v| shift_value(v, ni, na, nbody, nacc)));
-    a.outputs.extend(b.outputs.iter().map(|o| Output {
-        value: o.value + nbody,
-        ..o.clone()
-    }));
+    a.inner.extend(b.inner.iter().map(|v| shift_value(v, ni, na, np, ninner, 0)));
+    a.reductions.extend(b.reductions.iter().map(|r| Reduction { value: r.value + ninner, ..r.clone() }));
+    a.body.extend(b.body.iter().map(|v| shift_value(v, ni, na, np, nbody, nacc)));
+    a.outputs.extend(b.outputs.iter().map(|o| Output { value: o.value + nbody, ..o.clone() }));
     a.n_args += b.n_args;
+    a.n_params += b.n_params;
     la.args.extend(&lb.args);
+    la.params.extend(&lb.params);
     la.output_lens.extend(&lb.output_lens);
 }
 
@@ -600,22 +501,10 @@ fn merge_siblings(steps: Vec<Step>) -> Vec<Step> {
     let mut producer: HashMap<u64, usize> = HashMap::new();
     for step in steps {
         let target = match &step {
-            Step::Kernel {
-                kernel,
-                launch,
-                inputs,
-                ..
-            } if kernel.red_rank > 0 && !kernel.has_scatter() => {
-                let ready_at = inputs
-                    .iter()
-                    .filter_map(|i| producer.get(&i.id()).copied())
-                    .max();
+            Step::Kernel { kernel, launch, inputs, .. } if kernel.red_rank > 0 && !kernel.has_scatter() => {
+                let ready_at = inputs.iter().filter_map(|i| producer.get(&i.id()).copied()).max();
                 out.iter().enumerate().position(|(k, s)| match s {
-                    Step::Kernel {
-                        kernel: k2,
-                        launch: l2,
-                        ..
-                    } => {
+                    Step::Kernel { kernel: k2, launch: l2, .. } => {
                         k2.red_rank > 0
                             && !k2.has_scatter()
                             && l2.out_shape == launch.out_shape
@@ -628,22 +517,8 @@ fn merge_siblings(steps: Vec<Step>) -> Vec<Step> {
             _ => None,
         };
         match (target, step) {
-            (
-                Some(t),
-                Step::Kernel {
-                    kernel,
-                    launch,
-                    inputs,
-                    outputs,
-                },
-            ) => {
-                if let Step::Kernel {
-                    kernel: ka,
-                    launch: la,
-                    inputs: ia,
-                    outputs: oa,
-                } = &mut out[t]
-                {
+            (Some(t), Step::Kernel { kernel, launch, inputs, outputs }) => {
+                if let Step::Kernel { kernel: ka, launch: la, inputs: ia, outputs: oa } = &mut out[t] {
                     append(ka, la, &kernel, &launch);
                     ia.extend(inputs);
                     for o in &outputs {

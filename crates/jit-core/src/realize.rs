@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 static KERNEL_LAUNCHES: AtomicU64 = AtomicU64::new(0);
 
-/// Number of kernels run by the CPU backend in this process (meta-ops on the
+/// Number of kernels run by the CPU backends in this process (meta-ops on the
 /// reference backend are not counted).
 pub fn kernel_launches() -> u64 {
     KERNEL_LAUNCHES.load(Ordering::Relaxed)
@@ -81,18 +81,11 @@ fn usable(device: Device, op: &str) -> Result<()> {
             let why = match kernels::cuda::probe() {
                 Err(e) => e.to_string(),
                 Ok(info) if n >= info.device_count => {
-                    format!(
-                        "the driver reports {} CUDA device(s), so cuda:{n} does not exist",
-                        info.device_count
-                    )
+                    format!("the driver reports {} CUDA device(s), so cuda:{n} does not exist", info.device_count)
                 }
-                Ok(_) => "this build has no CUDA backend yet; select the CPU with JIT_DEVICE=cpu"
-                    .to_string(),
+                Ok(_) => "this build has no CUDA backend yet; select the CPU with JIT_DEVICE=cpu".to_string(),
             };
-            Err(Error::Device {
-                op: op.into(),
-                msg: format!("cannot run on cuda:{n}: {why}"),
-            })
+            Err(Error::Device { op: op.into(), msg: format!("cannot run on cuda:{n}: {why}") })
         }
     }
 }
@@ -110,7 +103,7 @@ pub fn realize(vars: &[Var]) -> Result<()> {
     let f = flags();
     match f.backend {
         Backend::Reference => run_reference(order, &targets),
-        Backend::Cpu => run_planned(&order, &targets, f.fusion, f.dump),
+        Backend::Cpu | Backend::Interpreter => run_planned(&order, &targets, f),
     }
 }
 
@@ -119,20 +112,18 @@ fn data_of(v: &Var, values: &HashMap<u64, Arc<Buffer>>) -> Result<Arc<Buffer>> {
         State::Ready { data, .. } => Some(data.clone()),
         State::Pending { .. } => None,
     };
-    ready
-        .or_else(|| values.get(&v.id()).cloned())
-        .ok_or_else(|| {
-            Error::Kernel(kernels::KernelError::Internal {
-                op: v.op_name().into(),
-                reason: format!("value {} was not computed before its consumer", v.id()),
-            })
+    ready.or_else(|| values.get(&v.id()).cloned()).ok_or_else(|| {
+        Error::Kernel(kernels::KernelError::Internal {
+            op: v.op_name().into(),
+            reason: format!("value {} was not computed before its consumer", v.id()),
         })
+    })
 }
 
 /// Runs the planner's kernels in order, freeing each intermediate after its last
 /// reader.
-fn run_planned(order: &[Var], targets: &HashSet<u64>, fused: bool, dump: bool) -> Result<()> {
-    let steps = planner::plan(order, targets, fused)?;
+fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) -> Result<()> {
+    let steps = planner::plan(order, targets, f.fusion)?;
     let mut remaining: HashMap<u64, usize> = HashMap::new();
     for s in &steps {
         match s {
@@ -145,15 +136,9 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, fused: bool, dump: bool) -
         }
     }
     let mut values: HashMap<u64, Arc<Buffer>> = HashMap::new();
-    let put = |v: &Var,
-               data: Arc<Buffer>,
-               remaining: &HashMap<u64, usize>,
-               values: &mut HashMap<u64, Arc<Buffer>>| {
+    let put = |v: &Var, data: Arc<Buffer>, remaining: &HashMap<u64, usize>, values: &mut HashMap<u64, Arc<Buffer>>| {
         if targets.contains(&v.id()) {
-            *v.state() = State::Ready {
-                data: data.clone(),
-                op: v.op_name(),
-            };
+            *v.state() = State::Ready { data: data.clone(), op: v.op_name() };
         }
         if remaining.get(&v.id()).copied().unwrap_or(0) > 0 {
             values.insert(v.id(), data);
@@ -161,24 +146,18 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, fused: bool, dump: bool) -
     };
     for step in steps {
         let read: Vec<Var> = match &step {
-            Step::Kernel {
-                kernel,
-                launch,
-                inputs,
-                outputs,
-            } => {
-                let data = inputs
-                    .iter()
-                    .map(|i| data_of(i, &values))
-                    .collect::<Result<Vec<_>>>()?;
+            Step::Kernel { kernel, launch, inputs, outputs } => {
+                let data = inputs.iter().map(|i| data_of(i, &values)).collect::<Result<Vec<_>>>()?;
                 let hosts: Vec<&HostBuffer> = data.iter().map(|d| d.host()).collect();
-                if dump {
-                    eprintln!(
-                        "[jit] kernel {} {launch:?}\n{kernel}",
-                        kernel.structural_hash()
-                    );
-                }
-                let outs = kernels::exec::run(kernel, launch, &hosts)?;
+                let outs = match f.backend {
+                    Backend::Interpreter => {
+                        if f.dump {
+                            eprintln!("[jit] interpreting kernel {launch:?}\n{kernel}");
+                        }
+                        kernels::exec::run(kernel, launch, &hosts)?
+                    }
+                    _ => kernels::cpu::run_with(kernel, launch, &hosts, f.dump)?,
+                };
                 KERNEL_LAUNCHES.fetch_add(1, Ordering::Relaxed);
                 drop(data);
                 for (o, buf) in outputs.iter().zip(outs) {
@@ -232,10 +211,7 @@ fn run_reference(order: Vec<Var>, targets: &HashSet<u64>) -> Result<()> {
                 None => {
                     return Err(Error::Kernel(kernels::KernelError::Internal {
                         op: op.name().into(),
-                        reason: format!(
-                            "input node {} was not computed before its consumer",
-                            i.id()
-                        ),
+                        reason: format!("input node {} was not computed before its consumer", i.id()),
                     }))
                 }
             };
@@ -244,11 +220,8 @@ fn run_reference(order: Vec<Var>, targets: &HashSet<u64>) -> Result<()> {
         let out = if op == MetaOp::Reshape {
             data[0].clone()
         } else {
-            let args: Vec<(&HostBuffer, &[usize])> = data
-                .iter()
-                .zip(&inputs)
-                .map(|(d, i)| (d.host(), i.shape()))
-                .collect();
+            let args: Vec<(&HostBuffer, &[usize])> =
+                data.iter().zip(&inputs).map(|(d, i)| (d.host(), i.shape())).collect();
             let host = kernels::reference::eval(&op, &args, v.shape(), v.dtype())?;
             Arc::new(Buffer::new(host))
         };
@@ -262,10 +235,7 @@ fn run_reference(order: Vec<Var>, targets: &HashSet<u64>) -> Result<()> {
             }
         }
         if targets.contains(&v.id()) {
-            *v.state() = State::Ready {
-                data: out.clone(),
-                op: op.name(),
-            };
+            *v.state() = State::Ready { data: out.clone(), op: op.name() };
         }
         if remaining.get(&v.id()).copied().unwrap_or(0) > 0 {
             values.insert(v.id(), out);
@@ -285,10 +255,7 @@ impl Var {
         usable(device, "to")?;
         Err(Error::Device {
             op: "to".into(),
-            msg: format!(
-                "no copy path from {} to {device} in this build",
-                self.device()
-            ),
+            msg: format!("no copy path from {} to {device} in this build", self.device()),
         })
     }
 
@@ -337,15 +304,10 @@ impl Var {
         if self.numel() != 1 {
             return Err(Error::shape(
                 "item",
-                format!(
-                    "only a value with one element can be read as a scalar, got shape {:?}",
-                    self.shape()
-                ),
+                format!("only a value with one element can be read as a scalar, got shape {:?}", self.shape()),
             ));
         }
         let v = self.to_vec::<T>()?;
-        v.first()
-            .copied()
-            .ok_or_else(|| Error::shape("item", "empty value"))
+        v.first().copied().ok_or_else(|| Error::shape("item", "empty value"))
     }
 }

@@ -67,22 +67,10 @@ pub struct Var(pub(crate) Arc<Node>);
 impl Var {
     pub(crate) fn new_node(shape: Vec<usize>, dtype: DType, device: Device, state: State) -> Var {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        Var(Arc::new(Node {
-            id,
-            shape,
-            dtype,
-            device,
-            state: Mutex::new(state),
-        }))
+        Var(Arc::new(Node { id, shape, dtype, device, state: Mutex::new(state) }))
     }
 
-    pub(crate) fn pending(
-        shape: Vec<usize>,
-        dtype: DType,
-        device: Device,
-        op: MetaOp,
-        inputs: Vec<Var>,
-    ) -> Var {
+    pub(crate) fn pending(shape: Vec<usize>, dtype: DType, device: Device, op: MetaOp, inputs: Vec<Var>) -> Var {
         Var::new_node(shape, dtype, device, State::Pending { op, inputs })
     }
 
@@ -98,17 +86,11 @@ impl Var {
         if data.len() != n {
             return Err(Error::shape(
                 "from_vec",
-                format!(
-                    "{} elements cannot have shape {shape:?} ({n} elements)",
-                    data.len()
-                ),
+                format!("{} elements cannot have shape {shape:?} ({n} elements)", data.len()),
             ));
         }
         let dtype = data.dtype();
-        let state = State::Ready {
-            data: Arc::new(Buffer::new(data)),
-            op: "array",
-        };
+        let state = State::Ready { data: Arc::new(Buffer::new(data)), op: "array" };
         Ok(Var::new_node(shape.to_vec(), dtype, Device::Cpu, state))
     }
 
@@ -128,22 +110,13 @@ impl Var {
             vec![],
             T::DTYPE,
             Device::Cpu,
-            State::Ready {
-                data: Arc::new(Buffer::new(T::into_buffer(vec![v]))),
-                op: "array",
-            },
+            State::Ready { data: Arc::new(Buffer::new(T::into_buffer(vec![v]))), op: "array" },
         )
     }
 
     /// Every element equal to `value` (rounded to `dtype`).
     pub fn full(shape: &[usize], value: f64, dtype: DType) -> Var {
-        Var::pending(
-            shape.to_vec(),
-            dtype,
-            Device::Cpu,
-            MetaOp::Full { value },
-            vec![],
-        )
+        Var::pending(shape.to_vec(), dtype, Device::Cpu, MetaOp::Full { value }, vec![])
     }
 
     /// Zeros.
@@ -158,13 +131,7 @@ impl Var {
 
     /// `full` with this value's shape, dtype and device.
     pub fn full_like(&self, value: f64) -> Var {
-        Var::pending(
-            self.shape().to_vec(),
-            self.dtype(),
-            self.device(),
-            MetaOp::Full { value },
-            vec![],
-        )
+        Var::pending(self.shape().to_vec(), self.dtype(), self.device(), MetaOp::Full { value }, vec![])
     }
 
     /// Zeros like this value.
@@ -180,75 +147,33 @@ impl Var {
     /// The index along `dim` at every position of `shape` (a generalised `arange`).
     pub fn index(shape: &[usize], dim: usize, dtype: DType) -> Result<Var> {
         if dim >= shape.len() {
-            return Err(Error::Dim {
-                op: "index".into(),
-                dim: dim as isize,
-                ndim: shape.len(),
-                shape: shape.to_vec(),
-            });
+            return Err(Error::Dim { op: "index".into(), dim: dim as isize, ndim: shape.len(), shape: shape.to_vec() });
         }
-        Ok(Var::pending(
-            shape.to_vec(),
-            dtype,
-            Device::Cpu,
-            MetaOp::Index { dim },
-            vec![],
-        ))
+        Ok(Var::pending(shape.to_vec(), dtype, Device::Cpu, MetaOp::Index { dim }, vec![]))
     }
 
     /// `0, 1, ..., n-1` as i64.
     pub fn arange(n: usize) -> Var {
-        Var::pending(
-            vec![n],
-            DType::I64,
-            Device::Cpu,
-            MetaOp::Index { dim: 0 },
-            vec![],
-        )
+        Var::pending(vec![n], DType::I64, Device::Cpu, MetaOp::Index { dim: 0 }, vec![])
     }
 
     /// Random values from `dist` with an explicit Philox key. Element `k` (row-major)
     /// depends only on `seed` and `k`, identically on every backend.
     pub fn random(shape: &[usize], dist: Distribution, dtype: DType, seed: u64) -> Result<Var> {
         if !dtype.is_float() {
-            return Err(Error::dtype(
-                "random",
-                format!("random values need a floating-point dtype, got {dtype}"),
-            ));
+            return Err(Error::dtype("random", format!("random values need a floating-point dtype, got {dtype}")));
         }
-        Ok(Var::pending(
-            shape.to_vec(),
-            dtype,
-            Device::Cpu,
-            MetaOp::Random { seed, dist },
-            vec![],
-        ))
+        Ok(Var::pending(shape.to_vec(), dtype, Device::Cpu, MetaOp::Random { seed, dist }, vec![]))
     }
 
     /// Uniform on `[0, 1)`, keyed from the global seed (see [`manual_seed`]).
     pub fn rand(shape: &[usize], dtype: DType) -> Result<Var> {
-        Var::random(
-            shape,
-            Distribution::Uniform {
-                low: 0.0,
-                high: 1.0,
-            },
-            dtype,
-            next_seed(),
-        )
+        Var::random(shape, Distribution::Uniform { low: 0.0, high: 1.0 }, dtype, next_seed())
     }
 
     /// Standard normal, keyed from the global seed (see [`manual_seed`]).
     pub fn randn(shape: &[usize], dtype: DType) -> Result<Var> {
-        Var::random(
-            shape,
-            Distribution::Normal {
-                mean: 0.0,
-                std: 1.0,
-            },
-            dtype,
-            next_seed(),
-        )
+        Var::random(shape, Distribution::Normal { mean: 0.0, std: 1.0 }, dtype, next_seed())
     }
 
     /// Unique id of the node.

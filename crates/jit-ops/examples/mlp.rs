@@ -6,33 +6,18 @@
 use jit_ops::prelude::*;
 use std::process::ExitCode;
 
-fn plain(
-    x: &[f32],
-    w1: &[f32],
-    b1: &[f32],
-    w2: &[f32],
-    b2: &[f32],
-    dims: (usize, usize, usize, usize),
-) -> Vec<f64> {
+fn plain(x: &[f32], w1: &[f32], b1: &[f32], w2: &[f32], b2: &[f32], dims: (usize, usize, usize, usize)) -> Vec<f64> {
     let (n, i, h, o) = dims;
     let mut out = Vec::with_capacity(n * o);
     for r in 0..n {
         let hid: Vec<f64> = (0..h)
             .map(|j| {
-                let acc: f64 = (0..i)
-                    .map(|k| f64::from(x[r * i + k]) * f64::from(w1[j * i + k]))
-                    .sum();
+                let acc: f64 = (0..i).map(|k| f64::from(x[r * i + k]) * f64::from(w1[j * i + k])).sum();
                 (acc + f64::from(b1[j])).max(0.0)
             })
             .collect();
-        let logits: Vec<f64> = (0..o)
-            .map(|j| {
-                (0..h)
-                    .map(|k| hid[k] * f64::from(w2[j * h + k]))
-                    .sum::<f64>()
-                    + f64::from(b2[j])
-            })
-            .collect();
+        let logits: Vec<f64> =
+            (0..o).map(|j| (0..h).map(|k| hid[k] * f64::from(w2[j * h + k])).sum::<f64>() + f64::from(b2[j])).collect();
         let m = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let s: f64 = logits.iter().map(|v| (v - m).exp()).sum();
         out.extend(logits.iter().map(|v| (v - m).exp() / s));
@@ -44,10 +29,7 @@ fn parse_arg(args: &[String], k: usize, default: usize) -> Result<usize> {
     match args.get(k) {
         None => Ok(default),
         Some(s) => s.parse::<usize>().ok().filter(|&v| v > 0).ok_or_else(|| {
-            Error::argument(
-                "mlp example",
-                format!("argument {k} must be a positive integer, got {s:?}"),
-            )
+            Error::argument("mlp example", format!("argument {k} must be a positive integer, got {s:?}"))
         }),
     }
 }
@@ -70,29 +52,12 @@ fn run() -> Result<()> {
     let start = std::time::Instant::now();
     let got = probs.to_vec::<f32>()?;
     let elapsed = start.elapsed();
-    let want = plain(
-        &x.to_vec()?,
-        &w1.to_vec()?,
-        &b1.to_vec()?,
-        &w2.to_vec()?,
-        &b2.to_vec()?,
-        (n, i, h, o),
-    );
-    let max_err = got
-        .iter()
-        .zip(&want)
-        .map(|(g, w)| (f64::from(*g) - w).abs())
-        .fold(0.0, f64::max);
+    let want = plain(&x.to_vec()?, &w1.to_vec()?, &b1.to_vec()?, &w2.to_vec()?, &b2.to_vec()?, (n, i, h, o));
+    let max_err = got.iter().zip(&want).map(|(g, w)| (f64::from(*g) - w).abs()).fold(0.0, f64::max);
     println!("first rows of softmax(linear(relu(linear(x)))):");
     println!("{}", probs.narrow(0, 0, n.min(2))?);
-    println!(
-        "class per row: {:?}",
-        probs.argmax(-1, false)?.to_vec::<i64>()?
-    );
-    println!(
-        "evaluated {n}x{i} -> {h} -> {o} on the reference backend in {:.2} ms",
-        elapsed.as_secs_f64() * 1e3
-    );
+    println!("class per row: {:?}", probs.argmax(-1, false)?.to_vec::<i64>()?);
+    println!("evaluated {n}x{i} -> {h} -> {o} on the reference backend in {:.2} ms", elapsed.as_secs_f64() * 1e3);
     println!("max |ours - plain Rust| = {max_err:.3e}");
     if max_err > 1e-5 {
         return Err(Error::argument(

@@ -29,10 +29,7 @@ fn float_input(op: &str, x: &Var) -> Result<Var> {
     } else {
         Err(Error::DType {
             op: op.into(),
-            msg: format!(
-                "needs a floating-point input, got {} (cast it first)",
-                x.dtype()
-            ),
+            msg: format!("needs a floating-point input, got {} (cast it first)", x.dtype()),
         })
     }
 }
@@ -61,11 +58,7 @@ impl Activations for Var {
 
     fn gelu(&self) -> Result<Var> {
         let x = float_input("gelu", self)?;
-        let cdf = x
-            .try_mul(std::f64::consts::FRAC_1_SQRT_2)?
-            .erf()
-            .try_add(1.0)?
-            .try_mul(0.5)?;
+        let cdf = x.try_mul(std::f64::consts::FRAC_1_SQRT_2)?.erf().try_add(1.0)?.try_mul(0.5)?;
         x.try_mul(&cdf)
     }
 

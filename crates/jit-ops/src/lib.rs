@@ -29,7 +29,5 @@ pub mod prelude {
     pub use crate::linalg::{linear, matmul};
     pub use crate::reduce::ReduceOps;
     pub use crate::shape::{cat, stack, PadMode, ShapeOps};
-    pub use jit_core::{
-        bf16, f16, manual_seed, realize, DType, Device, Error, IndexExpr, Result, Var,
-    };
+    pub use jit_core::{bf16, f16, manual_seed, realize, DType, Device, Error, IndexExpr, Result, Var};
 }

@@ -11,35 +11,21 @@ pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
     if a.ndim() == 0 || b.ndim() == 0 {
         return Err(Error::Shape {
             op: "matmul".into(),
-            msg: format!(
-                "both operands need at least one dim, got shapes {:?} and {:?}",
-                a.shape(),
-                b.shape()
-            ),
+            msg: format!("both operands need at least one dim, got shapes {:?} and {:?}", a.shape(), b.shape()),
         });
     }
     let dt = DType::promote(a.dtype(), b.dtype());
-    let (a2, squeeze_m) = if a.ndim() == 1 {
-        (a.reshape(&[1, a.shape()[0] as isize])?, true)
-    } else {
-        (a.clone(), false)
-    };
-    let (b2, squeeze_n) = if b.ndim() == 1 {
-        (b.reshape(&[b.shape()[0] as isize, 1])?, true)
-    } else {
-        (b.clone(), false)
-    };
+    let (a2, squeeze_m) =
+        if a.ndim() == 1 { (a.reshape(&[1, a.shape()[0] as isize])?, true) } else { (a.clone(), false) };
+    let (b2, squeeze_n) =
+        if b.ndim() == 1 { (b.reshape(&[b.shape()[0] as isize, 1])?, true) } else { (b.clone(), false) };
     let (ra, rb) = (a2.ndim(), b2.ndim());
     let (m, k) = (a2.shape()[ra - 2], a2.shape()[ra - 1]);
     let (k2, n) = (b2.shape()[rb - 2], b2.shape()[rb - 1]);
     if k != k2 {
         return Err(Error::Shape {
             op: "matmul".into(),
-            msg: format!(
-                "shapes {:?} and {:?} cannot be multiplied ({k} != {k2})",
-                a.shape(),
-                b.shape()
-            ),
+            msg: format!("shapes {:?} and {:?} cannot be multiplied ({k} != {k2})", a.shape(), b.shape()),
         });
     }
     let batch = broadcast_shapes("matmul", &a2.shape()[..ra - 2], &b2.shape()[..rb - 2])?;
@@ -52,11 +38,7 @@ pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
     let ab = a_batch.broadcast_to_dims(&full, &[r + 2])?;
     let bb = b_batch.broadcast_to_dims(&full, &[r])?;
     let prod = ab.try_mul(&bb)?;
-    let acc = if dt.is_float() {
-        prod
-    } else {
-        prod.cast(DType::I64)
-    };
+    let acc = if dt.is_float() { prod } else { prod.cast(DType::I64) };
     let mut out = acc.reduce(ReduceOp::Sum, &[r + 1], false)?.cast(dt);
     let mut shape: Vec<isize> = batch.iter().map(|&d| d as isize).collect();
     if !squeeze_m {
@@ -86,10 +68,7 @@ fn pad_batch(x: &Var, batch_rank: usize) -> Result<Var> {
 pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     use crate::shape::ShapeOps;
     if w.ndim() != 2 {
-        return Err(Error::Shape {
-            op: "linear".into(),
-            msg: format!("weight must be 2-D, got {:?}", w.shape()),
-        });
+        return Err(Error::Shape { op: "linear".into(), msg: format!("weight must be 2-D, got {:?}", w.shape()) });
     }
     let y = matmul(x, &w.transpose(0, 1)?)?;
     match b {

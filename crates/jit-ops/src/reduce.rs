@@ -59,10 +59,7 @@ fn need_float(op: &str, x: &Var) -> Result<()> {
     } else {
         Err(Error::DType {
             op: op.into(),
-            msg: format!(
-                "needs a floating-point input, got {} (cast it first, e.g. .cast(DType::F32))",
-                x.dtype()
-            ),
+            msg: format!("needs a floating-point input, got {} (cast it first, e.g. .cast(DType::F32))", x.dtype()),
         })
     }
 }
@@ -72,10 +69,7 @@ fn extreme(x: &Var, op: ReduceOp, name: &str, dims: &[isize], keepdim: bool) -> 
     if let Some(&a) = ax.iter().find(|&&a| x.shape()[a] == 0) {
         return Err(Error::Shape {
             op: name.into(),
-            msg: format!(
-                "cannot reduce over dim {a} of size 0 (shape {:?}): the result has no identity",
-                x.shape()
-            ),
+            msg: format!("cannot reduce over dim {a} of size 0 (shape {:?}): the result has no identity", x.shape()),
         });
     }
     x.reduce(op, &ax, keepdim)
@@ -91,10 +85,7 @@ fn arg_extreme(x: &Var, op: ReduceOp, name: &str, dim: isize, keepdim: bool) -> 
     if n == 0 {
         return Err(Error::Shape {
             op: name.into(),
-            msg: format!(
-                "cannot take {name} over dim {d} of size 0 (shape {:?})",
-                x.shape()
-            ),
+            msg: format!("cannot take {name} over dim {d} of size 0 (shape {:?})", x.shape()),
         });
     }
     let m = x.reduce(op, &[d], true)?;
@@ -122,8 +113,7 @@ impl ReduceOps for Var {
         need_float("mean", self)?;
         let ax = axes("mean", self, dims)?;
         let n = count(self, &ax);
-        self.reduce(ReduceOp::Sum, &ax, keepdim)?
-            .try_mul(1.0 / n as f64)
+        self.reduce(ReduceOp::Sum, &ax, keepdim)?.try_mul(1.0 / n as f64)
     }
 
     fn mean_all(&self) -> Result<Var> {
@@ -147,9 +137,7 @@ impl ReduceOps for Var {
         need_float("var", self)?;
         let ax = axes("var", self, dims)?;
         let n = count(self, &ax);
-        let mean = self
-            .reduce(ReduceOp::Sum, &ax, true)?
-            .try_mul(1.0 / n as f64)?;
+        let mean = self.reduce(ReduceOp::Sum, &ax, true)?.try_mul(1.0 / n as f64)?;
         let d = self.try_sub(&mean)?;
         let ss = d.try_mul(&d)?.reduce(ReduceOp::Sum, &ax, keepdim)?;
         let denom = if unbiased { n as f64 - 1.0 } else { n as f64 };

@@ -1,9 +1,7 @@
 //! Shape and indexing operators, each a `reshape` or a `reindex` (plus `where` and
 //! reductions for `cat` and `gather`).
 
-use jit_core::{
-    normalize_dim, normalize_dims, DType, Error, IndexExpr as E, ReduceOp, Result, Var,
-};
+use jit_core::{normalize_dim, normalize_dims, DType, Error, IndexExpr as E, ReduceOp, Result, Var};
 
 /// Padding modes of [`ShapeOps::pad`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,10 +83,7 @@ impl ShapeOps for Var {
         let s = normalize_dim("flatten", start, self.shape())?;
         let e = normalize_dim("flatten", end, self.shape())?;
         if s > e {
-            return Err(Error::argument(
-                "flatten",
-                format!("start dim {start} comes after end dim {end}"),
-            ));
+            return Err(Error::argument("flatten", format!("start dim {start} comes after end dim {end}")));
         }
         let sh = self.shape();
         let mut new: Vec<isize> = sh[..s].iter().map(|&d| d as isize).collect();
@@ -102,23 +97,13 @@ impl ShapeOps for Var {
         if self.ndim() == 0 || self.shape()[d] != 1 {
             return Ok(self.clone());
         }
-        let new: Vec<isize> = self
-            .shape()
-            .iter()
-            .enumerate()
-            .filter(|&(k, _)| k != d)
-            .map(|(_, &n)| n as isize)
-            .collect();
+        let new: Vec<isize> =
+            self.shape().iter().enumerate().filter(|&(k, _)| k != d).map(|(_, &n)| n as isize).collect();
         self.reshape(&new)
     }
 
     fn squeeze_all(&self) -> Result<Var> {
-        let new: Vec<isize> = self
-            .shape()
-            .iter()
-            .filter(|&&n| n != 1)
-            .map(|&n| n as isize)
-            .collect();
+        let new: Vec<isize> = self.shape().iter().filter(|&&n| n != 1).map(|&n| n as isize).collect();
         self.reshape(&new)
     }
 
@@ -172,10 +157,7 @@ impl ShapeOps for Var {
         if start + len > n {
             return Err(Error::Shape {
                 op: "narrow".into(),
-                msg: format!(
-                    "start {start} + length {len} exceeds size {n} of dim {d} (shape {:?})",
-                    self.shape()
-                ),
+                msg: format!("start {start} + length {len} exceeds size {n} of dim {d} (shape {:?})", self.shape()),
             });
         }
         self.slice(dim, start as isize, Some((start + len) as isize), 1)
@@ -187,20 +169,13 @@ impl ShapeOps for Var {
             return Err(Error::argument("slice", "step must be positive"));
         }
         if self.ndim() == 0 {
-            return Err(Error::Shape {
-                op: "slice".into(),
-                msg: "cannot slice a rank-0 value".into(),
-            });
+            return Err(Error::Shape { op: "slice".into(), msg: "cannot slice a rank-0 value".into() });
         }
         let n = self.shape()[d] as isize;
         let norm = |v: isize| if v < 0 { (v + n).max(0) } else { v.min(n) };
         let s = norm(start);
         let e = norm(end.unwrap_or(n));
-        let len = if e > s {
-            ((e - s) as usize).div_ceil(step)
-        } else {
-            0
-        };
+        let len = if e > s { ((e - s) as usize).div_ceil(step) } else { 0 };
         if s == 0 && len as isize == n && step == 1 {
             return Ok(self.clone());
         }
@@ -248,10 +223,7 @@ impl ShapeOps for Var {
                     if n == 0 && lo + hi > 0 {
                         return Err(Error::Shape {
                             op: "pad".into(),
-                            msg: format!(
-                                "cannot replicate-pad the empty dim {d} (shape {:?})",
-                                self.shape()
-                            ),
+                            msg: format!("cannot replicate-pad the empty dim {d} (shape {:?})", self.shape()),
                         });
                     }
                     j.clamp(0, n as i64 - 1)
@@ -259,11 +231,7 @@ impl ShapeOps for Var {
             };
             shape[d] = n + lo + hi;
         }
-        let fill = if let PadMode::Constant(v) = mode {
-            v
-        } else {
-            0.0
-        };
+        let fill = if let PadMode::Constant(v) = mode { v } else { 0.0 };
         self.reindex(&shape, exprs, fill, vec![])
     }
 
@@ -283,10 +251,7 @@ impl ShapeOps for Var {
         if shape.len() < self.ndim() {
             return Err(Error::Shape {
                 op: "expand".into(),
-                msg: format!(
-                    "target {shape:?} has fewer dims than the value's shape {:?}",
-                    self.shape()
-                ),
+                msg: format!("target {shape:?} has fewer dims than the value's shape {:?}", self.shape()),
             });
         }
         let lead = shape.len() - self.ndim();
@@ -298,20 +263,14 @@ impl ShapeOps for Var {
                 _ => {
                     return Err(Error::Shape {
                         op: "expand".into(),
-                        msg: format!(
-                            "size {s} at dim {k} of {shape:?} is invalid for shape {:?}",
-                            self.shape()
-                        ),
+                        msg: format!("size {s} at dim {k} of {shape:?} is invalid for shape {:?}", self.shape()),
                     })
                 }
             });
         }
         self.broadcast_as(&target).map_err(|_| Error::Shape {
             op: "expand".into(),
-            msg: format!(
-                "cannot expand shape {:?} to {shape:?}: only dims of size 1 can be expanded",
-                self.shape()
-            ),
+            msg: format!("cannot expand shape {:?} to {shape:?}: only dims of size 1 can be expanded", self.shape()),
         })
     }
 
@@ -328,14 +287,9 @@ impl ShapeOps for Var {
             });
         }
         let lead = reps.len() - self.ndim();
-        let shape: Vec<usize> = reps
-            .iter()
-            .enumerate()
-            .map(|(k, &r)| r * if k >= lead { self.shape()[k - lead] } else { 1 })
-            .collect();
-        let exprs: Vec<E> = (0..self.ndim())
-            .map(|d| E::idx(d + lead).modulo(self.shape()[d] as i64))
-            .collect();
+        let shape: Vec<usize> =
+            reps.iter().enumerate().map(|(k, &r)| r * if k >= lead { self.shape()[k - lead] } else { 1 }).collect();
+        let exprs: Vec<E> = (0..self.ndim()).map(|d| E::idx(d + lead).modulo(self.shape()[d] as i64)).collect();
         reindex(self, &shape, exprs)
     }
 
@@ -358,10 +312,7 @@ impl ShapeOps for Var {
         if sizes.iter().sum::<usize>() != n {
             return Err(Error::Shape {
                 op: "split".into(),
-                msg: format!(
-                    "sizes {sizes:?} do not add up to the size {n} of dim {d} (shape {:?})",
-                    self.shape()
-                ),
+                msg: format!("sizes {sizes:?} do not add up to the size {n} of dim {d} (shape {:?})", self.shape()),
             });
         }
         let mut start = 0;
@@ -375,10 +326,7 @@ impl ShapeOps for Var {
 
     fn chunk(&self, chunks: usize, dim: isize) -> Result<Vec<Var>> {
         if chunks == 0 {
-            return Err(Error::argument(
-                "chunk",
-                "number of chunks must be positive",
-            ));
+            return Err(Error::argument("chunk", "number of chunks must be positive"));
         }
         let d = normalize_dim("chunk", dim, self.shape())?;
         let n = self.shape().get(d).copied().unwrap_or(1);
@@ -396,22 +344,14 @@ impl ShapeOps for Var {
         if index.ndim() != self.ndim() {
             return Err(Error::Shape {
                 op: "gather".into(),
-                msg: format!(
-                    "index of shape {:?} must have the rank of the input {:?}",
-                    index.shape(),
-                    self.shape()
-                ),
+                msg: format!("index of shape {:?} must have the rank of the input {:?}", index.shape(), self.shape()),
             });
         }
         for k in 0..self.ndim() {
             if k != d && index.shape()[k] > self.shape()[k] {
                 return Err(Error::Shape {
                     op: "gather".into(),
-                    msg: format!(
-                        "index shape {:?} exceeds input shape {:?} at dim {k}",
-                        index.shape(),
-                        self.shape()
-                    ),
+                    msg: format!("index shape {:?} exceeds input shape {:?} at dim {k}", index.shape(), self.shape()),
                 });
             }
         }
@@ -459,10 +399,7 @@ impl ShapeOps for Var {
         if size.len() > self.ndim() {
             return Err(Error::Shape {
                 op: "interpolate".into(),
-                msg: format!(
-                    "output size {size:?} has more dims than the input shape {:?}",
-                    self.shape()
-                ),
+                msg: format!("output size {size:?} has more dims than the input shape {:?}", self.shape()),
             });
         }
         let lead = self.ndim() - size.len();
@@ -474,10 +411,7 @@ impl ShapeOps for Var {
             if inp == 0 && out > 0 {
                 return Err(Error::Shape {
                     op: "interpolate".into(),
-                    msg: format!(
-                        "cannot resize the empty dim {d} of shape {:?}",
-                        self.shape()
-                    ),
+                    msg: format!("cannot resize the empty dim {d} of shape {:?}", self.shape()),
                 });
             }
             shape[d] = out;
@@ -503,20 +437,15 @@ impl ShapeOps for Var {
 /// Concatenates values of equal rank along `dim`; other dims must match. dtypes are
 /// promoted as in `torch.cat`.
 pub fn cat(xs: &[Var], dim: isize) -> Result<Var> {
-    let first = xs
-        .first()
-        .ok_or_else(|| Error::argument("cat", "expects at least one value"))?;
+    let first = xs.first().ok_or_else(|| Error::argument("cat", "expects at least one value"))?;
     let d = normalize_dim("cat", dim, first.shape())?;
     if first.ndim() == 0 {
-        return Err(Error::Shape {
-            op: "cat".into(),
-            msg: "zero-dimensional values cannot be concatenated".into(),
-        });
+        return Err(Error::Shape { op: "cat".into(), msg: "zero-dimensional values cannot be concatenated".into() });
     }
     let mut dt = first.dtype();
     for (k, x) in xs.iter().enumerate() {
-        let same_rest = x.ndim() == first.ndim()
-            && (0..first.ndim()).all(|j| j == d || x.shape()[j] == first.shape()[j]);
+        let same_rest =
+            x.ndim() == first.ndim() && (0..first.ndim()).all(|j| j == d || x.shape()[j] == first.shape()[j]);
         if !same_rest {
             return Err(Error::Shape {
                 op: "cat".into(),
@@ -557,24 +486,15 @@ pub fn cat(xs: &[Var], dim: isize) -> Result<Var> {
 
 /// Stacks values of equal shape along a new dim.
 pub fn stack(xs: &[Var], dim: isize) -> Result<Var> {
-    let first = xs
-        .first()
-        .ok_or_else(|| Error::argument("stack", "expects at least one value"))?;
+    let first = xs.first().ok_or_else(|| Error::argument("stack", "expects at least one value"))?;
     for (k, x) in xs.iter().enumerate() {
         if x.shape() != first.shape() {
             return Err(Error::Shape {
                 op: "stack".into(),
-                msg: format!(
-                    "value {k} has shape {:?} but value 0 has shape {:?}",
-                    x.shape(),
-                    first.shape()
-                ),
+                msg: format!("value {k} has shape {:?} but value 0 has shape {:?}", x.shape(), first.shape()),
             });
         }
     }
-    let ys = xs
-        .iter()
-        .map(|x| x.unsqueeze(dim))
-        .collect::<Result<Vec<_>>>()?;
+    let ys = xs.iter().map(|x| x.unsqueeze(dim)).collect::<Result<Vec<_>>>()?;
     cat(&ys, dim)
 }

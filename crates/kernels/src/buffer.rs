@@ -151,6 +151,16 @@ impl HostBuffer {
         T::slice_of(self)
     }
 
+    /// Pointer to the first element (for compiled kernels).
+    pub fn as_ptr(&self) -> *const u8 {
+        for_each_buffer!(self, v => v.as_ptr().cast::<u8>())
+    }
+
+    /// Mutable pointer to the first element (for compiled kernels).
+    pub fn as_mut_ptr(&mut self) -> *mut u8 {
+        for_each_buffer!(self, v => v.as_mut_ptr().cast::<u8>())
+    }
+
     /// Size of the data in bytes.
     pub fn size_in_bytes(&self) -> usize {
         self.len() * self.dtype().size_in_bytes()
@@ -210,70 +220,16 @@ macro_rules! element {
     };
 }
 
-element!(
-    bool,
-    Bool,
-    |x: bool| f64::from(u8::from(x)),
-    |x: bool| i64::from(x),
-    |v: f64| v != 0.0,
-    |v: i64| v != 0
-);
-element!(
-    u8,
-    U8,
-    f64::from,
-    i64::from,
-    |v: f64| v as i64 as u8,
-    |v: i64| v as u8
-);
-element!(
-    i32,
-    I32,
-    f64::from,
-    i64::from,
-    |v: f64| v as i64 as i32,
-    |v: i64| v as i32
-);
-element!(
-    i64,
-    I64,
-    |x: i64| x as f64,
-    |x: i64| x,
-    |v: f64| v as i64,
-    |v: i64| v
-);
-element!(
-    f16,
-    F16,
-    |x: f16| x.to_f64(),
-    |x: f16| x.to_f64() as i64,
-    f16::from_f64,
-    |v: i64| f16::from_f64(v as f64)
-);
-element!(
-    bf16,
-    BF16,
-    |x: bf16| x.to_f64(),
-    |x: bf16| x.to_f64() as i64,
-    bf16::from_f64,
-    |v: i64| bf16::from_f64(v as f64)
-);
-element!(
-    f32,
-    F32,
-    f64::from,
-    |x: f32| x as i64,
-    |v: f64| v as f32,
-    |v: i64| v as f32
-);
-element!(
-    f64,
-    F64,
-    |x: f64| x,
-    |x: f64| x as i64,
-    |v: f64| v,
-    |v: i64| v as f64
-);
+element!(bool, Bool, |x: bool| f64::from(u8::from(x)), |x: bool| i64::from(x), |v: f64| v != 0.0, |v: i64| v != 0);
+element!(u8, U8, f64::from, i64::from, |v: f64| v as i64 as u8, |v: i64| v as u8);
+element!(i32, I32, f64::from, i64::from, |v: f64| v as i64 as i32, |v: i64| v as i32);
+element!(i64, I64, |x: i64| x as f64, |x: i64| x, |v: f64| v as i64, |v: i64| v);
+element!(f16, F16, |x: f16| x.to_f64(), |x: f16| x.to_f64() as i64, f16::from_f64, |v: i64| f16::from_f64(v as f64));
+element!(bf16, BF16, |x: bf16| x.to_f64(), |x: bf16| x.to_f64() as i64, bf16::from_f64, |v: i64| bf16::from_f64(
+    v as f64
+));
+element!(f32, F32, f64::from, |x: f32| x as i64, |v: f64| v as f32, |v: i64| v as f32);
+element!(f64, F64, |x: f64| x, |x: f64| x as i64, |v: f64| v, |v: i64| v as f64);
 
 /// A host buffer owned by the framework, counted in [`live_buffers`].
 pub struct Buffer {
@@ -319,11 +275,6 @@ mod tests {
         assert!(b.get_f64(2).is_infinite());
         let i = HostBuffer::from_i64s(DType::U8, [256, -1, 7]);
         assert_eq!(i.to_i64_vec(), vec![0, 255, 7]);
-        assert_eq!(
-            HostBuffer::F32(vec![-1.5, 2.5])
-                .cast(DType::I32)
-                .to_i64_vec(),
-            vec![-1, 2]
-        );
+        assert_eq!(HostBuffer::F32(vec![-1.5, 2.5]).cast(DType::I32).to_i64_vec(), vec![-1, 2]);
     }
 }

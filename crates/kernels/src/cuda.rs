@@ -19,17 +19,12 @@ pub struct CudaInfo {
     pub nvrtc_present: bool,
 }
 
-const CPU_HINT: &str =
-    "install the NVIDIA driver and CUDA 13 libraries, or select the CPU with JIT_DEVICE=cpu";
+const CPU_HINT: &str = "install the NVIDIA driver and CUDA 13 libraries, or select the CPU with JIT_DEVICE=cpu";
 
 fn candidates(lib: &str) -> String {
     let names = cudarc::get_lib_name_candidates(lib);
     let shown: Vec<&str> = names.iter().map(String::as_str).take(4).collect();
-    format!(
-        "tried {} and {} more names on the loader path",
-        shown.join(", "),
-        names.len().saturating_sub(4)
-    )
+    format!("tried {} and {} more names on the loader path", shown.join(", "), names.len().saturating_sub(4))
 }
 
 /// True when libnvrtc can be loaded (no GPU needed).
@@ -50,8 +45,7 @@ pub fn probe() -> Result<CudaInfo, KernelError> {
     }
     let driver = catch_unwind(AssertUnwindSafe(|| -> Result<(usize, i32), String> {
         cudarc::driver::result::init().map_err(|e| format!("cuInit failed: {e}"))?;
-        let count = cudarc::driver::result::device::get_count()
-            .map_err(|e| format!("cuDeviceGetCount failed: {e}"))?;
+        let count = cudarc::driver::result::device::get_count().map_err(|e| format!("cuDeviceGetCount failed: {e}"))?;
         let mut version = 0;
         // SAFETY: the driver library is loaded and initialised; the pointer is valid.
         unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut version) }
@@ -71,17 +65,12 @@ pub fn probe() -> Result<CudaInfo, KernelError> {
         Err(_) => {
             return Err(KernelError::LibraryMissing {
                 library: "libcuda (the NVIDIA driver library)".into(),
-                detail: "the library loaded but a required symbol is missing (driver too old?)"
-                    .into(),
+                detail: "the library loaded but a required symbol is missing (driver too old?)".into(),
                 hint: CPU_HINT.into(),
             })
         }
     };
-    Ok(CudaInfo {
-        device_count,
-        driver_version,
-        nvrtc_present: nvrtc_present(),
-    })
+    Ok(CudaInfo { device_count, driver_version, nvrtc_present: nvrtc_present() })
 }
 
 #[cfg(test)]

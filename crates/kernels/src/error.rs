@@ -23,6 +23,17 @@ pub enum KernelError {
         /// Why.
         reason: String,
     },
+    /// A backend failed to compile a kernel. Carries the kernel's IR so that the
+    /// report shows what was being compiled.
+    #[error("{backend} backend could not compile a kernel: {message}\n--- kernel IR ---\n{ir}")]
+    Compile {
+        /// Backend name.
+        backend: &'static str,
+        /// The compiler's message.
+        message: String,
+        /// Canonical text of the kernel.
+        ir: String,
+    },
     /// Internal invariant broken: a bug in the framework, reported instead of a panic.
     #[error("internal error in {op}: {reason}")]
     Internal {

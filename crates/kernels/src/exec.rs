@@ -59,40 +59,25 @@ fn read(buf: &HostBuffer, k: usize) -> S {
 struct Ctx<'a> {
     k: &'a Kernel,
     args: &'a [i64],
+    params: &'a [f64],
     inputs: &'a [&'a HostBuffer],
 }
 
 impl Ctx<'_> {
-    fn eval(
-        &self,
-        vals: &[Value],
-        idx: &[i64],
-        accs: &[S],
-        out: &mut Vec<S>,
-    ) -> Result<(), KernelError> {
+    fn eval(&self, vals: &[Value], idx: &[i64], accs: &[S], out: &mut Vec<S>) -> Result<(), KernelError> {
         out.clear();
         for v in vals {
             let d = v.dtype;
             let s = match &v.inst {
-                Inst::Load {
-                    input,
-                    offset,
-                    guard,
-                    fill,
-                } => {
-                    let ok = guard
-                        .as_ref()
-                        .is_none_or(|g| g.eval_args(idx, self.args) != 0);
+                Inst::Load { input, offset, guard, fill } => {
+                    let ok = guard.as_ref().is_none_or(|g| g.eval_args(idx, self.args) != 0);
                     if ok {
                         let off = offset.eval_args(idx, self.args);
                         let buf = self.inputs[*input];
                         if off < 0 || off as usize >= buf.len() {
                             return Err(KernelError::Internal {
                                 op: "load".into(),
-                                reason: format!(
-                                    "offset {off} outside input {input} of {} elements",
-                                    buf.len()
-                                ),
+                                reason: format!("offset {off} outside input {input} of {} elements", buf.len()),
                             });
                         }
                         read(buf, off as usize)
@@ -100,22 +85,24 @@ impl Ctx<'_> {
                         store(d, *fill)
                     }
                 }
-                Inst::Const(c) => store(d, *c),
-                Inst::Index(e) => store_i(d, e.eval_args(idx, self.args)),
-                Inst::Random {
-                    seed_arg,
-                    dist,
-                    counter,
-                } => {
+                Inst::Const(c) => leaf(d, *c),
+                Inst::Param(k) => leaf(d, self.params.get(*k).copied().unwrap_or(0.0)),
+                Inst::Index(e) => {
+                    let i = e.eval_args(idx, self.args);
+                    if d.is_float() {
+                        leaf(d, i as f64)
+                    } else {
+                        S::I(d.wrap_i64(i))
+                    }
+                }
+                Inst::Random { seed_arg, dist, counter } => {
                     let seed = self.args[*seed_arg] as u64;
                     let c = counter.eval_args(idx, self.args) as u64;
                     let x = match *dist {
-                        Distribution::Uniform { low, high } => {
-                            low + (high - low) * random::uniform(seed, c)
-                        }
+                        Distribution::Uniform { low, high } => low + (high - low) * random::uniform(seed, c),
                         Distribution::Normal { mean, std } => mean + std * random::normal(seed, c),
                     };
-                    store(d, x)
+                    leaf(d, x)
                 }
                 Inst::Unary(op, a) => match out[*a] {
                     S::F(x) => store(d, op.eval_f64(x)),
@@ -151,11 +138,7 @@ impl Ctx<'_> {
     /// Values of every output at one output position.
     fn position(&self, out_idx: &[i64], red_shape: &[usize]) -> Result<Vec<S>, KernelError> {
         let k = self.k;
-        let mut accs: Vec<S> = k
-            .reductions
-            .iter()
-            .map(|r| identity(r.op, r.dtype))
-            .collect();
+        let mut accs: Vec<S> = k.reductions.iter().map(|r| identity(r.op, r.dtype)).collect();
         let mut scratch = Vec::with_capacity(k.inner.len().max(k.body.len()));
         if k.red_rank > 0 {
             let n: usize = red_shape.iter().product();
@@ -202,11 +185,7 @@ fn to_buffer(d: DType, vals: &[S]) -> HostBuffer {
 }
 
 /// Runs `kernel` with `launch` on host inputs.
-pub fn run(
-    kernel: &Kernel,
-    launch: &Launch,
-    inputs: &[&HostBuffer],
-) -> Result<Vec<HostBuffer>, KernelError> {
+pub fn run(kernel: &Kernel, launch: &Launch, inputs: &[&HostBuffer]) -> Result<Vec<HostBuffer>, KernelError> {
     if inputs.len() != kernel.inputs.len() || launch.output_lens.len() != kernel.outputs.len() {
         return Err(KernelError::Internal {
             op: "kernel launch".into(),
@@ -219,11 +198,7 @@ pub fn run(
             ),
         });
     }
-    let ctx = Ctx {
-        k: kernel,
-        args: &launch.args,
-        inputs,
-    };
+    let ctx = Ctx { k: kernel, args: &launch.args, params: &launch.params, inputs };
     let n: usize = launch.out_shape.iter().product();
     let shape = &launch.out_shape;
     if kernel.has_scatter() {
@@ -259,12 +234,7 @@ pub fn run(
                 }
             }
         }
-        return Ok(kernel
-            .outputs
-            .iter()
-            .zip(&outs)
-            .map(|(o, v)| to_buffer(o.dtype, v))
-            .collect());
+        return Ok(kernel.outputs.iter().zip(&outs).map(|(o, v)| to_buffer(o.dtype, v)).collect());
     }
     const CHUNK: usize = 1024;
     let chunks: Vec<Result<Vec<Vec<S>>, KernelError>> = (0..n.div_ceil(CHUNK))
@@ -279,11 +249,7 @@ pub fn run(
                 .collect()
         })
         .collect();
-    let mut cols: Vec<Vec<S>> = kernel
-        .outputs
-        .iter()
-        .map(|_| Vec::with_capacity(n))
-        .collect();
+    let mut cols: Vec<Vec<S>> = kernel.outputs.iter().map(|_| Vec::with_capacity(n)).collect();
     for chunk in chunks {
         for row in chunk? {
             for (col, v) in cols.iter_mut().zip(row) {
@@ -291,25 +257,23 @@ pub fn run(
             }
         }
     }
-    Ok(kernel
-        .outputs
-        .iter()
-        .zip(&cols)
-        .map(|(o, v)| to_buffer(o.dtype, v))
-        .collect())
+    Ok(kernel.outputs.iter().zip(&cols).map(|(o, v)| to_buffer(o.dtype, v)).collect())
 }
 
 fn identity(op: ReduceOp, d: DType) -> S {
     if d.is_float() {
         S::F(op.identity_f64())
     } else {
-        S::I(match (op, d) {
-            (ReduceOp::Max, DType::Bool | DType::U8) => 0,
-            (ReduceOp::Max, DType::I32) => i64::from(i32::MIN),
-            (ReduceOp::Min, DType::Bool) => 1,
-            (ReduceOp::Min, DType::U8) => 255,
-            (ReduceOp::Min, DType::I32) => i64::from(i32::MAX),
-            _ => op.identity_i64(),
-        })
+        S::I(op.identity_for(d))
+    }
+}
+
+/// A leaf value (constant, index, random number) rounded to its own dtype, as the
+/// reference backend stores it.
+fn leaf(d: DType, v: f64) -> S {
+    if d.is_float() {
+        S::F(d.round_f64(v))
+    } else {
+        S::I(d.round_f64(v) as i64)
     }
 }

@@ -255,12 +255,11 @@ impl IndexExpr {
     /// appending its value to `args`. Constants 0, 1 and -1 stay: they shape the code
     /// (a unit stride, a zero offset), the others are sizes a new input may change.
     pub fn lift_constants(&self, args: &mut Vec<i64>) -> IndexExpr {
-        let mut bin =
-            |a: &IndexExpr, b: &IndexExpr, f: fn(Box<IndexExpr>, Box<IndexExpr>) -> IndexExpr| {
-                let a = a.lift_constants(args);
-                let b = b.lift_constants(args);
-                f(Box::new(a), Box::new(b))
-            };
+        let mut bin = |a: &IndexExpr, b: &IndexExpr, f: fn(Box<IndexExpr>, Box<IndexExpr>) -> IndexExpr| {
+            let a = a.lift_constants(args);
+            let b = b.lift_constants(args);
+            f(Box::new(a), Box::new(b))
+        };
         match self {
             E::Const(v) if v.abs() > 1 => {
                 args.push(*v);
@@ -328,9 +327,7 @@ impl IndexExpr {
                 let (a, b) = bin(a, b);
                 Self::cmp(*op, a, b)
             }
-            E::Select(c, t, o) => c
-                .substitute(vars)
-                .select(t.substitute(vars), o.substitute(vars)),
+            E::Select(c, t, o) => c.substitute(vars).select(t.substitute(vars), o.substitute(vars)),
         }
     }
 
@@ -370,12 +367,7 @@ impl IndexExpr {
             }
             E::Mul(x, y) => {
                 let ((a, b0), (c, d)) = (b(x)?, b(y)?);
-                let p = [
-                    a.checked_mul(c)?,
-                    a.checked_mul(d)?,
-                    b0.checked_mul(c)?,
-                    b0.checked_mul(d)?,
-                ];
+                let p = [a.checked_mul(c)?, a.checked_mul(d)?, b0.checked_mul(c)?, b0.checked_mul(d)?];
                 (*p.iter().min()?, *p.iter().max()?)
             }
             E::FloorDiv(x, y) => {
@@ -461,12 +453,8 @@ impl Add for IndexExpr {
             (_, Some(0)) => self,
             // (x + a) + b  ->  x + (a + b)
             (None, Some(b)) => match self {
-                E::Add(x, a) if a.as_const().is_some() => {
-                    *x + E::Const(a.as_const().unwrap_or(0) + b)
-                }
-                E::Sub(x, a) if a.as_const().is_some() => {
-                    *x + E::Const(b - a.as_const().unwrap_or(0))
-                }
+                E::Add(x, a) if a.as_const().is_some() => *x + E::Const(a.as_const().unwrap_or(0) + b),
+                E::Sub(x, a) if a.as_const().is_some() => *x + E::Const(b - a.as_const().unwrap_or(0)),
                 s => E::Add(Box::new(s), Box::new(rhs)),
             },
             _ => E::Add(Box::new(self), Box::new(rhs)),

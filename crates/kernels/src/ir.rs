@@ -36,8 +36,11 @@ pub enum Inst {
         /// Value where the guard fails.
         fill: f64,
     },
-    /// A constant.
+    /// A constant that shapes the kernel (a padding value, a guard's fill).
     Const(f64),
+    /// Value parameter `k` of the launch (the value of a `full` leaf, a mean's scale):
+    /// not part of the cache key, so `x * 0.5` and `x * 0.25` share one kernel.
+    Param(usize),
     /// The value of an index expression.
     Index(IndexExpr),
     /// Philox random number for element `counter` of the stream keyed by the kernel
@@ -129,6 +132,8 @@ pub struct Kernel {
     pub outputs: Vec<Output>,
     /// Number of integer kernel arguments.
     pub n_args: usize,
+    /// Number of value parameters.
+    pub n_params: usize,
 }
 
 /// The sizes a kernel runs with.
@@ -140,6 +145,8 @@ pub struct Launch {
     pub red_shape: Vec<usize>,
     /// Kernel arguments.
     pub args: Vec<i64>,
+    /// Value parameters.
+    pub params: Vec<f64>,
     /// Number of elements of each output buffer.
     pub output_lens: Vec<usize>,
 }
@@ -160,9 +167,7 @@ impl Kernel {
 
     /// True when some output is a scatter (must not be split across threads).
     pub fn has_scatter(&self) -> bool {
-        self.outputs
-            .iter()
-            .any(|o| matches!(o.store, Store::Scatter { .. }))
+        self.outputs.iter().any(|o| matches!(o.store, Store::Scatter { .. }))
     }
 
     /// Stable 128-bit hash of the canonical text (FNV-1a), printed as hex.
@@ -188,24 +193,16 @@ fn fmt_values(f: &mut fmt::Formatter<'_>, prefix: char, vals: &[Value]) -> fmt::
         write!(f, "  {prefix}{k}: {} = ", v.dtype)?;
         let r = |id: &ValueId| format!("{prefix}{id}");
         match &v.inst {
-            Inst::Load {
-                input,
-                offset,
-                guard,
-                fill,
-            } => {
+            Inst::Load { input, offset, guard, fill } => {
                 write!(f, "load in{input}[{offset}]")?;
                 if let Some(g) = guard {
                     write!(f, " if {g} else {fill:?}")?;
                 }
             }
             Inst::Const(c) => write!(f, "const {c:?}")?,
+            Inst::Param(k) => write!(f, "param p{k}")?,
             Inst::Index(e) => write!(f, "index {e}")?,
-            Inst::Random {
-                seed_arg,
-                dist,
-                counter,
-            } => write!(f, "random a{seed_arg} {dist:?} @ {counter}")?,
+            Inst::Random { seed_arg, dist, counter } => write!(f, "random a{seed_arg} {dist:?} @ {counter}")?,
             Inst::Unary(op, a) => write!(f, "{} {}", op.name(), r(a))?,
             Inst::Binary(op, a, b) => write!(f, "{} {} {}", op.name(), r(a), r(b))?,
             Inst::Where(c, a, b) => write!(f, "where {} {} {}", r(c), r(a), r(b))?,
@@ -222,11 +219,12 @@ impl fmt::Display for Kernel {
         let ins: Vec<&str> = self.inputs.iter().map(|d| d.name()).collect();
         writeln!(
             f,
-            "kernel(in=[{}], out_rank={}, red_rank={}, args={})",
+            "kernel(in=[{}], out_rank={}, red_rank={}, args={}, params={})",
             ins.join(","),
             self.out_rank,
             self.red_rank,
-            self.n_args
+            self.n_args,
+            self.n_params
         )?;
         if self.red_rank > 0 {
             writeln!(f, " inner:")?;
@@ -240,13 +238,9 @@ impl fmt::Display for Kernel {
         for (k, o) in self.outputs.iter().enumerate() {
             match &o.store {
                 Store::Dense => writeln!(f, "  out{k}: {} <- b{}", o.dtype, o.value)?,
-                Store::Scatter { op, offset, guard } => writeln!(
-                    f,
-                    "  out{k}: {} <-{} b{} at [{offset}] if {guard}",
-                    o.dtype,
-                    op.name(),
-                    o.value
-                )?,
+                Store::Scatter { op, offset, guard } => {
+                    writeln!(f, "  out{k}: {} <-{} b{} at [{offset}] if {guard}", o.dtype, op.name(), o.value)?
+                }
             }
         }
         Ok(())
@@ -264,24 +258,12 @@ mod tests {
             out_rank: 1,
             body: vec![
                 Value {
-                    inst: Inst::Load {
-                        input: 0,
-                        offset: IndexExpr::idx(0),
-                        guard: None,
-                        fill: 0.0,
-                    },
+                    inst: Inst::Load { input: 0, offset: IndexExpr::idx(0), guard: None, fill: 0.0 },
                     dtype: DType::F32,
                 },
-                Value {
-                    inst: Inst::Unary(UnaryOp::Exp, 0),
-                    dtype: DType::F32,
-                },
+                Value { inst: Inst::Unary(UnaryOp::Exp, 0), dtype: DType::F32 },
             ],
-            outputs: vec![Output {
-                dtype: DType::F32,
-                value: 1,
-                store: Store::Dense,
-            }],
+            outputs: vec![Output { dtype: DType::F32, value: 1, store: Store::Dense }],
             ..Kernel::default()
         };
         let text = k.to_string();

@@ -16,6 +16,8 @@
 #![warn(missing_docs)]
 
 pub mod buffer;
+pub mod cache;
+pub mod cpu;
 pub mod cuda;
 pub mod dtype;
 pub mod error;

@@ -82,10 +82,7 @@ impl UnaryOp {
 
     /// True for the ops defined only on floats (transcendentals, roots, reciprocal).
     pub fn float_only(self) -> bool {
-        !matches!(
-            self,
-            UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Floor | UnaryOp::Round | UnaryOp::Not
-        )
+        !matches!(self, UnaryOp::Neg | UnaryOp::Abs | UnaryOp::Floor | UnaryOp::Round | UnaryOp::Not)
     }
 
     /// The op on an f64.
@@ -210,10 +207,7 @@ impl BinaryOp {
 
     /// True for comparisons, whose result is bool.
     pub fn is_comparison(self) -> bool {
-        matches!(
-            self,
-            BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge
-        )
+        matches!(self, BinaryOp::Eq | BinaryOp::Ne | BinaryOp::Lt | BinaryOp::Le | BinaryOp::Gt | BinaryOp::Ge)
     }
 
     /// True for and/or, defined on bool and integers only.
@@ -345,6 +339,20 @@ impl ReduceOp {
             ReduceOp::Prod => 1.0,
             ReduceOp::Max => f64::NEG_INFINITY,
             ReduceOp::Min => f64::INFINITY,
+        }
+    }
+
+    /// Identity element for an integer or bool dtype: the extreme of that dtype's
+    /// range for max / min.
+    pub fn identity_for(self, d: crate::DType) -> i64 {
+        use crate::DType;
+        match (self, d) {
+            (ReduceOp::Max, DType::Bool | DType::U8) => 0,
+            (ReduceOp::Max, DType::I32) => i64::from(i32::MIN),
+            (ReduceOp::Min, DType::Bool) => 1,
+            (ReduceOp::Min, DType::U8) => 255,
+            (ReduceOp::Min, DType::I32) => i64::from(i32::MAX),
+            _ => self.identity_i64(),
         }
     }
 

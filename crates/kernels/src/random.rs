@@ -32,10 +32,7 @@ pub fn philox4x32_10(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 
 /// The four 32-bit words for element `k` of the stream keyed by `seed`.
 pub fn words(seed: u64, k: u64) -> [u32; 4] {
-    philox4x32_10(
-        [k as u32, (k >> 32) as u32, 0, 0],
-        [seed as u32, (seed >> 32) as u32],
-    )
+    philox4x32_10([k as u32, (k >> 32) as u32, 0, 0], [seed as u32, (seed >> 32) as u32])
 }
 
 /// A 32-bit word mapped to `[0, 1)` with 24 bits, exactly representable in f32.
@@ -68,19 +65,13 @@ mod tests {
     #[test]
     fn philox_known_answer() {
         // Known-answer vectors of the Random123 distribution (philox4x32, 10 rounds).
-        assert_eq!(
-            philox4x32_10([0, 0, 0, 0], [0, 0]),
-            [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]
-        );
+        assert_eq!(philox4x32_10([0, 0, 0, 0], [0, 0]), [0x6627_e8d5, 0xe169_c58d, 0xbc57_ac4c, 0x9b00_dbd8]);
         assert_eq!(
             philox4x32_10([0xffff_ffff; 4], [0xffff_ffff; 2]),
             [0x408f_276d, 0x41c8_3b0e, 0xa20b_c7c6, 0x6d54_51fd]
         );
         assert_eq!(
-            philox4x32_10(
-                [0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344],
-                [0xa409_3822, 0x299f_31d0]
-            ),
+            philox4x32_10([0x243f_6a88, 0x85a3_08d3, 0x1319_8a2e, 0x0370_7344], [0xa409_3822, 0x299f_31d0]),
             [0xd16c_fe09, 0x94fd_cceb, 0x5001_e420, 0x2412_6ea1]
         );
     }
@@ -95,10 +86,7 @@ mod tests {
         let z: Vec<f64> = (0..n).map(|k| normal(7, k)).collect();
         let m = z.iter().sum::<f64>() / n as f64;
         let v = z.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / n as f64;
-        assert!(
-            m.abs() < 0.03 && (v - 1.0).abs() < 0.05,
-            "normal mean {m} var {v}"
-        );
+        assert!(m.abs() < 0.03 && (v - 1.0).abs() < 0.05, "normal mean {m} var {v}");
         assert_ne!(uniform(7, 0), uniform(8, 0));
     }
 }

@@ -43,11 +43,7 @@ pub fn for_each_index(shape: &[usize], mut f: impl FnMut(usize, &[i64])) {
 }
 
 fn flat_of(index: &[i64], strides: &[usize]) -> usize {
-    index
-        .iter()
-        .zip(strides)
-        .map(|(&i, &s)| i as usize * s)
-        .sum()
+    index.iter().zip(strides).map(|(&i, &s)| i as usize * s).sum()
 }
 
 /// Builds a buffer of `dtype` whose element `k` is `src[map[k]]`, or `fill` where the
@@ -70,17 +66,11 @@ fn take(src: &HostBuffer, map: &[Option<usize>], fill: f64) -> HostBuffer {
 }
 
 fn in_range(index: &[i64], shape: &[usize]) -> bool {
-    index
-        .iter()
-        .zip(shape)
-        .all(|(&i, &n)| i >= 0 && (i as usize) < n)
+    index.iter().zip(shape).all(|(&i, &n)| i >= 0 && (i as usize) < n)
 }
 
 fn wrong_inputs(op: &MetaOp, want: usize, got: usize) -> KernelError {
-    KernelError::Internal {
-        op: op.name().to_string(),
-        reason: format!("expected {want} inputs, got {got}"),
-    }
+    KernelError::Internal { op: op.name().to_string(), reason: format!("expected {want} inputs, got {got}") }
 }
 
 /// Runs one meta-op on host buffers and returns the output.
@@ -104,20 +94,12 @@ pub fn eval(
         MetaOp::Full { value } => HostBuffer::filled(out_dtype, n, *value),
         MetaOp::Index { dim } => {
             let strides = contiguous_strides(out_shape);
-            let (stride, size) = (
-                strides.get(*dim).copied().unwrap_or(1),
-                out_shape.get(*dim).copied().unwrap_or(1),
-            );
-            HostBuffer::from_i64s(
-                out_dtype,
-                (0..n).map(|k| ((k / stride) % size.max(1)) as i64),
-            )
+            let (stride, size) = (strides.get(*dim).copied().unwrap_or(1), out_shape.get(*dim).copied().unwrap_or(1));
+            HostBuffer::from_i64s(out_dtype, (0..n).map(|k| ((k / stride) % size.max(1)) as i64))
         }
         MetaOp::Random { seed, dist } => {
             let vals = (0..n as u64).map(|k| match *dist {
-                Distribution::Uniform { low, high } => {
-                    low + (high - low) * random::uniform(*seed, k)
-                }
+                Distribution::Uniform { low, high } => low + (high - low) * random::uniform(*seed, k),
                 Distribution::Normal { mean, std } => mean + std * random::normal(*seed, k),
             });
             HostBuffer::from_f64s(out_dtype, vals)
@@ -134,16 +116,10 @@ pub fn eval(
             let (x, y) = (inputs[0].0, inputs[1].0);
             if x.dtype().is_float() {
                 let (xs, ys) = (x.to_f64_vec(), y.to_f64_vec());
-                HostBuffer::from_f64s(
-                    out_dtype,
-                    xs.iter().zip(&ys).map(|(&p, &q)| b.eval_f64(p, q)),
-                )
+                HostBuffer::from_f64s(out_dtype, xs.iter().zip(&ys).map(|(&p, &q)| b.eval_f64(p, q)))
             } else {
                 let (xs, ys) = (x.to_i64_vec(), y.to_i64_vec());
-                HostBuffer::from_i64s(
-                    out_dtype,
-                    xs.iter().zip(&ys).map(|(&p, &q)| b.eval_i64(p, q)),
-                )
+                HostBuffer::from_i64s(out_dtype, xs.iter().zip(&ys).map(|(&p, &q)| b.eval_i64(p, q)))
             }
         }
         MetaOp::Where => {
@@ -151,9 +127,7 @@ pub fn eval(
             // copying exactly from the concatenation a ++ b.
             let c = inputs[0].0.to_i64_vec();
             let both = concat(inputs[1].0, inputs[2].0);
-            let pick: Vec<Option<usize>> = (0..n)
-                .map(|k| Some(if c[k] != 0 { k } else { n + k }))
-                .collect();
+            let pick: Vec<Option<usize>> = (0..n).map(|k| Some(if c[k] != 0 { k } else { n + k })).collect();
             take(&both, &pick, 0.0)
         }
         MetaOp::Cast => inputs[0].0.cast(out_dtype),
@@ -185,11 +159,7 @@ pub fn eval(
             });
             take(x, &map, 0.0)
         }
-        MetaOp::Reindex {
-            exprs,
-            overflow,
-            conds,
-        } => {
+        MetaOp::Reindex { exprs, overflow, conds } => {
             let (x, in_shape) = inputs[0];
             let in_strides = contiguous_strides(in_shape);
             let mut map = Vec::with_capacity(n);
@@ -203,11 +173,7 @@ pub fn eval(
             });
             take(x, &map, *overflow)
         }
-        MetaOp::Reduce {
-            op,
-            axes,
-            keepdims: _,
-        } => {
+        MetaOp::Reduce { op, axes, keepdims: _ } => {
             let (x, in_shape) = inputs[0];
             let kept: Vec<usize> = (0..in_shape.len()).filter(|d| !axes.contains(d)).collect();
             let kept_shape: Vec<usize> = kept.iter().map(|&d| in_shape[d]).collect();
@@ -216,20 +182,11 @@ pub fn eval(
             let targets: Vec<Option<usize>> = targets.collect();
             let mut out_of = Vec::with_capacity(x.len());
             for_each_index(in_shape, |_, idx| {
-                let flat: usize = targets
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(d, t)| t.map(|k| idx[d] as usize * kept_strides[k]))
-                    .sum();
+                let flat: usize =
+                    targets.iter().enumerate().filter_map(|(d, t)| t.map(|k| idx[d] as usize * kept_strides[k])).sum();
                 out_of.push(flat);
             });
-            accumulate(
-                *op,
-                x,
-                &out_of.into_iter().map(Some).collect::<Vec<_>>(),
-                n,
-                out_dtype,
-            )
+            accumulate(*op, x, &out_of.into_iter().map(Some).collect::<Vec<_>>(), n, out_dtype)
         }
         MetaOp::ReindexReduce { op, exprs, conds } => {
             let (x, in_shape) = inputs[0];
@@ -249,13 +206,7 @@ pub fn eval(
 }
 
 /// Combines element `k` of `x` into output `out_of[k]` with `op`, in f64 or i64.
-fn accumulate(
-    op: ReduceOp,
-    x: &HostBuffer,
-    out_of: &[Option<usize>],
-    n: usize,
-    out_dtype: DType,
-) -> HostBuffer {
+fn accumulate(op: ReduceOp, x: &HostBuffer, out_of: &[Option<usize>], n: usize, out_dtype: DType) -> HostBuffer {
     let comb = op.combiner();
     if x.dtype().is_float() {
         let mut acc = vec![op.identity_f64(); n];
@@ -313,11 +264,7 @@ mod tests {
     #[test]
     fn transpose_by_reindex() {
         let x = HostBuffer::F32(vec![1., 2., 3., 4., 5., 6.]);
-        let op = MetaOp::Reindex {
-            exprs: vec![E::idx(1), E::idx(0)],
-            overflow: 0.0,
-            conds: vec![],
-        };
+        let op = MetaOp::Reindex { exprs: vec![E::idx(1), E::idx(0)], overflow: 0.0, conds: vec![] };
         let y = eval(&op, &[(&x, &[2, 3])], &[3, 2], DType::F32).unwrap();
         assert_eq!(y.to_f64_vec(), vec![1., 4., 2., 5., 3., 6.]);
     }
@@ -325,11 +272,7 @@ mod tests {
     #[test]
     fn pad_overflow_and_conditions() {
         let x = HostBuffer::I32(vec![7, 8]);
-        let op = MetaOp::Reindex {
-            exprs: vec![E::idx(0) - 1],
-            overflow: -1.0,
-            conds: vec![E::idx(0).ne_(2)],
-        };
+        let op = MetaOp::Reindex { exprs: vec![E::idx(0) - 1], overflow: -1.0, conds: vec![E::idx(0).ne_(2)] };
         let y = eval(&op, &[(&x, &[2])], &[4], DType::I32).unwrap();
         assert_eq!(y.to_i64_vec(), vec![-1, 7, -1, -1]);
     }
@@ -337,40 +280,13 @@ mod tests {
     #[test]
     fn reduce_and_scatter() {
         let x = HostBuffer::F64(vec![1., 2., 3., 4., 5., 6.]);
-        let op = MetaOp::Reduce {
-            op: ReduceOp::Sum,
-            axes: vec![0],
-            keepdims: false,
-        };
-        assert_eq!(
-            eval(&op, &[(&x, &[2, 3])], &[3], DType::F64)
-                .unwrap()
-                .to_f64_vec(),
-            vec![5., 7., 9.]
-        );
-        let op = MetaOp::Reduce {
-            op: ReduceOp::Max,
-            axes: vec![1],
-            keepdims: true,
-        };
-        assert_eq!(
-            eval(&op, &[(&x, &[2, 3])], &[2, 1], DType::F64)
-                .unwrap()
-                .to_f64_vec(),
-            vec![3., 6.]
-        );
+        let op = MetaOp::Reduce { op: ReduceOp::Sum, axes: vec![0], keepdims: false };
+        assert_eq!(eval(&op, &[(&x, &[2, 3])], &[3], DType::F64).unwrap().to_f64_vec(), vec![5., 7., 9.]);
+        let op = MetaOp::Reduce { op: ReduceOp::Max, axes: vec![1], keepdims: true };
+        assert_eq!(eval(&op, &[(&x, &[2, 3])], &[2, 1], DType::F64).unwrap().to_f64_vec(), vec![3., 6.]);
         // scatter-add every element into position i % 2
-        let op = MetaOp::ReindexReduce {
-            op: ReduceOp::Sum,
-            exprs: vec![E::idx(0).modulo(2)],
-            conds: vec![],
-        };
-        assert_eq!(
-            eval(&op, &[(&x, &[6])], &[3], DType::F64)
-                .unwrap()
-                .to_f64_vec(),
-            vec![9., 12., 0.]
-        );
+        let op = MetaOp::ReindexReduce { op: ReduceOp::Sum, exprs: vec![E::idx(0).modulo(2)], conds: vec![] };
+        assert_eq!(eval(&op, &[(&x, &[6])], &[3], DType::F64).unwrap().to_f64_vec(), vec![9., 12., 0.]);
     }
 
     #[test]
@@ -378,13 +294,7 @@ mod tests {
         let c = HostBuffer::Bool(vec![true, false, true]);
         let a = HostBuffer::I64(vec![i64::MAX, 1, 2]);
         let b = HostBuffer::I64(vec![0, i64::MIN, 0]);
-        let y = eval(
-            &MetaOp::Where,
-            &[(&c, &[3]), (&a, &[3]), (&b, &[3])],
-            &[3],
-            DType::I64,
-        )
-        .unwrap();
+        let y = eval(&MetaOp::Where, &[(&c, &[3]), (&a, &[3]), (&b, &[3])], &[3], DType::I64).unwrap();
         assert_eq!(y.to_i64_vec(), vec![i64::MAX, i64::MIN, 2]);
     }
 

@@ -1,0 +1,888 @@
+//! The CPU backend: each kernel of the IR becomes one native function, generated
+//! with Cranelift, that runs a range `[start, end)` of output positions; rayon splits
+//! the output domain across cores. Values are computed in f32 (f16, bf16, f32), f64
+//! or i64 (integers and bool), one rounding per value as the portable executor
+//! ([`crate::exec`]) defines. Transcendental functions call Rust helpers that compute
+//! in f64 and round once, so they are correctly rounded to within an ulp.
+//!
+//! Generated function:
+//! `fn(start, end, inputs: *const *const u8, outputs: *const *mut u8, args: *const i64,
+//!     out_shape: *const i64, red_shape: *const i64, params: *const f64)`.
+
+use crate::buffer::HostBuffer;
+use crate::cache::{KernelCache, FRAMEWORK_VERSION};
+use crate::dtype::DType;
+use crate::error::KernelError;
+use crate::expr::{CmpOp, IndexExpr};
+use crate::ir::{Inst, Kernel, Launch, Store, Value};
+use crate::meta::{BinaryOp, Distribution, ReduceOp, UnaryOp};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, Type, Value as CV};
+use cranelift_codegen::settings::{self, Configurable};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use cranelift_jit::{JITBuilder, JITModule};
+use cranelift_module::{default_libcall_names, Linkage, Module};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+type KernelFn =
+    unsafe extern "C" fn(i64, i64, *const *const u8, *const *mut u8, *const i64, *const i64, *const i64, *const f64);
+
+/// A compiled kernel. The module owns the machine code and is kept alive with it.
+pub struct Compiled {
+    _module: JITModule,
+    func: KernelFn,
+    /// The kernel's canonical IR.
+    pub ir: String,
+    /// The Cranelift IR that was compiled (for `JIT_DUMP`).
+    pub clif: String,
+}
+
+// SAFETY: the module is never touched after finalisation; it only keeps the code
+// alive. The function is pure machine code that reads and writes only the buffers
+// passed to it.
+unsafe impl Send for Compiled {}
+// SAFETY: as above; calls share no mutable state.
+unsafe impl Sync for Compiled {}
+
+static CACHE: OnceLock<KernelCache<Compiled>> = OnceLock::new();
+
+/// The CPU backend's compiled-kernel cache.
+pub fn cache() -> &'static KernelCache<Compiled> {
+    crate::cache::global(&CACHE)
+}
+
+/// Cache key: canonical IR + backend + target + compiler + framework version.
+pub fn cache_key(kernel: &Kernel) -> String {
+    let text = format!("cpu-cranelift|{}|cranelift-0.135|jit-{FRAMEWORK_VERSION}|{}", std::env::consts::ARCH, kernel);
+    crate::ir::fnv128(text.as_bytes())
+}
+
+// ---------------------------------------------------------------- helpers called from kernels
+
+extern "C" fn h_unary_f32(op: i32, x: f32) -> f32 {
+    UnaryOp::ALL[op as usize].eval_f64(f64::from(x)) as f32
+}
+extern "C" fn h_unary_f64(op: i32, x: f64) -> f64 {
+    UnaryOp::ALL[op as usize].eval_f64(x)
+}
+extern "C" fn h_binary_f32(op: i32, a: f32, b: f32) -> f32 {
+    BinaryOp::ALL[op as usize].eval_f64(f64::from(a), f64::from(b)) as f32
+}
+extern "C" fn h_binary_f64(op: i32, a: f64, b: f64) -> f64 {
+    BinaryOp::ALL[op as usize].eval_f64(a, b)
+}
+extern "C" fn h_binary_i64(op: i32, a: i64, b: i64) -> i64 {
+    BinaryOp::ALL[op as usize].eval_i64(a, b)
+}
+extern "C" fn h_random(seed: i64, counter: i64, normal: i32) -> f64 {
+    if normal != 0 {
+        crate::random::normal(seed as u64, counter as u64)
+    } else {
+        crate::random::uniform(seed as u64, counter as u64)
+    }
+}
+extern "C" fn h_f16_to_f32(bits: i32) -> f32 {
+    half::f16::from_bits(bits as u16).to_f32()
+}
+extern "C" fn h_f32_to_f16(x: f32) -> i32 {
+    i32::from(half::f16::from_f32(x).to_bits())
+}
+extern "C" fn h_f32_to_bf16(x: f32) -> i32 {
+    i32::from(half::bf16::from_f32(x).to_bits())
+}
+extern "C" fn h_round_f64(x: f64, dtype: i32) -> f64 {
+    DType::ALL[dtype as usize].round_f64(x)
+}
+
+struct Helper {
+    name: &'static str,
+    ptr: *const u8,
+    params: &'static [Type],
+    ret: Type,
+}
+
+fn helpers() -> Vec<Helper> {
+    use types::{F32, F64, I32, I64};
+    vec![
+        Helper { name: "h_unary_f32", ptr: h_unary_f32 as *const u8, params: &[I32, F32], ret: F32 },
+        Helper { name: "h_unary_f64", ptr: h_unary_f64 as *const u8, params: &[I32, F64], ret: F64 },
+        Helper { name: "h_binary_f32", ptr: h_binary_f32 as *const u8, params: &[I32, F32, F32], ret: F32 },
+        Helper { name: "h_binary_f64", ptr: h_binary_f64 as *const u8, params: &[I32, F64, F64], ret: F64 },
+        Helper { name: "h_binary_i64", ptr: h_binary_i64 as *const u8, params: &[I32, I64, I64], ret: I64 },
+        Helper { name: "h_random", ptr: h_random as *const u8, params: &[I64, I64, I32], ret: F64 },
+        Helper { name: "h_f16_to_f32", ptr: h_f16_to_f32 as *const u8, params: &[I32], ret: F32 },
+        Helper { name: "h_f32_to_f16", ptr: h_f32_to_f16 as *const u8, params: &[F32], ret: I32 },
+        Helper { name: "h_f32_to_bf16", ptr: h_f32_to_bf16 as *const u8, params: &[F32], ret: I32 },
+        Helper { name: "h_round_f64", ptr: h_round_f64 as *const u8, params: &[F64, I32], ret: F64 },
+    ]
+}
+
+fn unary_code(op: UnaryOp) -> i64 {
+    UnaryOp::ALL.iter().position(|&u| u == op).unwrap_or(0) as i64
+}
+fn binary_code(op: BinaryOp) -> i64 {
+    BinaryOp::ALL.iter().position(|&b| b == op).unwrap_or(0) as i64
+}
+fn dtype_code(d: DType) -> i64 {
+    DType::ALL.iter().position(|&x| x == d).unwrap_or(0) as i64
+}
+
+/// Cranelift type a dtype is computed in.
+fn cty(d: DType) -> Type {
+    match d {
+        DType::F16 | DType::BF16 | DType::F32 => types::F32,
+        DType::F64 => types::F64,
+        _ => types::I64,
+    }
+}
+
+// ---------------------------------------------------------------- code generation
+
+struct Gen<'a, 'b> {
+    b: &'a mut FunctionBuilder<'b>,
+    module: &'a mut JITModule,
+    funcs: HashMap<&'static str, FuncRef>,
+    sigs: HashMap<&'static str, (Vec<Type>, Type)>,
+    args: Vec<CV>,
+    idx: Vec<Variable>,
+    inputs: Vec<CV>,
+    input_dtypes: Vec<DType>,
+    /// Value parameters as loaded (f64) at entry.
+    params: Vec<CV>,
+}
+
+impl Gen<'_, '_> {
+    fn call(&mut self, name: &'static str, args: &[CV]) -> Result<CV, String> {
+        let fref = match self.funcs.get(name) {
+            Some(f) => *f,
+            None => {
+                let (params, ret) = self.sigs.get(name).cloned().ok_or_else(|| format!("no helper {name}"))?;
+                let mut sig = self.module.make_signature();
+                sig.params.extend(params.iter().map(|&t| AbiParam::new(t)));
+                sig.returns.push(AbiParam::new(ret));
+                let id = self.module.declare_function(name, Linkage::Import, &sig).map_err(|e| e.to_string())?;
+                let f = self.module.declare_func_in_func(id, self.b.func);
+                self.funcs.insert(name, f);
+                f
+            }
+        };
+        let inst = self.b.ins().call(fref, args);
+        Ok(self.b.inst_results(inst)[0])
+    }
+
+    fn i64c(&mut self, v: i64) -> CV {
+        self.b.ins().iconst(types::I64, v)
+    }
+
+    fn i32c(&mut self, v: i64) -> CV {
+        self.b.ins().iconst(types::I32, v)
+    }
+
+    fn bool_to_i64(&mut self, c: CV) -> CV {
+        self.b.ins().uextend(types::I64, c)
+    }
+
+    /// Floor division and modulo with the IR's semantics (by 0 gives 0; by -1 wraps).
+    fn floor_divmod(&mut self, a: CV, d: CV) -> (CV, CV) {
+        let zero = self.i64c(0);
+        let one = self.i64c(1);
+        let is0 = self.b.ins().icmp_imm_s(IntCC::Equal, d, 0);
+        let ism1 = self.b.ins().icmp_imm_s(IntCC::Equal, d, -1);
+        let bad = self.b.ins().bor(is0, ism1);
+        let safe = self.b.ins().select(bad, one, d);
+        let q = self.b.ins().sdiv(a, safe);
+        let qs = self.b.ins().imul(q, safe);
+        let r = self.b.ins().isub(a, qs);
+        let rn0 = self.b.ins().icmp_imm_s(IntCC::NotEqual, r, 0);
+        let x = self.b.ins().bxor(r, safe);
+        let neg = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, x, 0);
+        let adj = self.b.ins().band(rn0, neg);
+        let qm1 = self.b.ins().iadd_imm_s(q, -1);
+        let q2 = self.b.ins().select(adj, qm1, q);
+        let rps = self.b.ins().iadd(r, safe);
+        let r2 = self.b.ins().select(adj, rps, r);
+        let na = self.b.ins().ineg(a);
+        let q3 = self.b.ins().select(ism1, na, q2);
+        let q4 = self.b.ins().select(is0, zero, q3);
+        let r3 = self.b.ins().select(bad, zero, r2);
+        (q4, r3)
+    }
+
+    fn iexpr(&mut self, e: &IndexExpr) -> CV {
+        use IndexExpr as E;
+        match e {
+            E::Const(v) => self.i64c(*v),
+            E::Idx(k) => self.b.use_var(self.idx[*k]),
+            E::Arg(k) => self.args[*k],
+            E::Add(a, b) => {
+                let (x, y) = (self.iexpr(a), self.iexpr(b));
+                self.b.ins().iadd(x, y)
+            }
+            E::Sub(a, b) => {
+                let (x, y) = (self.iexpr(a), self.iexpr(b));
+                self.b.ins().isub(x, y)
+            }
+            E::Mul(a, b) => {
+                let (x, y) = (self.iexpr(a), self.iexpr(b));
+                self.b.ins().imul(x, y)
+            }
+            E::FloorDiv(a, b) => {
+                let (x, y) = (self.iexpr(a), self.iexpr(b));
+                self.floor_divmod(x, y).0
+            }
+            E::Mod(a, b) => {
+                let (x, y) = (self.iexpr(a), self.iexpr(b));
+                self.floor_divmod(x, y).1
+            }
+            E::Min(a, b) => {
+                let (x, y) = (self.iexpr(a), self.iexpr(b));
+                self.b.ins().smin(x, y)
+            }
+            E::Max(a, b) => {
+                let (x, y) = (self.iexpr(a), self.iexpr(b));
+                self.b.ins().smax(x, y)
+            }
+            E::Cmp(op, a, b) => {
+                let (x, y) = (self.iexpr(a), self.iexpr(b));
+                let cc = match op {
+                    CmpOp::Lt => IntCC::SignedLessThan,
+                    CmpOp::Le => IntCC::SignedLessThanOrEqual,
+                    CmpOp::Eq => IntCC::Equal,
+                    CmpOp::Ne => IntCC::NotEqual,
+                };
+                let c = self.b.ins().icmp(cc, x, y);
+                self.bool_to_i64(c)
+            }
+            E::Select(c, t, o) => {
+                let c = self.iexpr(c);
+                let (t, o) = (self.iexpr(t), self.iexpr(o));
+                self.b.ins().select(c, t, o)
+            }
+        }
+    }
+
+    /// Wraps an i64 into an integer dtype's range (bool to 0/1).
+    fn wrap(&mut self, v: CV, d: DType) -> CV {
+        match d {
+            DType::I32 => {
+                let r = self.b.ins().ireduce(types::I32, v);
+                self.b.ins().sextend(types::I64, r)
+            }
+            DType::U8 => {
+                let r = self.b.ins().ireduce(types::I8, v);
+                self.b.ins().uextend(types::I64, r)
+            }
+            DType::Bool => {
+                let c = self.b.ins().icmp_imm_s(IntCC::NotEqual, v, 0);
+                self.bool_to_i64(c)
+            }
+            _ => v,
+        }
+    }
+
+    /// Converts a computed value of dtype `from` to the computed form of `to`, with
+    /// the cast rules (a float to an integer truncates, saturating; f16 and bf16 are
+    /// rounded to their own precision).
+    fn convert(&mut self, v: CV, from: DType, to: DType) -> Result<CV, String> {
+        let (ft, tt) = (cty(from), cty(to));
+        let out = if to.is_float() {
+            let widened = if ft == types::I64 {
+                self.b.ins().fcvt_from_sint(types::F64, v)
+            } else if ft == types::F32 {
+                self.b.ins().fpromote(types::F64, v)
+            } else {
+                v
+            };
+            match to {
+                DType::F64 => widened,
+                DType::F32 if ft == types::F32 => v,
+                DType::F32 => self.b.ins().fdemote(types::F32, widened),
+                _ => {
+                    // round once from the widest form to f16 / bf16
+                    let code = self.i32c(dtype_code(to));
+                    let r = self.call("h_round_f64", &[widened, code])?;
+                    self.b.ins().fdemote(types::F32, r)
+                }
+            }
+        } else if to == DType::Bool {
+            let c = if ft == types::I64 {
+                self.b.ins().icmp_imm_s(IntCC::NotEqual, v, 0)
+            } else {
+                let z = if ft == types::F32 { self.b.ins().f32const(0.0) } else { self.b.ins().f64const(0.0) };
+                self.b.ins().fcmp(FloatCC::NotEqual, v, z)
+            };
+            self.bool_to_i64(c)
+        } else {
+            let i = if ft == types::I64 { v } else { self.b.ins().fcvt_to_sint_sat(types::I64, v) };
+            self.wrap(i, to)
+        };
+        debug_assert_eq!(self.b.func.dfg.value_type(out), tt);
+        Ok(out)
+    }
+
+    fn constant(&mut self, c: f64, d: DType) -> Result<CV, String> {
+        Ok(match cty(d) {
+            t if t == types::F32 => {
+                let r = if d == DType::F32 { c as f32 } else { d.round_f64(c) as f32 };
+                self.b.ins().f32const(r)
+            }
+            t if t == types::F64 => self.b.ins().f64const(c),
+            _ => {
+                let i = d.round_f64(c) as i64;
+                self.i64c(i)
+            }
+        })
+    }
+
+    fn load(&mut self, input: usize, dtype: DType, off: CV) -> Result<CV, String> {
+        let base = self.inputs[input];
+        let scaled = self.b.ins().imul_imm_s(off, dtype.size_in_bytes() as i64);
+        let addr = self.b.ins().iadd(base, scaled);
+        let fl = MemFlagsData::trusted();
+        Ok(match dtype {
+            DType::F32 => self.b.ins().load(types::F32, fl, addr, 0),
+            DType::F64 => self.b.ins().load(types::F64, fl, addr, 0),
+            DType::I64 => self.b.ins().load(types::I64, fl, addr, 0),
+            DType::I32 => self.b.ins().sload32(fl, addr, 0),
+            DType::U8 | DType::Bool => self.b.ins().uload8(types::I64, fl, addr, 0),
+            DType::F16 => {
+                let bits = self.b.ins().uload16(types::I32, fl, addr, 0);
+                self.call("h_f16_to_f32", &[bits])?
+            }
+            DType::BF16 => {
+                let bits = self.b.ins().uload16(types::I32, fl, addr, 0);
+                let sh = self.b.ins().ishl_imm_u(bits, 16);
+                self.b.ins().bitcast(types::F32, MemFlagsData::new(), sh)
+            }
+        })
+    }
+
+    fn store(&mut self, base: CV, dtype: DType, off: CV, v: CV) -> Result<(), String> {
+        let scaled = self.b.ins().imul_imm_s(off, dtype.size_in_bytes() as i64);
+        let addr = self.b.ins().iadd(base, scaled);
+        let fl = MemFlagsData::trusted();
+        match dtype {
+            DType::F32 | DType::F64 | DType::I64 => {
+                self.b.ins().store(fl, v, addr, 0);
+            }
+            DType::I32 => {
+                self.b.ins().istore32(fl, v, addr, 0);
+            }
+            DType::U8 | DType::Bool => {
+                self.b.ins().istore8(fl, v, addr, 0);
+            }
+            DType::F16 | DType::BF16 => {
+                let h = if dtype == DType::F16 { "h_f32_to_f16" } else { "h_f32_to_bf16" };
+                let bits = self.call(h, &[v])?;
+                self.b.ins().istore16(fl, bits, addr, 0);
+            }
+        }
+        Ok(())
+    }
+
+    fn unary(&mut self, op: UnaryOp, x: CV, d: DType) -> Result<CV, String> {
+        let t = cty(d);
+        if t == types::I64 {
+            let r = match op {
+                UnaryOp::Neg => self.b.ins().ineg(x),
+                UnaryOp::Abs => self.b.ins().iabs(x),
+                UnaryOp::Not => {
+                    let c = self.b.ins().icmp_imm_s(IntCC::Equal, x, 0);
+                    self.bool_to_i64(c)
+                }
+                _ => x,
+            };
+            return Ok(self.wrap(r, d));
+        }
+        Ok(match op {
+            UnaryOp::Neg => self.b.ins().fneg(x),
+            UnaryOp::Abs => self.b.ins().fabs(x),
+            UnaryOp::Sqrt => self.b.ins().sqrt(x),
+            UnaryOp::Floor => self.b.ins().floor(x),
+            UnaryOp::Round => self.b.ins().nearest(x),
+            UnaryOp::Recip | UnaryOp::Rsqrt if t == types::F64 => {
+                let one = self.b.ins().f64const(1.0);
+                let s = if op == UnaryOp::Rsqrt { self.b.ins().sqrt(x) } else { x };
+                self.b.ins().fdiv(one, s)
+            }
+            _ => {
+                let code = self.i32c(unary_code(op));
+                let h = if t == types::F32 { "h_unary_f32" } else { "h_unary_f64" };
+                self.call(h, &[code, x])?
+            }
+        })
+    }
+
+    fn binary(&mut self, op: BinaryOp, x: CV, y: CV, operand: DType, d: DType) -> Result<CV, String> {
+        let t = cty(operand);
+        if op.is_comparison() {
+            let c = if t == types::I64 {
+                let cc = match op {
+                    BinaryOp::Eq => IntCC::Equal,
+                    BinaryOp::Ne => IntCC::NotEqual,
+                    BinaryOp::Lt => IntCC::SignedLessThan,
+                    BinaryOp::Le => IntCC::SignedLessThanOrEqual,
+                    BinaryOp::Gt => IntCC::SignedGreaterThan,
+                    _ => IntCC::SignedGreaterThanOrEqual,
+                };
+                self.b.ins().icmp(cc, x, y)
+            } else {
+                let cc = match op {
+                    BinaryOp::Eq => FloatCC::Equal,
+                    BinaryOp::Ne => FloatCC::NotEqual,
+                    BinaryOp::Lt => FloatCC::LessThan,
+                    BinaryOp::Le => FloatCC::LessThanOrEqual,
+                    BinaryOp::Gt => FloatCC::GreaterThan,
+                    _ => FloatCC::GreaterThanOrEqual,
+                };
+                self.b.ins().fcmp(cc, x, y)
+            };
+            return Ok(self.bool_to_i64(c));
+        }
+        if t == types::I64 {
+            let r = match op {
+                BinaryOp::Add => self.b.ins().iadd(x, y),
+                BinaryOp::Sub => self.b.ins().isub(x, y),
+                BinaryOp::Mul => self.b.ins().imul(x, y),
+                BinaryOp::Max => self.b.ins().smax(x, y),
+                BinaryOp::Min => self.b.ins().smin(x, y),
+                BinaryOp::And => self.b.ins().band(x, y),
+                BinaryOp::Or => self.b.ins().bor(x, y),
+                BinaryOp::Div => self.floor_divmod(x, y).0,
+                BinaryOp::Mod => self.floor_divmod(x, y).1,
+                _ => {
+                    let code = self.i32c(binary_code(op));
+                    self.call("h_binary_i64", &[code, x, y])?
+                }
+            };
+            return Ok(self.wrap(r, d));
+        }
+        Ok(match op {
+            BinaryOp::Add => self.b.ins().fadd(x, y),
+            BinaryOp::Sub => self.b.ins().fsub(x, y),
+            BinaryOp::Mul => self.b.ins().fmul(x, y),
+            BinaryOp::Div => self.b.ins().fdiv(x, y),
+            BinaryOp::Max => self.b.ins().fmax(x, y),
+            BinaryOp::Min => self.b.ins().fmin(x, y),
+            _ => {
+                let code = self.i32c(binary_code(op));
+                let h = if t == types::F32 { "h_binary_f32" } else { "h_binary_f64" };
+                self.call(h, &[code, x, y])?
+            }
+        })
+    }
+
+    fn combine(&mut self, op: ReduceOp, acc: CV, v: CV, d: DType) -> Result<CV, String> {
+        let comb = op.combiner();
+        if cty(d) == types::I64 {
+            // accumulators are not wrapped, as in the executor
+            Ok(match comb {
+                BinaryOp::Add => self.b.ins().iadd(acc, v),
+                BinaryOp::Mul => self.b.ins().imul(acc, v),
+                BinaryOp::Max => self.b.ins().smax(acc, v),
+                _ => self.b.ins().smin(acc, v),
+            })
+        } else {
+            self.binary(comb, acc, v, d, d)
+        }
+    }
+
+    /// Emits the values of one phase; returns their Cranelift values.
+    fn values(&mut self, vals: &[Value], accs: &[Variable]) -> Result<Vec<CV>, String> {
+        let mut out: Vec<CV> = Vec::with_capacity(vals.len());
+        for v in vals {
+            let d = v.dtype;
+            let cv = match &v.inst {
+                Inst::Load { input, offset, guard, fill } => {
+                    let in_dtype = self.input_dtypes[*input];
+                    match guard {
+                        None => {
+                            let off = self.iexpr(offset);
+                            self.load(*input, in_dtype, off)?
+                        }
+                        Some(g) => {
+                            let gv = self.iexpr(g);
+                            let then_b = self.b.create_block();
+                            let else_b = self.b.create_block();
+                            let merge = self.b.create_block();
+                            self.b.append_block_param(merge, cty(d));
+                            self.b.ins().brif(gv, then_b, &[], else_b, &[]);
+                            self.b.seal_block(then_b);
+                            self.b.seal_block(else_b);
+                            self.b.switch_to_block(then_b);
+                            let off = self.iexpr(offset);
+                            let lv = self.load(*input, in_dtype, off)?;
+                            self.b.ins().jump(merge, &[lv.into()]);
+                            self.b.switch_to_block(else_b);
+                            let fv = self.constant(*fill, d)?;
+                            self.b.ins().jump(merge, &[fv.into()]);
+                            self.b.seal_block(merge);
+                            self.b.switch_to_block(merge);
+                            self.b.block_params(merge)[0]
+                        }
+                    }
+                }
+                Inst::Const(c) => self.constant(*c, d)?,
+                Inst::Param(k) => {
+                    let p = self.params[*k];
+                    self.convert_rounding(p, d)?
+                }
+                Inst::Index(e) => {
+                    let i = self.iexpr(e);
+                    self.convert(i, DType::I64, d)?
+                }
+                Inst::Random { seed_arg, dist, counter } => {
+                    let seed = self.args[*seed_arg];
+                    let c = self.iexpr(counter);
+                    let (normal, a, b) = match *dist {
+                        Distribution::Uniform { low, high } => (0, low, high - low),
+                        Distribution::Normal { mean, std } => (1, mean, std),
+                    };
+                    let kind = self.i32c(normal);
+                    let r = self.call("h_random", &[seed, c, kind])?;
+                    let (av, bv) = (self.b.ins().f64const(a), self.b.ins().f64const(b));
+                    let m = self.b.ins().fmul(bv, r);
+                    let s = self.b.ins().fadd(av, m);
+                    self.convert_rounding(s, d)?
+                }
+                Inst::Unary(op, a) => self.unary(*op, out[*a], d)?,
+                Inst::Binary(op, a, b) => {
+                    let operand = vals[*a].dtype;
+                    self.binary(*op, out[*a], out[*b], operand, d)?
+                }
+                Inst::Where(c, a, b) => self.b.ins().select(out[*c], out[*a], out[*b]),
+                Inst::Cast(a) => {
+                    let from = vals[*a].dtype;
+                    self.convert(out[*a], from, d)?
+                }
+                Inst::Acc(k) => self.b.use_var(accs[*k]),
+            };
+            out.push(cv);
+        }
+        Ok(out)
+    }
+}
+
+impl Gen<'_, '_> {
+    /// An f64 result stored with one rounding into the computed form of `d`.
+    fn convert_rounding(&mut self, v: CV, d: DType) -> Result<CV, String> {
+        match d {
+            DType::F64 => Ok(v),
+            DType::F32 => Ok(self.b.ins().fdemote(types::F32, v)),
+            _ => self.convert(v, DType::F64, d),
+        }
+    }
+}
+
+// ---------------------------------------------------------------- compilation
+
+fn isa() -> Result<cranelift_codegen::isa::OwnedTargetIsa, String> {
+    let mut flags = settings::builder();
+    for (k, v) in [("use_colocated_libcalls", "false"), ("is_pic", "false"), ("opt_level", "speed")] {
+        flags.set(k, v).map_err(|e| format!("cranelift setting {k}: {e}"))?;
+    }
+    let builder = cranelift_native::builder().map_err(|e| format!("host not supported by cranelift: {e}"))?;
+    builder.finish(settings::Flags::new(flags)).map_err(|e| e.to_string())
+}
+
+/// Compiles a kernel to native code (no caching; see [`run`]).
+pub fn compile(kernel: &Kernel) -> Result<Compiled, KernelError> {
+    let ir = kernel.to_string();
+    let fail = |message: String| KernelError::Compile { backend: "cpu", message, ir: ir.clone() };
+    let isa = isa().map_err(fail)?;
+    let mut jb = JITBuilder::with_isa(isa, default_libcall_names());
+    let hs = helpers();
+    for h in &hs {
+        jb.symbol(h.name, h.ptr);
+    }
+    let mut module = JITModule::new(jb);
+    let ptr = module.target_config().pointer_type();
+    let mut sig: Signature = module.make_signature();
+    sig.params.extend([types::I64, types::I64, ptr, ptr, ptr, ptr, ptr, ptr].map(AbiParam::new));
+    let mut ctx = module.make_context();
+    ctx.func.signature = sig.clone();
+    let mut fctx = FunctionBuilderContext::new();
+    {
+        let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
+        let sigs = hs.iter().map(|h| (h.name, (h.params.to_vec(), h.ret))).collect();
+        emit_kernel(&mut b, &mut module, kernel, sigs).map_err(fail)?;
+        b.finalize(module.target_config());
+    }
+    let clif = ctx.func.display().to_string();
+    let id = module.declare_function("kernel", Linkage::Export, &sig).map_err(|e| fail(e.to_string()))?;
+    module.define_function(id, &mut ctx).map_err(|e| fail(format!("{e:?}")))?;
+    module.clear_context(&mut ctx);
+    module.finalize_definitions().map_err(|e| fail(e.to_string()))?;
+    let code = module.get_finalized_function(id);
+    // SAFETY: the function was just compiled with exactly this signature.
+    let func = unsafe { std::mem::transmute::<*const u8, KernelFn>(code) };
+    Ok(Compiled { _module: module, func, ir, clif })
+}
+
+fn emit_kernel(
+    b: &mut FunctionBuilder<'_>,
+    module: &mut JITModule,
+    kernel: &Kernel,
+    sigs: HashMap<&'static str, (Vec<Type>, Type)>,
+) -> Result<(), String> {
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    b.seal_block(entry);
+    let p = b.block_params(entry).to_vec();
+    let (start, end, inp, outp, argp, oshape, rshape, paramp) = (p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]);
+    let fl = MemFlagsData::trusted();
+    let args: Vec<CV> = (0..kernel.n_args).map(|k| b.ins().load(types::I64, fl, argp, (8 * k) as i32)).collect();
+    let params: Vec<CV> = (0..kernel.n_params).map(|k| b.ins().load(types::F64, fl, paramp, (8 * k) as i32)).collect();
+    let out_dims: Vec<CV> =
+        (0..kernel.out_rank).map(|k| b.ins().load(types::I64, fl, oshape, (8 * k) as i32)).collect();
+    let red_dims: Vec<CV> =
+        (0..kernel.red_rank).map(|k| b.ins().load(types::I64, fl, rshape, (8 * k) as i32)).collect();
+    let ptr_ty = module.target_config().pointer_type();
+    let inputs: Vec<CV> = (0..kernel.inputs.len()).map(|k| b.ins().load(ptr_ty, fl, inp, (8 * k) as i32)).collect();
+    let outputs: Vec<CV> = (0..kernel.outputs.len()).map(|k| b.ins().load(ptr_ty, fl, outp, (8 * k) as i32)).collect();
+    let idx: Vec<Variable> = (0..kernel.out_rank + kernel.red_rank).map(|_| b.declare_var(types::I64)).collect();
+    let mut g =
+        Gen { b, module, funcs: HashMap::new(), sigs, args, idx, inputs, input_dtypes: kernel.inputs.clone(), params };
+
+    // out indices of `start`
+    let mut rem = start;
+    for d in (0..kernel.out_rank).rev() {
+        let one = g.i64c(1);
+        let is0 = g.b.ins().icmp_imm_s(IntCC::Equal, out_dims[d], 0);
+        let n = g.b.ins().select(is0, one, out_dims[d]);
+        let i = g.b.ins().urem(rem, n);
+        g.b.def_var(g.idx[d], i);
+        rem = g.b.ins().udiv(rem, n);
+    }
+    let pvar = g.b.declare_var(types::I64);
+    g.b.def_var(pvar, start);
+    let red_n = red_dims.iter().fold(None, |acc: Option<CV>, &d| {
+        Some(match acc {
+            None => d,
+            Some(a) => g.b.ins().imul(a, d),
+        })
+    });
+
+    let header = g.b.create_block();
+    let body = g.b.create_block();
+    let exit = g.b.create_block();
+    g.b.ins().jump(header, &[]);
+    g.b.switch_to_block(header);
+    let pv = g.b.use_var(pvar);
+    let more = g.b.ins().icmp(IntCC::SignedLessThan, pv, end);
+    g.b.ins().brif(more, body, &[], exit, &[]);
+    g.b.switch_to_block(body);
+    g.b.seal_block(body);
+
+    // reduction loop
+    let accs: Vec<Variable> = kernel.reductions.iter().map(|r| g.b.declare_var(cty(r.dtype))).collect();
+    if let Some(red_n) = red_n {
+        for (var, r) in accs.iter().zip(&kernel.reductions) {
+            let init = if r.dtype.is_float() {
+                g.constant(r.op.identity_f64(), r.dtype)?
+            } else {
+                g.i64c(r.op.identity_for(r.dtype))
+            };
+            g.b.def_var(*var, init);
+        }
+        let qvar = g.b.declare_var(types::I64);
+        let zero = g.i64c(0);
+        g.b.def_var(qvar, zero);
+        for d in 0..kernel.red_rank {
+            g.b.def_var(g.idx[kernel.out_rank + d], zero);
+        }
+        let rh = g.b.create_block();
+        let rb = g.b.create_block();
+        let rx = g.b.create_block();
+        g.b.ins().jump(rh, &[]);
+        g.b.switch_to_block(rh);
+        let q = g.b.use_var(qvar);
+        let go = g.b.ins().icmp(IntCC::SignedLessThan, q, red_n);
+        g.b.ins().brif(go, rb, &[], rx, &[]);
+        g.b.switch_to_block(rb);
+        g.b.seal_block(rb);
+        let vals = g.values(&kernel.inner, &[])?;
+        for (var, r) in accs.iter().zip(&kernel.reductions) {
+            let a = g.b.use_var(*var);
+            let c = g.combine(r.op, a, vals[r.value], r.dtype)?;
+            g.b.def_var(*var, c);
+        }
+        odometer(&mut g, kernel.out_rank, &red_dims);
+        let q = g.b.use_var(qvar);
+        let q1 = g.b.ins().iadd_imm_s(q, 1);
+        g.b.def_var(qvar, q1);
+        g.b.ins().jump(rh, &[]);
+        g.b.seal_block(rh);
+        g.b.switch_to_block(rx);
+        g.b.seal_block(rx);
+    }
+    let vals = g.values(&kernel.body, &accs)?;
+    let pv = g.b.use_var(pvar);
+    for (o, base) in kernel.outputs.iter().zip(&outputs) {
+        let v = vals[o.value];
+        match &o.store {
+            Store::Dense => g.store(*base, o.dtype, pv, v)?,
+            Store::Scatter { op, offset, guard } => {
+                let gv = g.iexpr(guard);
+                let yes = g.b.create_block();
+                let done = g.b.create_block();
+                g.b.ins().brif(gv, yes, &[], done, &[]);
+                g.b.seal_block(yes);
+                g.b.switch_to_block(yes);
+                let off = g.iexpr(offset);
+                // read-modify-write through the output, as an input of its own dtype
+                g.inputs.push(*base);
+                g.input_dtypes.push(o.dtype);
+                let old = g.load(g.inputs.len() - 1, o.dtype, off)?;
+                g.inputs.pop();
+                g.input_dtypes.pop();
+                let new = g.combine(*op, old, v, o.dtype)?;
+                let new = if o.dtype.is_float() { new } else { g.wrap(new, o.dtype) };
+                g.store(*base, o.dtype, off, new)?;
+                g.b.ins().jump(done, &[]);
+                g.b.seal_block(done);
+                g.b.switch_to_block(done);
+            }
+        }
+    }
+    odometer(&mut g, 0, &out_dims);
+    let pv = g.b.use_var(pvar);
+    let p1 = g.b.ins().iadd_imm_s(pv, 1);
+    g.b.def_var(pvar, p1);
+    g.b.ins().jump(header, &[]);
+    g.b.seal_block(header);
+    g.b.switch_to_block(exit);
+    g.b.seal_block(exit);
+    g.b.ins().return_(&[]);
+    Ok(())
+}
+
+/// Advances the indices `first..first + dims.len()` by one position, row-major,
+/// without branches.
+fn odometer(g: &mut Gen<'_, '_>, first: usize, dims: &[CV]) {
+    let mut carry = g.i64c(1);
+    for d in (0..dims.len()).rev() {
+        let var = g.idx[first + d];
+        let i = g.b.use_var(var);
+        let n = g.b.ins().iadd(i, carry);
+        let wrap = g.b.ins().icmp(IntCC::SignedGreaterThanOrEqual, n, dims[d]);
+        let zero = g.i64c(0);
+        let one = g.i64c(1);
+        let v = g.b.ins().select(wrap, zero, n);
+        g.b.def_var(var, v);
+        carry = g.b.ins().select(wrap, one, zero);
+    }
+}
+
+// ---------------------------------------------------------------- running
+
+fn alloc(d: DType, n: usize, fill: f64) -> HostBuffer {
+    HostBuffer::filled(d, n, fill)
+}
+
+/// Runs `kernel` on host inputs, compiling it on first use (cached by structure).
+pub fn run(kernel: &Kernel, launch: &Launch, inputs: &[&HostBuffer]) -> Result<Vec<HostBuffer>, KernelError> {
+    run_with(kernel, launch, inputs, false)
+}
+
+/// As [`run`]; with `dump` the kernel's IR and its Cranelift code are printed to
+/// stderr when it is compiled.
+pub fn run_with(
+    kernel: &Kernel,
+    launch: &Launch,
+    inputs: &[&HostBuffer],
+    dump: bool,
+) -> Result<Vec<HostBuffer>, KernelError> {
+    if inputs.len() != kernel.inputs.len() || launch.output_lens.len() != kernel.outputs.len() {
+        return Err(KernelError::Internal {
+            op: "kernel launch".into(),
+            reason: format!(
+                "kernel takes {} inputs and {} outputs, launched with {} and {}",
+                kernel.inputs.len(),
+                kernel.outputs.len(),
+                inputs.len(),
+                launch.output_lens.len()
+            ),
+        });
+    }
+    for (k, (i, d)) in inputs.iter().zip(&kernel.inputs).enumerate() {
+        if i.dtype() != *d {
+            return Err(KernelError::Internal {
+                op: "kernel launch".into(),
+                reason: format!("input {k} is {}, the kernel reads {d}", i.dtype()),
+            });
+        }
+    }
+    let key = cache_key(kernel);
+    let compiled: Arc<Compiled> = cache().get_or_compile(&key, || {
+        let c = compile(kernel)?;
+        if dump {
+            eprintln!("[jit] compiled cpu kernel {key}\n{}\n{}", c.ir, c.clif);
+        }
+        Ok::<_, KernelError>(c)
+    })?;
+    let mut outs: Vec<HostBuffer> = kernel
+        .outputs
+        .iter()
+        .zip(&launch.output_lens)
+        .map(|(o, &n)| match &o.store {
+            Store::Scatter { op, .. } => scatter_init(*op, o.dtype, n),
+            Store::Dense => alloc(o.dtype, n, 0.0),
+        })
+        .collect();
+    let n: usize = launch.out_shape.iter().product();
+    if n == 0 {
+        return Ok(outs);
+    }
+    let in_ptrs: Vec<usize> = inputs.iter().map(|b| b.as_ptr() as usize).collect();
+    let out_ptrs: Vec<usize> = outs.iter_mut().map(|b| b.as_mut_ptr() as usize).collect();
+    let out_shape: Vec<i64> = launch.out_shape.iter().map(|&d| d as i64).collect();
+    let red_shape: Vec<i64> = launch.red_shape.iter().map(|&d| d as i64).collect();
+    if launch.args.len() != kernel.n_args
+        || launch.params.len() != kernel.n_params
+        || red_shape.len() != kernel.red_rank
+        || out_shape.len() != kernel.out_rank
+    {
+        return Err(KernelError::Internal {
+            op: "kernel launch".into(),
+            reason: "launch does not match the kernel".into(),
+        });
+    }
+    let call = |s: usize, e: usize| {
+        // SAFETY: the pointers are valid for the buffers' lengths; the kernel writes
+        // each dense output position in [s, e) once, and ranges are disjoint; scatter
+        // kernels run in one call.
+        unsafe {
+            (compiled.func)(
+                s as i64,
+                e as i64,
+                in_ptrs.as_ptr() as *const *const u8,
+                out_ptrs.as_ptr() as *const *mut u8,
+                launch.args.as_ptr(),
+                out_shape.as_ptr(),
+                red_shape.as_ptr(),
+                launch.params.as_ptr(),
+            )
+        }
+    };
+    let work = n.saturating_mul(1 + launch.red_shape.iter().product::<usize>());
+    if kernel.has_scatter() || work < 32 * 1024 {
+        call(0, n);
+    } else {
+        let parts = (rayon::current_num_threads() * 4).max(1);
+        let chunk = n.div_ceil(parts).max(256);
+        (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| call(c * chunk, ((c + 1) * chunk).min(n)));
+    }
+    Ok(outs)
+}
+
+fn scatter_init(op: ReduceOp, d: DType, n: usize) -> HostBuffer {
+    if d.is_float() {
+        alloc(d, n, op.identity_f64())
+    } else {
+        HostBuffer::from_i64s(d, std::iter::repeat_n(op.identity_for(d), n))
+    }
+}
