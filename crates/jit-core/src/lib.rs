@@ -35,7 +35,7 @@ pub use half::{bf16, f16};
 pub use kernels::cache::CacheStats;
 pub use kernels::cuda::{probe as cuda_probe, CudaInfo};
 pub use kernels::{BinaryOp, DType, Distribution, Element, HostBuffer, IndexExpr, MetaOp, ReduceOp, UnaryOp};
-pub use realize::{kernel_launches, live_buffers, planned_kernels, realize};
+pub use realize::{kernel_launches, live_buffers, planned_kernel_ir, planned_kernels, realize};
 pub use shape::{broadcast_shapes, normalize_dim, normalize_dims};
 pub use var::{manual_seed, Var};
 

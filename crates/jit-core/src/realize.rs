@@ -20,6 +20,21 @@ pub fn kernel_launches() -> u64 {
     KERNEL_LAUNCHES.load(Ordering::Relaxed)
 }
 
+/// The kernels that realising `vars` would run with the current fusion setting, as
+/// IR (for tools that compile or inspect them).
+pub fn planned_kernel_ir(vars: &[Var]) -> Result<Vec<kernels::ir::Kernel>> {
+    let order = schedule(vars);
+    let targets: HashSet<u64> = vars.iter().map(Var::id).collect();
+    let steps = planner::plan(&order, &targets, flags().fusion)?;
+    Ok(steps
+        .into_iter()
+        .filter_map(|s| match s {
+            Step::Kernel { kernel, .. } => Some(*kernel),
+            Step::Alias { .. } => None,
+        })
+        .collect())
+}
+
 /// The kernels (canonical IR text) that realising `vars` would run with the current
 /// fusion setting, without running them. Realised inputs are not recomputed.
 pub fn planned_kernels(vars: &[Var]) -> Result<Vec<String>> {

@@ -131,7 +131,24 @@ impl HostBuffer {
 
     /// A buffer of `n` copies of `value` (rounded to `dtype`).
     pub fn filled(dtype: DType, n: usize, value: f64) -> HostBuffer {
+        if value == 0.0 && value.is_sign_positive() {
+            return HostBuffer::zeros(dtype, n);
+        }
         HostBuffer::from_f64s(dtype, std::iter::repeat_n(value, n))
+    }
+
+    /// A zero-filled buffer (allocated zeroed, without touching every element).
+    pub fn zeros(dtype: DType, n: usize) -> HostBuffer {
+        match dtype {
+            DType::Bool => HostBuffer::Bool(vec![false; n]),
+            DType::U8 => HostBuffer::U8(vec![0; n]),
+            DType::I32 => HostBuffer::I32(vec![0; n]),
+            DType::I64 => HostBuffer::I64(vec![0; n]),
+            DType::F16 => HostBuffer::F16(vec![f16::ZERO; n]),
+            DType::BF16 => HostBuffer::BF16(vec![bf16::ZERO; n]),
+            DType::F32 => HostBuffer::F32(vec![0.0; n]),
+            DType::F64 => HostBuffer::F64(vec![0.0; n]),
+        }
     }
 
     /// Converts every element to `dtype` with the cast rules.

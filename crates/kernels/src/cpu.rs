@@ -151,6 +151,9 @@ struct Gen<'a, 'b> {
     input_dtypes: Vec<DType>,
     /// Value parameters as loaded (f64) at entry.
     params: Vec<CV>,
+    /// Loop-invariant vector values (splatted constants) computed at entry, by body
+    /// value id.
+    hoisted: HashMap<usize, CV>,
 }
 
 impl Gen<'_, '_> {
@@ -644,9 +647,22 @@ fn emit_kernel(
     let inputs: Vec<CV> = (0..kernel.inputs.len()).map(|k| b.ins().load(ptr_ty, fl, inp, (8 * k) as i32)).collect();
     let outputs: Vec<CV> = (0..kernel.outputs.len()).map(|k| b.ins().load(ptr_ty, fl, outp, (8 * k) as i32)).collect();
     let idx: Vec<Variable> = (0..kernel.out_rank + kernel.red_rank).map(|_| b.declare_var(types::I64)).collect();
-    let mut g =
-        Gen { b, module, funcs: HashMap::new(), sigs, args, idx, inputs, input_dtypes: kernel.inputs.clone(), params };
+    let mut g = Gen {
+        b,
+        module,
+        funcs: HashMap::new(),
+        sigs,
+        args,
+        idx,
+        inputs,
+        input_dtypes: kernel.inputs.clone(),
+        params,
+        hoisted: HashMap::new(),
+    };
 
+    if vectorizable(kernel) {
+        return emit_vectorized(&mut g, kernel, start, end, &out_dims, &outputs);
+    }
     // out indices of `start`
     let mut rem = start;
     for d in (0..kernel.out_rank).rev() {
@@ -885,4 +901,306 @@ fn scatter_init(op: ReduceOp, d: DType, n: usize) -> HostBuffer {
     } else {
         HostBuffer::from_i64s(d, std::iter::repeat_n(op.identity_for(d), n))
     }
+}
+
+// ---------------------------------------------------------------- SIMD inner loops
+
+/// Lanes of the vector loop (Cranelift's 128-bit vectors on x86-64 and aarch64).
+const LANES: i64 = 4;
+
+/// True when `e` mentions loop index `l`.
+fn mentions(e: &IndexExpr, l: usize) -> bool {
+    use IndexExpr as E;
+    match e {
+        E::Idx(k) => *k == l,
+        E::Const(_) | E::Arg(_) => false,
+        E::Add(a, b)
+        | E::Sub(a, b)
+        | E::Mul(a, b)
+        | E::FloorDiv(a, b)
+        | E::Mod(a, b)
+        | E::Min(a, b)
+        | E::Max(a, b)
+        | E::Cmp(_, a, b) => mentions(a, l) || mentions(b, l),
+        E::Select(c, t, o) => mentions(c, l) || mentions(t, l) || mentions(o, l),
+    }
+}
+
+/// The coefficient of `i_l` in `e` when `e` is affine in `i_l` with a constant
+/// coefficient.
+fn lin_coef(e: &IndexExpr, l: usize) -> Option<i64> {
+    use IndexExpr as E;
+    if !mentions(e, l) {
+        return Some(0);
+    }
+    match e {
+        E::Idx(k) if *k == l => Some(1),
+        E::Add(a, b) => Some(lin_coef(a, l)? + lin_coef(b, l)?),
+        E::Sub(a, b) => Some(lin_coef(a, l)? - lin_coef(b, l)?),
+        E::Mul(a, b) => match (a.as_const(), b.as_const()) {
+            (Some(c), _) => Some(c * lin_coef(b, l)?),
+            (_, Some(c)) => Some(c * lin_coef(a, l)?),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// True when the kernel is element-wise over f32 with loads that are contiguous or
+/// invariant along the innermost output index: its inner loop can run on vectors.
+fn vectorizable(k: &Kernel) -> bool {
+    if k.red_rank != 0 || k.out_rank == 0 || k.has_scatter() {
+        return false;
+    }
+    let l = k.out_rank - 1;
+    let f32s = |id: usize| k.body[id].dtype == DType::F32;
+    let ok = k.body.iter().all(|v| match &v.inst {
+        Inst::Load { input, offset, guard, .. } => {
+            v.dtype == DType::F32
+                && k.inputs[*input] == DType::F32
+                && guard.is_none()
+                && matches!(lin_coef(offset, l), Some(0) | Some(1))
+        }
+        Inst::Const(_) | Inst::Param(_) => v.dtype == DType::F32,
+        Inst::Unary(op, a) => v.dtype == DType::F32 && f32s(*a) && *op != UnaryOp::Not,
+        Inst::Binary(op, a, b) => {
+            f32s(*a) && f32s(*b) && !op.is_logical() && (v.dtype == DType::F32 || op.is_comparison())
+        }
+        Inst::Where(c, a, b) => {
+            v.dtype == DType::F32
+                && f32s(*a)
+                && f32s(*b)
+                && matches!(k.body[*c].inst, Inst::Binary(op, ..) if op.is_comparison())
+        }
+        Inst::Index(_) | Inst::Random { .. } | Inst::Cast(_) | Inst::Acc(_) => false,
+    });
+    // comparisons may only feed `where` conditions
+    let masks_ok = k.body.iter().enumerate().all(|(id, v)| {
+        v.dtype != DType::Bool
+            || k.body.iter().all(|u| match &u.inst {
+                Inst::Where(_, a, b) => *a != id && *b != id,
+                Inst::Unary(_, a) | Inst::Cast(a) => *a != id,
+                Inst::Binary(_, a, b) => *a != id && *b != id,
+                _ => true,
+            }) && k.outputs.iter().all(|o| o.value != id)
+    });
+    ok && masks_ok && k.outputs.iter().all(|o| o.dtype == DType::F32 && o.store == Store::Dense)
+}
+
+impl Gen<'_, '_> {
+    fn per_lane(&mut self, v: CV, f: &mut dyn FnMut(&mut Self, CV) -> Result<CV, String>) -> Result<CV, String> {
+        let mut out = v;
+        for lane in 0..LANES as u8 {
+            let x = self.b.ins().extractlane(v, lane);
+            let y = f(self, x)?;
+            out = self.b.ins().insertlane(out, y, lane);
+        }
+        Ok(out)
+    }
+
+    /// Vector (f32x4) values of an element-wise body at the current indices, whose
+    /// innermost index points at lane 0.
+    fn vector_values(&mut self, vals: &[Value], l: usize) -> Result<Vec<CV>, String> {
+        let vt = types::F32X4;
+        let mut out: Vec<CV> = Vec::with_capacity(vals.len());
+        for (id, v) in vals.iter().enumerate() {
+            if let Some(&h) = self.hoisted.get(&id) {
+                out.push(h);
+                continue;
+            }
+            let cv = match &v.inst {
+                Inst::Load { input, offset, .. } => {
+                    let off = self.iexpr(offset);
+                    if lin_coef(offset, l) == Some(1) {
+                        let base = self.inputs[*input];
+                        let scaled = self.b.ins().imul_imm_s(off, 4);
+                        let addr = self.b.ins().iadd(base, scaled);
+                        self.b.ins().load(vt, MemFlagsData::new().with_notrap(), addr, 0)
+                    } else {
+                        let x = self.load(*input, DType::F32, off)?;
+                        self.b.ins().splat(vt, x)
+                    }
+                }
+                Inst::Const(c) => {
+                    let x = self.constant(*c, DType::F32)?;
+                    self.b.ins().splat(vt, x)
+                }
+                Inst::Param(k) => {
+                    let x = self.b.ins().fdemote(types::F32, self.params[*k]);
+                    self.b.ins().splat(vt, x)
+                }
+                Inst::Unary(op, a) => {
+                    let x = out[*a];
+                    match op {
+                        UnaryOp::Neg => self.b.ins().fneg(x),
+                        UnaryOp::Abs => self.b.ins().fabs(x),
+                        UnaryOp::Sqrt => self.b.ins().sqrt(x),
+                        UnaryOp::Floor => self.b.ins().floor(x),
+                        UnaryOp::Round => self.b.ins().nearest(x),
+                        op => {
+                            let op = *op;
+                            self.per_lane(x, &mut |g, s| g.unary(op, s, DType::F32))?
+                        }
+                    }
+                }
+                Inst::Binary(op, a, b) => {
+                    let (x, y) = (out[*a], out[*b]);
+                    match op {
+                        BinaryOp::Add => self.b.ins().fadd(x, y),
+                        BinaryOp::Sub => self.b.ins().fsub(x, y),
+                        BinaryOp::Mul => self.b.ins().fmul(x, y),
+                        BinaryOp::Div => self.b.ins().fdiv(x, y),
+                        BinaryOp::Max => self.b.ins().fmax(x, y),
+                        BinaryOp::Min => self.b.ins().fmin(x, y),
+                        op if op.is_comparison() => {
+                            let cc = match op {
+                                BinaryOp::Eq => FloatCC::Equal,
+                                BinaryOp::Ne => FloatCC::NotEqual,
+                                BinaryOp::Lt => FloatCC::LessThan,
+                                BinaryOp::Le => FloatCC::LessThanOrEqual,
+                                BinaryOp::Gt => FloatCC::GreaterThan,
+                                _ => FloatCC::GreaterThanOrEqual,
+                            };
+                            // an i32x4 mask, reinterpreted as f32x4 lanes for bitselect
+                            let m = self.b.ins().fcmp(cc, x, y);
+                            let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                            self.b.ins().bitcast(vt, le, m)
+                        }
+                        op => {
+                            let op = *op;
+                            let mut lanes = x;
+                            for lane in 0..LANES as u8 {
+                                let (p, q) = (self.b.ins().extractlane(x, lane), self.b.ins().extractlane(y, lane));
+                                let r = self.binary(op, p, q, DType::F32, DType::F32)?;
+                                lanes = self.b.ins().insertlane(lanes, r, lane);
+                            }
+                            lanes
+                        }
+                    }
+                }
+                Inst::Where(c, a, b) => self.b.ins().bitselect(out[*c], out[*a], out[*b]),
+                _ => return Err("instruction not vectorizable".into()),
+            };
+            out.push(cv);
+        }
+        Ok(out)
+    }
+}
+
+/// Element-wise kernel whose innermost loop runs on f32x4 vectors: the range
+/// `[start, end)` is walked in row segments; each segment runs vectors of four lanes,
+/// then the scalar body for the remainder.
+fn emit_vectorized(
+    g: &mut Gen<'_, '_>,
+    kernel: &Kernel,
+    start: CV,
+    end: CV,
+    out_dims: &[CV],
+    outputs: &[CV],
+) -> Result<(), String> {
+    let l = kernel.out_rank - 1;
+    let mut rem = start;
+    for d in (0..kernel.out_rank).rev() {
+        let one = g.i64c(1);
+        let is0 = g.b.ins().icmp_imm_s(IntCC::Equal, out_dims[d], 0);
+        let n = g.b.ins().select(is0, one, out_dims[d]);
+        let i = g.b.ins().urem(rem, n);
+        g.b.def_var(g.idx[d], i);
+        rem = g.b.ins().udiv(rem, n);
+    }
+    // splat constants and parameters once, outside the loops
+    for (id, v) in kernel.body.iter().enumerate() {
+        if matches!(v.inst, Inst::Const(_) | Inst::Param(_)) {
+            let splat = g.vector_values(&kernel.body[id..=id], l)?[0];
+            g.hoisted.insert(id, splat);
+        }
+    }
+    let pvar = g.b.declare_var(types::I64);
+    g.b.def_var(pvar, start);
+    let jvar = g.b.declare_var(types::I64);
+    let header = g.b.create_block();
+    let seg = g.b.create_block();
+    let vh = g.b.create_block();
+    let vb = g.b.create_block();
+    let sh = g.b.create_block();
+    let sb = g.b.create_block();
+    let done = g.b.create_block();
+    let exit = g.b.create_block();
+    g.b.ins().jump(header, &[]);
+
+    g.b.switch_to_block(header);
+    let p = g.b.use_var(pvar);
+    let more = g.b.ins().icmp(IntCC::SignedLessThan, p, end);
+    g.b.ins().brif(more, seg, &[], exit, &[]);
+
+    g.b.switch_to_block(seg);
+    g.b.seal_block(seg);
+    let il = g.b.use_var(g.idx[l]);
+    let p = g.b.use_var(pvar);
+    let row_left = g.b.ins().isub(out_dims[l], il);
+    let range_left = g.b.ins().isub(end, p);
+    let len = g.b.ins().smin(row_left, range_left);
+    let seg_end = g.b.ins().iadd(il, len);
+    // output position of lane 0 = p + (j - il) = j + (p - il)
+    let pos_base = g.b.ins().isub(p, il);
+    g.b.def_var(jvar, il);
+    g.b.ins().jump(vh, &[]);
+
+    // vector loop
+    g.b.switch_to_block(vh);
+    let j = g.b.use_var(jvar);
+    let j4 = g.b.ins().iadd_imm_s(j, LANES);
+    let fits = g.b.ins().icmp(IntCC::SignedLessThanOrEqual, j4, seg_end);
+    g.b.ins().brif(fits, vb, &[], sh, &[]);
+    g.b.switch_to_block(vb);
+    g.b.seal_block(vb);
+    let j = g.b.use_var(jvar);
+    g.b.def_var(g.idx[l], j);
+    let vals = g.vector_values(&kernel.body, l)?;
+    let pos = g.b.ins().iadd(pos_base, j);
+    for (o, base) in kernel.outputs.iter().zip(outputs) {
+        let scaled = g.b.ins().imul_imm_s(pos, 4);
+        let addr = g.b.ins().iadd(*base, scaled);
+        g.b.ins().store(MemFlagsData::new().with_notrap(), vals[o.value], addr, 0);
+    }
+    let j4 = g.b.ins().iadd_imm_s(j, LANES);
+    g.b.def_var(jvar, j4);
+    g.b.ins().jump(vh, &[]);
+    g.b.seal_block(vh);
+
+    // scalar remainder
+    g.b.switch_to_block(sh);
+    let j = g.b.use_var(jvar);
+    let go = g.b.ins().icmp(IntCC::SignedLessThan, j, seg_end);
+    g.b.ins().brif(go, sb, &[], done, &[]);
+    g.b.switch_to_block(sb);
+    g.b.seal_block(sb);
+    let j = g.b.use_var(jvar);
+    g.b.def_var(g.idx[l], j);
+    let vals = g.values(&kernel.body, &[])?;
+    let pos = g.b.ins().iadd(pos_base, j);
+    for (o, base) in kernel.outputs.iter().zip(outputs) {
+        g.store(*base, o.dtype, pos, vals[o.value])?;
+    }
+    let j1 = g.b.ins().iadd_imm_s(j, 1);
+    g.b.def_var(jvar, j1);
+    g.b.ins().jump(sh, &[]);
+    g.b.seal_block(sh);
+
+    // next row: innermost index back to 0, carry into the outer dims
+    g.b.switch_to_block(done);
+    g.b.seal_block(done);
+    let p = g.b.use_var(pvar);
+    let p2 = g.b.ins().iadd(p, len);
+    g.b.def_var(pvar, p2);
+    let zero = g.i64c(0);
+    g.b.def_var(g.idx[l], zero);
+    odometer(g, 0, &out_dims[..l]);
+    g.b.ins().jump(header, &[]);
+    g.b.seal_block(header);
+
+    g.b.switch_to_block(exit);
+    g.b.seal_block(exit);
+    g.b.ins().return_(&[]);
+    Ok(())
 }
