@@ -19,10 +19,22 @@ fn modes() -> [(&'static str, Flags); 4] {
     ]
 }
 
+/// The modes to compare: the four CPU-side ones, and CUDA where a GPU is usable.
+fn all_modes() -> Vec<(&'static str, Flags)> {
+    let mut m = modes().to_vec();
+    if kernels::cuda::runtime::runtime().is_ok() {
+        m.push(("cuda fused", Flags { backend: Backend::Cuda, fusion: true, dump: false }));
+        m.push(("cuda unfused", Flags { backend: Backend::Cuda, fusion: false, dump: false }));
+    }
+    m
+}
+
 fn check(seed: u64) {
-    let [(rn, rf), rest @ ..] = modes();
+    let modes = all_modes();
+    let [(rn, rf), rest @ ..] = modes.as_slice() else { unreachable!("at least one mode") };
+    let (rn, rf) = (*rn, *rf);
     let want = evaluate(seed, rf).unwrap_or_else(|e| panic!("graph seed {seed}: {rn} failed: {e}"));
-    for (name, f) in rest {
+    for &(name, f) in rest {
         let got = evaluate(seed, f).unwrap_or_else(|e| panic!("graph seed {seed}: {name} failed: {e}"));
         for (k, ((gs, g), (ws, w))) in got.iter().zip(&want).enumerate() {
             let ctx = || {
@@ -43,9 +55,12 @@ fn random_graphs_agree_across_backends_and_fusion() {
         check(seed);
         return;
     }
+    let names: Vec<&str> = all_modes().iter().map(|m| m.0).collect();
+    println!("modes compared: {names:?}");
     let mut rng = Rng::fresh("random_graphs_agree_across_backends_and_fusion");
     let base = rng.next_u64();
-    for i in 0..GRAPHS {
+    let graphs = std::env::var("JIT_DIFF_GRAPHS").ok().and_then(|s| s.parse().ok()).unwrap_or(GRAPHS);
+    for i in 0..graphs {
         check(base.wrapping_add(i));
     }
 }

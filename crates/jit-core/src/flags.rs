@@ -1,6 +1,6 @@
 //! Run-time switches: which backend computes, and whether the planner fuses.
 //!
-//! Defaults come from the environment at first use (`JIT_BACKEND=cpu|reference|interpreter`,
+//! Defaults come from the environment at first use (`JIT_BACKEND=cpu|reference|interpreter|cuda`,
 //! `JIT_FUSION=0|1`, `JIT_DUMP=1` to print every kernel's IR); [`set_flags`] changes
 //! them for the process and [`with_flags`] for the current thread inside a scope.
 
@@ -17,6 +17,9 @@ pub enum Backend {
     /// The fusion planner and the portable IR executor (no code generation; for
     /// debugging a kernel and checking the compiler).
     Interpreter,
+    /// The fusion planner and CUDA kernels on device 0 (values stay on the host and
+    /// are copied per kernel in this version; for checking the CUDA backend).
+    Cuda,
 }
 
 /// The switches.
@@ -35,6 +38,7 @@ fn env_flags() -> Flags {
     let backend = match var("JIT_BACKEND").as_deref() {
         Some("reference") | Some("ref") => Backend::Reference,
         Some("interpreter") | Some("interp") => Backend::Interpreter,
+        Some("cuda") => Backend::Cuda,
         _ => Backend::Cpu,
     };
     let fusion = !matches!(var("JIT_FUSION").as_deref(), Some("0") | Some("false") | Some("off"));

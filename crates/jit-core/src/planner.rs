@@ -26,6 +26,11 @@ use std::collections::{HashMap, HashSet};
 /// rather than recomputed by each consumer.
 pub const RECOMPUTE_LIMIT: usize = 24;
 
+/// A value whose inlined computation would cost more than this is stored even with
+/// one consumer: kernels stay a size that compiles quickly, and the planner's
+/// recursion stays shallow on very long chains.
+pub const KERNEL_COST_LIMIT: usize = 2000;
+
 /// One step of a plan.
 pub(crate) enum Step {
     /// Run a kernel.
@@ -419,7 +424,8 @@ pub(crate) fn plan(order: &[Var], targets: &HashSet<u64>, fused: bool) -> Result
                         .map(|i| if m.contains(&i.id()) { 1 } else { cost.get(&i.id()).copied().unwrap_or(1) })
                         .sum::<usize>()
             };
-            if consumers.get(&v.id()).copied().unwrap_or(0) > 1 && c > RECOMPUTE_LIMIT {
+            let shared = consumers.get(&v.id()).copied().unwrap_or(0) > 1;
+            if (shared && c > RECOMPUTE_LIMIT) || c > KERNEL_COST_LIMIT {
                 m.insert(v.id());
                 cost.insert(v.id(), 1);
             } else {

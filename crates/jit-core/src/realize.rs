@@ -118,7 +118,7 @@ pub fn realize(vars: &[Var]) -> Result<()> {
     let f = flags();
     match f.backend {
         Backend::Reference => run_reference(order, &targets),
-        Backend::Cpu | Backend::Interpreter => run_planned(&order, &targets, f),
+        Backend::Cpu | Backend::Interpreter | Backend::Cuda => run_planned(&order, &targets, f),
     }
 }
 
@@ -170,6 +170,15 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
                             eprintln!("[jit] interpreting kernel {launch:?}\n{kernel}");
                         }
                         kernels::exec::run(kernel, launch, &hosts)?
+                    }
+                    Backend::Cuda => {
+                        if f.dump {
+                            eprintln!(
+                                "[jit] cuda kernel {launch:?}\n{kernel}\n{}",
+                                kernels::cuda::emit::kernel_source(kernel, "kernel")
+                            );
+                        }
+                        kernels::cuda::runtime::run(kernel, launch, &hosts)?
                     }
                     _ => kernels::cpu::run_with(kernel, launch, &hosts, f.dump)?,
                 };

@@ -5,6 +5,10 @@
 //! module probes first and turns absence into a [`KernelError::LibraryMissing`] that
 //! says what was looked for and how to run on the CPU instead.
 
+pub mod emit;
+pub mod nvrtc;
+pub mod runtime;
+
 use crate::error::KernelError;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

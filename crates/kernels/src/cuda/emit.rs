@@ -1,0 +1,469 @@
+//! CUDA C from the kernel IR.
+//!
+//! One thread per output position in a grid-stride loop; a reduction runs as a
+//! per-thread loop over the reduction domain (the warp / block strategies are the
+//! next step); scatter kernels run in one thread. The source needs no headers (NVRTC
+//! from the pip wheel ships none): f16 / bf16 conversions, Philox and floor division
+//! are written out in the prelude. Integer arithmetic wraps (done in unsigned), float
+//! to integer conversion truncates and saturates with NaN to 0, max / min propagate
+//! NaN: the semantics of the CPU backends.
+
+use crate::dtype::DType;
+use crate::expr::{CmpOp, IndexExpr};
+use crate::ir::{Inst, Kernel, Store, Value};
+use crate::meta::{BinaryOp, Distribution, ReduceOp, UnaryOp};
+use std::fmt::Write;
+
+/// Device functions every kernel may use.
+pub const PRELUDE: &str = r#"
+typedef long long i64;
+typedef unsigned long long u64;
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned char u8;
+#define J_NAN __int_as_float(0x7fc00000)
+#define J_INF __int_as_float(0x7f800000)
+__device__ __forceinline__ i64 j_add(i64 a, i64 b) { return (i64)((u64)a + (u64)b); }
+__device__ __forceinline__ i64 j_sub(i64 a, i64 b) { return (i64)((u64)a - (u64)b); }
+__device__ __forceinline__ i64 j_mul(i64 a, i64 b) { return (i64)((u64)a * (u64)b); }
+__device__ __forceinline__ i64 j_fdiv(i64 a, i64 b) {
+  if (b == 0) return 0;
+  if (b == -1) return (i64)(0ULL - (u64)a);
+  i64 q = a / b, r = a % b;
+  return (r != 0 && ((r < 0) != (b < 0))) ? q - 1 : q;
+}
+__device__ __forceinline__ i64 j_fmod(i64 a, i64 b) {
+  if (b == 0 || b == -1) return 0;
+  i64 r = a % b;
+  return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+__device__ __forceinline__ i64 j_powi(i64 a, i64 b) {
+  if (b < 0) return a == 1 ? 1 : (a == -1 ? ((b & 1) ? -1 : 1) : 0);
+  u64 r = 1, x = (u64)a; u64 e = (u64)b;
+  while (e) { if (e & 1) r *= x; x *= x; e >>= 1; }
+  return (i64)r;
+}
+__device__ __forceinline__ float j_maxf(float a, float b) { return (a != a || b != b) ? J_NAN : fmaxf(a, b); }
+__device__ __forceinline__ float j_minf(float a, float b) { return (a != a || b != b) ? J_NAN : fminf(a, b); }
+__device__ __forceinline__ double j_maxd(double a, double b) { return (a != a || b != b) ? (double)J_NAN : fmax(a, b); }
+__device__ __forceinline__ double j_mind(double a, double b) { return (a != a || b != b) ? (double)J_NAN : fmin(a, b); }
+__device__ __forceinline__ float j_remf(float a, float b) { float r = fmodf(a, b); return (r != 0.0f && ((r < 0.0f) != (b < 0.0f))) ? r + b : r; }
+__device__ __forceinline__ double j_remd(double a, double b) { double r = fmod(a, b); return (r != 0.0 && ((r < 0.0) != (b < 0.0))) ? r + b : r; }
+__device__ __forceinline__ float j_sigmoidf(float x) { if (x >= 0.0f) return 1.0f / (1.0f + expf(-x)); float e = expf(x); return e / (1.0f + e); }
+__device__ __forceinline__ double j_sigmoidd(double x) { if (x >= 0.0) return 1.0 / (1.0 + exp(-x)); double e = exp(x); return e / (1.0 + e); }
+__device__ __forceinline__ float j_f16_to_f32(u16 h) {
+  u32 sign = ((u32)h & 0x8000u) << 16, exp = ((u32)h >> 10) & 0x1fu, man = (u32)h & 0x3ffu;
+  if (exp == 0x1fu) return __uint_as_float(sign | 0x7f800000u | (man << 13));
+  if (exp == 0) {
+    if (man == 0) return __uint_as_float(sign);
+    float v = (float)man * 5.9604644775390625e-8f;
+    return sign ? -v : v;
+  }
+  return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
+}
+__device__ __forceinline__ u16 j_f32_to_f16(float f) {
+  u32 x = __float_as_uint(f), sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+  if (ax > 0x7f800000u) return (u16)(sign | 0x7e00u | ((ax >> 13) & 0x3ffu));
+  if (ax >= 0x477ff000u) return (u16)(sign | 0x7c00u);
+  if (ax < 0x38800000u) {
+    if (ax < 0x33000000u) return (u16)sign;
+    u32 e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u, shift = 126u - e;
+    u32 v = m >> shift, rem = m & ((1u << shift) - 1u), half = 1u << (shift - 1u);
+    if (rem > half || (rem == half && (v & 1u))) v++;
+    return (u16)(sign | v);
+  }
+  u32 v = ((ax - 0x38000000u) >> 13), rem = ax & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (v & 1u))) v++;
+  return (u16)(sign | v);
+}
+__device__ __forceinline__ float j_bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
+__device__ __forceinline__ u16 j_f32_to_bf16(float f) {
+  u32 u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (u16)(u >> 16);
+}
+__device__ __forceinline__ void j_philox(u64 k, u64 seed, u32 out[4]) {
+  u32 c0 = (u32)k, c1 = (u32)(k >> 32), c2 = 0, c3 = 0, k0 = (u32)seed, k1 = (u32)(seed >> 32);
+  for (int r = 0; r < 10; ++r) {
+    if (r > 0) { k0 += 0x9E3779B9u; k1 += 0xBB67AE85u; }
+    u64 p0 = (u64)0xD2511F53u * c0, p1 = (u64)0xCD9E8D57u * c2;
+    u32 n0 = (u32)(p1 >> 32) ^ c1 ^ k0, n2 = (u32)(p0 >> 32) ^ c3 ^ k1;
+    c1 = (u32)p1; c3 = (u32)p0; c0 = n0; c2 = n2;
+  }
+  out[0] = c0; out[1] = c1; out[2] = c2; out[3] = c3;
+}
+__device__ __forceinline__ double j_uniform(i64 seed, i64 k) { u32 w[4]; j_philox((u64)k, (u64)seed, w); return (double)(w[0] >> 8) * (1.0 / 16777216.0); }
+__device__ __forceinline__ double j_normal(i64 seed, i64 k) {
+  u32 w[4]; j_philox((u64)k, (u64)seed, w);
+  double u1 = (double)((w[0] >> 8) + 1) * (1.0 / 16777216.0), u2 = (double)(w[1] >> 8) * (1.0 / 16777216.0);
+  return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+"#;
+
+fn ctype(d: DType) -> &'static str {
+    match d {
+        DType::F16 | DType::BF16 | DType::F32 => "float",
+        DType::F64 => "double",
+        _ => "i64",
+    }
+}
+
+fn storage(d: DType) -> &'static str {
+    match d {
+        DType::Bool | DType::U8 => "u8",
+        DType::I32 => "int",
+        DType::I64 => "i64",
+        DType::F16 | DType::BF16 => "u16",
+        DType::F32 => "float",
+        DType::F64 => "double",
+    }
+}
+
+fn iexpr(e: &IndexExpr) -> String {
+    use IndexExpr as E;
+    match e {
+        E::Const(v) => format!("{v}LL"),
+        E::Idx(k) => format!("i{k}"),
+        E::Arg(k) => format!("args[{k}]"),
+        E::Add(a, b) => format!("j_add({}, {})", iexpr(a), iexpr(b)),
+        E::Sub(a, b) => format!("j_sub({}, {})", iexpr(a), iexpr(b)),
+        E::Mul(a, b) => format!("j_mul({}, {})", iexpr(a), iexpr(b)),
+        E::FloorDiv(a, b) => format!("j_fdiv({}, {})", iexpr(a), iexpr(b)),
+        E::Mod(a, b) => format!("j_fmod({}, {})", iexpr(a), iexpr(b)),
+        E::Min(a, b) => format!("min({}, {})", iexpr(a), iexpr(b)),
+        E::Max(a, b) => format!("max({}, {})", iexpr(a), iexpr(b)),
+        E::Cmp(op, a, b) => {
+            let s = match op {
+                CmpOp::Lt => "<",
+                CmpOp::Le => "<=",
+                CmpOp::Eq => "==",
+                CmpOp::Ne => "!=",
+            };
+            format!("(i64)({} {s} {})", iexpr(a), iexpr(b))
+        }
+        E::Select(c, t, o) => format!("(({}) != 0 ? {} : {})", iexpr(c), iexpr(t), iexpr(o)),
+    }
+}
+
+fn float_lit(v: f64, d: DType) -> String {
+    let single = ctype(d) == "float";
+    if v.is_nan() {
+        return if single { "J_NAN".into() } else { "(double)J_NAN".into() };
+    }
+    if v.is_infinite() {
+        let s = if v > 0.0 { "" } else { "-" };
+        return if single { format!("{s}J_INF") } else { format!("{s}(double)J_INF") };
+    }
+    if single {
+        format!("{:e}f", d.round_f64(v) as f32)
+    } else {
+        format!("{v:e}")
+    }
+}
+
+/// The value of `d` held in a C expression `x` of type `ctype(from)`, converted with
+/// the cast rules.
+fn convert(x: &str, from: DType, to: DType) -> String {
+    let (fc, tc) = (ctype(from), ctype(to));
+    match to {
+        DType::F32 | DType::F64 => {
+            if fc == tc {
+                x.to_string()
+            } else {
+                format!("({tc})({x})")
+            }
+        }
+        DType::F16 => format!("j_f16_to_f32(j_f32_to_f16((float)({x})))"),
+        DType::BF16 => format!("j_bf16_to_f32(j_f32_to_bf16((float)({x})))"),
+        DType::Bool => format!("(i64)(({x}) != 0)"),
+        _ => {
+            let i = match fc {
+                "float" => format!("__float2ll_rz({x})"),
+                "double" => format!("__double2ll_rz({x})"),
+                _ => x.to_string(),
+            };
+            wrap(&i, to)
+        }
+    }
+}
+
+fn wrap(x: &str, d: DType) -> String {
+    match d {
+        DType::I32 => format!("(i64)(int)(u32)(u64)({x})"),
+        DType::U8 => format!("(i64)(u8)(u64)({x})"),
+        DType::Bool => format!("(i64)(({x}) != 0)"),
+        _ => x.to_string(),
+    }
+}
+
+fn load(input: usize, d: DType, off: &str) -> String {
+    let raw = format!("((const {}*)in{input})[{off}]", storage(d));
+    match d {
+        DType::F16 => format!("j_f16_to_f32({raw})"),
+        DType::BF16 => format!("j_bf16_to_f32({raw})"),
+        DType::F32 | DType::F64 | DType::I64 => raw,
+        _ => format!("(i64){raw}"),
+    }
+}
+
+fn store_expr(d: DType, v: &str) -> String {
+    match d {
+        DType::F16 => format!("j_f32_to_f16({v})"),
+        DType::BF16 => format!("j_f32_to_bf16({v})"),
+        DType::Bool => format!("(u8)(({v}) != 0)"),
+        DType::U8 => format!("(u8)(u64)({v})"),
+        DType::I32 => format!("(int)(u32)(u64)({v})"),
+        _ => v.to_string(),
+    }
+}
+
+fn unary(op: UnaryOp, x: &str, d: DType) -> String {
+    let c = ctype(d);
+    if c == "i64" {
+        return match op {
+            UnaryOp::Neg => wrap(&format!("j_sub(0, {x})"), d),
+            UnaryOp::Abs => wrap(&format!("({x} < 0 ? j_sub(0, {x}) : {x})"), d),
+            UnaryOp::Not => format!("(i64)({x} == 0)"),
+            _ => x.to_string(),
+        };
+    }
+    let f = c == "float";
+    let name = |s: &str, dbl: &str| if f { format!("{s}({x})") } else { format!("{dbl}({x})") };
+    match op {
+        UnaryOp::Neg => format!("(-{x})"),
+        UnaryOp::Abs => name("fabsf", "fabs"),
+        UnaryOp::Exp => name("expf", "exp"),
+        UnaryOp::Log => name("logf", "log"),
+        UnaryOp::Sqrt => name("sqrtf", "sqrt"),
+        UnaryOp::Rsqrt => {
+            if f {
+                format!("(1.0f / sqrtf({x}))")
+            } else {
+                format!("(1.0 / sqrt({x}))")
+            }
+        }
+        UnaryOp::Recip => {
+            if f {
+                format!("(1.0f / {x})")
+            } else {
+                format!("(1.0 / {x})")
+            }
+        }
+        UnaryOp::Sin => name("sinf", "sin"),
+        UnaryOp::Cos => name("cosf", "cos"),
+        UnaryOp::Tanh => name("tanhf", "tanh"),
+        UnaryOp::Sigmoid => name("j_sigmoidf", "j_sigmoidd"),
+        UnaryOp::Erf => name("erff", "erf"),
+        UnaryOp::Floor => name("floorf", "floor"),
+        UnaryOp::Round => name("rintf", "rint"),
+        UnaryOp::Not => format!("(({x}) == 0)"),
+    }
+}
+
+fn binary(op: BinaryOp, a: &str, b: &str, operand: DType, d: DType) -> String {
+    let c = ctype(operand);
+    let cmp = |s: &str| format!("(i64)({a} {s} {b})");
+    match op {
+        BinaryOp::Eq => return cmp("=="),
+        BinaryOp::Ne => return cmp("!="),
+        BinaryOp::Lt => return cmp("<"),
+        BinaryOp::Le => return cmp("<="),
+        BinaryOp::Gt => return cmp(">"),
+        BinaryOp::Ge => return cmp(">="),
+        _ => {}
+    }
+    if c == "i64" {
+        let r = match op {
+            BinaryOp::Add => format!("j_add({a}, {b})"),
+            BinaryOp::Sub => format!("j_sub({a}, {b})"),
+            BinaryOp::Mul => format!("j_mul({a}, {b})"),
+            BinaryOp::Div => format!("j_fdiv({a}, {b})"),
+            BinaryOp::Mod => format!("j_fmod({a}, {b})"),
+            BinaryOp::Pow => format!("j_powi({a}, {b})"),
+            BinaryOp::Max => format!("max({a}, {b})"),
+            BinaryOp::Min => format!("min({a}, {b})"),
+            BinaryOp::And => format!("({a} & {b})"),
+            _ => format!("({a} | {b})"),
+        };
+        return wrap(&r, d);
+    }
+    let f = c == "float";
+    match op {
+        BinaryOp::Add => format!("({a} + {b})"),
+        BinaryOp::Sub => format!("({a} - {b})"),
+        BinaryOp::Mul => format!("({a} * {b})"),
+        BinaryOp::Div => format!("({a} / {b})"),
+        BinaryOp::Pow => {
+            if f {
+                format!("powf({a}, {b})")
+            } else {
+                format!("pow({a}, {b})")
+            }
+        }
+        BinaryOp::Max => {
+            if f {
+                format!("j_maxf({a}, {b})")
+            } else {
+                format!("j_maxd({a}, {b})")
+            }
+        }
+        BinaryOp::Min => {
+            if f {
+                format!("j_minf({a}, {b})")
+            } else {
+                format!("j_mind({a}, {b})")
+            }
+        }
+        BinaryOp::Mod => {
+            if f {
+                format!("j_remf({a}, {b})")
+            } else {
+                format!("j_remd({a}, {b})")
+            }
+        }
+        _ => "0".into(),
+    }
+}
+
+fn combine(op: ReduceOp, acc: &str, v: &str, d: DType) -> String {
+    if ctype(d) == "i64" {
+        return match op {
+            ReduceOp::Sum => format!("j_add({acc}, {v})"),
+            ReduceOp::Prod => format!("j_mul({acc}, {v})"),
+            ReduceOp::Max => format!("max({acc}, {v})"),
+            ReduceOp::Min => format!("min({acc}, {v})"),
+        };
+    }
+    binary(op.combiner(), acc, v, d, d)
+}
+
+fn values(out: &mut String, vals: &[Value], inputs: &[DType], prefix: &str, indent: &str) {
+    for (k, v) in vals.iter().enumerate() {
+        let d = v.dtype;
+        let r = |id: &usize| format!("{prefix}{id}");
+        let e = match &v.inst {
+            Inst::Load { input, offset, guard, fill } => {
+                let l = load(*input, inputs[*input], &iexpr(offset));
+                match guard {
+                    None => l,
+                    Some(g) => format!("(({}) != 0 ? {l} : {})", iexpr(g), const_of(*fill, d)),
+                }
+            }
+            Inst::Const(c) => const_of(*c, d),
+            Inst::Param(p) => convert(&format!("params[{p}]"), DType::F64, d),
+            Inst::Index(ix) => convert(&iexpr(ix), DType::I64, d),
+            Inst::Random { seed_arg, dist, counter } => {
+                let (f, a, b) = match *dist {
+                    Distribution::Uniform { low, high } => ("j_uniform", low, high - low),
+                    Distribution::Normal { mean, std } => ("j_normal", mean, std),
+                };
+                let x = format!("({a:e} + {b:e} * {f}(args[{seed_arg}], {}))", iexpr(counter));
+                convert(&x, DType::F64, d)
+            }
+            Inst::Unary(op, a) => unary(*op, &r(a), d),
+            Inst::Binary(op, a, b) => binary(*op, &r(a), &r(b), vals[*a].dtype, d),
+            Inst::Where(c, a, b) => format!("({} != 0 ? {} : {})", r(c), r(a), r(b)),
+            Inst::Cast(a) => convert(&r(a), vals[*a].dtype, d),
+            Inst::Acc(a) => format!("acc{a}"),
+        };
+        let _ = writeln!(out, "{indent}const {} {prefix}{k} = {e};", ctype(d));
+    }
+}
+
+fn const_of(c: f64, d: DType) -> String {
+    if d.is_float() {
+        float_lit(c, d)
+    } else {
+        format!("{}LL", d.round_f64(c) as i64)
+    }
+}
+
+/// CUDA C for `kernel` as `extern "C" __global__ void {name}(...)`, without the
+/// prelude. Parameters: `n` (output positions), the input pointers, the output
+/// pointers, then `args`, `out_shape`, `red_shape` (i64) and `params` (f64).
+pub fn kernel_source(kernel: &Kernel, name: &str) -> String {
+    let mut s = String::new();
+    let mut params: Vec<String> = vec!["const i64 n".into()];
+    for k in 0..kernel.inputs.len() {
+        params.push(format!("const void* __restrict__ in{k}"));
+    }
+    for (k, o) in kernel.outputs.iter().enumerate() {
+        params.push(format!("{}* __restrict__ out{k}", storage(o.dtype)));
+    }
+    params.extend([
+        "const i64* __restrict__ args".to_string(),
+        "const i64* __restrict__ out_shape".to_string(),
+        "const i64* __restrict__ red_shape".to_string(),
+        "const double* __restrict__ params".to_string(),
+    ]);
+    let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params.join(", "));
+    let _ = writeln!(s, "  (void)args; (void)out_shape; (void)red_shape; (void)params;");
+    let (first, step) = if kernel.has_scatter() {
+        ("0", "1")
+    } else {
+        ("(i64)blockIdx.x * blockDim.x + threadIdx.x", "(i64)gridDim.x * blockDim.x")
+    };
+    if kernel.has_scatter() {
+        let _ = writeln!(s, "  if (blockIdx.x != 0 || threadIdx.x != 0) return;");
+    }
+    let _ = writeln!(s, "  for (i64 p = {first}; p < n; p += {step}) {{");
+    let _ = writeln!(s, "    i64 rem = p;");
+    for d in (0..kernel.out_rank).rev() {
+        let _ = writeln!(s, "    const i64 i{d} = rem % out_shape[{d}]; rem /= out_shape[{d}];");
+    }
+    if kernel.red_rank > 0 {
+        for (k, r) in kernel.reductions.iter().enumerate() {
+            let init = if r.dtype.is_float() {
+                float_lit(r.op.identity_f64(), r.dtype)
+            } else {
+                format!("{}LL", r.op.identity_for(r.dtype))
+            };
+            let _ = writeln!(s, "    {} acc{k} = {init};", ctype(r.dtype));
+        }
+        let rn: Vec<String> = (0..kernel.red_rank).map(|d| format!("red_shape[{d}]")).collect();
+        let _ = writeln!(s, "    const i64 rn = {};", rn.join(" * "));
+        let _ = writeln!(s, "    for (i64 q = 0; q < rn; ++q) {{");
+        let _ = writeln!(s, "      i64 rq = q;");
+        for d in (0..kernel.red_rank).rev() {
+            let i = kernel.out_rank + d;
+            let _ = writeln!(s, "      const i64 i{i} = rq % red_shape[{d}]; rq /= red_shape[{d}];");
+        }
+        values(&mut s, &kernel.inner, &kernel.inputs, "v", "      ");
+        for (k, r) in kernel.reductions.iter().enumerate() {
+            let _ =
+                writeln!(s, "      acc{k} = {};", combine(r.op, &format!("acc{k}"), &format!("v{}", r.value), r.dtype));
+        }
+        let _ = writeln!(s, "    }}");
+    }
+    values(&mut s, &kernel.body, &kernel.inputs, "b", "    ");
+    for (k, o) in kernel.outputs.iter().enumerate() {
+        let v = format!("b{}", o.value);
+        match &o.store {
+            Store::Dense => {
+                let _ = writeln!(s, "    out{k}[p] = {};", store_expr(o.dtype, &v));
+            }
+            Store::Scatter { op, offset, guard } => {
+                let _ = writeln!(s, "    if (({}) != 0) {{", iexpr(guard));
+                let _ = writeln!(s, "      const i64 t = {};", iexpr(offset));
+                let old = match o.dtype {
+                    DType::F16 => format!("j_f16_to_f32(out{k}[t])"),
+                    DType::BF16 => format!("j_bf16_to_f32(out{k}[t])"),
+                    DType::F32 | DType::F64 | DType::I64 => format!("out{k}[t]"),
+                    _ => format!("(i64)out{k}[t]"),
+                };
+                let c = combine(*op, &old, &v, o.dtype);
+                let _ = writeln!(s, "      out{k}[t] = {};", store_expr(o.dtype, &c));
+                let _ = writeln!(s, "    }}");
+            }
+        }
+    }
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "}}");
+    s
+}
+
+/// A whole translation unit: the prelude and one kernel named `name`.
+pub fn translation_unit(kernel: &Kernel, name: &str) -> String {
+    format!("{PRELUDE}\n{}", kernel_source(kernel, name))
+}

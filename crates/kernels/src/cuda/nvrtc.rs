@@ -1,0 +1,91 @@
+//! NVRTC: CUDA C to a cubin for the device's exact architecture (so that a newer
+//! NVRTC never hands the driver a PTX it cannot load).
+
+use crate::error::KernelError;
+use std::ffi::CString;
+
+/// Options every compile uses (part of the cache key).
+pub const OPTIONS: &[&str] = &["--std=c++17", "--fmad=true"];
+
+/// NVRTC's version as (major, minor); an error when libnvrtc cannot be loaded.
+pub fn version() -> Result<(i32, i32), KernelError> {
+    require()?;
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: libnvrtc is present (checked above); the pointers are valid.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .map_err(|e| KernelError::Internal { op: "nvrtcVersion".into(), reason: e.to_string() })?;
+    Ok((major, minor))
+}
+
+fn require() -> Result<(), KernelError> {
+    if super::nvrtc_present() {
+        Ok(())
+    } else {
+        Err(KernelError::LibraryMissing {
+            library: "libnvrtc (the CUDA run-time compiler)".into(),
+            detail: "not found on the loader path".into(),
+            hint: "install CUDA 13 or the PyPI package nvidia-cuda-nvrtc==13.0.88 and add its nvidia/cu13/lib to LD_LIBRARY_PATH, or select the CPU with JIT_DEVICE=cpu".into(),
+        })
+    }
+}
+
+/// Compiles `source` for `arch` (e.g. `sm_90`) to a cubin. A compile error carries
+/// NVRTC's log and the source. NVRTC runs on a thread of its own with a large stack:
+/// the compiler recurses deeply on long kernels.
+pub fn compile_cubin(source: &str, arch: &str) -> Result<Vec<u8>, KernelError> {
+    require()?;
+    let (src, arch) = (source.to_string(), arch.to_string());
+    std::thread::Builder::new()
+        .name("nvrtc".into())
+        .stack_size(256 << 20)
+        .spawn(move || compile_here(&src, &arch))
+        .map_err(|e| KernelError::Internal {
+            op: "nvrtc".into(),
+            reason: format!("cannot start the compiler thread: {e}"),
+        })?
+        .join()
+        .unwrap_or_else(|_| {
+            Err(KernelError::Internal { op: "nvrtc".into(), reason: "the compiler thread panicked".into() })
+        })
+}
+
+fn compile_here(source: &str, arch: &str) -> Result<Vec<u8>, KernelError> {
+    let fail = |message: String| KernelError::Compile { backend: "cuda", message, ir: source.to_string() };
+    let src = CString::new(source).map_err(|e| fail(e.to_string()))?;
+    let prog = cudarc::nvrtc::result::create_program(&src, None).map_err(|e| fail(e.to_string()))?;
+    let mut opts: Vec<String> = OPTIONS.iter().map(|s| s.to_string()).collect();
+    opts.push(format!("--gpu-architecture={arch}"));
+    // SAFETY: `prog` was created above and is destroyed below, once.
+    let out = unsafe {
+        let compiled = cudarc::nvrtc::result::compile_program(prog, &opts);
+        let result = match compiled {
+            Ok(()) => {
+                let mut size = 0usize;
+                let r = cudarc::nvrtc::sys::nvrtcGetCUBINSize(prog, &mut size).result();
+                match r {
+                    Ok(()) => {
+                        let mut bin = vec![0u8; size];
+                        cudarc::nvrtc::sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr().cast())
+                            .result()
+                            .map(|()| bin)
+                            .map_err(|e| fail(format!("nvrtcGetCUBIN: {e}")))
+                    }
+                    Err(e) => Err(fail(format!("nvrtcGetCUBINSize: {e}"))),
+                }
+            }
+            Err(e) => {
+                let log = cudarc::nvrtc::result::get_program_log(prog)
+                    .map(|l| {
+                        let bytes: Vec<u8> = l.iter().map(|&c| c as u8).take_while(|&c| c != 0).collect();
+                        String::from_utf8_lossy(&bytes).into_owned()
+                    })
+                    .unwrap_or_default();
+                Err(fail(format!("{e}\n{log}")))
+            }
+        };
+        let _ = cudarc::nvrtc::result::destroy_program(prog);
+        result
+    };
+    out
+}
