@@ -4,6 +4,7 @@
 //! run. Results and the command that made them: `benches/RESULTS.md`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use integration_tests::workloads::{adain, chain, chain_scalar, instance_norm};
 use jit_core::{with_flags, Backend, Flags};
 use jit_ops::prelude::*;
 use rayon::prelude::*;
@@ -14,32 +15,6 @@ const UNFUSED: Flags = Flags { backend: Backend::Cpu, fusion: false, dump: false
 
 fn small() -> bool {
     std::env::var("JIT_BENCH_SCALE").is_ok_and(|s| s == "small")
-}
-
-/// Ten element-wise ops.
-fn chain(x: &Var) -> Var {
-    ((((x * 1.5 + 0.25).maximum(0.0).unwrap() * 2.0 - 1.0).abs().minimum(3.0).unwrap() * 0.5) + 1.0).sqrt()
-}
-
-/// The same function as [`chain`], with the framework's NaN-propagating maximum and
-/// minimum (`torch.maximum` semantics; `f32::max` would drop NaN).
-fn chain_scalar(v: f32) -> f32 {
-    let max = |a: f32, b: f32| if a.is_nan() || b.is_nan() { f32::NAN } else { a.max(b) };
-    let min = |a: f32, b: f32| if a.is_nan() || b.is_nan() { f32::NAN } else { a.min(b) };
-    (min((max(v * 1.5 + 0.25, 0.0) * 2.0 - 1.0).abs(), 3.0) * 0.5 + 1.0).sqrt()
-}
-
-fn instance_norm(x: &Var, w: &Var, b: &Var) -> Var {
-    let mean = x.mean(&[2, 3], true).unwrap();
-    let var = x.var(&[2, 3], false, true).unwrap();
-    (x - &mean) / (var + 1e-5).sqrt() * w + b
-}
-
-fn adain(c: &Var, s: &Var) -> Var {
-    let (mc, ms) = (c.mean(&[2, 3], true).unwrap(), s.mean(&[2, 3], true).unwrap());
-    let sc = (c.var(&[2, 3], true, true).unwrap() + 1e-5).sqrt();
-    let ss = (s.var(&[2, 3], true, true).unwrap() + 1e-5).sqrt();
-    (c - &mc) / sc * ss + ms
 }
 
 fn leaf(shape: &[usize]) -> Var {

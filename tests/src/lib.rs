@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod graphgen;
+pub mod workloads;
 
 use jit_core::{DType, HostBuffer, Var};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -209,4 +210,29 @@ pub fn indices(shape: &[usize]) -> Vec<Vec<usize>> {
         0.0
     });
     out
+}
+
+/// The error function in f64, independent of the framework's implementation: the
+/// Maclaurin series for |x| < 3, the continued fraction of erfc beyond (both accurate
+/// to about 1e-15).
+pub fn erf_ref(x: f64) -> f64 {
+    if x.abs() < 3.0 {
+        let (mut sum, mut term) = (x, x);
+        for n in 1..200 {
+            term *= -x * x / n as f64;
+            let add = term / (2 * n + 1) as f64;
+            sum += add;
+            if add.abs() < 1e-17 * sum.abs() {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    } else {
+        let z = x.abs();
+        let mut f = 0.0;
+        for k in (1..100).rev() {
+            f = (k as f64 / 2.0) / (z + f);
+        }
+        x.signum() * (1.0 - (-z * z).exp() / std::f64::consts::PI.sqrt() / (z + f))
+    }
 }

@@ -1,6 +1,6 @@
 //! Activations and softmax against plain f64 formulas.
 
-use integration_tests::{assert_close, atol, tol, Nd, Rng};
+use integration_tests::{assert_close, atol, erf_ref, tol, Nd, Rng};
 use jit_ops::prelude::*;
 
 fn softmax_ref(x: &Nd, d: usize, log: bool) -> Nd {
@@ -57,7 +57,7 @@ fn activations_match_formulas() {
                 0.0,
                 &format!("clamp max {ctx}"),
             );
-            let phi = |z: f64| 0.5 * (1.0 + libm_erf(z / std::f64::consts::SQRT_2));
+            let phi = |z: f64| 0.5 * (1.0 + erf_ref(z / std::f64::consts::SQRT_2));
             assert_close(&v.gelu().unwrap(), &x.map(|z| z * phi(z)), t * 4.0, ca, &format!("gelu {ctx}"));
             let k = (2.0 / std::f64::consts::PI).sqrt();
             let gt = x.map(|z| 0.5 * z * (1.0 + (k * (z + 0.044715 * z * z * z)).tanh()));
@@ -83,20 +83,6 @@ fn activations_match_formulas() {
             }
         }
     }
-}
-
-/// erf by its Maclaurin series (accurate to ~1e-15 on |z| < 3), independent of the
-/// library's implementation.
-fn libm_erf(z: f64) -> f64 {
-    if z.abs() > 5.0 {
-        return z.signum();
-    }
-    let (mut sum, mut term) = (z, z);
-    for n in 1..400 {
-        term *= -z * z / n as f64;
-        sum += term / (2 * n + 1) as f64;
-    }
-    sum * 2.0 / std::f64::consts::PI.sqrt()
 }
 
 #[test]

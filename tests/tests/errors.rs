@@ -118,6 +118,27 @@ fn empty_extrema_and_arguments() {
 }
 
 #[test]
+fn huge_values_are_errors_not_crashes() {
+    // more elements than a usize can count
+    let e = msg(Var::zeros(&[1 << 40, 1 << 40], DType::F32).sync());
+    assert_eq!(
+        e,
+        "full: a f32 value of shape [1099511627776, 1099511627776] has more elements than this machine can address"
+    );
+    let v = Var::zeros(&[1 << 40, 1 << 40], DType::F32);
+    assert_eq!(v.numel(), usize::MAX);
+    assert!(v.reshape(&[-1]).is_err());
+    // addressable but far more than any machine has: the allocation fails cleanly
+    let e = msg((Var::ones(&[1 << 45], DType::F32) * 2.0).sync());
+    assert!(
+        e.starts_with(
+            "out of memory on cpu: could not allocate 140737488355328 bytes (a f32 buffer of 35184372088832 elements)"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
 fn unusable_devices_are_reported_not_panicked() {
     let x = Var::ones(&[2], DType::F32);
     assert!(x.to(Device::Cpu).unwrap().same_node(&x));

@@ -1,6 +1,7 @@
 //! Kernel counts of the fusion planner (asserted) and fused/unfused agreement on the
 //! workloads the benchmarks use.
 
+use integration_tests::workloads::{adain, chain, instance_norm};
 use integration_tests::{assert_values_close, Rng};
 use jit_core::{planned_kernels, with_flags, Backend, Flags};
 use jit_ops::prelude::*;
@@ -10,24 +11,6 @@ const UNFUSED: Flags = Flags { backend: Backend::Cpu, fusion: false, dump: false
 
 fn kernels(f: Flags, build: impl Fn() -> Var) -> usize {
     with_flags(f, || planned_kernels(&[build()]).expect("plan").len())
-}
-
-fn chain(x: &Var) -> Var {
-    // ten element-wise ops
-    ((((x * 1.5 + 0.25).tanh() - 0.5).abs() * 2.0).sigmoid() + 1.0).sqrt() / 3.0
-}
-
-fn instance_norm(x: &Var, w: &Var, b: &Var) -> Var {
-    let mean = x.mean(&[2, 3], true).unwrap();
-    let var = x.var(&[2, 3], false, true).unwrap();
-    (x - &mean) / (var + 1e-5).sqrt() * w + b
-}
-
-fn adain(c: &Var, s: &Var) -> Var {
-    let (mc, ms) = (c.mean(&[2, 3], true).unwrap(), s.mean(&[2, 3], true).unwrap());
-    let sc = (c.var(&[2, 3], true, true).unwrap() + 1e-5).sqrt();
-    let ss = (s.var(&[2, 3], true, true).unwrap() + 1e-5).sqrt();
-    (c - &mc) / sc * ss + ms
 }
 
 #[test]

@@ -36,7 +36,7 @@ pub use kernels::cache::CacheStats;
 pub use kernels::cuda::{probe as cuda_probe, CudaInfo};
 pub use kernels::{BinaryOp, DType, Distribution, Element, HostBuffer, IndexExpr, MetaOp, ReduceOp, UnaryOp};
 pub use realize::{kernel_launches, live_buffers, planned_kernel_ir, planned_kernels, realize};
-pub use shape::{broadcast_shapes, normalize_dim, normalize_dims};
+pub use shape::{broadcast_shapes, normalize_dim, normalize_dims, numel};
 pub use var::{manual_seed, Var};
 
 /// Counters of the CPU backend's compiled-kernel cache.

@@ -234,8 +234,13 @@ impl Var {
 
     /// Same data with a new shape of the same number of elements. One dim may be -1.
     pub fn reshape(&self, shape: &[isize]) -> Result<Var> {
-        let n = self.numel();
-        let known: usize = shape.iter().filter(|&&d| d >= 0).map(|&d| d as usize).product();
+        let n = crate::shape::numel(self.shape()).ok_or_else(|| {
+            Error::shape(
+                "reshape",
+                format!("a value of shape {:?} has more elements than a usize counts", self.shape()),
+            )
+        })?;
+        let known = shape.iter().filter(|&&d| d >= 0).try_fold(1usize, |a, &d| a.checked_mul(d as usize)).unwrap_or(0);
         let holes = shape.iter().filter(|&&d| d == -1).count();
         let bad = || {
             Error::shape(
@@ -254,7 +259,7 @@ impl Var {
         } else {
             shape.iter().map(|&d| d as usize).collect()
         };
-        if new.iter().product::<usize>() != n {
+        if crate::shape::numel(&new) != Some(n) {
             return Err(bad());
         }
         if new == self.shape() {

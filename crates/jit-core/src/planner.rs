@@ -28,8 +28,9 @@ pub const RECOMPUTE_LIMIT: usize = 24;
 
 /// A value whose inlined computation would cost more than this is stored even with
 /// one consumer: kernels stay a size that compiles quickly, and the planner's
-/// recursion stays shallow on very long chains.
-pub const KERNEL_COST_LIMIT: usize = 2000;
+/// recursion (one level per inlined op, every op costing at least 1) stays shallow on
+/// very long chains: 256 leaves a 2x margin on a 2 MiB thread stack in a debug build.
+pub const KERNEL_COST_LIMIT: usize = 256;
 
 /// One step of a plan.
 pub(crate) enum Step {

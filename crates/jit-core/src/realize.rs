@@ -85,6 +85,15 @@ fn schedule(targets: &[Var]) -> Vec<Var> {
 }
 
 fn check_device(v: &Var) -> Result<()> {
+    let addressable = crate::shape::numel(v.shape())
+        .and_then(|n| n.checked_mul(v.dtype().size_in_bytes()))
+        .is_some_and(|b| b <= isize::MAX as usize);
+    if !addressable {
+        return Err(Error::shape(
+            v.op_name(),
+            format!("a {} value of shape {:?} has more elements than this machine can address", v.dtype(), v.shape()),
+        ));
+    }
     usable(v.device(), "realize")
 }
 

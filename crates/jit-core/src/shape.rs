@@ -2,6 +2,11 @@
 
 use crate::error::{Error, Result};
 
+/// Number of elements of a shape, or `None` when the product overflows.
+pub fn numel(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
+}
+
 /// Turns a possibly negative dim into an index in `0..ndim`.
 /// A scalar (rank 0) accepts dims -1 and 0, as PyTorch does.
 pub fn normalize_dim(op: &str, dim: isize, shape: &[usize]) -> Result<usize> {

@@ -82,7 +82,7 @@ impl Var {
 
     /// Wraps host data of the given shape.
     pub fn from_host(data: HostBuffer, shape: &[usize]) -> Result<Var> {
-        let n: usize = shape.iter().product();
+        let n = crate::shape::numel(shape).unwrap_or(usize::MAX);
         if data.len() != n {
             return Err(Error::shape(
                 "from_vec",
@@ -201,9 +201,10 @@ impl Var {
         self.0.shape.len()
     }
 
-    /// Number of elements.
+    /// Number of elements (`usize::MAX` when the product overflows; realising such
+    /// a value is an error).
     pub fn numel(&self) -> usize {
-        self.0.shape.iter().product()
+        crate::shape::numel(self.shape()).unwrap_or(usize::MAX)
     }
 
     /// Size of dim `dim` (negative counts from the end).

@@ -660,9 +660,6 @@ fn emit_kernel(
         hoisted: HashMap::new(),
     };
 
-    if vectorizable(kernel) {
-        return emit_vectorized(&mut g, kernel, start, end, &out_dims, &outputs);
-    }
     // out indices of `start`
     let mut rem = start;
     for d in (0..kernel.out_rank).rev() {
@@ -673,6 +670,9 @@ fn emit_kernel(
         g.b.def_var(g.idx[d], i);
         rem = g.b.ins().udiv(rem, n);
     }
+    if vectorizable(kernel) {
+        return emit_vectorized(&mut g, kernel, start, end, &out_dims, &outputs);
+    }
     let pvar = g.b.declare_var(types::I64);
     g.b.def_var(pvar, start);
     let red_n = red_dims.iter().fold(None, |acc: Option<CV>, &d| {
@@ -682,16 +682,7 @@ fn emit_kernel(
         })
     });
 
-    let header = g.b.create_block();
-    let body = g.b.create_block();
-    let exit = g.b.create_block();
-    g.b.ins().jump(header, &[]);
-    g.b.switch_to_block(header);
-    let pv = g.b.use_var(pvar);
-    let more = g.b.ins().icmp(IntCC::SignedLessThan, pv, end);
-    g.b.ins().brif(more, body, &[], exit, &[]);
-    g.b.switch_to_block(body);
-    g.b.seal_block(body);
+    let outer = open_loop(&mut g, pvar, end);
 
     // reduction loop
     let accs: Vec<Variable> = kernel.reductions.iter().map(|r| g.b.declare_var(cty(r.dtype))).collect();
@@ -710,16 +701,7 @@ fn emit_kernel(
         for d in 0..kernel.red_rank {
             g.b.def_var(g.idx[kernel.out_rank + d], zero);
         }
-        let rh = g.b.create_block();
-        let rb = g.b.create_block();
-        let rx = g.b.create_block();
-        g.b.ins().jump(rh, &[]);
-        g.b.switch_to_block(rh);
-        let q = g.b.use_var(qvar);
-        let go = g.b.ins().icmp(IntCC::SignedLessThan, q, red_n);
-        g.b.ins().brif(go, rb, &[], rx, &[]);
-        g.b.switch_to_block(rb);
-        g.b.seal_block(rb);
+        let red_loop = open_loop(&mut g, qvar, red_n);
         let vals = g.values(&kernel.inner, &[])?;
         for (var, r) in accs.iter().zip(&kernel.reductions) {
             let a = g.b.use_var(*var);
@@ -730,10 +712,7 @@ fn emit_kernel(
         let q = g.b.use_var(qvar);
         let q1 = g.b.ins().iadd_imm_s(q, 1);
         g.b.def_var(qvar, q1);
-        g.b.ins().jump(rh, &[]);
-        g.b.seal_block(rh);
-        g.b.switch_to_block(rx);
-        g.b.seal_block(rx);
+        close_loop(&mut g, red_loop);
     }
     let vals = g.values(&kernel.body, &accs)?;
     let pv = g.b.use_var(pvar);
@@ -768,12 +747,37 @@ fn emit_kernel(
     let pv = g.b.use_var(pvar);
     let p1 = g.b.ins().iadd_imm_s(pv, 1);
     g.b.def_var(pvar, p1);
+    close_loop(&mut g, outer);
+    g.b.ins().return_(&[]);
+    Ok(())
+}
+
+/// Opens `while var < bound { .. }`: returns the header (to jump back to) and the
+/// exit block, and leaves the builder in the loop body.
+fn open_loop(
+    g: &mut Gen<'_, '_>,
+    var: Variable,
+    bound: CV,
+) -> (cranelift_codegen::ir::Block, cranelift_codegen::ir::Block) {
+    let header = g.b.create_block();
+    let body = g.b.create_block();
+    let exit = g.b.create_block();
+    g.b.ins().jump(header, &[]);
+    g.b.switch_to_block(header);
+    let v = g.b.use_var(var);
+    let more = g.b.ins().icmp(IntCC::SignedLessThan, v, bound);
+    g.b.ins().brif(more, body, &[], exit, &[]);
+    g.b.switch_to_block(body);
+    g.b.seal_block(body);
+    (header, exit)
+}
+
+/// Closes a loop opened by [`open_loop`]: jumps back and continues after it.
+fn close_loop(g: &mut Gen<'_, '_>, (header, exit): (cranelift_codegen::ir::Block, cranelift_codegen::ir::Block)) {
     g.b.ins().jump(header, &[]);
     g.b.seal_block(header);
     g.b.switch_to_block(exit);
     g.b.seal_block(exit);
-    g.b.ins().return_(&[]);
-    Ok(())
 }
 
 /// Advances the indices `first..first + dims.len()` by one position, row-major,
@@ -795,10 +799,6 @@ fn odometer(g: &mut Gen<'_, '_>, first: usize, dims: &[CV]) {
 
 // ---------------------------------------------------------------- running
 
-fn alloc(d: DType, n: usize, fill: f64) -> HostBuffer {
-    HostBuffer::filled(d, n, fill)
-}
-
 /// Runs `kernel` on host inputs, compiling it on first use (cached by structure).
 pub fn run(kernel: &Kernel, launch: &Launch, inputs: &[&HostBuffer]) -> Result<Vec<HostBuffer>, KernelError> {
     run_with(kernel, launch, inputs, false)
@@ -812,26 +812,7 @@ pub fn run_with(
     inputs: &[&HostBuffer],
     dump: bool,
 ) -> Result<Vec<HostBuffer>, KernelError> {
-    if inputs.len() != kernel.inputs.len() || launch.output_lens.len() != kernel.outputs.len() {
-        return Err(KernelError::Internal {
-            op: "kernel launch".into(),
-            reason: format!(
-                "kernel takes {} inputs and {} outputs, launched with {} and {}",
-                kernel.inputs.len(),
-                kernel.outputs.len(),
-                inputs.len(),
-                launch.output_lens.len()
-            ),
-        });
-    }
-    for (k, (i, d)) in inputs.iter().zip(&kernel.inputs).enumerate() {
-        if i.dtype() != *d {
-            return Err(KernelError::Internal {
-                op: "kernel launch".into(),
-                reason: format!("input {k} is {}, the kernel reads {d}", i.dtype()),
-            });
-        }
-    }
+    launch.check(kernel, inputs)?;
     let key = cache_key(kernel);
     let compiled: Arc<Compiled> = cache().get_or_compile(&key, || {
         let c = compile(kernel)?;
@@ -845,10 +826,10 @@ pub fn run_with(
         .iter()
         .zip(&launch.output_lens)
         .map(|(o, &n)| match &o.store {
-            Store::Scatter { op, .. } => scatter_init(*op, o.dtype, n),
-            Store::Dense => alloc(o.dtype, n, 0.0),
+            Store::Scatter { op, .. } => Ok(scatter_init(*op, o.dtype, n)),
+            Store::Dense => HostBuffer::try_zeros(o.dtype, n),
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let n: usize = launch.out_shape.iter().product();
     if n == 0 {
         return Ok(outs);
@@ -857,16 +838,6 @@ pub fn run_with(
     let out_ptrs: Vec<usize> = outs.iter_mut().map(|b| b.as_mut_ptr() as usize).collect();
     let out_shape: Vec<i64> = launch.out_shape.iter().map(|&d| d as i64).collect();
     let red_shape: Vec<i64> = launch.red_shape.iter().map(|&d| d as i64).collect();
-    if launch.args.len() != kernel.n_args
-        || launch.params.len() != kernel.n_params
-        || red_shape.len() != kernel.red_rank
-        || out_shape.len() != kernel.out_rank
-    {
-        return Err(KernelError::Internal {
-            op: "kernel launch".into(),
-            reason: "launch does not match the kernel".into(),
-        });
-    }
     let call = |s: usize, e: usize| {
         // SAFETY: the pointers are valid for the buffers' lengths; the kernel writes
         // each dense output position in [s, e) once, and ranges are disjoint; scatter
@@ -897,7 +868,7 @@ pub fn run_with(
 
 fn scatter_init(op: ReduceOp, d: DType, n: usize) -> HostBuffer {
     if d.is_float() {
-        alloc(d, n, op.identity_f64())
+        HostBuffer::filled(d, n, op.identity_f64())
     } else {
         HostBuffer::from_i64s(d, std::iter::repeat_n(op.identity_for(d), n))
     }
@@ -1099,15 +1070,6 @@ fn emit_vectorized(
     outputs: &[CV],
 ) -> Result<(), String> {
     let l = kernel.out_rank - 1;
-    let mut rem = start;
-    for d in (0..kernel.out_rank).rev() {
-        let one = g.i64c(1);
-        let is0 = g.b.ins().icmp_imm_s(IntCC::Equal, out_dims[d], 0);
-        let n = g.b.ins().select(is0, one, out_dims[d]);
-        let i = g.b.ins().urem(rem, n);
-        g.b.def_var(g.idx[d], i);
-        rem = g.b.ins().udiv(rem, n);
-    }
     // splat constants and parameters once, outside the loops
     for (id, v) in kernel.body.iter().enumerate() {
         if matches!(v.inst, Inst::Const(_) | Inst::Param(_)) {
@@ -1118,23 +1080,8 @@ fn emit_vectorized(
     let pvar = g.b.declare_var(types::I64);
     g.b.def_var(pvar, start);
     let jvar = g.b.declare_var(types::I64);
-    let header = g.b.create_block();
-    let seg = g.b.create_block();
-    let vh = g.b.create_block();
-    let vb = g.b.create_block();
-    let sh = g.b.create_block();
-    let sb = g.b.create_block();
-    let done = g.b.create_block();
-    let exit = g.b.create_block();
-    g.b.ins().jump(header, &[]);
-
-    g.b.switch_to_block(header);
-    let p = g.b.use_var(pvar);
-    let more = g.b.ins().icmp(IntCC::SignedLessThan, p, end);
-    g.b.ins().brif(more, seg, &[], exit, &[]);
-
-    g.b.switch_to_block(seg);
-    g.b.seal_block(seg);
+    let rows = open_loop(g, pvar, end);
+    // one row segment: the innermost index runs from il to il + len
     let il = g.b.use_var(g.idx[l]);
     let p = g.b.use_var(pvar);
     let row_left = g.b.ins().isub(out_dims[l], il);
@@ -1144,16 +1091,10 @@ fn emit_vectorized(
     // output position of lane 0 = p + (j - il) = j + (p - il)
     let pos_base = g.b.ins().isub(p, il);
     g.b.def_var(jvar, il);
-    g.b.ins().jump(vh, &[]);
 
-    // vector loop
-    g.b.switch_to_block(vh);
-    let j = g.b.use_var(jvar);
-    let j4 = g.b.ins().iadd_imm_s(j, LANES);
-    let fits = g.b.ins().icmp(IntCC::SignedLessThanOrEqual, j4, seg_end);
-    g.b.ins().brif(fits, vb, &[], sh, &[]);
-    g.b.switch_to_block(vb);
-    g.b.seal_block(vb);
+    // vectors while j + LANES <= seg_end
+    let last_start = g.b.ins().iadd_imm_s(seg_end, -(LANES - 1));
+    let vloop = open_loop(g, jvar, last_start);
     let j = g.b.use_var(jvar);
     g.b.def_var(g.idx[l], j);
     let vals = g.vector_values(&kernel.body, l)?;
@@ -1165,16 +1106,10 @@ fn emit_vectorized(
     }
     let j4 = g.b.ins().iadd_imm_s(j, LANES);
     g.b.def_var(jvar, j4);
-    g.b.ins().jump(vh, &[]);
-    g.b.seal_block(vh);
+    close_loop(g, vloop);
 
-    // scalar remainder
-    g.b.switch_to_block(sh);
-    let j = g.b.use_var(jvar);
-    let go = g.b.ins().icmp(IntCC::SignedLessThan, j, seg_end);
-    g.b.ins().brif(go, sb, &[], done, &[]);
-    g.b.switch_to_block(sb);
-    g.b.seal_block(sb);
+    // the scalar remainder
+    let sloop = open_loop(g, jvar, seg_end);
     let j = g.b.use_var(jvar);
     g.b.def_var(g.idx[l], j);
     let vals = g.values(&kernel.body, &[])?;
@@ -1184,23 +1119,16 @@ fn emit_vectorized(
     }
     let j1 = g.b.ins().iadd_imm_s(j, 1);
     g.b.def_var(jvar, j1);
-    g.b.ins().jump(sh, &[]);
-    g.b.seal_block(sh);
+    close_loop(g, sloop);
 
     // next row: innermost index back to 0, carry into the outer dims
-    g.b.switch_to_block(done);
-    g.b.seal_block(done);
     let p = g.b.use_var(pvar);
     let p2 = g.b.ins().iadd(p, len);
     g.b.def_var(pvar, p2);
     let zero = g.i64c(0);
     g.b.def_var(g.idx[l], zero);
     odometer(g, 0, &out_dims[..l]);
-    g.b.ins().jump(header, &[]);
-    g.b.seal_block(header);
-
-    g.b.switch_to_block(exit);
-    g.b.seal_block(exit);
+    close_loop(g, rows);
     g.b.ins().return_(&[]);
     Ok(())
 }

@@ -23,6 +23,16 @@ pub enum KernelError {
         /// Why.
         reason: String,
     },
+    /// An allocation failed.
+    #[error("out of memory on {device}: could not allocate {bytes} bytes ({what})")]
+    OutOfMemory {
+        /// Where.
+        device: String,
+        /// How much was asked for.
+        bytes: u128,
+        /// For what.
+        what: String,
+    },
     /// A backend failed to compile a kernel. Carries the kernel's IR so that the
     /// report shows what was being compiled.
     #[error("{backend} backend could not compile a kernel: {message}\n--- kernel IR ---\n{ir}")]

@@ -151,6 +151,36 @@ pub struct Launch {
     pub output_lens: Vec<usize>,
 }
 
+impl Launch {
+    /// Checks that this launch fits `kernel` and that `inputs` have the kernel's
+    /// dtypes; every backend calls it before running.
+    pub fn check(&self, kernel: &Kernel, inputs: &[&crate::HostBuffer]) -> Result<(), crate::KernelError> {
+        let bad = |reason: String| Err(crate::KernelError::Internal { op: "kernel launch".into(), reason });
+        if inputs.len() != kernel.inputs.len() || self.output_lens.len() != kernel.outputs.len() {
+            return bad(format!(
+                "kernel takes {} inputs and {} outputs, launched with {} and {}",
+                kernel.inputs.len(),
+                kernel.outputs.len(),
+                inputs.len(),
+                self.output_lens.len()
+            ));
+        }
+        if self.args.len() != kernel.n_args
+            || self.params.len() != kernel.n_params
+            || self.red_shape.len() != kernel.red_rank
+            || self.out_shape.len() != kernel.out_rank
+        {
+            return bad("arguments, parameters or domain ranks do not match the kernel".into());
+        }
+        for (k, (i, d)) in inputs.iter().zip(&kernel.inputs).enumerate() {
+            if i.dtype() != *d {
+                return bad(format!("input {k} is {}, the kernel reads {d}", i.dtype()));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The dtype arithmetic happens in: f16 and bf16 are computed in f32.
 pub fn compute_dtype(d: DType) -> DType {
     match d {

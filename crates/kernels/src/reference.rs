@@ -90,6 +90,8 @@ pub fn eval(
     if inputs.len() != arity {
         return Err(wrong_inputs(op, arity, inputs.len()));
     }
+    // fail with an out-of-memory error, not an abort, when the output cannot exist
+    drop(HostBuffer::try_zeros(out_dtype, n)?);
     Ok(match op {
         MetaOp::Full { value } => HostBuffer::filled(out_dtype, n, *value),
         MetaOp::Index { dim } => {

@@ -103,7 +103,17 @@ impl Runtime {
     fn upload<T: cudarc::driver::DeviceRepr>(&self, data: &[T], pad: T) -> Result<CudaSlice<T>, KernelError> {
         // a zero-length allocation has no valid pointer: pad empty arrays to one
         let r = if data.is_empty() { self.stream.clone_htod(&[pad]) } else { self.stream.clone_htod(data) };
-        r.map_err(driver_err("host-to-device copy"))
+        r.map_err(|e| {
+            if e.to_string().contains("OUT_OF_MEMORY") {
+                KernelError::OutOfMemory {
+                    device: "cuda:0".into(),
+                    bytes: std::mem::size_of_val(data) as u128,
+                    what: "a kernel buffer".into(),
+                }
+            } else {
+                driver_err("host-to-device copy")(e)
+            }
+        })
     }
 
     fn load(&self, kernel: &Kernel) -> Result<Arc<Loaded>, KernelError> {
@@ -136,6 +146,7 @@ impl Runtime {
         launch: &Launch,
         inputs: &[&HostBuffer],
     ) -> Result<Vec<HostBuffer>, KernelError> {
+        launch.check(kernel, inputs)?;
         let loaded = self.load(kernel)?;
         let ins = inputs.iter().map(|b| self.upload(bytes_of(b), 0u8)).collect::<Result<Vec<_>, _>>()?;
         let host_outs: Vec<HostBuffer> = kernel
@@ -143,13 +154,15 @@ impl Runtime {
             .iter()
             .zip(&launch.output_lens)
             .map(|(o, &n)| match &o.store {
-                Store::Scatter { op, .. } if o.dtype.is_float() => HostBuffer::filled(o.dtype, n, op.identity_f64()),
-                Store::Scatter { op, .. } => {
-                    HostBuffer::from_i64s(o.dtype, std::iter::repeat_n(op.identity_for(o.dtype), n))
+                Store::Scatter { op, .. } if o.dtype.is_float() => {
+                    Ok(HostBuffer::filled(o.dtype, n, op.identity_f64()))
                 }
-                Store::Dense => HostBuffer::zeros(o.dtype, n),
+                Store::Scatter { op, .. } => {
+                    Ok(HostBuffer::from_i64s(o.dtype, std::iter::repeat_n(op.identity_for(o.dtype), n)))
+                }
+                Store::Dense => HostBuffer::try_zeros(o.dtype, n),
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
         let mut outs = host_outs.iter().map(|b| self.upload(bytes_of(b), 0u8)).collect::<Result<Vec<_>, _>>()?;
         let as_i64 = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
         let args = self.upload(&launch.args, 0i64)?;
