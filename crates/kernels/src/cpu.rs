@@ -990,7 +990,7 @@ impl Gen<'_, '_> {
         let r = self.b.ins().fsub(x, nc1);
         let nc2 = self.b.ins().fmul(n, c2);
         let r = self.b.ins().fsub(r, nc2);
-        let coeffs = [1.987_569_1e-4f32, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 5.000_000_1e-1];
+        let coeffs = [1.987_569_1e-4f32, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
         let mut p = self.fconst_like(x, coeffs[0]);
         for &c in &coeffs[1..] {
             let pr = self.b.ins().fmul(p, r);
