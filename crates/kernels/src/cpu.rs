@@ -1,6 +1,8 @@
 //! The CPU backend: each kernel of the IR becomes one native function, generated
 //! with Cranelift, that runs a range `[start, end)` of output positions; rayon splits
-//! the output domain across cores. Values are computed in f32 (f16, bf16, f32), f64
+//! the output domain across cores. Element-wise kernels run their innermost loop on
+//! f32x4 vectors, and reductions along a contiguous last axis accumulate in f32x4
+//! lanes, where the loads allow. Values are computed in f32 (f16, bf16, f32), f64
 //! or i64 (integers and bool), one rounding per value as the portable executor
 //! ([`crate::exec`]) defines. f32 `exp` and `sigmoid` are generated inline (scalar and
 //! f32x4; about 1e-7 relative error); the other transcendental functions call Rust
@@ -689,7 +691,9 @@ fn emit_kernel(
 
     // reduction loop
     let accs: Vec<Variable> = kernel.reductions.iter().map(|r| g.b.declare_var(cty(r.dtype))).collect();
-    if let Some(red_n) = red_n {
+    if red_n.is_some() && reduction_vectorizable(kernel) {
+        emit_vector_reduction(&mut g, kernel, &red_dims, &accs)?;
+    } else if let Some(red_n) = red_n {
         for (var, r) in accs.iter().zip(&kernel.reductions) {
             let init = if r.dtype.is_float() {
                 g.constant(r.op.identity_f64(), r.dtype)?
@@ -926,12 +930,31 @@ fn vectorizable(k: &Kernel) -> bool {
     if k.red_rank != 0 || k.out_rank == 0 || k.has_scatter() {
         return false;
     }
-    let l = k.out_rank - 1;
-    let f32s = |id: usize| k.body[id].dtype == DType::F32;
-    let ok = k.body.iter().all(|v| match &v.inst {
+    let outputs: Vec<usize> = k.outputs.iter().map(|o| o.value).collect();
+    values_vectorizable(&k.body, &k.inputs, k.out_rank - 1, &outputs)
+        && k.outputs.iter().all(|o| o.dtype == DType::F32 && o.store == Store::Dense)
+}
+
+/// True when a reduction kernel's inner loop can run on f32x4 vectors along the last
+/// reduction index: f32 values and reductions, loads contiguous or invariant along it.
+fn reduction_vectorizable(k: &Kernel) -> bool {
+    if k.red_rank == 0 || k.has_scatter() {
+        return false;
+    }
+    let reduced: Vec<usize> = k.reductions.iter().map(|r| r.value).collect();
+    k.reductions.iter().all(|r| r.dtype == DType::F32)
+        && values_vectorizable(&k.inner, &k.inputs, k.out_rank + k.red_rank - 1, &reduced)
+}
+
+/// True when `vals` are f32 computations whose loads are contiguous or invariant
+/// along loop index `l`, and whose comparisons only feed `where` conditions (never
+/// one of `used`, the values read outside the list).
+fn values_vectorizable(vals: &[Value], inputs: &[DType], l: usize, used: &[usize]) -> bool {
+    let f32s = |id: usize| vals[id].dtype == DType::F32;
+    let ok = vals.iter().all(|v| match &v.inst {
         Inst::Load { input, offset, guard, .. } => {
             v.dtype == DType::F32
-                && k.inputs[*input] == DType::F32
+                && inputs[*input] == DType::F32
                 && guard.is_none()
                 && matches!(lin_coef(offset, l), Some(0) | Some(1))
         }
@@ -944,21 +967,21 @@ fn vectorizable(k: &Kernel) -> bool {
             v.dtype == DType::F32
                 && f32s(*a)
                 && f32s(*b)
-                && matches!(k.body[*c].inst, Inst::Binary(op, ..) if op.is_comparison())
+                && matches!(vals[*c].inst, Inst::Binary(op, ..) if op.is_comparison())
         }
         Inst::Index(_) | Inst::Random { .. } | Inst::Cast(_) | Inst::Acc(_) => false,
     });
     // comparisons may only feed `where` conditions
-    let masks_ok = k.body.iter().enumerate().all(|(id, v)| {
+    let masks_ok = vals.iter().enumerate().all(|(id, v)| {
         v.dtype != DType::Bool
-            || k.body.iter().all(|u| match &u.inst {
+            || vals.iter().all(|u| match &u.inst {
                 Inst::Where(_, a, b) => *a != id && *b != id,
                 Inst::Unary(_, a) | Inst::Cast(a) => *a != id,
                 Inst::Binary(_, a, b) => *a != id && *b != id,
                 _ => true,
-            }) && k.outputs.iter().all(|o| o.value != id)
+            }) && !used.contains(&id)
     });
-    ok && masks_ok && k.outputs.iter().all(|o| o.dtype == DType::F32 && o.store == Store::Dense)
+    ok && masks_ok
 }
 
 impl Gen<'_, '_> {
@@ -1133,6 +1156,94 @@ impl Gen<'_, '_> {
         }
         Ok(out)
     }
+}
+
+/// The reduction loop of a kernel whose inner values are vectorizable along the last
+/// reduction index: for every row of that index, four-lane accumulators take the
+/// vectors and scalar accumulators the remainder; the lanes are folded into the
+/// scalar accumulators `accs` at the end.
+fn emit_vector_reduction(
+    g: &mut Gen<'_, '_>,
+    kernel: &Kernel,
+    red_dims: &[CV],
+    accs: &[Variable],
+) -> Result<(), String> {
+    let first = kernel.out_rank;
+    let l = first + kernel.red_rank - 1;
+    let last_dim = red_dims[kernel.red_rank - 1];
+    let vaccs: Vec<Variable> = kernel.reductions.iter().map(|_| g.b.declare_var(types::F32X4)).collect();
+    for ((var, vvar), r) in accs.iter().zip(&vaccs).zip(&kernel.reductions) {
+        let init = g.constant(r.op.identity_f64(), r.dtype)?;
+        g.b.def_var(*var, init);
+        let splat = g.b.ins().splat(types::F32X4, init);
+        g.b.def_var(*vvar, splat);
+    }
+    // rows: every position of the reduction dims but the last
+    let rows_n = red_dims[..kernel.red_rank - 1].iter().fold(None, |acc: Option<CV>, &d| {
+        Some(match acc {
+            None => d,
+            Some(a) => g.b.ins().imul(a, d),
+        })
+    });
+    let rows_n = rows_n.unwrap_or_else(|| g.i64c(1));
+    let zero = g.i64c(0);
+    for d in 0..kernel.red_rank {
+        g.b.def_var(g.idx[first + d], zero);
+    }
+    let rvar = g.b.declare_var(types::I64);
+    g.b.def_var(rvar, zero);
+    let jvar = g.b.declare_var(types::I64);
+    let rows = open_loop(g, rvar, rows_n);
+    g.b.def_var(jvar, zero);
+    let last_start = g.b.ins().iadd_imm_s(last_dim, -(LANES - 1));
+    let vloop = open_loop(g, jvar, last_start);
+    let j = g.b.use_var(jvar);
+    g.b.def_var(g.idx[l], j);
+    let vals = g.vector_values(&kernel.inner, l)?;
+    for (vvar, r) in vaccs.iter().zip(&kernel.reductions) {
+        let a = g.b.use_var(*vvar);
+        let v = vals[r.value];
+        let c = match r.op {
+            ReduceOp::Sum => g.b.ins().fadd(a, v),
+            ReduceOp::Prod => g.b.ins().fmul(a, v),
+            ReduceOp::Max => g.b.ins().fmax(a, v),
+            ReduceOp::Min => g.b.ins().fmin(a, v),
+        };
+        g.b.def_var(*vvar, c);
+    }
+    let j4 = g.b.ins().iadd_imm_s(j, LANES);
+    g.b.def_var(jvar, j4);
+    close_loop(g, vloop);
+    let sloop = open_loop(g, jvar, last_dim);
+    let j = g.b.use_var(jvar);
+    g.b.def_var(g.idx[l], j);
+    let vals = g.values(&kernel.inner, &[])?;
+    for (var, r) in accs.iter().zip(&kernel.reductions) {
+        let a = g.b.use_var(*var);
+        let c = g.combine(r.op, a, vals[r.value], r.dtype)?;
+        g.b.def_var(*var, c);
+    }
+    let j1 = g.b.ins().iadd_imm_s(j, 1);
+    g.b.def_var(jvar, j1);
+    close_loop(g, sloop);
+    // next row
+    g.b.def_var(g.idx[l], zero);
+    odometer(g, first, &red_dims[..kernel.red_rank - 1]);
+    let r = g.b.use_var(rvar);
+    let r1 = g.b.ins().iadd_imm_s(r, 1);
+    g.b.def_var(rvar, r1);
+    close_loop(g, rows);
+    // fold the lanes into the scalar accumulators
+    for ((var, vvar), r) in accs.iter().zip(&vaccs).zip(&kernel.reductions) {
+        let v = g.b.use_var(*vvar);
+        let mut a = g.b.use_var(*var);
+        for lane in 0..LANES as u8 {
+            let x = g.b.ins().extractlane(v, lane);
+            a = g.combine(r.op, a, x, r.dtype)?;
+        }
+        g.b.def_var(*var, a);
+    }
+    Ok(())
 }
 
 /// Element-wise kernel whose innermost loop runs on f32x4 vectors: the range
