@@ -107,7 +107,7 @@ fn usable(device: Device, op: &str) -> Result<()> {
                 Ok(info) if n >= info.device_count => {
                     format!("the driver reports {} CUDA device(s), so cuda:{n} does not exist", info.device_count)
                 }
-                Ok(_) => "this build has no CUDA backend yet; select the CPU with JIT_DEVICE=cpu".to_string(),
+                Ok(_) => "values cannot live on a CUDA device yet (JIT_BACKEND=cuda runs the kernels of cpu values on the GPU); select the CPU with JIT_DEVICE=cpu".to_string(),
             };
             Err(Error::Device { op: op.into(), msg: format!("cannot run on cuda:{n}: {why}") })
         }

@@ -7,11 +7,17 @@
 //!
 //! * [`dtype`]: the element types and their promotion rules.
 //! * [`buffer`]: typed host storage with live-buffer accounting.
-//! * [`expr`]: the typed index-expression AST used by `reindex` and `reindex_reduce`.
+//! * [`expr`]: the typed index-expression AST used by `reindex`, `reindex_reduce`
+//!   and the kernel IR.
 //! * [`meta`]: the meta-operator descriptors.
 //! * [`random`]: Philox-4x32-10, the same numbers on every backend.
-//! * [`reference`]: the oracle interpreter, computing in f64 / i64.
-//! * [`cuda`]: run-time discovery of the CUDA libraries.
+//! * [`reference`](mod@reference): the oracle interpreter of single meta-ops, computing in f64 / i64.
+//! * [`ir`]: the kernel IR, one fused loop nest, with its canonical text and hash.
+//! * [`exec`]: a portable executor of the kernel IR (debugging, checking compilers).
+//! * [`cpu`]: the Cranelift backend (native code, rayon, f32x4 loops).
+//! * [`cache`]: the compiled-kernel cache and its counters.
+//! * [`cuda`]: run-time discovery of the CUDA libraries, the CUDA C emitter, NVRTC
+//!   and the driver runtime.
 
 #![warn(missing_docs)]
 
