@@ -62,7 +62,7 @@ impl Var {
     }
 
     /// Element-wise binary meta-op on inputs of equal shape and dtype (use the
-    /// broadcasting methods such as [`Var::add`] for NumPy semantics).
+    /// broadcasting methods such as [`Var::try_add`] for NumPy semantics).
     pub fn binary(&self, op: BinaryOp, rhs: &Var) -> Result<Var> {
         let name = op.name();
         if self.shape() != rhs.shape() {
