@@ -79,6 +79,9 @@ fn every_planned_kernel_compiles_with_nvrtc() {
         let mut tu = String::from(emit::PRELUDE);
         for (i, k) in batch.iter().enumerate() {
             tu.push_str(&emit::kernel_source(k, &format!("k{i}")));
+            if emit::has_block_variant(k) {
+                tu.push_str(&emit::block_reduction_source(k, &format!("kb{i}")));
+            }
         }
         if nvrtc::compile_cubin(&tu, "sm_90").is_err() {
             // find the kernel that fails and report it with its IR and source

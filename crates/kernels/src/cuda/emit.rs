@@ -1,8 +1,10 @@
 //! CUDA C from the kernel IR.
 //!
-//! One thread per output position in a grid-stride loop; a reduction runs as a
-//! per-thread loop over the reduction domain (the warp / block strategies are the
-//! next step); scatter kernels run in one thread. The source needs no headers (NVRTC
+//! One thread per output position in a grid-stride loop; a reduction kernel also
+//! gets a block-per-output variant (threads stride over the reduction domain, then
+//! warp shuffles and shared memory combine them, no atomics), which the runtime
+//! picks when each output reduces at least 128 elements; scatter kernels run in one
+//! thread. The source needs no headers (NVRTC
 //! from the pip wheel ships none): f16 / bf16 conversions, Philox and floor division
 //! are written out in the prelude. Integer arithmetic wraps (done in unsigned), float
 //! to integer conversion truncates and saturates with NaN to 0, max / min propagate
@@ -384,20 +386,7 @@ fn const_of(c: f64, d: DType) -> String {
 /// pointers, then `args`, `out_shape`, `red_shape` (i64) and `params` (f64).
 pub fn kernel_source(kernel: &Kernel, name: &str) -> String {
     let mut s = String::new();
-    let mut params: Vec<String> = vec!["const i64 n".into()];
-    for k in 0..kernel.inputs.len() {
-        params.push(format!("const void* __restrict__ in{k}"));
-    }
-    for (k, o) in kernel.outputs.iter().enumerate() {
-        params.push(format!("{}* __restrict__ out{k}", storage(o.dtype)));
-    }
-    params.extend([
-        "const i64* __restrict__ args".to_string(),
-        "const i64* __restrict__ out_shape".to_string(),
-        "const i64* __restrict__ red_shape".to_string(),
-        "const double* __restrict__ params".to_string(),
-    ]);
-    let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params.join(", "));
+    let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params_list(kernel));
     let _ = writeln!(s, "  (void)args; (void)out_shape; (void)red_shape; (void)params;");
     let (first, step) = if kernel.has_scatter() {
         ("0", "1")
@@ -463,7 +452,113 @@ pub fn kernel_source(kernel: &Kernel, name: &str) -> String {
     s
 }
 
-/// A whole translation unit: the prelude and one kernel named `name`.
+/// True when the kernel also gets a block-per-output variant (see
+/// [`block_reduction_source`]).
+pub fn has_block_variant(kernel: &Kernel) -> bool {
+    kernel.red_rank > 0 && !kernel.has_scatter()
+}
+
+fn params_list(kernel: &Kernel) -> String {
+    let mut params: Vec<String> = vec!["const i64 n".into()];
+    for k in 0..kernel.inputs.len() {
+        params.push(format!("const void* __restrict__ in{k}"));
+    }
+    for (k, o) in kernel.outputs.iter().enumerate() {
+        params.push(format!("{}* __restrict__ out{k}", storage(o.dtype)));
+    }
+    params.extend([
+        "const i64* __restrict__ args".to_string(),
+        "const i64* __restrict__ out_shape".to_string(),
+        "const i64* __restrict__ red_shape".to_string(),
+        "const double* __restrict__ params".to_string(),
+    ]);
+    params.join(", ")
+}
+
+/// The block-per-output variant of a reduction kernel, for large reduction domains:
+/// one block per output position (grid-stride over positions), its threads stride
+/// over the reduction domain, then the partial results are combined by warp
+/// shuffles and shared memory, without atomics. Launch with a block size that is a
+/// multiple of 32 (at most 1024).
+pub fn block_reduction_source(kernel: &Kernel, name: &str) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params_list(kernel));
+    let _ = writeln!(s, "  (void)args; (void)out_shape; (void)red_shape; (void)params;");
+    for (k, r) in kernel.reductions.iter().enumerate() {
+        let _ = writeln!(s, "  __shared__ {} sm{k}[32];", ctype(r.dtype));
+    }
+    let _ = writeln!(s, "  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;");
+    let _ = writeln!(s, "  for (i64 p = blockIdx.x; p < n; p += gridDim.x) {{");
+    let _ = writeln!(s, "    i64 rem = p;");
+    for d in (0..kernel.out_rank).rev() {
+        let _ = writeln!(s, "    const i64 i{d} = rem % out_shape[{d}]; rem /= out_shape[{d}];");
+    }
+    let idents: Vec<String> = kernel
+        .reductions
+        .iter()
+        .map(|r| {
+            if r.dtype.is_float() {
+                float_lit(r.op.identity_f64(), r.dtype)
+            } else {
+                format!("{}LL", r.op.identity_for(r.dtype))
+            }
+        })
+        .collect();
+    for (k, r) in kernel.reductions.iter().enumerate() {
+        let _ = writeln!(s, "    {} acc{k} = {};", ctype(r.dtype), idents[k]);
+    }
+    let rn: Vec<String> = (0..kernel.red_rank).map(|d| format!("red_shape[{d}]")).collect();
+    let _ = writeln!(s, "    const i64 rn = {};", rn.join(" * "));
+    let _ = writeln!(s, "    for (i64 q = threadIdx.x; q < rn; q += blockDim.x) {{");
+    let _ = writeln!(s, "      i64 rq = q;");
+    for d in (0..kernel.red_rank).rev() {
+        let i = kernel.out_rank + d;
+        let _ = writeln!(s, "      const i64 i{i} = rq % red_shape[{d}]; rq /= red_shape[{d}];");
+    }
+    values(&mut s, &kernel.inner, &kernel.inputs, "v", "      ");
+    for (k, r) in kernel.reductions.iter().enumerate() {
+        let _ = writeln!(s, "      acc{k} = {};", combine(r.op, &format!("acc{k}"), &format!("v{}", r.value), r.dtype));
+    }
+    let _ = writeln!(s, "    }}");
+    let shuffle = |s: &mut String, indent: &str| {
+        for (k, r) in kernel.reductions.iter().enumerate() {
+            let _ = writeln!(
+                s,
+                "{indent}for (int o = 16; o > 0; o >>= 1) {{ const {} other = __shfl_down_sync(0xffffffffu, acc{k}, o); acc{k} = {}; }}",
+                ctype(r.dtype),
+                combine(r.op, &format!("acc{k}"), "other", r.dtype)
+            );
+        }
+    };
+    shuffle(&mut s, "    ");
+    for k in 0..kernel.reductions.len() {
+        let _ = writeln!(s, "    if (lane == 0) sm{k}[warp] = acc{k};");
+    }
+    let _ = writeln!(s, "    __syncthreads();");
+    let _ = writeln!(s, "    if (warp == 0) {{");
+    for (k, id) in idents.iter().enumerate() {
+        let _ = writeln!(s, "      acc{k} = lane < nw ? sm{k}[lane] : {id};");
+    }
+    shuffle(&mut s, "      ");
+    let _ = writeln!(s, "      if (lane == 0) {{");
+    values(&mut s, &kernel.body, &kernel.inputs, "b", "        ");
+    for (k, o) in kernel.outputs.iter().enumerate() {
+        let _ = writeln!(s, "        out{k}[p] = {};", store_expr(o.dtype, &format!("b{}", o.value)));
+    }
+    let _ = writeln!(s, "      }}");
+    let _ = writeln!(s, "    }}");
+    let _ = writeln!(s, "    __syncthreads();");
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "}}");
+    s
+}
+
+/// A whole translation unit: the prelude, the kernel named `name`, and for reduction
+/// kernels its block variant named `{name}_block`.
 pub fn translation_unit(kernel: &Kernel, name: &str) -> String {
-    format!("{PRELUDE}\n{}", kernel_source(kernel, name))
+    let mut tu = format!("{PRELUDE}\n{}", kernel_source(kernel, name));
+    if has_block_variant(kernel) {
+        tu.push_str(&block_reduction_source(kernel, &format!("{name}_block")));
+    }
+    tu
 }

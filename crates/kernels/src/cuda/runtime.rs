@@ -29,6 +29,8 @@ pub struct Runtime {
 /// A loaded kernel.
 pub struct Loaded {
     func: CudaFunction,
+    /// The block-per-output variant of a reduction kernel.
+    block: Option<CudaFunction>,
     /// Its CUDA source.
     pub source: String,
 }
@@ -135,7 +137,12 @@ impl Runtime {
                 .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
                 .map_err(driver_err("cuModuleLoadData"))?;
             let func = module.load_function("kernel").map_err(driver_err("cuModuleGetFunction"))?;
-            Ok(Loaded { func, source })
+            let block = if emit::has_block_variant(kernel) {
+                Some(module.load_function("kernel_block").map_err(driver_err("cuModuleGetFunction"))?)
+            } else {
+                None
+            };
+            Ok(Loaded { func, block, source })
         })
     }
 
@@ -172,13 +179,16 @@ impl Runtime {
         let n: i64 = launch.out_shape.iter().product::<usize>() as i64;
         if n > 0 {
             let threads = 256u32;
-            let blocks = if kernel.has_scatter() {
-                1
-            } else {
-                ((n as u64).div_ceil(u64::from(threads))).min(u64::from(self.sms) * 32) as u32
+            let red_n: u64 = launch.red_shape.iter().map(|&d| d as u64).product();
+            // a block per output when each output reduces enough elements to keep a
+            // block busy; one thread per output otherwise
+            let (func, blocks) = match &loaded.block {
+                Some(block) if red_n >= 128 => (block, (n as u64).min(u64::from(self.sms) * 16) as u32),
+                _ if kernel.has_scatter() => (&loaded.func, 1),
+                _ => (&loaded.func, ((n as u64).div_ceil(u64::from(threads))).min(u64::from(self.sms) * 32) as u32),
             };
             let cfg = LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
-            let mut b = self.stream.launch_builder(&loaded.func);
+            let mut b = self.stream.launch_builder(func);
             b.arg(&n);
             for i in &ins {
                 b.arg(i);
