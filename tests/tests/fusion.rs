@@ -92,3 +92,40 @@ fn realised_values_are_not_recomputed() {
     assert_eq!(plan.len(), 1);
     assert!(!plan[0].contains("exp"), "{}", plan[0]);
 }
+
+#[test]
+fn long_chains_are_split_at_the_kernel_cost_cap() {
+    let x = Var::ones(&[8], DType::F32);
+    x.sync().unwrap();
+    let build = || {
+        let mut y = x.clone();
+        for _ in 0..1000 {
+            y = y * 1.0001;
+        }
+        y
+    };
+    // each multiply costs at least one unit: 1000 of them cannot fit one kernel
+    let n = kernels(FUSED, build);
+    assert!((2..=20).contains(&n), "a 1000-op chain planned as {n} kernels");
+    let v = with_flags(FUSED, || build().to_vec::<f32>().unwrap());
+    assert!((f64::from(v[0]) - 1.0001f64.powi(1000)).abs() < 1e-3, "{v:?}");
+}
+
+#[test]
+fn expensive_shared_producers_are_stored_once() {
+    let x = Var::randn(&[64], DType::F32).unwrap();
+    x.sync().unwrap();
+    let build = || {
+        // a producer of many transcendental ops, read by two consumers
+        let mut p = x.clone();
+        for _ in 0..8 {
+            p = p.sin().exp();
+        }
+        (&p + 1.0) * (&p - 1.0)
+    };
+    let plans = with_flags(FUSED, || planned_kernels(&[build()]).unwrap());
+    assert_eq!(plans.len(), 2, "producer stored, consumer reads it:\n{}", plans.join("\n"));
+    // the cheap shared producer of softmax (exp(x - max)) is recomputed instead
+    let cheap = kernels(FUSED, || x.softmax(0).unwrap());
+    assert_eq!(cheap, 3);
+}
