@@ -56,9 +56,16 @@ pub fn cache() -> &'static KernelCache<Compiled> {
     crate::cache::global(&CACHE)
 }
 
-/// Cache key: canonical IR + backend + target + compiler + framework version.
+/// Cranelift settings every kernel is compiled with (part of the cache key).
+const CRANELIFT_FLAGS: [(&str, &str); 3] =
+    [("use_colocated_libcalls", "false"), ("is_pic", "false"), ("opt_level", "speed")];
+
+/// Cache key: canonical IR + backend + target + compiler version and options +
+/// framework version.
 pub fn cache_key(kernel: &Kernel) -> String {
-    let text = format!("cpu-cranelift|{}|cranelift-0.135|jit-{FRAMEWORK_VERSION}|{}", std::env::consts::ARCH, kernel);
+    let options = CRANELIFT_FLAGS.map(|(k, v)| format!("{k}={v}")).join(",");
+    let text =
+        format!("cpu-cranelift|{}|cranelift-0.135|{options}|jit-{FRAMEWORK_VERSION}|{kernel}", std::env::consts::ARCH);
     crate::ir::fnv128(text.as_bytes())
 }
 
@@ -588,7 +595,7 @@ impl Gen<'_, '_> {
 
 fn isa() -> Result<cranelift_codegen::isa::OwnedTargetIsa, String> {
     let mut flags = settings::builder();
-    for (k, v) in [("use_colocated_libcalls", "false"), ("is_pic", "false"), ("opt_level", "speed")] {
+    for (k, v) in CRANELIFT_FLAGS {
         flags.set(k, v).map_err(|e| format!("cranelift setting {k}: {e}"))?;
     }
     let builder = cranelift_native::builder().map_err(|e| format!("host not supported by cranelift: {e}"))?;
