@@ -38,16 +38,7 @@ pub fn planned_kernel_ir(vars: &[Var]) -> Result<Vec<kernels::ir::Kernel>> {
 /// The kernels (canonical IR text) that realising `vars` would run with the current
 /// fusion setting, without running them. Realised inputs are not recomputed.
 pub fn planned_kernels(vars: &[Var]) -> Result<Vec<String>> {
-    let order = schedule(vars);
-    let targets: HashSet<u64> = vars.iter().map(Var::id).collect();
-    let steps = planner::plan(&order, &targets, flags().fusion)?;
-    Ok(steps
-        .iter()
-        .filter_map(|s| match s {
-            Step::Kernel { kernel, .. } => Some(kernel.to_string()),
-            Step::Alias { .. } => None,
-        })
-        .collect())
+    Ok(planned_kernel_ir(vars)?.iter().map(ToString::to_string).collect())
 }
 
 /// Number of data buffers alive in the process (see [`kernels::live_buffers`]).

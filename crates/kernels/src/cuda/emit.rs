@@ -220,6 +220,15 @@ fn store_expr(d: DType, v: &str) -> String {
     }
 }
 
+/// `single` or `double` spelling of a call, by whether the value is f32-computed.
+fn by_width(f: bool, single: String, double: String) -> String {
+    if f {
+        single
+    } else {
+        double
+    }
+}
+
 fn unary(op: UnaryOp, x: &str, d: DType) -> String {
     let c = ctype(d);
     if c == "i64" {
@@ -238,20 +247,8 @@ fn unary(op: UnaryOp, x: &str, d: DType) -> String {
         UnaryOp::Exp => name("expf", "exp"),
         UnaryOp::Log => name("logf", "log"),
         UnaryOp::Sqrt => name("sqrtf", "sqrt"),
-        UnaryOp::Rsqrt => {
-            if f {
-                format!("(1.0f / sqrtf({x}))")
-            } else {
-                format!("(1.0 / sqrt({x}))")
-            }
-        }
-        UnaryOp::Recip => {
-            if f {
-                format!("(1.0f / {x})")
-            } else {
-                format!("(1.0 / {x})")
-            }
-        }
+        UnaryOp::Rsqrt => by_width(f, format!("(1.0f / sqrtf({x}))"), format!("(1.0 / sqrt({x}))")),
+        UnaryOp::Recip => by_width(f, format!("(1.0f / {x})"), format!("(1.0 / {x})")),
         UnaryOp::Sin => name("sinf", "sin"),
         UnaryOp::Cos => name("cosf", "cos"),
         UnaryOp::Tanh => name("tanhf", "tanh"),
@@ -296,34 +293,10 @@ fn binary(op: BinaryOp, a: &str, b: &str, operand: DType, d: DType) -> String {
         BinaryOp::Sub => format!("({a} - {b})"),
         BinaryOp::Mul => format!("({a} * {b})"),
         BinaryOp::Div => format!("({a} / {b})"),
-        BinaryOp::Pow => {
-            if f {
-                format!("powf({a}, {b})")
-            } else {
-                format!("pow({a}, {b})")
-            }
-        }
-        BinaryOp::Max => {
-            if f {
-                format!("j_maxf({a}, {b})")
-            } else {
-                format!("j_maxd({a}, {b})")
-            }
-        }
-        BinaryOp::Min => {
-            if f {
-                format!("j_minf({a}, {b})")
-            } else {
-                format!("j_mind({a}, {b})")
-            }
-        }
-        BinaryOp::Mod => {
-            if f {
-                format!("j_remf({a}, {b})")
-            } else {
-                format!("j_remd({a}, {b})")
-            }
-        }
+        BinaryOp::Pow => by_width(f, format!("powf({a}, {b})"), format!("pow({a}, {b})")),
+        BinaryOp::Max => by_width(f, format!("j_maxf({a}, {b})"), format!("j_maxd({a}, {b})")),
+        BinaryOp::Min => by_width(f, format!("j_minf({a}, {b})"), format!("j_mind({a}, {b})")),
+        BinaryOp::Mod => by_width(f, format!("j_remf({a}, {b})"), format!("j_remd({a}, {b})")),
         _ => "0".into(),
     }
 }
@@ -397,33 +370,9 @@ pub fn kernel_source(kernel: &Kernel, name: &str) -> String {
         let _ = writeln!(s, "  if (blockIdx.x != 0 || threadIdx.x != 0) return;");
     }
     let _ = writeln!(s, "  for (i64 p = {first}; p < n; p += {step}) {{");
-    let _ = writeln!(s, "    i64 rem = p;");
-    for d in (0..kernel.out_rank).rev() {
-        let _ = writeln!(s, "    const i64 i{d} = rem % out_shape[{d}]; rem /= out_shape[{d}];");
-    }
+    out_indices(&mut s, kernel);
     if kernel.red_rank > 0 {
-        for (k, r) in kernel.reductions.iter().enumerate() {
-            let init = if r.dtype.is_float() {
-                float_lit(r.op.identity_f64(), r.dtype)
-            } else {
-                format!("{}LL", r.op.identity_for(r.dtype))
-            };
-            let _ = writeln!(s, "    {} acc{k} = {init};", ctype(r.dtype));
-        }
-        let rn: Vec<String> = (0..kernel.red_rank).map(|d| format!("red_shape[{d}]")).collect();
-        let _ = writeln!(s, "    const i64 rn = {};", rn.join(" * "));
-        let _ = writeln!(s, "    for (i64 q = 0; q < rn; ++q) {{");
-        let _ = writeln!(s, "      i64 rq = q;");
-        for d in (0..kernel.red_rank).rev() {
-            let i = kernel.out_rank + d;
-            let _ = writeln!(s, "      const i64 i{i} = rq % red_shape[{d}]; rq /= red_shape[{d}];");
-        }
-        values(&mut s, &kernel.inner, &kernel.inputs, "v", "      ");
-        for (k, r) in kernel.reductions.iter().enumerate() {
-            let _ =
-                writeln!(s, "      acc{k} = {};", combine(r.op, &format!("acc{k}"), &format!("v{}", r.value), r.dtype));
-        }
-        let _ = writeln!(s, "    }}");
+        reduction_loop(&mut s, kernel, "0", "1");
     }
     values(&mut s, &kernel.body, &kernel.inputs, "b", "    ");
     for (k, o) in kernel.outputs.iter().enumerate() {
@@ -450,6 +399,44 @@ pub fn kernel_source(kernel: &Kernel, name: &str) -> String {
     let _ = writeln!(s, "  }}");
     let _ = writeln!(s, "}}");
     s
+}
+
+/// The identity of reduction `r` as a C literal.
+fn identity_lit(r: &crate::ir::Reduction) -> String {
+    if r.dtype.is_float() {
+        float_lit(r.op.identity_f64(), r.dtype)
+    } else {
+        format!("{}LL", r.op.identity_for(r.dtype))
+    }
+}
+
+/// Decomposes the output position `p` into the output indices `i0..`.
+fn out_indices(s: &mut String, kernel: &Kernel) {
+    let _ = writeln!(s, "    i64 rem = p;");
+    for d in (0..kernel.out_rank).rev() {
+        let _ = writeln!(s, "    const i64 i{d} = rem % out_shape[{d}]; rem /= out_shape[{d}];");
+    }
+}
+
+/// Declares the accumulators and runs the reduction loop with `q` from `q_start`
+/// in steps of `q_step`, folding the inner values into them.
+fn reduction_loop(s: &mut String, kernel: &Kernel, q_start: &str, q_step: &str) {
+    for (k, r) in kernel.reductions.iter().enumerate() {
+        let _ = writeln!(s, "    {} acc{k} = {};", ctype(r.dtype), identity_lit(r));
+    }
+    let rn: Vec<String> = (0..kernel.red_rank).map(|d| format!("red_shape[{d}]")).collect();
+    let _ = writeln!(s, "    const i64 rn = {};", rn.join(" * "));
+    let _ = writeln!(s, "    for (i64 q = {q_start}; q < rn; q += {q_step}) {{");
+    let _ = writeln!(s, "      i64 rq = q;");
+    for d in (0..kernel.red_rank).rev() {
+        let i = kernel.out_rank + d;
+        let _ = writeln!(s, "      const i64 i{i} = rq % red_shape[{d}]; rq /= red_shape[{d}];");
+    }
+    values(s, &kernel.inner, &kernel.inputs, "v", "      ");
+    for (k, r) in kernel.reductions.iter().enumerate() {
+        let _ = writeln!(s, "      acc{k} = {};", combine(r.op, &format!("acc{k}"), &format!("v{}", r.value), r.dtype));
+    }
+    let _ = writeln!(s, "    }}");
 }
 
 /// True when the kernel also gets a block-per-output variant (see
@@ -489,37 +476,8 @@ pub fn block_reduction_source(kernel: &Kernel, name: &str) -> String {
     }
     let _ = writeln!(s, "  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;");
     let _ = writeln!(s, "  for (i64 p = blockIdx.x; p < n; p += gridDim.x) {{");
-    let _ = writeln!(s, "    i64 rem = p;");
-    for d in (0..kernel.out_rank).rev() {
-        let _ = writeln!(s, "    const i64 i{d} = rem % out_shape[{d}]; rem /= out_shape[{d}];");
-    }
-    let idents: Vec<String> = kernel
-        .reductions
-        .iter()
-        .map(|r| {
-            if r.dtype.is_float() {
-                float_lit(r.op.identity_f64(), r.dtype)
-            } else {
-                format!("{}LL", r.op.identity_for(r.dtype))
-            }
-        })
-        .collect();
-    for (k, r) in kernel.reductions.iter().enumerate() {
-        let _ = writeln!(s, "    {} acc{k} = {};", ctype(r.dtype), idents[k]);
-    }
-    let rn: Vec<String> = (0..kernel.red_rank).map(|d| format!("red_shape[{d}]")).collect();
-    let _ = writeln!(s, "    const i64 rn = {};", rn.join(" * "));
-    let _ = writeln!(s, "    for (i64 q = threadIdx.x; q < rn; q += blockDim.x) {{");
-    let _ = writeln!(s, "      i64 rq = q;");
-    for d in (0..kernel.red_rank).rev() {
-        let i = kernel.out_rank + d;
-        let _ = writeln!(s, "      const i64 i{i} = rq % red_shape[{d}]; rq /= red_shape[{d}];");
-    }
-    values(&mut s, &kernel.inner, &kernel.inputs, "v", "      ");
-    for (k, r) in kernel.reductions.iter().enumerate() {
-        let _ = writeln!(s, "      acc{k} = {};", combine(r.op, &format!("acc{k}"), &format!("v{}", r.value), r.dtype));
-    }
-    let _ = writeln!(s, "    }}");
+    out_indices(&mut s, kernel);
+    reduction_loop(&mut s, kernel, "threadIdx.x", "blockDim.x");
     let shuffle = |s: &mut String, indent: &str| {
         for (k, r) in kernel.reductions.iter().enumerate() {
             let _ = writeln!(
@@ -536,8 +494,8 @@ pub fn block_reduction_source(kernel: &Kernel, name: &str) -> String {
     }
     let _ = writeln!(s, "    __syncthreads();");
     let _ = writeln!(s, "    if (warp == 0) {{");
-    for (k, id) in idents.iter().enumerate() {
-        let _ = writeln!(s, "      acc{k} = lane < nw ? sm{k}[lane] : {id};");
+    for (k, r) in kernel.reductions.iter().enumerate() {
+        let _ = writeln!(s, "      acc{k} = lane < nw ? sm{k}[lane] : {};", identity_lit(r));
     }
     shuffle(&mut s, "      ");
     let _ = writeln!(s, "      if (lane == 0) {{");
