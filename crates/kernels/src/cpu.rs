@@ -893,29 +893,11 @@ fn scatter_init(op: ReduceOp, d: DType, n: usize) -> HostBuffer {
 /// Lanes of the vector loop (Cranelift's 128-bit vectors on x86-64 and aarch64).
 const LANES: i64 = 4;
 
-/// True when `e` mentions loop index `l`.
-fn mentions(e: &IndexExpr, l: usize) -> bool {
-    use IndexExpr as E;
-    match e {
-        E::Idx(k) => *k == l,
-        E::Const(_) | E::Arg(_) => false,
-        E::Add(a, b)
-        | E::Sub(a, b)
-        | E::Mul(a, b)
-        | E::FloorDiv(a, b)
-        | E::Mod(a, b)
-        | E::Min(a, b)
-        | E::Max(a, b)
-        | E::Cmp(_, a, b) => mentions(a, l) || mentions(b, l),
-        E::Select(c, t, o) => mentions(c, l) || mentions(t, l) || mentions(o, l),
-    }
-}
-
 /// The coefficient of `i_l` in `e` when `e` is affine in `i_l` with a constant
 /// coefficient.
 fn lin_coef(e: &IndexExpr, l: usize) -> Option<i64> {
     use IndexExpr as E;
-    if !mentions(e, l) {
+    if !e.mentions(l) {
         return Some(0);
     }
     match e {

@@ -32,6 +32,18 @@ pub enum CmpOp {
     Ne,
 }
 
+impl CmpOp {
+    /// The C / Rust spelling of the comparison.
+    pub fn symbol(self) -> &'static str {
+        match self {
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
+        }
+    }
+}
+
 /// An integer expression over the loop indices `i0 .. in` of a kernel.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum IndexExpr {
@@ -331,6 +343,23 @@ impl IndexExpr {
         }
     }
 
+    /// True when the expression mentions loop index `k`.
+    pub fn mentions(&self, k: usize) -> bool {
+        match self {
+            E::Idx(i) => *i == k,
+            E::Const(_) | E::Arg(_) => false,
+            E::Add(a, b)
+            | E::Sub(a, b)
+            | E::Mul(a, b)
+            | E::FloorDiv(a, b)
+            | E::Mod(a, b)
+            | E::Min(a, b)
+            | E::Max(a, b)
+            | E::Cmp(_, a, b) => a.mentions(k) || b.mentions(k),
+            E::Select(c, t, o) => c.mentions(k) || t.mentions(k) || o.mentions(k),
+        }
+    }
+
     /// The largest loop index the expression mentions, if any.
     pub fn max_index(&self) -> Option<usize> {
         match self {
@@ -522,15 +551,7 @@ impl fmt::Display for IndexExpr {
             E::Mod(a, b) => write!(f, "mod({a},{b})"),
             E::Min(a, b) => write!(f, "min({a},{b})"),
             E::Max(a, b) => write!(f, "max({a},{b})"),
-            E::Cmp(op, a, b) => {
-                let s = match op {
-                    CmpOp::Lt => "<",
-                    CmpOp::Le => "<=",
-                    CmpOp::Eq => "==",
-                    CmpOp::Ne => "!=",
-                };
-                write!(f, "({a}{s}{b})")
-            }
+            E::Cmp(op, a, b) => write!(f, "({a}{}{b})", op.symbol()),
             E::Select(c, t, o) => write!(f, "select({c},{t},{o})"),
         }
     }

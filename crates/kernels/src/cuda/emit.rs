@@ -11,7 +11,7 @@
 //! NaN: the semantics of the CPU backends.
 
 use crate::dtype::DType;
-use crate::expr::{CmpOp, IndexExpr};
+use crate::expr::IndexExpr;
 use crate::ir::{Inst, Kernel, Store, Value};
 use crate::meta::{BinaryOp, Distribution, ReduceOp, UnaryOp};
 use std::fmt::Write;
@@ -135,15 +135,7 @@ fn iexpr(e: &IndexExpr) -> String {
         E::Mod(a, b) => format!("j_fmod({}, {})", iexpr(a), iexpr(b)),
         E::Min(a, b) => format!("min({}, {})", iexpr(a), iexpr(b)),
         E::Max(a, b) => format!("max({}, {})", iexpr(a), iexpr(b)),
-        E::Cmp(op, a, b) => {
-            let s = match op {
-                CmpOp::Lt => "<",
-                CmpOp::Le => "<=",
-                CmpOp::Eq => "==",
-                CmpOp::Ne => "!=",
-            };
-            format!("(i64)({} {s} {})", iexpr(a), iexpr(b))
-        }
+        E::Cmp(op, a, b) => format!("(i64)({} {} {})", iexpr(a), op.symbol(), iexpr(b)),
         E::Select(c, t, o) => format!("(({}) != 0 ? {} : {})", iexpr(c), iexpr(t), iexpr(o)),
     }
 }
