@@ -17,6 +17,7 @@
 #![warn(missing_docs)]
 
 mod arith;
+mod autograd;
 mod device;
 mod display;
 mod error;
@@ -28,6 +29,7 @@ mod shape;
 mod var;
 
 pub use arith::Operand;
+pub use autograd::{backward, grad, grad_with, is_grad_enabled, no_grad, set_grad_enabled, GradMode, GradOptions};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use flags::{flags, set_flags, with_flags, Backend, Flags};

@@ -1,5 +1,6 @@
 //! `Var`: a cheap, clonable handle on a node of the lazy graph.
 
+use crate::autograd::{drop_iteratively, GradNode, Owned};
 use crate::device::Device;
 use crate::error::{Error, Result};
 use kernels::{Buffer, DType, Distribution, Element, HostBuffer, MetaOp};
@@ -39,23 +40,32 @@ pub(crate) struct Node {
     pub(crate) dtype: DType,
     pub(crate) device: Device,
     pub(crate) state: Mutex<State>,
+    /// The autograd record: how to send a gradient back to the inputs (`None` when
+    /// the value does not require a gradient).
+    pub(crate) grad_fn: Mutex<Option<Arc<GradNode>>>,
+    /// Bumped by [`Var::assign`]; saved values check it in backward.
+    pub(crate) version: AtomicU64,
+}
+
+impl Node {
+    /// Moves out everything this node keeps alive (inputs and autograd record).
+    pub(crate) fn take_children(&mut self, out: &mut Vec<Owned>) {
+        if let Ok(State::Pending { inputs, .. }) = self.state.get_mut() {
+            out.extend(std::mem::take(inputs).into_iter().map(Owned::Var));
+        }
+        if let Some(g) = self.grad_fn.get_mut().ok().and_then(Option::take) {
+            out.push(Owned::Grad(g));
+        }
+    }
 }
 
 impl Drop for Node {
     /// Drops the graph behind a node without recursion, so that dropping a very long
-    /// unrealised chain cannot overflow the stack.
+    /// unrealised chain (or its autograd record) cannot overflow the stack.
     fn drop(&mut self) {
-        let mut stack: Vec<Var> = match self.state.get_mut() {
-            Ok(State::Pending { inputs, .. }) => std::mem::take(inputs),
-            _ => return,
-        };
-        while let Some(v) = stack.pop() {
-            if let Some(mut node) = Arc::into_inner(v.0) {
-                if let Ok(State::Pending { inputs, .. }) = node.state.get_mut() {
-                    stack.append(inputs);
-                }
-            }
-        }
+        let mut stack = Vec::new();
+        self.take_children(&mut stack);
+        drop_iteratively(stack);
     }
 }
 
@@ -67,11 +77,42 @@ pub struct Var(pub(crate) Arc<Node>);
 impl Var {
     pub(crate) fn new_node(shape: Vec<usize>, dtype: DType, device: Device, state: State) -> Var {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        Var(Arc::new(Node { id, shape, dtype, device, state: Mutex::new(state) }))
+        Var(Arc::new(Node {
+            id,
+            shape,
+            dtype,
+            device,
+            state: Mutex::new(state),
+            grad_fn: Mutex::new(None),
+            version: AtomicU64::new(0),
+        }))
     }
 
+    /// A node computed by `op` from `inputs`. When gradients are enabled and an input
+    /// requires one, the node records how to send its gradient back.
     pub(crate) fn pending(shape: Vec<usize>, dtype: DType, device: Device, op: MetaOp, inputs: Vec<Var>) -> Var {
-        Var::new_node(shape, dtype, device, State::Pending { op, inputs })
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        Var(Arc::new_cyclic(|me| {
+            let grad_fn = crate::autograd::record(id, &shape, dtype, &op, &inputs, me);
+            Node {
+                id,
+                shape,
+                dtype,
+                device,
+                state: Mutex::new(State::Pending { op, inputs }),
+                grad_fn: Mutex::new(grad_fn),
+                version: AtomicU64::new(0),
+            }
+        }))
+    }
+
+    /// A new node that computes nothing and records no gradient: the same data.
+    pub(crate) fn alias_without_grad(&self) -> Var {
+        let state = match &*self.state() {
+            State::Ready { data, op } => State::Ready { data: data.clone(), op },
+            State::Pending { .. } => State::Pending { op: MetaOp::Reshape, inputs: vec![self.clone()] },
+        };
+        Var::new_node(self.shape().to_vec(), self.dtype(), self.device(), state)
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, State> {

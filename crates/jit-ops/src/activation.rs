@@ -80,7 +80,8 @@ impl Activations for Var {
         if x.shape().get(d) == Some(&0) {
             return Ok(x);
         }
-        let m = x.max(&[dim], true)?;
+        // the shift only keeps exp in range: it cancels, so no gradient flows through it
+        let m = x.max(&[dim], true)?.detach();
         let e = x.try_sub(&m)?.exp();
         let s = e.sum(&[dim], true)?;
         e.try_div(&s)
@@ -92,7 +93,8 @@ impl Activations for Var {
         if x.shape().get(d) == Some(&0) {
             return Ok(x);
         }
-        let m = x.max(&[dim], true)?;
+        // the shift only keeps exp in range: it cancels, so no gradient flows through it
+        let m = x.max(&[dim], true)?.detach();
         let shifted = x.try_sub(&m)?;
         let lse = shifted.exp().sum(&[dim], true)?.log();
         shifted.try_sub(&lse)
