@@ -41,7 +41,7 @@ pub fn check(name: &str, rng: &mut Rng, inputs: &[Nd], f: impl Fn(&[Var]) -> Res
             let an = grads[i].to_vec_f64().unwrap();
             assert_eq!(grads[i].shape(), x.shape.as_slice(), "{name}: gradient {i} has the wrong shape");
             let mut xs = inputs.to_vec();
-            for j in 0..x.data.len() {
+            for (j, &an_j) in an.iter().enumerate() {
                 let v = x.data[j];
                 xs[i].data[j] = v + H;
                 let lp = eval(&xs);
@@ -49,12 +49,12 @@ pub fn check(name: &str, rng: &mut Rng, inputs: &[Nd], f: impl Fn(&[Var]) -> Res
                 let lm = eval(&xs);
                 xs[i].data[j] = v;
                 let fd = (lp - lm) / (2.0 * H);
-                let tol = 1e-6 + 1e-5 * fd.abs().max(an[j].abs());
+                let tol = 1e-6 + 1e-5 * fd.abs().max(an_j.abs());
                 assert!(
-                    (fd - an[j]).abs() <= tol,
+                    (fd - an_j).abs() <= tol,
                     "{name}: d loss / d input{i}[{j}] (shape {:?}): analytic {} vs finite difference {fd} (seed {})",
                     x.shape,
-                    an[j],
+                    an_j,
                     rng.seed
                 );
             }
