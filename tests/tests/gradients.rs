@@ -2,6 +2,8 @@
 //! the foundation, on random awkward shapes with broadcasting and reindex
 //! compositions. Seeds are printed; rerun with `JIT_TEST_SEED=<seed>`.
 
+#![allow(clippy::cloned_ref_to_slice_refs)] // `&[x.clone()]` reads best for one-input checks
+
 use integration_tests::gradcheck::check;
 use integration_tests::{Nd, Rng};
 use jit_core::{IndexExpr as E, ReduceOp};
@@ -104,7 +106,7 @@ fn where_and_cast() {
     let c = input(&mut rng, &s, -1.0, 1.0);
     check("where", &mut rng, &[x.clone(), y], |v| {
         let cond = c.var(DType::F64).gt(0.0)?;
-        Var::where_(&cond, &v[0], &v[1].exp())
+        Var::where_(&cond, &v[0], v[1].exp())
     });
     check("cast to f64 and back", &mut rng, &[x], |v| Ok(v[0].cast(DType::F64).try_mul(2.0)?.cast(DType::F64)));
 }
