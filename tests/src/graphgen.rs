@@ -20,6 +20,8 @@ pub struct Graph {
     pub outputs: Vec<Var>,
     /// One line per op, for failure reports.
     pub log: Vec<String>,
+    /// The host-data inputs (marked `requires_grad` when built for gradients).
+    pub inputs: Vec<Var>,
 }
 
 fn pick<'a>(rng: &mut Rng, nodes: &'a [Var]) -> &'a Var {
@@ -34,6 +36,12 @@ fn squash(x: &Var) -> Var {
 
 /// Builds the graph for `seed`.
 pub fn random_graph(seed: u64) -> Result<Graph> {
+    random_graph_with(seed, false)
+}
+
+/// Builds the graph for `seed`; with `requires_grad` its host-data inputs are
+/// parameters that gradients can be taken with respect to.
+pub fn random_graph_with(seed: u64, requires_grad: bool) -> Result<Graph> {
     let mut rng = Rng::new(seed);
     let mut log = Vec::new();
     let base: Vec<usize> = (0..1 + rng.below(3)).map(|_| rng.dim_size(false)).collect();
@@ -53,7 +61,7 @@ pub fn random_graph(seed: u64) -> Result<Graph> {
             Var::random(&shape, jit_core::Distribution::Normal { mean: 0.0, std: 1.0 }, DType::F32, key)?
         } else {
             log.push(format!("x{k} = input {shape:?}"));
-            let x = rng.nd(&shape, -2.0, 2.0).var(DType::F32);
+            let x = rng.nd(&shape, -2.0, 2.0).var(DType::F32).requires_grad_(requires_grad)?;
             exact.push(x.clone());
             x
         };
@@ -224,7 +232,7 @@ pub fn random_graph(seed: u64) -> Result<Graph> {
             outputs.push(v);
         }
     }
-    Ok(Graph { outputs, log })
+    Ok(Graph { outputs, log, inputs: exact })
 }
 
 /// Realises a graph built for `seed` under `flags` and returns its outputs' values.
@@ -233,6 +241,34 @@ pub fn evaluate(seed: u64, flags: jit_core::Flags) -> Result<Vec<(Vec<usize>, Ve
         let g = random_graph(seed)?;
         realize(&g.outputs)?;
         g.outputs.iter().map(|o| Ok((o.shape().to_vec(), o.to_vec_f64()?))).collect()
+    })
+}
+
+/// Builds the graph for `seed` with its inputs as parameters, puts a scalar loss on
+/// top (each output summed with fixed random weights) and returns the lazy gradient
+/// of every input (empty when no output depends on an input).
+pub fn grad_graph(seed: u64) -> Result<Vec<Var>> {
+    let g = random_graph_with(seed, true)?;
+    let mut rng = Rng::new(seed ^ 0x6A09_E667_F3BC_C908);
+    let mut loss: Option<Var> = None;
+    for o in g.outputs.iter().filter(|o| o.requires_grad()) {
+        let w = rng.nd(o.shape(), -1.0, 1.0).var(DType::F32);
+        let term = o.try_mul(&w)?.sum_all()?;
+        loss = Some(match loss {
+            Some(l) => l.try_add(&term)?,
+            None => term,
+        });
+    }
+    let Some(loss) = loss else { return Ok(vec![]) };
+    jit_core::grad(&loss, &g.inputs)
+}
+
+/// The gradients of [`grad_graph`], realised under `flags`.
+pub fn evaluate_grads(seed: u64, flags: jit_core::Flags) -> Result<Vec<(Vec<usize>, Vec<f64>)>> {
+    jit_core::with_flags(flags, || {
+        let grads = grad_graph(seed)?;
+        realize(&grads)?;
+        grads.iter().map(|v| Ok((v.shape().to_vec(), v.to_vec_f64()?))).collect()
     })
 }
 

@@ -1,10 +1,10 @@
 //! CUDA code generation, checked without a GPU: every kernel that the planner makes
-//! for the random differential graphs (fused and unfused) and for graphs over every
+//! for the random differential graphs (fused and unfused; forward and backward) and for graphs over every
 //! dtype is emitted as CUDA C and compiled by NVRTC for sm_90. Any compile error
 //! fails. Without libnvrtc the test reports itself skipped, unless
 //! `JIT_REQUIRE_NVRTC=1` (set by `.ci/run`, which installs NVRTC) makes that an error.
 
-use integration_tests::graphgen::random_graph;
+use integration_tests::graphgen::{grad_graph, random_graph};
 use integration_tests::Rng;
 use jit_core::{planned_kernel_ir, with_flags, Backend, Flags};
 use jit_ops::prelude::*;
@@ -63,6 +63,14 @@ fn every_planned_kernel_compiles_with_nvrtc() {
             for i in 0..graphs {
                 let g = random_graph(base.wrapping_add(i)).expect("graph");
                 for k in planned_kernel_ir(&g.outputs).expect("plan") {
+                    kernels.entry(k.structural_hash()).or_insert(k);
+                }
+                if i >= graphs / 2 {
+                    continue;
+                }
+                // and, for half of them, the backward graph
+                let grads = grad_graph(base.wrapping_add(i)).expect("backward graph");
+                for k in planned_kernel_ir(&grads).expect("plan") {
                     kernels.entry(k.structural_hash()).or_insert(k);
                 }
             }

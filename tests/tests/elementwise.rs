@@ -253,3 +253,17 @@ fn empty_and_scalar_shapes() {
         "rank-0 tanh",
     );
 }
+
+/// Regression: the vectorised CPU path hoists splatted constants and parameters out of
+/// its loops; when the kernel body started with one, every later constant took its
+/// value (found by the backward differential test).
+#[test]
+fn kernels_with_several_scalar_parameters_keep_them_apart() {
+    let mut rng = Rng::fresh("kernels_with_several_scalar_parameters_keep_them_apart");
+    let x = rng.nd(&[5, 9], -1.0, 1.0);
+    let xv = x.var(DType::F32);
+    // the kernel body starts with the parameter 2.0; 0.3, 3.0 and 0.0 follow
+    let y = &(2.0 * &xv) + &Var::where_(&xv.gt(0.3).unwrap(), 3.0f32, &xv).unwrap();
+    let want = x.map(|v| 2.0 * v + if v > 0.3 { 3.0 } else { v });
+    assert_close(&y, &want, 1e-6, 1e-6, "2x + where(x > 0.3, 3, x)");
+}

@@ -61,4 +61,37 @@ fn memory_stays_bounded() {
     assert_eq!(m.item::<f32>().unwrap(), 297.0);
     drop((a, s, m));
     assert_eq!(jit_core::live_buffers(), base);
+
+    // Autograd keeps only what the gradient rules read. `h + 1` reads nothing, so the
+    // realised h is freed once the user drops it (backward recomputes exp(x) from
+    // x, which exp's rule keeps); `h * h` reads h, so it stays alive.
+    let x = Var::from_vec(vec![0.5f32; 4096], &[4096]).unwrap().requires_grad_(true).unwrap();
+    let h = x.exp();
+    h.sync().unwrap();
+    let y = (&h + 1.0).sum_all().unwrap();
+    y.sync().unwrap();
+    drop(h);
+    assert_eq!(jit_core::live_buffers() - base, 2, "x and y only: h is not kept for backward");
+    let g = jit_core::grad(&y, std::slice::from_ref(&x)).unwrap();
+    assert!(g[0].to_vec::<f32>().unwrap().iter().all(|&v| (v - 0.5f32.exp()).abs() < 1e-6));
+    drop(g);
+    let h = x.exp();
+    h.sync().unwrap();
+    let z = (&h * &h).sum_all().unwrap();
+    z.sync().unwrap();
+    drop(h);
+    assert_eq!(jit_core::live_buffers() - base, 4, "x, y, z and h: mul's rule reads h");
+    drop((y, z));
+    assert_eq!(jit_core::live_buffers() - base, 1, "the records went with the values");
+    drop(x);
+    assert_eq!(jit_core::live_buffers(), base);
+
+    // A deep recorded graph and its records are dropped without recursion.
+    let p = Var::ones(&[1], DType::F32).requires_grad_(true).unwrap();
+    let mut q = p.clone();
+    for _ in 0..200_000 {
+        q = &q * 1.0 + 1.0;
+    }
+    drop((p, q));
+    assert_eq!(jit_core::live_buffers(), base);
 }

@@ -29,7 +29,9 @@ mod shape;
 mod var;
 
 pub use arith::Operand;
-pub use autograd::{backward, grad, grad_with, is_grad_enabled, no_grad, set_grad_enabled, GradMode, GradOptions};
+pub use autograd::{
+    backward, custom_op, grad, grad_with, is_grad_enabled, no_grad, set_grad_enabled, BackwardFn, GradMode, GradOptions,
+};
 pub use device::Device;
 pub use error::{Error, Result};
 pub use flags::{flags, set_flags, with_flags, Backend, Flags};

@@ -182,6 +182,9 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
                     }
                     _ => kernels::cpu::run_with(kernel, launch, &hosts, f.dump)?,
                 };
+                if f.backend != Backend::Interpreter && crosscheck() {
+                    crosscheck_kernel(kernel, launch, &hosts, &outs)?;
+                }
                 KERNEL_LAUNCHES.fetch_add(1, Ordering::Relaxed);
                 drop(data);
                 for (o, buf) in outputs.iter().zip(outs) {
@@ -202,6 +205,39 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
                     values.remove(&i.id());
                 }
             }
+        }
+    }
+    Ok(())
+}
+
+/// `JIT_CROSSCHECK=1`: every compiled kernel is also run on the portable IR
+/// executor and the results compared (a debugging aid for code-generator bugs).
+fn crosscheck() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("JIT_CROSSCHECK").is_ok_and(|v| v == "1"))
+}
+
+fn crosscheck_kernel(
+    kernel: &kernels::ir::Kernel,
+    launch: &kernels::ir::Launch,
+    inputs: &[&HostBuffer],
+    outs: &[HostBuffer],
+) -> Result<()> {
+    let want = kernels::exec::run(kernel, launch, inputs)?;
+    for (k, (o, w)) in outs.iter().zip(&want).enumerate() {
+        let (o, w) = (o.to_f64_vec(), w.to_f64_vec());
+        let bad = o
+            .iter()
+            .zip(&w)
+            .position(|(a, b)| !((a - b).abs() <= 1e-4 * b.abs().max(1.0) || (a.is_nan() && b.is_nan())));
+        if let Some(i) = bad {
+            return Err(Error::Kernel(kernels::KernelError::Internal {
+                op: "crosscheck".into(),
+                reason: format!(
+                    "output {k} element {i}: compiled {} vs executor {}\nlaunch {launch:?}\n{kernel}",
+                    o[i], w[i]
+                ),
+            }));
         }
     }
     Ok(())

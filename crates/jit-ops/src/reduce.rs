@@ -41,6 +41,10 @@ fn axes(op: &str, x: &Var, dims: &[isize]) -> Result<Vec<usize>> {
     normalize_dims(op, dims, x.shape())
 }
 
+fn isize_axes(ax: &[usize]) -> Vec<isize> {
+    ax.iter().map(|&a| a as isize).collect()
+}
+
 fn count(x: &Var, axes: &[usize]) -> usize {
     axes.iter().map(|&a| x.shape()[a]).product()
 }
@@ -137,12 +141,34 @@ impl ReduceOps for Var {
         need_float("var", self)?;
         let ax = axes("var", self, dims)?;
         let n = count(self, &ax);
-        let mean = self.reduce(ReduceOp::Sum, &ax, true)?.try_mul(1.0 / n as f64)?;
-        let d = self.try_sub(&mean)?;
-        let ss = d.try_mul(&d)?.reduce(ReduceOp::Sum, &ax, keepdim)?;
-        let denom = if unbiased { n as f64 - 1.0 } else { n as f64 };
         // N - 1 = 0 gives 0/0 = NaN, as PyTorch does.
-        ss.try_div(denom)
+        let denom = if unbiased { n as f64 - 1.0 } else { n as f64 };
+        let forward = |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
+            let x = &xs[0];
+            let mean = x.reduce(ReduceOp::Sum, &ax, true)?.try_mul(1.0 / n as f64)?;
+            let d = x.try_sub(&mean)?;
+            let v = d.try_mul(&d)?.reduce(ReduceOp::Sum, &ax, keepdim)?.try_div(denom)?;
+            Ok((v, vec![x.clone(), mean]))
+        };
+        // d var / dx = 2 (x - mean) / denom: the path through the mean sums to zero, so
+        // the closed form saves a reduction and a materialised value in backward.
+        let shape = self.shape().to_vec();
+        let ax2 = ax.clone();
+        let backward = move |saved: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
+            let x = &saved[0];
+            // Recording (higher-order gradients): differentiate through the mean too.
+            let mean = if jit_core::is_grad_enabled() { x.mean(&isize_axes(&ax2), true)? } else { saved[1].clone() };
+            let mean = &mean;
+            let g = if keepdim {
+                g.clone()
+            } else {
+                let kept: Vec<isize> =
+                    shape.iter().enumerate().map(|(d, &s)| if ax2.contains(&d) { 1 } else { s as isize }).collect();
+                g.reshape(&kept)?
+            };
+            Ok(vec![Some(x.try_sub(mean)?.try_mul(&g.try_mul(2.0 / denom)?)?)])
+        };
+        jit_core::custom_op("var", std::slice::from_ref(self), forward, std::sync::Arc::new(backward))
     }
 
     fn std(&self, dims: &[isize], unbiased: bool, keepdim: bool) -> Result<Var> {

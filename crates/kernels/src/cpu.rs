@@ -1250,8 +1250,12 @@ fn emit_vectorized(
     // splat constants and parameters once, outside the loops
     for (id, v) in kernel.body.iter().enumerate() {
         if matches!(v.inst, Inst::Const(_) | Inst::Param(_)) {
-            let splat = g.vector_values(&kernel.body[id..=id], l)?[0];
-            g.hoisted.insert(id, splat);
+            // `vector_values` looks hoisted values up by position in the slice it is
+            // given: with a one-value slice that position is 0, so hide the map.
+            let hoisted = std::mem::take(&mut g.hoisted);
+            let splat = g.vector_values(&kernel.body[id..=id], l);
+            g.hoisted = hoisted;
+            g.hoisted.insert(id, splat?[0]);
         }
     }
     let pvar = g.b.declare_var(types::I64);

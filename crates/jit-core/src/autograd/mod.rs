@@ -85,6 +85,48 @@ pub(crate) enum GradKind {
     Leaf { grad: Mutex<Option<Var>> },
     /// A value computed by `op`.
     Op { op: MetaOp, edges: Vec<Edge>, out: Weak<Node> },
+    /// A value computed by a composite or extern op with its own rule (see
+    /// [`custom_op`]).
+    Custom { name: &'static str, edges: Vec<Edge>, saved: Vec<Saved>, backward: Arc<BackwardFn> },
+}
+
+/// The gradient rule of a [`custom_op`]: given the values its forward saved and the
+/// gradient of its output, one gradient per input (`None` for inputs that take none).
+/// Build the gradients from ops (they are recorded when higher-order gradients are
+/// requested).
+pub type BackwardFn = dyn Fn(&[Var], &Var) -> Result<Vec<Option<Var>>> + Send + Sync;
+
+/// An op with its own gradient rule (PyTorch's `autograd.Function`, Jittor's
+/// `Function`): `forward` computes the output from `inputs` with recording off and
+/// returns it with the values `backward` will need; gradients then flow through
+/// `backward` rather than through the ops `forward` used. Composite ops use it where
+/// a closed-form gradient is cheaper than differentiating their parts, extern ops
+/// (library calls) to register their rules.
+pub fn custom_op(
+    name: &'static str,
+    inputs: &[Var],
+    forward: impl FnOnce(&[Var]) -> Result<(Var, Vec<Var>)>,
+    backward: Arc<BackwardFn>,
+) -> Result<Var> {
+    let track = is_grad_enabled() && inputs.iter().any(Var::requires_grad);
+    let (value, saved) = no_grad(|| forward(inputs))?;
+    if !track || !value.dtype().is_float() {
+        return Ok(value);
+    }
+    let out = value.alias_without_grad();
+    let edges = inputs
+        .iter()
+        .map(|x| Edge { node: x.grad_node(), shape: x.shape().to_vec(), dtype: x.dtype(), saved: None })
+        .collect();
+    let saved = saved.into_iter().map(|v| Saved { version: v.version(), var: v }).collect();
+    *out.0.grad_fn.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(GradNode {
+        id: out.id(),
+        shape: out.shape().to_vec(),
+        dtype: out.dtype(),
+        device: out.device(),
+        kind: GradKind::Custom { name, edges, saved, backward },
+    }));
+    Ok(out)
 }
 
 /// The autograd record of one node.
@@ -103,8 +145,18 @@ pub(crate) enum Owned {
 }
 
 impl GradNode {
+    fn edges(&self) -> &[Edge] {
+        match &self.kind {
+            GradKind::Op { edges, .. } | GradKind::Custom { edges, .. } => edges,
+            GradKind::Leaf { .. } => &[],
+        }
+    }
+
     fn take_children(&mut self, out: &mut Vec<Owned>) {
-        if let GradKind::Op { edges, .. } = &mut self.kind {
+        if let GradKind::Custom { saved, .. } = &mut self.kind {
+            out.extend(std::mem::take(saved).into_iter().map(|s| Owned::Var(s.var)));
+        }
+        if let GradKind::Op { edges, .. } | GradKind::Custom { edges, .. } = &mut self.kind {
             for e in std::mem::take(edges) {
                 if let Some(n) = e.node {
                     out.push(Owned::Grad(n));
@@ -202,19 +254,7 @@ impl Ctx<'_> {
         let Some(s) = &self.edges[k].saved else {
             return Err(internal(self.op, format!("input {k} was not saved for the gradient")));
         };
-        let now = s.var.version();
-        if now != s.version {
-            return Err(Error::argument(
-                "grad",
-                format!(
-                    "input {k} of {} (shape {:?}) was changed by assign() after the op used it (version {} then, {now} now); compute the loss again after updating values",
-                    self.op.name(),
-                    self.edges[k].shape,
-                    s.version
-                ),
-            ));
-        }
-        Ok(s.var.clone())
+        check_version(self.op.name(), k, s)
     }
 
     /// The op's output: the node itself while it is alive, else recomputed from the
@@ -244,7 +284,27 @@ impl Ctx<'_> {
 }
 
 fn internal(op: &MetaOp, reason: String) -> Error {
-    Error::Kernel(kernels::KernelError::Internal { op: format!("grad of {}", op.name()), reason })
+    internal_named(op.name(), reason)
+}
+
+fn internal_named(name: &str, reason: String) -> Error {
+    Error::Kernel(kernels::KernelError::Internal { op: format!("grad of {name}"), reason })
+}
+
+/// The saved value, or an error when [`Var::assign`] changed it after it was saved.
+fn check_version(op: &str, k: usize, s: &Saved) -> Result<Var> {
+    let now = s.var.version();
+    if now != s.version {
+        return Err(Error::argument(
+            "grad",
+            format!(
+                "value {k} saved by {op} (shape {:?}) was changed by assign() after the op used it (version {} then, {now} now); compute the loss again after updating values",
+                s.var.shape(),
+                s.version
+            ),
+        ));
+    }
+    Ok(s.var.clone())
 }
 
 /// How [`grad_with`] differentiates.
@@ -329,10 +389,7 @@ fn run_backward(output: &Var, seed: Var, targets: &HashSet<u64>, create_graph: b
     // needed: the target itself or a record that leads to one.
     let mut needed: HashSet<u64> = HashSet::new();
     for g in &order {
-        let leads = match &g.kind {
-            GradKind::Op { edges, .. } => edges.iter().any(|e| e.node.as_ref().is_some_and(|n| needed.contains(&n.id))),
-            GradKind::Leaf { .. } => false,
-        };
+        let leads = g.edges().iter().any(|e| e.node.as_ref().is_some_and(|n| needed.contains(&n.id)));
         if leads || targets.contains(&g.id) {
             needed.insert(g.id);
         }
@@ -348,20 +405,34 @@ fn run_backward(output: &Var, seed: Var, targets: &HashSet<u64>, create_graph: b
         if targets.contains(&g.id) {
             found.insert(g.id, dout.clone());
         }
-        let GradKind::Op { op, edges, out } = &g.kind else { continue };
+        let edges = g.edges();
         if !edges.iter().any(|e| e.node.as_ref().is_some_and(|n| needed.contains(&n.id))) {
             continue;
         }
-        let ctx = Ctx { node: g, op, edges, out };
-        let dins = rules::backward(&ctx, &dout)?;
+        let (name, dins) = match &g.kind {
+            GradKind::Op { op, out, .. } => (op.name(), rules::backward(&Ctx { node: g, op, edges, out }, &dout)?),
+            GradKind::Custom { name, saved, backward, .. } => {
+                let vals =
+                    saved.iter().enumerate().map(|(k, s)| check_version(name, k, s)).collect::<Result<Vec<_>>>()?;
+                let dins = backward(&vals, &dout)?;
+                if dins.len() != edges.len() {
+                    return Err(internal_named(
+                        name,
+                        format!("the rule gave {} gradients for {} inputs", dins.len(), edges.len()),
+                    ));
+                }
+                (*name, dins)
+            }
+            GradKind::Leaf { .. } => continue,
+        };
         for (k, (e, din)) in edges.iter().zip(dins).enumerate() {
             let (Some(n), Some(din)) = (&e.node, din) else { continue };
             if !needed.contains(&n.id) {
                 continue;
             }
             if din.shape() != e.shape.as_slice() || din.dtype() != e.dtype {
-                return Err(internal(
-                    op,
+                return Err(internal_named(
+                    name,
                     format!(
                         "the rule gave input {k} a gradient of shape {:?} ({}) for a value of shape {:?} ({})",
                         din.shape(),
@@ -395,8 +466,8 @@ fn topo_order(root: &Arc<GradNode>) -> Vec<Arc<GradNode>> {
             continue;
         }
         stack.push((g.clone(), true));
-        if let GradKind::Op { edges, .. } = &g.kind {
-            for e in edges.iter().rev() {
+        {
+            for e in g.edges().iter().rev() {
                 if let Some(n) = &e.node {
                     if !seen.contains(&n.id) {
                         stack.push((n.clone(), false));
@@ -454,7 +525,10 @@ impl Var {
     /// True for a value the user marked with `requires_grad_(true)` and for every
     /// value that does not require a gradient (PyTorch's definition).
     pub fn is_leaf(&self) -> bool {
-        !matches!(self.grad_node().as_deref(), Some(GradNode { kind: GradKind::Op { .. }, .. }))
+        !matches!(
+            self.grad_node().as_deref(),
+            Some(GradNode { kind: GradKind::Op { .. } | GradKind::Custom { .. }, .. })
+        )
     }
 
     /// Marks this value as a parameter whose gradient [`grad`] and [`backward`] can
@@ -480,7 +554,7 @@ impl Var {
                 }));
             }
             (Some(g), false) => {
-                if matches!(g.kind, GradKind::Op { .. }) {
+                if !matches!(g.kind, GradKind::Leaf { .. }) {
                     return Err(Error::argument(
                         "requires_grad_",
                         format!(
@@ -589,7 +663,7 @@ impl Var {
         *self.state() = State::Ready { data, op: "assign" };
         self.0.version.fetch_add(1, Ordering::AcqRel);
         let mut slot = self.0.grad_fn.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(slot.as_deref(), Some(GradNode { kind: GradKind::Op { .. }, .. })) {
+        if !matches!(slot.as_deref(), None | Some(GradNode { kind: GradKind::Leaf { .. }, .. })) {
             *slot = None;
         }
         Ok(())

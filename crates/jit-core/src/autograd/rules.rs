@@ -95,7 +95,7 @@ pub(super) fn backward(ctx: &Ctx<'_>, g: &Var) -> Result<Vec<Option<Var>>> {
                     let out_at = out.reindex(&shape, exprs.clone(), 0.0, conds.clone())?;
                     let hit = x.binary(BinaryOp::Eq, &out_at)?.cast(x.dtype());
                     let count = hit.reindex_reduce(ReduceOp::Sum, out.shape(), exprs.clone(), conds.clone())?;
-                    let count_at = count.reindex(&shape, exprs.clone(), 1.0, conds.clone())?;
+                    let count_at = count.maximum(1.0)?.reindex(&shape, exprs.clone(), 1.0, conds.clone())?;
                     &(&g_at * &hit) / &count_at
                 }
             };
@@ -150,7 +150,10 @@ fn reduce(ctx: &Ctx<'_>, op: ReduceOp, axes: &[usize], keepdims: bool, g: &Var) 
             let x = ctx.input(0)?;
             let out = expand_reduced(&ctx.output()?, shape, axes, keepdims)?;
             let hit = x.binary(BinaryOp::Eq, &out)?.cast(x.dtype());
-            let count = expand_reduced(&hit.reduce(ReduceOp::Sum, axes, true)?, shape, axes, true)?;
+            // at least 1: should a recomputed x differ from the stored max in the last
+            // bit, the gradient is lost rather than turned into 0/0
+            let count = hit.reduce(ReduceOp::Sum, axes, true)?.maximum(1.0)?;
+            let count = expand_reduced(&count, shape, axes, true)?;
             &(&gb * &hit) / &count
         }
     })
