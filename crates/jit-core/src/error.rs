@@ -52,17 +52,31 @@ pub enum Error {
         /// What is wrong.
         msg: String,
     },
+    /// A file that cannot be read, written or understood.
+    #[error("{path}: {msg}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        msg: String,
+    },
     /// A backend or library failure.
     #[error(transparent)]
     Kernel(#[from] KernelError),
 }
 
 impl Error {
-    pub(crate) fn shape(op: &str, msg: impl Into<String>) -> Error {
+    /// Shapes that do not fit `op`.
+    pub fn shape(op: &str, msg: impl Into<String>) -> Error {
         Error::Shape { op: op.to_string(), msg: msg.into() }
     }
-    pub(crate) fn dtype(op: &str, msg: impl Into<String>) -> Error {
+    /// A dtype that `op` does not accept.
+    pub fn dtype(op: &str, msg: impl Into<String>) -> Error {
         Error::DType { op: op.to_string(), msg: msg.into() }
+    }
+    /// A problem with the file at `path`.
+    pub fn file(path: impl AsRef<std::path::Path>, msg: impl Into<String>) -> Error {
+        Error::File { path: path.as_ref().display().to_string(), msg: msg.into() }
     }
     /// A bad argument of `op`.
     pub fn argument(op: &str, msg: impl Into<String>) -> Error {

@@ -219,6 +219,37 @@ impl HostBuffer {
     pub fn size_in_bytes(&self) -> usize {
         self.len() * self.dtype().size_in_bytes()
     }
+
+    /// The elements as bytes in memory order (little-endian on every supported
+    /// host), for writing files.
+    pub fn as_bytes(&self) -> &[u8] {
+        // SAFETY: every element type is plain data without padding (bool is one byte
+        // holding 0 or 1), the pointer and length describe the live vector's storage,
+        // and the borrow of `self` keeps it alive and unmodified.
+        unsafe { std::slice::from_raw_parts(self.as_ptr(), self.size_in_bytes()) }
+    }
+
+    /// Elements of `dtype` from little-endian bytes (bool: any non-zero byte is true).
+    /// `None` when the byte count is not a whole number of elements.
+    pub fn from_le_bytes(dtype: DType, bytes: &[u8]) -> Option<HostBuffer> {
+        let size = dtype.size_in_bytes();
+        if !bytes.len().is_multiple_of(size) {
+            return None;
+        }
+        fn parse<T, const N: usize>(bytes: &[u8], f: fn([u8; N]) -> T) -> Vec<T> {
+            bytes.chunks_exact(N).map(|c| f(c.try_into().expect("chunk of N bytes"))).collect()
+        }
+        Some(match dtype {
+            DType::Bool => HostBuffer::Bool(bytes.iter().map(|&b| b != 0).collect()),
+            DType::U8 => HostBuffer::U8(bytes.to_vec()),
+            DType::I32 => HostBuffer::I32(parse(bytes, i32::from_le_bytes)),
+            DType::I64 => HostBuffer::I64(parse(bytes, i64::from_le_bytes)),
+            DType::F16 => HostBuffer::F16(parse(bytes, |b| f16::from_bits(u16::from_le_bytes(b)))),
+            DType::BF16 => HostBuffer::BF16(parse(bytes, |b| bf16::from_bits(u16::from_le_bytes(b)))),
+            DType::F32 => HostBuffer::F32(parse(bytes, f32::from_le_bytes)),
+            DType::F64 => HostBuffer::F64(parse(bytes, f64::from_le_bytes)),
+        })
+    }
 }
 
 impl std::fmt::Debug for HostBuffer {
