@@ -9,7 +9,7 @@ logs=${LOGS:-gpu-check-logs}
 mkdir -p "$logs"
 printf '%-16s %-6s %s\n' suite status result
 fail=0
-for t in elementwise reductions shape_ops activations meta_ops fusion mlp transcendentals memory properties errors differential; do
+for t in elementwise reductions shape_ops activations meta_ops fusion mlp transcendentals memory properties errors differential gradients autograd optim training; do
     [ -x "./$t" ] || continue
     JIT_BACKEND=cuda JIT_DIFF_GRAPHS=${JIT_DIFF_GRAPHS:-500} timeout 900 "./$t" --test-threads=8 --nocapture >"$logs/$t.log" 2>&1
     rc=$?
