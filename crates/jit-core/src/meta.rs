@@ -4,7 +4,7 @@
 use crate::device::Device;
 use crate::error::{Error, Result};
 use crate::var::Var;
-use kernels::{BinaryOp, DType, IndexExpr, MetaOp, ReduceOp, UnaryOp};
+use kernels::{BinaryOp, DType, ExternOp, IndexExpr, MetaOp, ReduceOp, UnaryOp};
 
 pub(crate) fn same_device(op: &str, vars: &[&Var]) -> Result<Device> {
     let d = vars[0].device();
@@ -266,6 +266,27 @@ impl Var {
             return Ok(self.clone());
         }
         Ok(Var::pending(new, self.dtype(), self.device(), MetaOp::Reshape, vec![self.clone()]))
+    }
+
+    /// A library call ([`ExternOp`]) on `inputs`, which share a float dtype and a
+    /// device. It is computed from materialised inputs and has its own gradient rule.
+    pub fn extern_op(op: ExternOp, inputs: &[Var]) -> Result<Var> {
+        let name = op.name();
+        let Some(first) = inputs.first() else {
+            return Err(Error::argument(name, "needs at least one input"));
+        };
+        let dtype = first.dtype();
+        if let Some(x) = inputs.iter().find(|x| x.dtype() != dtype || !x.dtype().is_float()) {
+            return Err(Error::dtype(
+                name,
+                format!("inputs must share a floating-point dtype, got {dtype} and {}", x.dtype()),
+            ));
+        }
+        let refs: Vec<&Var> = inputs.iter().collect();
+        let device = same_device(name, &refs)?;
+        let shapes: Vec<&[usize]> = inputs.iter().map(Var::shape).collect();
+        let shape = op.out_shape(&shapes).map_err(|m| Error::shape(name, m))?;
+        Ok(Var::pending(shape, dtype, device, MetaOp::Extern(op), inputs.to_vec()))
     }
 
     /// `-self` (an error for bool).

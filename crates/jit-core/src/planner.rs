@@ -45,6 +45,15 @@ pub(crate) enum Step {
         /// Values written, in the kernel's output order.
         outputs: Vec<Var>,
     },
+    /// A library call on materialised inputs.
+    Extern {
+        /// The call.
+        op: kernels::ExternOp,
+        /// Its inputs (materialised, contiguous).
+        inputs: Vec<Var>,
+        /// The value it computes.
+        out: Var,
+    },
     /// `out` is a reshape of the materialised `src`: same data.
     Alias {
         /// The reshaped value.
@@ -336,7 +345,7 @@ impl<'a> Builder<'a> {
                 let k = self.kernel.reductions.len() - 1;
                 self.push(Phase::Body, Inst::Acc(k), dt)
             }
-            MetaOp::ReindexReduce { .. } => return Err(Force(vec![v.clone()])),
+            MetaOp::ReindexReduce { .. } | MetaOp::Extern(_) => return Err(Force(vec![v.clone()])),
         })
     }
 
@@ -357,6 +366,9 @@ impl<'a> Builder<'a> {
 
 fn build(root: &Var, materialised: &HashSet<u64>) -> std::result::Result<Step, Force> {
     let (op, inputs) = op_and_inputs(root).ok_or_else(|| Force(vec![]))?;
+    if let MetaOp::Extern(e) = op {
+        return Ok(Step::Extern { op: e, inputs, out: root.clone() });
+    }
     if let MetaOp::ReindexReduce { op: rop, exprs, conds } = &op {
         let x = &inputs[0];
         let mut b = Builder::new(root, x.shape().to_vec(), materialised);
@@ -402,7 +414,7 @@ pub(crate) fn plan(order: &[Var], targets: &HashSet<u64>, fused: bool) -> Result
         let Some(op) = ops.get(&v.id()) else { continue };
         let shared = consumers.get(&v.id()).copied().unwrap_or(0) > 1;
         let store = match op {
-            MetaOp::ReindexReduce { .. } => true,
+            MetaOp::ReindexReduce { .. } | MetaOp::Extern(_) => true,
             MetaOp::Reshape => false,
             MetaOp::Reduce { .. } => !fused || shared,
             _ => !fused,
@@ -411,12 +423,18 @@ pub(crate) fn plan(order: &[Var], targets: &HashSet<u64>, fused: bool) -> Result
             m.insert(v.id());
         }
     }
+    // A library call reads its inputs from memory.
+    for v in order {
+        if let Some(MetaOp::Extern(_)) = ops.get(&v.id()) {
+            m.extend(v.inputs().iter().filter(|i| !i.is_realized()).map(Var::id));
+        }
+    }
     if fused {
         // Shared producers that are expensive to recompute are stored.
         let mut cost: HashMap<u64, usize> = HashMap::new();
         for v in order {
             let Some(op) = ops.get(&v.id()) else { continue };
-            let c = if matches!(op, MetaOp::Reduce { .. } | MetaOp::ReindexReduce { .. }) {
+            let c = if matches!(op, MetaOp::Reduce { .. } | MetaOp::ReindexReduce { .. } | MetaOp::Extern(_)) {
                 1
             } else {
                 weight(op)
@@ -518,7 +536,7 @@ fn merge_siblings(steps: Vec<Step>) -> Vec<Step> {
                             && l2.red_shape == launch.red_shape
                             && ready_at.is_none_or(|r| r < k)
                     }
-                    Step::Alias { .. } => false,
+                    Step::Alias { .. } | Step::Extern { .. } => false,
                 })
             }
             _ => None,
@@ -542,7 +560,7 @@ fn merge_siblings(steps: Vec<Step>) -> Vec<Step> {
                             producer.insert(o.id(), k);
                         }
                     }
-                    Step::Alias { out: o, .. } => {
+                    Step::Alias { out: o, .. } | Step::Extern { out: o, .. } => {
                         producer.insert(o.id(), k);
                     }
                 }

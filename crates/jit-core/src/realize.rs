@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 static KERNEL_LAUNCHES: AtomicU64 = AtomicU64::new(0);
+static EXTERN_CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// Number of kernels run by the CPU backends in this process (meta-ops on the
 /// reference backend are not counted).
@@ -30,9 +31,14 @@ pub fn planned_kernel_ir(vars: &[Var]) -> Result<Vec<kernels::ir::Kernel>> {
         .into_iter()
         .filter_map(|s| match s {
             Step::Kernel { kernel, .. } => Some(*kernel),
-            Step::Alias { .. } => None,
+            Step::Alias { .. } | Step::Extern { .. } => None,
         })
         .collect())
+}
+
+/// Number of extern (library) calls made by the compiled backends in this process.
+pub fn extern_calls() -> u64 {
+    EXTERN_CALLS.load(Ordering::Relaxed)
 }
 
 /// The kernels (canonical IR text) that realising `vars` would run with the current
@@ -148,6 +154,11 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
                 }
             }
             Step::Alias { src, .. } => *remaining.entry(src.id()).or_insert(0) += 1,
+            Step::Extern { inputs, .. } => {
+                for i in inputs {
+                    *remaining.entry(i.id()).or_insert(0) += 1;
+                }
+            }
         }
     }
     let mut values: HashMap<u64, Arc<Buffer>> = HashMap::new();
@@ -196,6 +207,19 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
                 let d = data_of(src, &values)?;
                 put(out, d, &remaining, &mut values);
                 vec![src.clone()]
+            }
+            Step::Extern { op, inputs, out } => {
+                let data = inputs.iter().map(|i| data_of(i, &values)).collect::<Result<Vec<_>>>()?;
+                let args: Vec<(&HostBuffer, &[usize])> =
+                    data.iter().zip(inputs).map(|(d, i)| (d.host(), i.shape())).collect();
+                if f.dump {
+                    eprintln!("[jit] extern {op:?} on {:?}", inputs.iter().map(Var::shape).collect::<Vec<_>>());
+                }
+                let host = op.run_cpu(&args, out.dtype())?;
+                EXTERN_CALLS.fetch_add(1, Ordering::Relaxed);
+                drop(data);
+                put(out, Arc::new(Buffer::new(host)), &remaining, &mut values);
+                inputs.clone()
             }
         };
         for i in read {

@@ -455,6 +455,8 @@ pub enum MetaOp {
     },
     /// Same data, new shape (free for contiguous values).
     Reshape,
+    /// A library call on materialised, contiguous inputs (see [`crate::ExternOp`]).
+    Extern(crate::ExternOp),
 }
 
 impl MetaOp {
@@ -473,6 +475,7 @@ impl MetaOp {
             MetaOp::Reduce { .. } => "reduce",
             MetaOp::ReindexReduce { .. } => "reindex_reduce",
             MetaOp::Reshape => "reshape",
+            MetaOp::Extern(e) => e.name(),
         }
     }
 }

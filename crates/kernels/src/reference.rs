@@ -9,6 +9,7 @@ use crate::dtype::DType;
 use crate::error::KernelError;
 use crate::meta::{Distribution, MetaOp, ReduceOp};
 use crate::random;
+use crate::ExternOp;
 use half::{bf16, f16};
 
 /// One input of an operation: its data and its shape.
@@ -85,6 +86,7 @@ pub fn eval(
         MetaOp::Full { .. } | MetaOp::Index { .. } | MetaOp::Random { .. } => 0,
         MetaOp::Binary(_) => 2,
         MetaOp::Where => 3,
+        MetaOp::Extern(ExternOp::Matmul { .. }) => 2,
         _ => 1,
     };
     if inputs.len() != arity {
@@ -93,6 +95,7 @@ pub fn eval(
     // fail with an out-of-memory error, not an abort, when the output cannot exist
     drop(HostBuffer::try_zeros(out_dtype, n)?);
     Ok(match op {
+        MetaOp::Extern(e) => e.run_reference(inputs, out_dtype)?,
         MetaOp::Full { value } => HostBuffer::filled(out_dtype, n, *value),
         MetaOp::Index { dim } => {
             let strides = contiguous_strides(out_shape);

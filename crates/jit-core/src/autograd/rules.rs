@@ -15,7 +15,7 @@
 use super::Ctx;
 use crate::error::Result;
 use crate::var::Var;
-use kernels::{BinaryOp, MetaOp, ReduceOp, UnaryOp};
+use kernels::{BinaryOp, ExternOp, MetaOp, ReduceOp, UnaryOp};
 
 /// False for ops whose output carries no gradient at all.
 pub(super) fn differentiable(op: &MetaOp) -> bool {
@@ -48,7 +48,7 @@ pub(super) fn saved_inputs(op: &MetaOp, n: usize) -> Vec<bool> {
             v
         }
         MetaOp::Reduce { op: ReduceOp::Sum, .. } | MetaOp::ReindexReduce { op: ReduceOp::Sum, .. } => none,
-        MetaOp::Reduce { .. } | MetaOp::ReindexReduce { .. } => all,
+        MetaOp::Reduce { .. } | MetaOp::ReindexReduce { .. } | MetaOp::Extern(_) => all,
         _ => none,
     }
 }
@@ -80,6 +80,7 @@ pub(super) fn backward(ctx: &Ctx<'_>, g: &Var) -> Result<Vec<Option<Var>>> {
             vec![Some(g.reindex_reduce(ReduceOp::Sum, ctx.in_shape(0), exprs.clone(), conds.clone())?)]
         }
         MetaOp::Reduce { op, axes, keepdims } => vec![Some(reduce(ctx, *op, axes, *keepdims, g)?)],
+        MetaOp::Extern(e) => extern_rule(ctx, *e, g)?,
         MetaOp::ReindexReduce { op, exprs, conds } => {
             let shape = ctx.in_shape(0).to_vec();
             let g_at = g.reindex(&shape, exprs.clone(), 0.0, conds.clone())?;
@@ -102,6 +103,50 @@ pub(super) fn backward(ctx: &Ctx<'_>, g: &Var) -> Result<Vec<Option<Var>>> {
             vec![Some(gx)]
         }
     })
+}
+
+/// `C = op(A) op(B)` with `op` an optional transpose: `dA' = G B'ᵀ`, `dB' = A'ᵀ G`,
+/// written as products of the stored inputs with transpose flags (no copies), and
+/// summed over the batch where an input was broadcast.
+fn extern_rule(ctx: &Ctx<'_>, op: ExternOp, g: &Var) -> Result<Vec<Option<Var>>> {
+    match op {
+        ExternOp::Matmul { trans_a: ta, trans_b: tb } => {
+            let mm = |x: &Var, y: &Var, tx: bool, ty: bool| {
+                Var::extern_op(ExternOp::Matmul { trans_a: tx, trans_b: ty }, &[x.clone(), y.clone()])
+            };
+            let unbatch = |d: Var, k: usize| -> Result<Var> {
+                if ctx.in_shape(k)[0] == 1 && d.shape()[0] != 1 {
+                    d.reduce(ReduceOp::Sum, &[0], true)
+                } else {
+                    Ok(d)
+                }
+            };
+            let (a, b) = (ctx.input(0)?, ctx.input(1)?);
+            let da = if ctx.wants(0) {
+                let d = match (ta, tb) {
+                    (false, false) => mm(g, &b, false, true)?,
+                    (false, true) => mm(g, &b, false, false)?,
+                    (true, false) => mm(&b, g, false, true)?,
+                    (true, true) => mm(&b, g, true, true)?,
+                };
+                Some(unbatch(d, 0)?)
+            } else {
+                None
+            };
+            let db = if ctx.wants(1) {
+                let d = match (ta, tb) {
+                    (false, false) => mm(&a, g, true, false)?,
+                    (true, false) => mm(&a, g, false, false)?,
+                    (false, true) => mm(g, &a, true, false)?,
+                    (true, true) => mm(g, &a, true, true)?,
+                };
+                Some(unbatch(d, 1)?)
+            } else {
+                None
+            };
+            Ok(vec![da, db])
+        }
+    }
 }
 
 fn isize_shape(shape: &[usize]) -> Vec<isize> {
