@@ -253,3 +253,58 @@ fn ties_and_kinks_follow_pytorch() {
     assert_eq!(gv[0], 0.0);
     assert!((gv[1] - 8.0 * 2f64.ln()).abs() < 1e-12);
 }
+
+/// The heavy operators on random awkward sizes: odd spatial sizes, groups, stride 2,
+/// dilation, reflect padding, ceil mode.
+#[test]
+fn convolutions_pooling_resizing_norms_and_losses() {
+    let mut rng = Rng::fresh("convolutions_pooling_resizing_norms_and_losses");
+    let n = 1 + rng.below(2);
+    let (h, w) = (5 + rng.below(3), 4 + rng.below(4));
+    let groups = 1 + rng.below(2);
+    let (c, o) = (2 * groups, 3 * groups);
+    let x = input(&mut rng, &[n, c, h, w], -1.0, 1.0);
+    let wt = input(&mut rng, &[o, c / groups, 3, 2], -1.0, 1.0);
+    let b = input(&mut rng, &[o], -1.0, 1.0);
+    let opts = Conv2dOptions { stride: [2, 1], padding: [1, 1], dilation: [1, 2], groups, ..Default::default() };
+    check("conv2d", &mut rng, &[x.clone(), wt.clone(), b.clone()], |v| conv2d(&v[0], &v[1], Some(&v[2]), &opts));
+    let reflect = Conv2dOptions { padding_mode: ConvPadding::Reflect, groups, ..Conv2dOptions::new(1, 1) };
+    check("conv2d reflect", &mut rng, &[x.clone(), wt.clone()], |v| conv2d(&v[0], &v[1], None, &reflect));
+    let wt_t = input(&mut rng, &[c, 2, 3, 3], -1.0, 1.0);
+    let topts = ConvTranspose2dOptions {
+        stride: [2, 2],
+        padding: [1, 0],
+        output_padding: [1, 0],
+        groups,
+        ..Default::default()
+    };
+    check("conv_transpose2d", &mut rng, &[x.clone(), wt_t], |v| conv_transpose2d(&v[0], &v[1], None, &topts));
+    let pool = Pool2dOptions::new(3).stride(2).padding(1).ceil_mode(true);
+    check("max_pool2d ceil", &mut rng, &[x.clone()], |v| max_pool2d(&v[0], &pool));
+    check("avg_pool2d", &mut rng, &[x.clone()], |v| avg_pool2d(&v[0], &pool, false, None));
+    check("adaptive_avg_pool2d", &mut rng, &[x.clone()], |v| adaptive_avg_pool2d(&v[0], [2, 3]));
+    check("bilinear", &mut rng, &[x.clone()], |v| upsample_bilinear2d(&v[0], Resize::Size([h + 2, w - 1]), false));
+    check("bilinear aligned", &mut rng, &[x.clone()], |v| upsample_bilinear2d(&v[0], Resize::Size([h * 2, 3]), true));
+    let gamma = input(&mut rng, &[c], 0.5, 1.5);
+    let beta = input(&mut rng, &[c], -0.5, 0.5);
+    check("batch_norm", &mut rng, &[x.clone(), gamma.clone(), beta.clone()], |v| {
+        batch_norm(&v[0], None, Some(&v[1]), Some(&v[2]), true, 1e-5)
+    });
+    check("instance_norm", &mut rng, &[x.clone(), gamma.clone(), beta.clone()], |v| {
+        instance_norm(&v[0], None, Some(&v[1]), Some(&v[2]), true, 1e-5)
+    });
+    check("group_norm", &mut rng, &[x.clone(), gamma, beta], |v| {
+        group_norm(&v[0], groups, Some(&v[1]), Some(&v[2]), 1e-5)
+    });
+    let lw = input(&mut rng, &[h, w], 0.5, 1.5);
+    check("layer_norm", &mut rng, &[x.clone(), lw], |v| layer_norm(&v[0], &[h, w], Some(&v[1]), None, 1e-5));
+    let t = input(&mut rng, &[n, c, h, w], -1.0, 1.0);
+    check("mse", &mut rng, &[x.clone(), t.clone()], |v| mse_loss(&v[0], &v[1], Reduction::Mean));
+    check("smooth_l1", &mut rng, &[x.clone(), t], |v| smooth_l1_loss(&v[0], &v[1], 0.3, Reduction::Sum));
+    check("tv", &mut rng, &[x.clone()], |v| tv_loss(&v[0], true));
+    let classes: Vec<i64> = (0..n * h * w).map(|_| rng.below(c) as i64).collect();
+    check("cross_entropy", &mut rng, &[x], |v| {
+        let t = Var::from_vec(classes.clone(), &[n, h, w]).unwrap();
+        cross_entropy(&v[0], &t, 0.2, -100, Reduction::Mean)
+    });
+}

@@ -6,28 +6,50 @@
 //!   `narrow`, `slice`, `pad`, `flip`, `expand`, `repeat`, `cat`, `stack`, `split`,
 //!   `chunk`, `gather`, `index_select`, nearest upsampling.
 //! * [`activation`]: `clamp`, `relu`, `leaky_relu`, `gelu`, `softmax`, `log_softmax`.
-//! * [`linalg`]: `matmul` and `linear` lowered onto broadcast, multiply and sum.
+//! * [`linalg`]: `matmul` and `linear` (gemm library, meta-op fallback).
+//! * [`conv`]: `conv2d` (im2col reindex + gemm; zeros or reflect padding, stride,
+//!   dilation, groups) and `conv_transpose2d`.
+//! * [`pool`]: `max_pool2d`, `avg_pool2d`, `adaptive_avg_pool2d`, global pooling.
+//! * [`norm`]: `batch_norm`, `instance_norm`, `layer_norm`, `group_norm`.
+//! * [`upsample`]: bilinear resizing (nearest is in [`shape`]).
+//! * [`loss`]: `mse_loss`, `l1_loss`, `smooth_l1_loss`, `nll_loss`, `cross_entropy`,
+//!   `tv_loss`.
 //!
 //! Import the [`prelude`] to get [`Var`] together with these methods.
 
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod conv;
 pub mod linalg;
+pub mod loss;
+pub mod norm;
+pub mod pool;
 pub mod reduce;
 pub mod shape;
+pub mod upsample;
 
 pub use activation::Activations;
+pub use conv::{conv2d, conv_transpose2d, Conv2dOptions, ConvPadding, ConvTranspose2dOptions};
 pub use jit_core::{DType, Device, Error, Result, Var};
 pub use linalg::{linear, matmul};
+pub use loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_loss, Reduction};
+pub use norm::{batch_norm, group_norm, instance_norm, layer_norm, RunningStats};
+pub use pool::{adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d, Pool2dOptions};
 pub use reduce::ReduceOps;
 pub use shape::{cat, stack, PadMode, ShapeOps};
+pub use upsample::{upsample_bilinear2d, Resize};
 
 /// Everything a user needs: `Var`, dtypes, devices, errors and every operator trait.
 pub mod prelude {
     pub use crate::activation::Activations;
+    pub use crate::conv::{conv2d, conv_transpose2d, Conv2dOptions, ConvPadding, ConvTranspose2dOptions};
     pub use crate::linalg::{linear, matmul};
+    pub use crate::loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_loss, Reduction};
+    pub use crate::norm::{batch_norm, group_norm, instance_norm, layer_norm, RunningStats};
+    pub use crate::pool::{adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d, Pool2dOptions};
     pub use crate::reduce::ReduceOps;
     pub use crate::shape::{cat, stack, PadMode, ShapeOps};
+    pub use crate::upsample::{upsample_bilinear2d, Resize};
     pub use jit_core::{bf16, f16, manual_seed, realize, DType, Device, Error, IndexExpr, Result, Var};
 }

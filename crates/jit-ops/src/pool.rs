@@ -1,0 +1,198 @@
+//! Pooling (NCHW): max and average pooling with PyTorch's arguments, adaptive average
+//! pooling, global average pooling. Windows are one `reindex` over the input (the
+//! padding is its overflow value) and a reduction, so a pool fuses into one kernel.
+
+use crate::reduce::ReduceOps;
+use jit_core::{DType, Error, IndexExpr as E, ReduceOp, Result, Var};
+use std::sync::Arc;
+
+/// Kernel, stride, padding, dilation and `ceil_mode` of a 2-d pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool2dOptions {
+    /// Window size (height, width).
+    pub kernel: [usize; 2],
+    /// Step between windows (PyTorch's default is the kernel size).
+    pub stride: [usize; 2],
+    /// Implicit padding on each side (at most half the kernel).
+    pub padding: [usize; 2],
+    /// Spacing of the window taps (max pooling only).
+    pub dilation: [usize; 2],
+    /// Round the output size up (a last window may start in the padding's range but
+    /// not beyond the input).
+    pub ceil_mode: bool,
+}
+
+impl Pool2dOptions {
+    /// A `k x k` window with stride `k`, no padding.
+    pub fn new(k: usize) -> Self {
+        Pool2dOptions { kernel: [k, k], stride: [k, k], padding: [0, 0], dilation: [1, 1], ceil_mode: false }
+    }
+
+    /// Sets the stride.
+    pub fn stride(mut self, s: usize) -> Self {
+        self.stride = [s, s];
+        self
+    }
+
+    /// Sets the padding.
+    pub fn padding(mut self, p: usize) -> Self {
+        self.padding = [p, p];
+        self
+    }
+
+    /// Sets `ceil_mode`.
+    pub fn ceil_mode(mut self, on: bool) -> Self {
+        self.ceil_mode = on;
+        self
+    }
+}
+
+fn dims4(op: &str, x: &Var) -> Result<[usize; 4]> {
+    match *x.shape() {
+        [a, b, c, d] => Ok([a, b, c, d]),
+        _ => Err(Error::shape(op, format!("input must be 4-D [N, C, H, W], got shape {:?}", x.shape()))),
+    }
+}
+
+/// PyTorch's pooling output size (`pooling_output_shape`).
+fn out_size(op: &str, len: usize, o: &Pool2dOptions, d: usize) -> Result<usize> {
+    let (k, s, p, dil) = (o.kernel[d], o.stride[d], o.padding[d], o.dilation[d]);
+    if k == 0 || s == 0 || dil == 0 {
+        return Err(Error::argument(
+            op,
+            format!("kernel {:?}, stride {:?} and dilation must be positive", o.kernel, o.stride),
+        ));
+    }
+    if 2 * p > k {
+        return Err(Error::argument(
+            op,
+            format!("padding {:?} must be at most half the kernel {:?}", o.padding, o.kernel),
+        ));
+    }
+    let span = dil * (k - 1) + 1;
+    if len + 2 * p < span {
+        return Err(Error::shape(op, format!("input size {len} padded by {p} is smaller than the window {span}")));
+    }
+    let num = len + 2 * p - span;
+    let mut out = if o.ceil_mode { num.div_ceil(s) + 1 } else { num / s + 1 };
+    // the last window must start inside the input or the left padding
+    if o.ceil_mode && (out - 1) * s >= len + p {
+        out -= 1;
+    }
+    Ok(out)
+}
+
+/// The windows of every output position: `[N, C, OH, OW, kh * kw]`.
+fn windows(x: &Var, o: &Pool2dOptions, oh: usize, ow: usize, fill: f64) -> Result<Var> {
+    let [n, c, _, _] = dims4("pool", x)?;
+    x.reindex(&[n, c, oh, ow, o.kernel[0] * o.kernel[1]], window_exprs(o), fill, vec![])
+}
+
+/// Input index per input dim for window position `(i0, i1, i2, i3, tap i4)`.
+fn window_exprs(o: &Pool2dOptions) -> Vec<E> {
+    let kw = o.kernel[1] as i64;
+    let ax = |pos: usize, tap: E, d: usize| {
+        E::idx(pos) * o.stride[d] as i64 - o.padding[d] as i64 + tap * o.dilation[d] as i64
+    };
+    vec![E::idx(0), E::idx(1), ax(2, E::idx(4).floor_div(kw), 0), ax(3, E::idx(4).modulo(kw), 1)]
+}
+
+/// `torch.nn.functional.max_pool2d`. The gradient goes to the first maximum of each
+/// window in row-major order, as PyTorch's does (ties are common after a ReLU).
+pub fn max_pool2d(x: &Var, o: &Pool2dOptions) -> Result<Var> {
+    let op = "max_pool2d";
+    let [_, _, h, w] = dims4(op, x)?;
+    if !x.dtype().is_float() {
+        return Err(Error::dtype(op, format!("needs a floating-point input, got {}", x.dtype())));
+    }
+    let (oh, ow) = (out_size(op, h, o, 0)?, out_size(op, w, o, 1)?);
+    let o = *o;
+    let forward = move |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
+        let y = windows(&xs[0], &o, oh, ow, f64::NEG_INFINITY)?.reduce(ReduceOp::Max, &[4], false)?;
+        Ok((y.clone(), vec![xs[0].clone(), y]))
+    };
+    let backward = move |saved: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
+        let (x, y) = (&saved[0], &saved[1]);
+        let win = windows(x, &o, oh, ow, f64::NEG_INFINITY)?;
+        let kk = o.kernel[0] * o.kernel[1];
+        let yb = y.reshape(&[y.shape()[0] as isize, y.shape()[1] as isize, oh as isize, ow as isize, 1])?;
+        // NaN wins, as in the forward max
+        let hit = win.eq(&yb)?.logical_or(&win.ne(&win)?)?;
+        let tap = Var::index(win.shape(), 4, DType::I64)?;
+        let first = Var::where_(&hit, &tap, kk as i64)?.reduce(ReduceOp::Min, &[4], true)?;
+        let gb = g.reshape(&[g.shape()[0] as isize, g.shape()[1] as isize, oh as isize, ow as isize, 1])?;
+        let gw = Var::where_(&tap.eq(&first)?, &gb, 0.0)?.cast(x.dtype());
+        Ok(vec![Some(gw.reindex_reduce(ReduceOp::Sum, x.shape(), window_exprs(&o), vec![])?)])
+    };
+    jit_core::custom_op(op, std::slice::from_ref(x), forward, Arc::new(backward))
+}
+
+/// `torch.nn.functional.avg_pool2d` (no dilation). `count_include_pad` counts the
+/// padding in the divisor (PyTorch's default `true`); `divisor_override` replaces it.
+pub fn avg_pool2d(x: &Var, o: &Pool2dOptions, count_include_pad: bool, divisor_override: Option<usize>) -> Result<Var> {
+    let op = "avg_pool2d";
+    let [_, _, h, w] = dims4(op, x)?;
+    if !x.dtype().is_float() {
+        return Err(Error::dtype(op, format!("needs a floating-point input, got {}", x.dtype())));
+    }
+    if o.dilation != [1, 1] {
+        return Err(Error::argument(op, "average pooling has no dilation"));
+    }
+    if divisor_override == Some(0) {
+        return Err(Error::argument(op, "divisor_override must be positive"));
+    }
+    let (oh, ow) = (out_size(op, h, o, 0)?, out_size(op, w, o, 1)?);
+    let sums = windows(x, o, oh, ow, 0.0)?.reduce(ReduceOp::Sum, &[4], false)?;
+    // PyTorch's divisor: the window clipped to the padded input, or to the input
+    let count = |pos: usize, d: usize, len: usize| -> (usize, usize) {
+        let start = (pos * o.stride[d]) as i64 - o.padding[d] as i64;
+        let end = (start + o.kernel[d] as i64).min((len + o.padding[d]) as i64);
+        let padded = (end - start) as usize;
+        let inside = (end.min(len as i64) - start.max(0)).max(0) as usize;
+        (padded, inside)
+    };
+    let mut div = Vec::with_capacity(oh * ow);
+    for i in 0..oh {
+        for j in 0..ow {
+            let ((ph, ih), (pw, iw)) = (count(i, 0, h), count(j, 1, w));
+            let d = divisor_override.unwrap_or(if count_include_pad { ph * pw } else { ih * iw });
+            div.push(d as f64);
+        }
+    }
+    let div = Var::from_vec(div, &[oh, ow])?.cast(x.dtype());
+    sums.try_div(&div)
+}
+
+/// `torch.nn.functional.adaptive_avg_pool2d`: output `[N, C, oh, ow]`; window `i`
+/// covers `floor(i * H / oh) .. ceil((i + 1) * H / oh)`.
+pub fn adaptive_avg_pool2d(x: &Var, size: [usize; 2]) -> Result<Var> {
+    let op = "adaptive_avg_pool2d";
+    let [n, c, h, w] = dims4(op, x)?;
+    let [oh, ow] = size;
+    if oh == 0 || ow == 0 {
+        return Err(Error::argument(op, format!("output size {size:?} must be positive")));
+    }
+    let bounds = |i: usize, len: usize, out: usize| (i * len / out, ((i + 1) * len).div_ceil(out));
+    let max_k = |len: usize, out: usize| (0..out).map(|i| bounds(i, len, out)).map(|(s, e)| e - s).max().unwrap_or(1);
+    let (kh, kw) = (max_k(h, oh), max_k(w, ow));
+    let start = |pos: usize, len: usize, out: usize| (E::idx(pos) * len as i64).floor_div(out as i64);
+    let end =
+        |pos: usize, len: usize, out: usize| ((E::idx(pos) + 1) * len as i64 + (out as i64 - 1)).floor_div(out as i64);
+    let exprs = vec![E::idx(0), E::idx(1), start(2, h, oh) + E::idx(4), start(3, w, ow) + E::idx(5)];
+    let conds = vec![(start(2, h, oh) + E::idx(4)).lt(end(2, h, oh)), (start(3, w, ow) + E::idx(5)).lt(end(3, w, ow))];
+    let sums = x.reindex(&[n, c, oh, ow, kh, kw], exprs, 0.0, conds)?.reduce(ReduceOp::Sum, &[4, 5], false)?;
+    let mut div = Vec::with_capacity(oh * ow);
+    for i in 0..oh {
+        for j in 0..ow {
+            let ((hs, he), (ws, we)) = (bounds(i, h, oh), bounds(j, w, ow));
+            div.push(((he - hs) * (we - ws)) as f64);
+        }
+    }
+    sums.try_div(Var::from_vec(div, &[oh, ow])?.cast(x.dtype()))
+}
+
+/// Global average pooling: the mean over height and width, keeping them as size 1.
+pub fn global_avg_pool2d(x: &Var) -> Result<Var> {
+    dims4("global_avg_pool2d", x)?;
+    x.mean(&[2, 3], true)
+}

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Generates tests/fixtures/heavy_ops.safetensors with PyTorch (CPU, f32, TF32 off).
+
+Each case stores its inputs, the output, a random upstream gradient `gy` and the
+gradients of every differentiable input under `<case>.<name>`. The options of each
+case are written out in tests/tests/heavy_ops_parity.rs, which reads this file.
+
+Run once (needs torch; the file is committed):
+    python3 scripts/make_fixtures.py
+"""
+
+import json
+import os
+import struct
+
+import torch
+import torch.nn.functional as F
+
+torch.manual_seed(20261122)
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
+
+tensors = {}
+
+
+def put(name, t):
+    tensors[name] = t.detach().contiguous().clone()
+
+
+def case(name, fn, inputs, grad=True):
+    """fn(*inputs) -> output; inputs: dict of name -> tensor (float ones get grads)."""
+    leaves = {}
+    for k, v in inputs.items():
+        if v.is_floating_point() and grad:
+            v = v.clone().requires_grad_(True)
+        leaves[k] = v
+        put(f"{name}.{k}", v)
+    y = fn(**leaves)
+    put(f"{name}.y", y)
+    if not grad:
+        return
+    gy = torch.randn_like(y)
+    put(f"{name}.gy", gy)
+    diff = [k for k, v in leaves.items() if v.requires_grad]
+    gs = torch.autograd.grad(y, [leaves[k] for k in diff], gy, allow_unused=True)
+    for k, g in zip(diff, gs):
+        put(f"{name}.d{k}", g if g is not None else torch.zeros_like(leaves[k]))
+
+
+r = torch.randn
+
+# convolutions
+case("conv_basic", lambda x, w, b: F.conv2d(x, w, b, stride=1, padding=1), dict(x=r(2, 3, 7, 9), w=r(4, 3, 3, 3), b=r(4)))
+case(
+    "conv_groups",
+    lambda x, w: F.conv2d(x, w, None, stride=2, padding=(1, 0), dilation=(2, 1), groups=2),
+    dict(x=r(1, 4, 9, 8), w=r(6, 2, 3, 2)),
+)
+case(
+    "conv_reflect",
+    lambda x, w, b: F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w, b),
+    dict(x=r(1, 3, 6, 7), w=r(5, 3, 3, 3), b=r(5)),
+)
+case("conv_1x1", lambda x, w, b: F.conv2d(x, w, b), dict(x=r(2, 5, 4, 3), w=r(3, 5, 1, 1), b=r(3)))
+case(
+    "convt_basic",
+    lambda x, w, b: F.conv_transpose2d(x, w, b, stride=2, padding=1, output_padding=1),
+    dict(x=r(2, 4, 5, 6), w=r(4, 3, 3, 3), b=r(3)),
+)
+case(
+    "convt_groups",
+    lambda x, w: F.conv_transpose2d(x, w, None, stride=1, groups=2, dilation=2),
+    dict(x=r(1, 4, 4, 5), w=r(4, 2, 3, 2)),
+)
+
+# pooling (relu'd inputs: ties inside windows, as after a ReLU)
+case("maxpool_ceil", lambda x: F.max_pool2d(x, 3, 2, 1, ceil_mode=True), dict(x=F.relu(r(2, 3, 9, 8))))
+case("maxpool_2", lambda x: F.max_pool2d(x, 2, 2), dict(x=F.relu(r(1, 2, 6, 7))))
+case("maxpool_dil", lambda x: F.max_pool2d(x, 3, 1, 0, dilation=2), dict(x=r(1, 2, 8, 9)))
+case(
+    "avgpool_pad",
+    lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=True),
+    dict(x=r(2, 3, 8, 7)),
+)
+case(
+    "avgpool_nopad",
+    lambda x: F.avg_pool2d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False),
+    dict(x=r(2, 3, 8, 7)),
+)
+case("adaptive", lambda x: F.adaptive_avg_pool2d(x, (3, 4)), dict(x=r(2, 3, 7, 10)))
+
+# resizing
+case("bilinear", lambda x: F.interpolate(x, size=(11, 7), mode="bilinear", align_corners=False), dict(x=r(1, 2, 5, 4)))
+case("bilinear_ac", lambda x: F.interpolate(x, size=(9, 3), mode="bilinear", align_corners=True), dict(x=r(1, 2, 5, 4)))
+case(
+    "bilinear_x2",
+    lambda x: F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False),
+    dict(x=r(2, 1, 3, 5)),
+)
+case("nearest", lambda x: F.interpolate(x, size=(7, 5), mode="nearest"), dict(x=r(1, 2, 3, 4)))
+
+# normalisation
+rm, rv = r(3), torch.rand(3) + 0.5
+put("bn_train.rm0", rm)
+put("bn_train.rv0", rv)
+rm_t, rv_t = rm.clone(), rv.clone()
+case(
+    "bn_train",
+    lambda x, w, b: F.batch_norm(x, rm_t, rv_t, w, b, training=True, momentum=0.1, eps=1e-5),
+    dict(x=r(4, 3, 5, 6), w=r(3), b=r(3)),
+)
+put("bn_train.rm1", rm_t)
+put("bn_train.rv1", rv_t)
+rm_e, rv_e = r(3), torch.rand(3) + 0.5
+put("bn_eval.rm", rm_e)
+put("bn_eval.rv", rv_e)
+case(
+    "bn_eval",
+    lambda x, w, b: F.batch_norm(x, rm_e, rv_e, w, b, training=False, eps=1e-5),
+    dict(x=r(2, 3, 4, 5), w=r(3), b=r(3)),
+)
+case("inorm", lambda x, w, b: F.instance_norm(x, weight=w, bias=b, eps=1e-5), dict(x=r(2, 3, 5, 7), w=r(3), b=r(3)))
+case("lnorm", lambda x, w, b: F.layer_norm(x, (4, 5), w, b, eps=1e-5), dict(x=r(3, 4, 5), w=r(4, 5), b=r(4, 5)))
+case("gnorm", lambda x, w, b: F.group_norm(x, 3, w, b, eps=1e-5), dict(x=r(2, 6, 3, 4), w=r(6), b=r(6)))
+
+# losses
+case("mse", lambda x, t: F.mse_loss(x, t), dict(x=r(3, 4, 5), t=r(3, 4, 5)))
+case("l1", lambda x, t: F.l1_loss(x, t, reduction="sum"), dict(x=r(3, 4, 5), t=r(3, 4, 5)))
+case("smoothl1", lambda x, t: F.smooth_l1_loss(x, t, beta=0.5), dict(x=r(3, 4, 5), t=r(3, 4, 5)))
+target = torch.randint(0, 4, (5,))
+target[2] = -100
+case("ce", lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1), dict(x=r(5, 4), t=target))
+case("ce_spatial", lambda x, t: F.cross_entropy(x, t), dict(x=r(2, 3, 4, 5), t=torch.randint(0, 3, (2, 4, 5))))
+case("nll", lambda x, t: F.nll_loss(F.log_softmax(x, 1), t, reduction="sum"), dict(x=r(5, 4), t=torch.randint(0, 4, (5,))))
+
+
+def write_safetensors(path, named):
+    dt = {torch.float32: "F32", torch.int64: "I64"}
+    header, blobs, off = {}, [], 0
+    for k in sorted(named):
+        t = named[k]
+        raw = t.numpy().tobytes()
+        header[k] = {"dtype": dt[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    header["__metadata__"] = {"generator": f"scripts/make_fixtures.py, torch {torch.__version__}"}
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+out = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "heavy_ops.safetensors")
+os.makedirs(os.path.dirname(out), exist_ok=True)
+write_safetensors(out, tensors)
+print(f"wrote {len(tensors)} tensors to {os.path.normpath(out)} ({os.path.getsize(out)} bytes)")
