@@ -429,6 +429,17 @@ pub(crate) fn plan(order: &[Var], targets: &HashSet<u64>, fused: bool) -> Result
             m.extend(v.inputs().iter().filter(|i| !i.is_realized()).map(Var::id));
         }
     }
+    // A stored reshape stores its source instead (the same bytes) and aliases it:
+    // computing the source through the reshape's index arithmetic would re-split
+    // every flat index with divisions. Consumers come after their inputs in
+    // `order`, so walking it backwards follows chains of reshapes.
+    for v in order.iter().rev() {
+        if m.contains(&v.id()) && ops.get(&v.id()) == Some(&MetaOp::Reshape) {
+            if let Some(src) = v.inputs().first().filter(|i| !i.is_realized()) {
+                m.insert(src.id());
+            }
+        }
+    }
     if fused {
         // Shared producers that are expensive to recompute are stored.
         let mut cost: HashMap<u64, usize> = HashMap::new();

@@ -170,7 +170,11 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
             values.insert(v.id(), data);
         }
     };
+    let profile = profiling();
+    let mut timings: Vec<(f64, String)> = Vec::new();
     for step in steps {
+        let started = std::time::Instant::now();
+        let label = if profile { step_label(&step) } else { String::new() };
         let read: Vec<Var> = match &step {
             Step::Kernel { kernel, launch, inputs, outputs } => {
                 let data = inputs.iter().map(|i| data_of(i, &values)).collect::<Result<Vec<_>>>()?;
@@ -222,6 +226,9 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
                 inputs.clone()
             }
         };
+        if profile {
+            timings.push((started.elapsed().as_secs_f64() * 1e3, label));
+        }
         for i in read {
             if let Some(r) = remaining.get_mut(&i.id()) {
                 *r -= 1;
@@ -231,7 +238,42 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
             }
         }
     }
+    if profile {
+        report_profile(timings);
+    }
     Ok(())
+}
+
+/// `JIT_PROFILE=1`: after each realisation, print the time of every step (kernel,
+/// library call), slowest first, to stderr.
+fn profiling() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("JIT_PROFILE").is_ok_and(|v| v == "1"))
+}
+
+fn step_label(step: &Step) -> String {
+    match step {
+        Step::Kernel { kernel, launch, .. } => format!(
+            "kernel out {:?} red {:?} ({} inputs, {} ops)",
+            launch.out_shape,
+            launch.red_shape,
+            kernel.inputs.len(),
+            kernel.body.len() + kernel.inner.len()
+        ),
+        Step::Extern { op, inputs, out } => {
+            format!("{} {:?} -> {:?}", op.name(), inputs.iter().map(Var::shape).collect::<Vec<_>>(), out.shape())
+        }
+        Step::Alias { out, .. } => format!("alias {:?}", out.shape()),
+    }
+}
+
+fn report_profile(mut t: Vec<(f64, String)>) {
+    let total: f64 = t.iter().map(|x| x.0).sum();
+    t.sort_by(|a, b| b.0.total_cmp(&a.0));
+    eprintln!("[jit profile] {} steps, {total:.2} ms", t.len());
+    for (ms, label) in t.iter().take(25) {
+        eprintln!("  {ms:9.3} ms  {:5.1}%  {label}", 100.0 * ms / total.max(1e-9));
+    }
 }
 
 /// `JIT_CROSSCHECK=1`: every compiled kernel is also run on the portable IR

@@ -8,8 +8,9 @@
 //! rules: the gradient of the im2col reindex is the col2im scatter-add, the gemm
 //! has its own.
 
-use crate::shape::ShapeOps;
+use crate::shape::{PadMode, ShapeOps};
 use jit_core::{Error, ExternOp, IndexExpr as E, ReduceOp, Result, Var};
+use std::sync::Arc;
 
 /// How `conv2d` pads its input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -80,12 +81,6 @@ fn dims4(op: &str, what: &str, x: &Var) -> Result<[usize; 4]> {
     }
 }
 
-/// `i mod n` mirrored at the edges of `0..n`: the reflect-padding index.
-fn reflect(e: E, n: usize) -> E {
-    let last = n as i64 - 1;
-    E::c(last) - (E::c(last) - e.abs()).abs()
-}
-
 fn check_bias(op: &str, b: Option<&Var>, channels: usize) -> Result<()> {
     if let Some(b) = b {
         if b.shape() != [channels] {
@@ -100,6 +95,58 @@ fn add_bias(y: Var, b: Option<&Var>) -> Result<Var> {
         Some(b) => y.try_add(&b.reshape(&[1, -1, 1, 1])?),
         None => Ok(y),
     }
+}
+
+/// The geometry of one im2col.
+#[derive(Debug, Clone, Copy)]
+struct Im2col {
+    groups: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+    dilation: [usize; 2],
+    out: [usize; 2],
+}
+
+/// `[N, C, H, W]` -> `[N, G, C/G, kh, kw, OH, OW]`: every window's taps, zeros outside.
+/// Its gradient (col2im) is written as a gather: each input pixel sums the taps that
+/// read it, found by inverting the window arithmetic, so it is a parallel reduction
+/// rather than a scatter.
+fn im2col(x: &Var, s: Im2col) -> Result<Var> {
+    let [n, c, h, w] = dims4("conv2d", "input", x)?;
+    let cg = c / s.groups;
+    let [kh, kw] = s.kernel;
+    let [oh, ow] = s.out;
+    let fwd_axis = |pos: usize, tap: usize, d: usize| {
+        E::idx(pos) * s.stride[d] as i64 + E::idx(tap) * s.dilation[d] as i64 - s.padding[d] as i64
+    };
+    let forward = move |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
+        let exprs = vec![E::idx(0), E::idx(1) * cg as i64 + E::idx(2), fwd_axis(5, 3, 0), fwd_axis(6, 4, 1)];
+        Ok((xs[0].reindex(&[n, s.groups, cg, kh, kw, oh, ow], exprs, 0.0, vec![])?, vec![]))
+    };
+    let backward = move |_: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
+        // over [N, C, H, W, kh, kw]: the output position whose tap (ki, kj) read (h, w)
+        let inv =
+            |pos: usize, tap: usize, d: usize| E::idx(pos) + s.padding[d] as i64 - E::idx(tap) * s.dilation[d] as i64;
+        let exprs = vec![
+            E::idx(0),
+            E::idx(1).floor_div(cg as i64),
+            E::idx(1).modulo(cg as i64),
+            E::idx(4),
+            E::idx(5),
+            inv(2, 4, 0).floor_div(s.stride[0] as i64),
+            inv(3, 5, 1).floor_div(s.stride[1] as i64),
+        ];
+        let mut conds = vec![];
+        for (d, (pos, tap)) in [(2, 4), (3, 5)].into_iter().enumerate() {
+            if s.stride[d] > 1 {
+                conds.push(inv(pos, tap, d).modulo(s.stride[d] as i64).eq_(0));
+            }
+        }
+        let taps = g.reindex(&[n, c, h, w, kh, kw], exprs, 0.0, conds)?;
+        Ok(vec![Some(taps.reduce(ReduceOp::Sum, &[4, 5], false)?)])
+    };
+    jit_core::custom_op("im2col", std::slice::from_ref(x), forward, Arc::new(backward))
 }
 
 /// `torch.nn.functional.conv2d` (with `padding_mode` of `nn.Conv2d`): `x` is
@@ -161,20 +208,17 @@ pub fn conv2d(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions) -> Result<Va
     let cols = if pointwise {
         x.reshape(&[(n * g) as isize, k as isize, (h * wd) as isize])?
     } else {
-        let axis = |pos: usize, tap: usize, d: usize, len: usize| {
-            let e = E::idx(pos) * o.stride[d] as i64 + E::idx(tap) * o.dilation[d] as i64 - o.padding[d] as i64;
-            match o.padding_mode {
-                ConvPadding::Zeros => e,
-                ConvPadding::Reflect => reflect(e, len),
+        // reflect padding is a reindex that the im2col kernel inlines
+        let (src, padding) = match o.padding_mode {
+            ConvPadding::Zeros => (x.clone(), o.padding),
+            ConvPadding::Reflect => {
+                let [ph, pw] = o.padding;
+                (x.pad(&[pw, pw, ph, ph], PadMode::Reflect)?, [0, 0])
             }
         };
-        // [N, G, Cg, kh, kw, OH, OW]: one im2col kernel
-        let exprs = vec![E::idx(0), E::idx(1) * cg as i64 + E::idx(2), axis(5, 3, 0, h), axis(6, 4, 1, wd)];
-        x.reindex(&[n, g, cg, kh, kw, oh, ow], exprs, 0.0, vec![])?.reshape(&[
-            (n * g) as isize,
-            k as isize,
-            (oh * ow) as isize,
-        ])?
+        let spec =
+            Im2col { groups: g, kernel: [kh, kw], stride: o.stride, padding, dilation: o.dilation, out: [oh, ow] };
+        im2col(&src, spec)?.reshape(&[(n * g) as isize, k as isize, (oh * ow) as isize])?
     };
     let wm = if g == 1 {
         w.reshape(&[1, oc as isize, k as isize])?

@@ -120,9 +120,27 @@ pub fn max_pool2d(x: &Var, o: &Pool2dOptions) -> Result<Var> {
         let hit = win.eq(&yb)?.logical_or(&win.ne(&win)?)?;
         let tap = Var::index(win.shape(), 4, DType::I64)?;
         let first = Var::where_(&hit, &tap, kk as i64)?.reduce(ReduceOp::Min, &[4], true)?;
-        let gb = g.reshape(&[g.shape()[0] as isize, g.shape()[1] as isize, oh as isize, ow as isize, 1])?;
-        let gw = Var::where_(&tap.eq(&first)?, &gb, 0.0)?.cast(x.dtype());
-        Ok(vec![Some(gw.reindex_reduce(ReduceOp::Sum, x.shape(), window_exprs(&o), vec![])?)])
+        let first = first.reshape(&[y.shape()[0] as isize, y.shape()[1] as isize, oh as isize, ow as isize])?;
+        // gather form (no scatter): over [N, C, H, W, kh, kw], the window whose tap
+        // (ki, kj) reads (h, w) passes its gradient when that tap was its first max
+        let [n, c, h, w] = dims4("max_pool2d", x)?;
+        let [kh, kw] = o.kernel;
+        let inv =
+            |pos: usize, tap: usize, d: usize| E::idx(pos) + o.padding[d] as i64 - E::idx(tap) * o.dilation[d] as i64;
+        let exprs = vec![
+            E::idx(0),
+            E::idx(1),
+            inv(2, 4, 0).floor_div(o.stride[0] as i64),
+            inv(3, 5, 1).floor_div(o.stride[1] as i64),
+        ];
+        let conds =
+            vec![inv(2, 4, 0).modulo(o.stride[0] as i64).eq_(0), inv(3, 5, 1).modulo(o.stride[1] as i64).eq_(0)];
+        let dom = [n, c, h, w, kh, kw];
+        let first_at = first.reindex(&dom, exprs.clone(), -1.0, conds.clone())?;
+        let g_at = g.reindex(&dom, exprs, 0.0, conds)?;
+        let tap = Var::index(&dom, 4, DType::I64)?.try_mul(kw as i64)?.try_add(&Var::index(&dom, 5, DType::I64)?)?;
+        let picked = Var::where_(&first_at.eq(&tap)?, &g_at, 0.0)?.cast(x.dtype());
+        Ok(vec![Some(picked.reduce(ReduceOp::Sum, &[4, 5], false)?)])
     };
     jit_core::custom_op(op, std::slice::from_ref(x), forward, Arc::new(backward))
 }

@@ -100,6 +100,10 @@ fn floor_mod(a: i64, b: i64) -> i64 {
     }
 }
 
+/// Divisors up to this value stay literal in kernels (see
+/// [`IndexExpr::lift_constants`]).
+pub const LITERAL_DIVISOR: i64 = 8;
+
 impl IndexExpr {
     /// A constant.
     pub fn c(v: i64) -> IndexExpr {
@@ -266,6 +270,9 @@ impl IndexExpr {
     /// Replaces every constant whose magnitude exceeds 1 by a fresh kernel argument,
     /// appending its value to `args`. Constants 0, 1 and -1 stay: they shape the code
     /// (a unit stride, a zero offset), the others are sizes a new input may change.
+    /// Small divisors (at most [`LITERAL_DIVISOR`]: strides, kernel sizes, dilations)
+    /// stay too, so that the code divides by a constant (a multiply and a shift, no
+    /// division instruction) and equal guards can be shared.
     pub fn lift_constants(&self, args: &mut Vec<i64>) -> IndexExpr {
         let mut bin = |a: &IndexExpr, b: &IndexExpr, f: fn(Box<IndexExpr>, Box<IndexExpr>) -> IndexExpr| {
             let a = a.lift_constants(args);
@@ -281,6 +288,13 @@ impl IndexExpr {
             E::Add(a, b) => bin(a, b, E::Add),
             E::Sub(a, b) => bin(a, b, E::Sub),
             E::Mul(a, b) => bin(a, b, E::Mul),
+            E::FloorDiv(a, b) | E::Mod(a, b) if b.as_const().is_some_and(|d| (2..=LITERAL_DIVISOR).contains(&d)) => {
+                let a = Box::new(a.lift_constants(args));
+                match self {
+                    E::FloorDiv(..) => E::FloorDiv(a, b.clone()),
+                    _ => E::Mod(a, b.clone()),
+                }
+            }
             E::FloorDiv(a, b) => bin(a, b, E::FloorDiv),
             E::Mod(a, b) => bin(a, b, E::Mod),
             E::Min(a, b) => bin(a, b, E::Min),
