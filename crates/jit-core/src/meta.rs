@@ -268,6 +268,16 @@ impl Var {
         Ok(Var::pending(new, self.dtype(), self.device(), MetaOp::Reshape, vec![self.clone()]))
     }
 
+    /// The same value, always computed into memory when realised: a fusion boundary
+    /// for values that a consumer re-reads many times (an im2col reads every pixel
+    /// kh x kw times), like PyTorch's `.contiguous()`. Free on realised values.
+    pub fn materialize(&self) -> Var {
+        if self.is_realized() {
+            return self.clone();
+        }
+        Var::pending(self.shape().to_vec(), self.dtype(), self.device(), MetaOp::Materialize, vec![self.clone()])
+    }
+
     /// A library call ([`ExternOp`]) on `inputs`, which share a float dtype and a
     /// device. It is computed from materialised inputs and has its own gradient rule.
     pub fn extern_op(op: ExternOp, inputs: &[Var]) -> Result<Var> {

@@ -83,6 +83,63 @@ fn flat(idx: &[E], shape: &[usize]) -> E {
     idx.iter().zip(strides(shape)).fold(E::c(0), |acc, (e, s)| acc + e.clone() * s)
 }
 
+/// The input index of a reshape from `in_shape` to `out_shape` at output index
+/// `idx`. Dims are matched in runs of equal element count: a dim kept as it is
+/// passes its index through, merged dims combine without division, and only a dim
+/// split into several divides.
+fn reshape_index(idx: &[E], out_shape: &[usize], in_shape: &[usize]) -> Vec<E> {
+    if out_shape.contains(&0) || in_shape.contains(&0) {
+        // nothing is ever read; any in-range form will do
+        return vec![E::c(0); in_shape.len()];
+    }
+    let mut sub = vec![E::c(0); in_shape.len()];
+    let (mut o, mut i) = (0, 0);
+    while o < out_shape.len() || i < in_shape.len() {
+        // size-1 dims carry no information
+        if o < out_shape.len() && out_shape[o] == 1 {
+            o += 1;
+            continue;
+        }
+        if i < in_shape.len() && in_shape[i] == 1 {
+            i += 1;
+            continue;
+        }
+        if o >= out_shape.len() || i >= in_shape.len() {
+            break;
+        }
+        // grow the smaller side until the element counts meet
+        let (o0, i0) = (o, i);
+        let (mut po, mut pi) = (out_shape[o], in_shape[i]);
+        o += 1;
+        i += 1;
+        while po != pi {
+            if po < pi {
+                po *= out_shape[o];
+                o += 1;
+            } else {
+                pi *= in_shape[i];
+                i += 1;
+            }
+        }
+        // flat index within the run, over the output dims o0..o
+        let mut flat_run = E::c(0);
+        for d in o0..o {
+            flat_run = flat_run * out_shape[d] as i64 + idx[d].clone();
+        }
+        if i - i0 == 1 {
+            sub[i0] = flat_run;
+        } else {
+            let mut stride = 1i64;
+            for d in (i0..i).rev() {
+                let q = flat_run.clone().floor_div(stride);
+                sub[d] = if d == i0 { q } else { q.modulo(in_shape[d] as i64) };
+                stride *= in_shape[d] as i64;
+            }
+        }
+    }
+    sub
+}
+
 fn weight(op: &MetaOp) -> usize {
     match op {
         MetaOp::Unary(u) if u.float_only() => 4,
@@ -290,6 +347,7 @@ impl<'a> Builder<'a> {
                     }
                 }
             }
+            MetaOp::Materialize => return self.emit(&inputs[0], idx, guard, phase),
             MetaOp::Reshape => {
                 let x = &inputs[0];
                 let f = flat(idx, v.shape());
@@ -297,18 +355,7 @@ impl<'a> Builder<'a> {
                     // same row-major layout: the flat offset is unchanged
                     self.load(x, f, guard, phase)
                 } else {
-                    let st = strides(x.shape());
-                    let n = x.ndim();
-                    let sub: Vec<E> = (0..n)
-                        .map(|d| {
-                            let q = f.clone().floor_div(st[d]);
-                            if d == 0 {
-                                q
-                            } else {
-                                q.modulo(x.shape()[d] as i64)
-                            }
-                        })
-                        .collect();
+                    let sub = reshape_index(idx, v.shape(), x.shape());
                     self.emit(x, &sub, guard, phase)?
                 }
             }
@@ -414,7 +461,7 @@ pub(crate) fn plan(order: &[Var], targets: &HashSet<u64>, fused: bool) -> Result
         let Some(op) = ops.get(&v.id()) else { continue };
         let shared = consumers.get(&v.id()).copied().unwrap_or(0) > 1;
         let store = match op {
-            MetaOp::ReindexReduce { .. } | MetaOp::Extern(_) => true,
+            MetaOp::ReindexReduce { .. } | MetaOp::Extern(_) | MetaOp::Materialize => true,
             MetaOp::Reshape => false,
             MetaOp::Reduce { .. } => !fused || shared,
             _ => !fused,

@@ -121,10 +121,20 @@ fn im2col(x: &Var, s: Im2col) -> Result<Var> {
         E::idx(pos) * s.stride[d] as i64 + E::idx(tap) * s.dilation[d] as i64 - s.padding[d] as i64
     };
     let forward = move |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
-        let exprs = vec![E::idx(0), E::idx(1) * cg as i64 + E::idx(2), fwd_axis(5, 3, 0), fwd_axis(6, 4, 1)];
-        Ok((xs[0].reindex(&[n, s.groups, cg, kh, kw, oh, ow], exprs, 0.0, vec![])?, vec![]))
+        // Every pixel is read kh x kw times: store the (zero-padded) input once, so
+        // that its producer (bias, ReLU) is not recomputed per tap and every read
+        // of the im2col kernel is in range (no guards: contiguous vector loads).
+        let [ph, pw] = s.padding;
+        let src = if ph + pw > 0 { xs[0].pad(&[pw, pw, ph, ph], PadMode::Constant(0.0))? } else { xs[0].clone() };
+        let src = src.materialize();
+        let unpadded = |pos: usize, tap: usize, d: usize| fwd_axis(pos, tap, d) + s.padding[d] as i64;
+        let exprs = vec![E::idx(0), E::idx(1) * cg as i64 + E::idx(2), unpadded(5, 3, 0), unpadded(6, 4, 1)];
+        Ok((src.reindex(&[n, s.groups, cg, kh, kw, oh, ow], exprs, 0.0, vec![])?, vec![]))
     };
     let backward = move |_: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
+        if s.stride == [1, 1] {
+            return Ok(vec![Some(col2im_unit_stride(g, s, [n, c, h, w])?)]);
+        }
         // over [N, C, H, W, kh, kw]: the output position whose tap (ki, kj) read (h, w)
         let inv =
             |pos: usize, tap: usize, d: usize| E::idx(pos) + s.padding[d] as i64 - E::idx(tap) * s.dilation[d] as i64;
@@ -147,6 +157,85 @@ fn im2col(x: &Var, s: Im2col) -> Result<Var> {
         Ok(vec![Some(taps.reduce(ReduceOp::Sum, &[4, 5], false)?)])
     };
     jit_core::custom_op("im2col", std::slice::from_ref(x), forward, Arc::new(backward))
+}
+
+/// col2im for unit strides: `dx[h, w] = sum over taps of dcols[tap, h + p - ki d,
+/// w + p - kj d]`. The gradient columns are zero-padded and stored once, so each of
+/// the kh x kw shifted reads is in range and contiguous along `w`: one element-wise
+/// kernel that runs on vectors.
+fn col2im_unit_stride(g: &Var, s: Im2col, [n, c, h, w]: [usize; 4]) -> Result<Var> {
+    let [kh, kw] = s.kernel;
+    let [oh, ow] = s.out;
+    let cg = c / s.groups;
+    let lo = |d: usize, k: usize| ((k - 1) * s.dilation[d]).saturating_sub(s.padding[d]);
+    let hi = |d: usize, len: usize, out: usize| (len - 1 + s.padding[d]).saturating_sub(out - 1);
+    let (lo_h, lo_w) = (lo(0, kh), lo(1, kw));
+    let gp = g.pad(&[lo_w, hi(1, w, ow), lo_h, hi(0, h, oh)], PadMode::Constant(0.0))?.materialize();
+    let (group, channel) = if s.groups == 1 {
+        (E::c(0), E::idx(1))
+    } else {
+        (E::idx(1).floor_div(cg as i64), E::idx(1).modulo(cg as i64))
+    };
+    let mut total: Option<Var> = None;
+    for ki in 0..kh {
+        for kj in 0..kw {
+            let at = |pos: usize, tap: usize, d: usize, low: usize| {
+                E::idx(pos) + (s.padding[d] + low) as i64 - (tap * s.dilation[d]) as i64
+            };
+            let exprs = vec![
+                E::idx(0),
+                group.clone(),
+                channel.clone(),
+                E::c(ki as i64),
+                E::c(kj as i64),
+                at(2, ki, 0, lo_h),
+                at(3, kj, 1, lo_w),
+            ];
+            let term = gp.reindex(&[n, c, h, w], exprs, 0.0, vec![])?;
+            total = Some(match total {
+                Some(t) => t.try_add(&term)?,
+                None => term,
+            });
+        }
+    }
+    // stored: consumers (a pooling gradient's windows) would recompute the sum per read
+    total.map(|t| t.materialize()).ok_or_else(|| Error::shape("conv2d", "empty kernel"))
+}
+
+/// A unit-stride, single-group convolution with its own gradient rule: the weight
+/// gradient is one gemm of the output gradient with the forward's im2col columns
+/// (the same value, computed once when loss and gradients are realised together), and
+/// the input gradient is itself a unit-stride convolution of the output gradient
+/// with the flipped, transposed kernel and padding `(k - 1) d - p`, so it too runs
+/// as a guard-free im2col and a gemm instead of a col2im.
+fn conv_unit_stride(x: &Var, w: &Var, s: Im2col) -> Result<Var> {
+    let [n, _, _, _] = dims4("conv2d", "input", x)?;
+    let [oc, c, kh, kw] = dims4("conv2d", "weight", w)?;
+    let [oh, ow] = s.out;
+    let k = (c * kh * kw) as isize;
+    let l = (oh * ow) as isize;
+    let forward = move |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
+        let cols = im2col(&xs[0], s)?.reshape(&[n as isize, k, l])?;
+        let wm = xs[1].reshape(&[1, oc as isize, k])?;
+        let y = Var::extern_op(ExternOp::Matmul { trans_a: false, trans_b: false }, &[wm, cols.clone()])?;
+        Ok((y.reshape(&[n as isize, oc as isize, oh as isize, ow as isize])?, vec![cols, xs[1].clone()]))
+    };
+    let backward = move |saved: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
+        let (cols, w) = (&saved[0], &saved[1]);
+        let dy = g.reshape(&[n as isize, oc as isize, l])?;
+        let dw = Var::extern_op(ExternOp::Matmul { trans_a: false, trans_b: true }, &[dy, cols.clone()])?
+            .reduce(ReduceOp::Sum, &[0], false)?
+            .reshape(&[oc as isize, c as isize, kh as isize, kw as isize])?;
+        let wt = w.transpose(0, 1)?.flip(&[2, 3])?;
+        let opts = Conv2dOptions {
+            padding: [(kh - 1) * s.dilation[0] - s.padding[0], (kw - 1) * s.dilation[1] - s.padding[1]],
+            dilation: s.dilation,
+            ..Default::default()
+        };
+        let dx = conv2d(g, &wt, None, &opts)?;
+        Ok(vec![Some(dx), Some(dw)])
+    };
+    jit_core::custom_op("conv2d", &[x.clone(), w.clone()], forward, Arc::new(backward))
 }
 
 /// `torch.nn.functional.conv2d` (with `padding_mode` of `nn.Conv2d`): `x` is
@@ -218,6 +307,9 @@ pub fn conv2d(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions) -> Result<Va
         };
         let spec =
             Im2col { groups: g, kernel: [kh, kw], stride: o.stride, padding, dilation: o.dilation, out: [oh, ow] };
+        if g == 1 && o.stride == [1, 1] && (0..2).all(|d| padding[d] <= (spec.kernel[d] - 1) * o.dilation[d]) {
+            return add_bias(conv_unit_stride(&src, w, spec)?, b);
+        }
         im2col(&src, spec)?.reshape(&[(n * g) as isize, k as isize, (oh * ow) as isize])?
     };
     let wm = if g == 1 {

@@ -455,6 +455,9 @@ pub enum MetaOp {
     },
     /// Same data, new shape (free for contiguous values).
     Reshape,
+    /// The input's value, always stored in memory: a fusion boundary (what a
+    /// consumer that re-reads many times, like an im2col, wants to read from).
+    Materialize,
     /// A library call on materialised, contiguous inputs (see [`crate::ExternOp`]).
     Extern(crate::ExternOp),
 }
@@ -475,6 +478,7 @@ impl MetaOp {
             MetaOp::Reduce { .. } => "reduce",
             MetaOp::ReindexReduce { .. } => "reindex_reduce",
             MetaOp::Reshape => "reshape",
+            MetaOp::Materialize => "materialize",
             MetaOp::Extern(e) => e.name(),
         }
     }

@@ -136,7 +136,7 @@ pub fn eval(
             take(&both, &pick, 0.0)
         }
         MetaOp::Cast => inputs[0].0.cast(out_dtype),
-        MetaOp::Reshape => inputs[0].0.clone(),
+        MetaOp::Reshape | MetaOp::Materialize => inputs[0].0.clone(),
         MetaOp::BroadcastTo { new_dims } => {
             let (x, in_shape) = inputs[0];
             let in_strides = contiguous_strides(in_shape);

@@ -75,6 +75,7 @@ pub(super) fn backward(ctx: &Ctx<'_>, g: &Var) -> Result<Vec<Option<Var>>> {
             vec![dt.is_float().then(|| g.cast(dt))]
         }
         MetaOp::Reshape => vec![Some(g.reshape(&isize_shape(ctx.in_shape(0)))?)],
+        MetaOp::Materialize => vec![Some(g.clone())],
         MetaOp::BroadcastTo { new_dims } => vec![Some(unbroadcast(g, ctx.in_shape(0), new_dims)?)],
         MetaOp::Reindex { exprs, conds, .. } => {
             vec![Some(g.reindex_reduce(ReduceOp::Sum, ctx.in_shape(0), exprs.clone(), conds.clone())?)]
