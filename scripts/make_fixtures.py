@@ -61,6 +61,12 @@ case(
     lambda x, w, b: F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), w, b),
     dict(x=r(1, 3, 6, 7), w=r(5, 3, 3, 3), b=r(5)),
 )
+case("conv_wide", lambda x, w, b: F.conv2d(x, w, b, padding=1), dict(x=r(2, 16, 6, 7), w=r(8, 16, 3, 3), b=r(8)))
+case(
+    "conv_wide_dil",
+    lambda x, w: F.conv2d(x, w, None, padding=(2, 1), dilation=(2, 1)),
+    dict(x=r(1, 24, 7, 5), w=r(5, 24, 3, 2)),
+)
 case("conv_1x1", lambda x, w, b: F.conv2d(x, w, b), dict(x=r(2, 5, 4, 3), w=r(3, 5, 1, 1), b=r(3)))
 case(
     "convt_basic",

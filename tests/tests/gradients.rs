@@ -268,6 +268,12 @@ fn convolutions_pooling_resizing_norms_and_losses() {
     let b = input(&mut rng, &[o], -1.0, 1.0);
     let opts = Conv2dOptions { stride: [2, 1], padding: [1, 1], dilation: [1, 2], groups, ..Default::default() };
     check("conv2d", &mut rng, &[x.clone(), wt.clone(), b.clone()], |v| conv2d(&v[0], &v[1], Some(&v[2]), &opts));
+    // 16 channels: the shifted-gemm path (fewer channels take the im2col path)
+    let hw = 4 + rng.below(2);
+    let xw = input(&mut rng, &[1, 16, hw, 3], -1.0, 1.0);
+    let ww = input(&mut rng, &[3, 16, 3, 2], -1.0, 1.0);
+    let wide = Conv2dOptions { padding: [1, 2], dilation: [1, 2], ..Default::default() };
+    check("conv2d 16 channels", &mut rng, &[xw, ww], |v| conv2d(&v[0], &v[1], None, &wide));
     let reflect = Conv2dOptions { padding_mode: ConvPadding::Reflect, groups, ..Conv2dOptions::new(1, 1) };
     check("conv2d reflect", &mut rng, &[x.clone(), wt.clone()], |v| conv2d(&v[0], &v[1], None, &reflect));
     let wt_t = input(&mut rng, &[c, 2, 3, 3], -1.0, 1.0);

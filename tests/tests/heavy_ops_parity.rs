@@ -33,6 +33,13 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>, Case)> {
             let o = Conv2dOptions { padding_mode: ConvPadding::Reflect, ..Conv2dOptions::new(1, 1) };
             conv2d(v(m, "x"), v(m, "w"), Some(v(m, "b")), &o)
         }),
+        c("conv_wide", vec!["x", "w", "b"], |m| {
+            conv2d(v(m, "x"), v(m, "w"), Some(v(m, "b")), &Conv2dOptions::new(1, 1))
+        }),
+        c("conv_wide_dil", vec!["x", "w"], |m| {
+            let o = Conv2dOptions { padding: [2, 1], dilation: [2, 1], ..Default::default() };
+            conv2d(v(m, "x"), v(m, "w"), None, &o)
+        }),
         c("conv_1x1", vec!["x", "w", "b"], |m| {
             conv2d(v(m, "x"), v(m, "w"), Some(v(m, "b")), &Conv2dOptions::default())
         }),

@@ -9,7 +9,7 @@
 //! has its own.
 
 use crate::shape::{PadMode, ShapeOps};
-use jit_core::{Error, ExternOp, IndexExpr as E, ReduceOp, Result, Var};
+use jit_core::{ConvPass, Error, ExternOp, IndexExpr as E, ReduceOp, Result, Var};
 use std::sync::Arc;
 
 /// How `conv2d` pads its input.
@@ -202,37 +202,31 @@ fn col2im_unit_stride(g: &Var, s: Im2col, [n, c, h, w]: [usize; 4]) -> Result<Va
     total.map(|t| t.materialize()).ok_or_else(|| Error::shape("conv2d", "empty kernel"))
 }
 
-/// A unit-stride, single-group convolution with its own gradient rule: the weight
-/// gradient is one gemm of the output gradient with the forward's im2col columns
-/// (the same value, computed once when loss and gradients are realised together), and
-/// the input gradient is itself a unit-stride convolution of the output gradient
-/// with the flipped, transposed kernel and padding `(k - 1) d - p`, so it too runs
-/// as a guard-free im2col and a gemm instead of a col2im.
+/// A unit-stride, single-group convolution with its own gradient rule, computed
+/// without im2col: the input is zero-padded and stored once, and each of the
+/// `kh x kw` taps is one gemm over a shifted view of it, accumulated in place
+/// ([`ExternOp::Conv2dShift`]). The backward passes work the same way on the output
+/// gradient laid out on the padded grid.
 fn conv_unit_stride(x: &Var, w: &Var, s: Im2col) -> Result<Var> {
-    let [n, _, _, _] = dims4("conv2d", "input", x)?;
-    let [oc, c, kh, kw] = dims4("conv2d", "weight", w)?;
+    let [_, _, h, wd] = dims4("conv2d", "input", x)?;
+    let [ph, pw] = s.padding;
     let [oh, ow] = s.out;
-    let k = (c * kh * kw) as isize;
-    let l = (oh * ow) as isize;
+    let (hp, wp) = (h + 2 * ph, wd + 2 * pw);
+    let (kernel, dilation) = (s.kernel, s.dilation);
+    let pass = move |p: ConvPass| ExternOp::Conv2dShift { pass: p, kernel, dilation };
     let forward = move |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
-        let cols = im2col(&xs[0], s)?.reshape(&[n as isize, k, l])?;
-        let wm = xs[1].reshape(&[1, oc as isize, k])?;
-        let y = Var::extern_op(ExternOp::Matmul { trans_a: false, trans_b: false }, &[wm, cols.clone()])?;
-        Ok((y.reshape(&[n as isize, oc as isize, oh as isize, ow as isize])?, vec![cols, xs[1].clone()]))
+        let xp = if ph + pw > 0 { xs[0].pad(&[pw, pw, ph, ph], PadMode::Constant(0.0))? } else { xs[0].clone() };
+        let xp = xp.materialize();
+        let y = Var::extern_op(pass(ConvPass::Forward), &[xp.clone(), xs[1].clone()])?;
+        Ok((y.narrow(2, 0, oh)?.narrow(3, 0, ow)?, vec![xp, xs[1].clone()]))
     };
     let backward = move |saved: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
-        let (cols, w) = (&saved[0], &saved[1]);
-        let dy = g.reshape(&[n as isize, oc as isize, l])?;
-        let dw = Var::extern_op(ExternOp::Matmul { trans_a: false, trans_b: true }, &[dy, cols.clone()])?
-            .reduce(ReduceOp::Sum, &[0], false)?
-            .reshape(&[oc as isize, c as isize, kh as isize, kw as isize])?;
-        let wt = w.transpose(0, 1)?.flip(&[2, 3])?;
-        let opts = Conv2dOptions {
-            padding: [(kh - 1) * s.dilation[0] - s.padding[0], (kw - 1) * s.dilation[1] - s.padding[1]],
-            dilation: s.dilation,
-            ..Default::default()
-        };
-        let dx = conv2d(g, &wt, None, &opts)?;
+        let (xp, w) = (&saved[0], &saved[1]);
+        // the output gradient on the padded grid, zero outside the valid corner
+        let dy = g.pad(&[0, wp - ow, 0, hp - oh], PadMode::Constant(0.0))?.materialize();
+        let dxp = Var::extern_op(pass(ConvPass::BackwardData), &[dy.clone(), w.clone()])?;
+        let dx = dxp.narrow(2, ph, h)?.narrow(3, pw, wd)?;
+        let dw = Var::extern_op(pass(ConvPass::BackwardFilter), &[dy, xp.clone()])?;
         Ok(vec![Some(dx), Some(dw)])
     };
     jit_core::custom_op("conv2d", &[x.clone(), w.clone()], forward, Arc::new(backward))
@@ -307,7 +301,9 @@ pub fn conv2d(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions) -> Result<Va
         };
         let spec =
             Im2col { groups: g, kernel: [kh, kw], stride: o.stride, padding, dilation: o.dilation, out: [oh, ow] };
-        if g == 1 && o.stride == [1, 1] && (0..2).all(|d| padding[d] <= (spec.kernel[d] - 1) * o.dilation[d]) {
+        // shifted gemms need enough channels per tap to run at speed; a first layer
+        // (3 channels) multiplies faster as one im2col product
+        if g == 1 && o.stride == [1, 1] && cg >= 16 {
             return add_bias(conv_unit_stride(&src, w, spec)?, b);
         }
         im2col(&src, spec)?.reshape(&[(n * g) as isize, k as isize, (oh * ow) as isize])?

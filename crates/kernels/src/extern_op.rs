@@ -18,6 +18,29 @@ pub enum ExternOp {
         /// Use the transpose of the second input.
         trans_b: bool,
     },
+    /// A unit-stride, single-group 2-d convolution on an already padded input, as
+    /// `kh x kw` accumulated gemms over shifted views of it (no im2col). Every tensor
+    /// lives on the padded grid `[Hp, Wp]`; outputs are valid in the top-left
+    /// `[Hp - (kh-1) dh, Wp - (kw-1) dw]` corner and zero elsewhere.
+    Conv2dShift {
+        /// Which product.
+        pass: ConvPass,
+        /// Kernel height and width.
+        kernel: [usize; 2],
+        /// Dilation.
+        dilation: [usize; 2],
+    },
+}
+
+/// The three products of a convolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConvPass {
+    /// `(xp [N, C, Hp, Wp], w [O, C, kh, kw]) -> y [N, O, Hp, Wp]`.
+    Forward,
+    /// `(dy [N, O, Hp, Wp], w [O, C, kh, kw]) -> dxp [N, C, Hp, Wp]`.
+    BackwardData,
+    /// `(dy [N, O, Hp, Wp], xp [N, C, Hp, Wp]) -> dw [O, C, kh, kw]`.
+    BackwardFilter,
 }
 
 impl ExternOp {
@@ -25,6 +48,7 @@ impl ExternOp {
     pub fn name(&self) -> &'static str {
         match self {
             ExternOp::Matmul { .. } => "matmul",
+            ExternOp::Conv2dShift { .. } => "conv2d",
         }
     }
 
@@ -51,6 +75,15 @@ impl ExternOp {
                 }
                 Ok(vec![batch, m, n])
             }
+            ExternOp::Conv2dShift { pass, kernel, dilation } => {
+                let [a, b] = shapes else { return Err(format!("needs 2 inputs, got {}", shapes.len())) };
+                let g = ConvGeom::new(pass, a, b, kernel, dilation)?;
+                Ok(match pass {
+                    ConvPass::Forward => vec![g.n, g.o, g.hp, g.wp],
+                    ConvPass::BackwardData => vec![g.n, g.c, g.hp, g.wp],
+                    ConvPass::BackwardFilter => vec![g.o, g.c, kernel[0], kernel[1]],
+                })
+            }
         }
     }
 
@@ -74,6 +107,12 @@ impl ExternOp {
                     }
                     d => Err(self.bad(format!("{d} is not supported (float dtypes only)"))),
                 }
+            }
+            ExternOp::Conv2dShift { pass, kernel, dilation } => {
+                let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
+                let g = ConvGeom::new(pass, sa, sb, kernel, dilation).map_err(|e| self.bad(e))?;
+                let out = conv_shift(&g, pass, slice_f32(a)?.as_ref(), slice_f32(b)?.as_ref())?;
+                Ok(HostBuffer::F32(out).cast(dtype))
             }
         }
     }
@@ -100,6 +139,12 @@ impl ExternOp {
                     }
                 }
                 Ok(HostBuffer::from_f64s(dtype, out))
+            }
+            ExternOp::Conv2dShift { pass, kernel, dilation } => {
+                let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
+                let g = ConvGeom::new(pass, sa, sb, kernel, dilation).map_err(|e| self.bad(e))?;
+                let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+                Ok(HostBuffer::from_f64s(dtype, conv_shift_reference(&g, pass, &a, &b)))
             }
         }
     }
@@ -235,4 +280,267 @@ fn gemm_batched<T: GemmElem>(g: &Geometry, a: &[T], b: &[T]) -> Result<Vec<T>, K
         blocks.for_each(one);
     }
     Ok(out)
+}
+
+/// Sizes of a [`ExternOp::Conv2dShift`].
+struct ConvGeom {
+    n: usize,
+    c: usize,
+    o: usize,
+    hp: usize,
+    wp: usize,
+    /// Valid output height and width.
+    oh: usize,
+    ow: usize,
+    kernel: [usize; 2],
+    dilation: [usize; 2],
+}
+
+impl ConvGeom {
+    fn new(
+        pass: ConvPass,
+        a: &[usize],
+        b: &[usize],
+        kernel: [usize; 2],
+        dilation: [usize; 2],
+    ) -> Result<ConvGeom, String> {
+        let four = |s: &[usize]| -> Result<[usize; 4], String> {
+            s.try_into().map_err(|_| format!("needs 4-d inputs, got {s:?}"))
+        };
+        let (a, b) = (four(a)?, four(b)?);
+        let (n, c, o, hp, wp) = match pass {
+            ConvPass::Forward => {
+                if b[1] != a[1] || [b[2], b[3]] != kernel {
+                    return Err(format!("weight {b:?} does not fit input {a:?} and kernel {kernel:?}"));
+                }
+                (a[0], a[1], b[0], a[2], a[3])
+            }
+            ConvPass::BackwardData => {
+                if b[0] != a[1] || [b[2], b[3]] != kernel {
+                    return Err(format!("weight {b:?} does not fit output gradient {a:?} and kernel {kernel:?}"));
+                }
+                (a[0], b[1], a[1], a[2], a[3])
+            }
+            ConvPass::BackwardFilter => {
+                if a[0] != b[0] || [a[2], a[3]] != [b[2], b[3]] {
+                    return Err(format!("output gradient {a:?} and input {b:?} do not share a batch and grid"));
+                }
+                (a[0], b[1], a[1], a[2], a[3])
+            }
+        };
+        let span = |d: usize| (kernel[d] - 1) * dilation[d];
+        if kernel.contains(&0) || dilation.contains(&0) || hp <= span(0) || wp <= span(1) {
+            return Err(format!("the grid {hp}x{wp} is smaller than the dilated kernel {kernel:?} x {dilation:?}"));
+        }
+        Ok(ConvGeom { n, c, o, hp, wp, oh: hp - span(0), ow: wp - span(1), kernel, dilation })
+    }
+
+    /// Flat offset of tap `t` on the grid.
+    fn tap(&self, t: usize) -> usize {
+        let (ki, kj) = (t / self.kernel[1], t % self.kernel[1]);
+        ki * self.dilation[0] * self.wp + kj * self.dilation[1]
+    }
+
+    /// Grid columns covering every valid output: `(oh - 1) * wp + ow`.
+    fn cols(&self) -> usize {
+        (self.oh - 1) * self.wp + self.ow
+    }
+}
+
+/// The three convolution products as accumulated gemms over shifted grid views.
+fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<f32>, KernelError> {
+    let taps = g.kernel[0] * g.kernel[1];
+    let plane = g.hp * g.wp;
+    let l = g.cols();
+    let len = match pass {
+        ConvPass::Forward => g.n * g.o * plane,
+        ConvPass::BackwardData => g.n * g.c * plane,
+        ConvPass::BackwardFilter => g.o * g.c * taps,
+    };
+    let mut out: Vec<f32> = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| KernelError::OutOfMemory {
+        device: "cpu".into(),
+        bytes: (len * 4) as u128,
+        what: format!("a {} conv2d result", len),
+    })?;
+    out.resize(len, 0.0);
+    let expected = |what: &str, have: usize, want: usize| -> Result<(), KernelError> {
+        if have < want {
+            return Err(KernelError::Internal {
+                op: "conv2d".into(),
+                reason: format!("{what} holds {have} elements, {want} needed"),
+            });
+        }
+        Ok(())
+    };
+    let par = gemm::Parallelism::Rayon(0);
+    // weight tap t as an [O, C] matrix: element (o, c) at o*C*T + c*T + t
+    let (w_rs, w_cs) = ((g.c * taps) as isize, taps as isize);
+    match pass {
+        ConvPass::Forward => {
+            expected("the input", a.len(), g.n * g.c * plane)?;
+            expected("the weight", b.len(), g.o * g.c * taps)?;
+            for bi in 0..g.n {
+                let dst = &mut out[bi * g.o * plane..(bi + 1) * g.o * plane];
+                for t in 0..taps {
+                    // y[:, 0..l] += W_t · xp[:, tap..tap + l]
+                    // SAFETY: every view stays inside its buffer: the input view ends at
+                    // tap(t) + l <= plane (ConvGeom::cols), the weight view at o*C*T.
+                    unsafe {
+                        gemm::gemm(
+                            g.o,
+                            l,
+                            g.c,
+                            dst.as_mut_ptr(),
+                            1,
+                            plane as isize,
+                            t > 0,
+                            b.as_ptr().add(t),
+                            w_cs,
+                            w_rs,
+                            a.as_ptr().add(bi * g.c * plane + g.tap(t)),
+                            1,
+                            plane as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            par,
+                        );
+                    }
+                }
+            }
+        }
+        ConvPass::BackwardData => {
+            expected("the output gradient", a.len(), g.n * g.o * plane)?;
+            expected("the weight", b.len(), g.o * g.c * taps)?;
+            for bi in 0..g.n {
+                let dst = &mut out[bi * g.c * plane..(bi + 1) * g.c * plane];
+                for t in 0..taps {
+                    // dxp[:, tap..tap + l] += W_tᵀ · dy[:, 0..l]
+                    // SAFETY: as in the forward pass, with the roles of the views swapped.
+                    unsafe {
+                        gemm::gemm(
+                            g.c,
+                            l,
+                            g.o,
+                            dst.as_mut_ptr().add(g.tap(t)),
+                            1,
+                            plane as isize,
+                            true,
+                            b.as_ptr().add(t),
+                            w_rs,
+                            w_cs,
+                            a.as_ptr().add(bi * g.o * plane),
+                            1,
+                            plane as isize,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            par,
+                        );
+                    }
+                }
+            }
+        }
+        ConvPass::BackwardFilter => {
+            expected("the output gradient", a.len(), g.n * g.o * plane)?;
+            expected("the input", b.len(), g.n * g.c * plane)?;
+            for bi in 0..g.n {
+                for t in 0..taps {
+                    // dW_t += dy[:, 0..l] · xp[:, tap..tap + l]ᵀ, written with W_t's strides
+                    // SAFETY: the destination view is W's tap t ([O, C] with strides
+                    // (C*T, T) inside o*c*T elements); the sources as above.
+                    unsafe {
+                        gemm::gemm(
+                            g.o,
+                            g.c,
+                            l,
+                            out.as_mut_ptr().add(t),
+                            w_cs,
+                            w_rs,
+                            bi > 0,
+                            a.as_ptr().add(bi * g.o * plane),
+                            1,
+                            plane as isize,
+                            b.as_ptr().add(bi * g.c * plane + g.tap(t)),
+                            plane as isize,
+                            1,
+                            1.0,
+                            1.0,
+                            false,
+                            false,
+                            false,
+                            par,
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if pass != ConvPass::BackwardFilter {
+        // the grid columns past the valid width hold partial sums: zero them
+        let planes = len / plane;
+        for p in 0..planes {
+            let grid = &mut out[p * plane..(p + 1) * plane];
+            let valid = match pass {
+                ConvPass::Forward => (g.oh, g.ow),
+                _ => (g.hp, g.wp),
+            };
+            for (r, row) in grid.chunks_mut(g.wp).enumerate() {
+                if r >= valid.0 {
+                    row.fill(0.0);
+                } else {
+                    row[valid.1..].fill(0.0);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// [`conv_shift`] by definition, in f64 (the reference backend's oracle).
+fn conv_shift_reference(g: &ConvGeom, pass: ConvPass, a: &[f64], b: &[f64]) -> Vec<f64> {
+    let [kh, kw] = g.kernel;
+    let plane = g.hp * g.wp;
+    let w_at = |w: &[f64], o: usize, c: usize, ki: usize, kj: usize| w[((o * g.c + c) * kh + ki) * kw + kj];
+    let mut out = match pass {
+        ConvPass::Forward => vec![0.0; g.n * g.o * plane],
+        ConvPass::BackwardData => vec![0.0; g.n * g.c * plane],
+        ConvPass::BackwardFilter => vec![0.0; g.o * g.c * kh * kw],
+    };
+    for n in 0..g.n {
+        for o in 0..g.o {
+            for c in 0..g.c {
+                for ki in 0..kh {
+                    for kj in 0..kw {
+                        for y in 0..g.oh {
+                            for x in 0..g.ow {
+                                let src = (y + ki * g.dilation[0]) * g.wp + x + kj * g.dilation[1];
+                                let dst = y * g.wp + x;
+                                match pass {
+                                    ConvPass::Forward => {
+                                        out[(n * g.o + o) * plane + dst] +=
+                                            w_at(b, o, c, ki, kj) * a[(n * g.c + c) * plane + src]
+                                    }
+                                    ConvPass::BackwardData => {
+                                        out[(n * g.c + c) * plane + src] +=
+                                            w_at(b, o, c, ki, kj) * a[(n * g.o + o) * plane + dst]
+                                    }
+                                    ConvPass::BackwardFilter => {
+                                        out[((o * g.c + c) * kh + ki) * kw + kj] +=
+                                            a[(n * g.o + o) * plane + dst] * b[(n * g.c + c) * plane + src]
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
 }

@@ -39,5 +39,5 @@ pub use buffer::{live_buffers, Buffer, Element, HostBuffer};
 pub use dtype::DType;
 pub use error::KernelError;
 pub use expr::IndexExpr;
-pub use extern_op::ExternOp;
+pub use extern_op::{ConvPass, ExternOp};
 pub use meta::{BinaryOp, Distribution, MetaOp, ReduceOp, UnaryOp};
