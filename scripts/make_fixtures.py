@@ -159,7 +159,54 @@ def write_safetensors(path, named):
             f.write(b)
 
 
-out = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "heavy_ops.safetensors")
-os.makedirs(os.path.dirname(out), exist_ok=True)
-write_safetensors(out, tensors)
-print(f"wrote {len(tensors)} tensors to {os.path.normpath(out)} ({os.path.getsize(out)} bytes)")
+def save(name, named):
+    out = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", name)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    write_safetensors(out, named)
+    print(f"wrote {len(named)} tensors to {os.path.normpath(out)} ({os.path.getsize(out)} bytes)")
+
+
+save("heavy_ops.safetensors", tensors)
+
+# A network of every layer (tests/tests/layers.rs builds the same one): its state
+# dict under PyTorch's names, an input, the output in eval mode, and the output of
+# features[:3] (Sequential slicing).
+nn = torch.nn
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.ReflectionPad2d((1, 1, 1, 1)), nn.Conv2d(3, 8, 3), nn.ReLU(),
+            nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False), nn.BatchNorm2d(8), nn.LeakyReLU(0.2),
+            nn.MaxPool2d(2, 2, ceil_mode=True),
+            nn.Conv2d(8, 16, 3, padding=1), nn.InstanceNorm2d(16, affine=True), nn.Tanh(),
+            nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1), nn.GroupNorm(2, 8), nn.Sigmoid(),
+            nn.Upsample(scale_factor=2, mode="nearest"), nn.ZeroPad2d((1, 0, 0, 1)), nn.AvgPool2d(3, 2, 1),
+        )
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d((2, 2)), nn.Flatten(), nn.Linear(32, 10), nn.Dropout(0.5),
+                                  nn.LayerNorm(10))
+
+    def forward(self, x):
+        return self.head(self.features(x))
+
+
+net = Net()
+with torch.no_grad():
+    for m in net.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.LayerNorm)) and m.weight is not None:
+            m.weight.normal_(1.0, 0.2)
+            m.bias.normal_(0.0, 0.2)
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0.0, 0.3)
+            m.running_var.uniform_(0.5, 1.5)
+            m.num_batches_tracked.fill_(7)
+net.eval()
+layer = {f"state.{k}": v for k, v in net.state_dict().items()}
+x = torch.randn(2, 3, 11, 9)
+with torch.no_grad():
+    layer["x"] = x
+    layer["y"] = net(x)
+    layer["y_slice"] = net.features[:3](x)
+save("layers.safetensors", {k: v.detach().contiguous() for k, v in layer.items()})

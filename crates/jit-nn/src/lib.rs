@@ -1,6 +1,7 @@
-//! Neural-network layer of the framework: optimizers and learning-rate schedules,
-//! `.safetensors` files; modules, layers, losses, PyTorch state dicts, ONNX import,
-//! datasets and image I/O are planned (see the project's issues).
+//! Neural-network layer of the framework: the `Module` trait and PyTorch's layers
+//! (`layers`), state dicts in `.safetensors` with strict / non-strict loading and a
+//! renaming hook, optimizers and learning-rate schedules. PyTorch `.pth` files,
+//! ONNX import, datasets and image I/O are planned (see the project's issues).
 //!
 //! It re-exports the operator prelude so that downstream crates already depend on
 //! the final layering (`style-models` -> `jit-nn` -> `jit-ops` -> `jit-core` ->
@@ -8,7 +9,11 @@
 
 #![warn(missing_docs)]
 
+pub mod layers;
+pub mod module;
 pub mod optim;
 pub mod safetensors_io;
+
+pub use module::{LoadReport, Module, ModuleExt};
 
 pub use jit_ops::prelude;
