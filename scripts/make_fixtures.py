@@ -141,11 +141,11 @@ case("nll", lambda x, t: F.nll_loss(F.log_softmax(x, 1), t, reduction="sum"), di
 
 
 def write_safetensors(path, named):
-    dt = {torch.float32: "F32", torch.int64: "I64"}
+    dt = {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16", torch.float64: "F64"}
     header, blobs, off = {}, [], 0
     for k in sorted(named):
         t = named[k]
-        raw = t.numpy().tobytes()
+        raw = t.view(torch.int16).numpy().tobytes() if t.dtype == torch.float16 else t.numpy().tobytes()
         header[k] = {"dtype": dt[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
         blobs.append(raw)
         off += len(raw)
@@ -210,3 +210,30 @@ with torch.no_grad():
     layer["y"] = net(x)
     layer["y_slice"] = net.features[:3](x)
 save("layers.safetensors", {k: v.detach().contiguous() for k, v in layer.items()})
+
+# PyTorch checkpoints for the .pth reader (tests/tests/pth.rs): several dtypes, a
+# nested dict, a shared storage, a non-contiguous tensor, a scalar, and the legacy
+# (non-zip) format. `pth_expected.safetensors` holds the same tensors contiguous.
+base = torch.arange(12, dtype=torch.float32).reshape(3, 4) / 7
+shared = torch.randn(2, 5)
+ckpt = {
+    "state_dict": {
+        "conv.weight": torch.randn(4, 3, 3, 3),
+        "conv.bias": torch.randn(4).half(),
+        "bn.running_mean": torch.randn(4).bfloat16(),
+        "bn.num_batches_tracked": torch.tensor(11, dtype=torch.int64),
+        "emb.index": torch.arange(6, dtype=torch.int64).reshape(2, 3),
+        "row0": shared[0],
+        "row1": shared[1],
+        "transposed": base.t(),
+        "double": torch.randn(3, dtype=torch.float64),
+    },
+    "epoch": 3,
+    "name": "test",
+    "lr": 0.5,
+}
+fix = os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures")
+torch.save(ckpt, os.path.join(fix, "checkpoint.pth"))
+torch.save({"w": torch.ones(2)}, os.path.join(fix, "legacy.pth"), _use_new_zipfile_serialization=False)
+save("pth_expected.safetensors", {f"state_dict.{k}": v.contiguous().float() if v.dtype == torch.bfloat16 else v.contiguous()
+                                  for k, v in ckpt["state_dict"].items()})

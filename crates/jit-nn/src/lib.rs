@@ -1,7 +1,8 @@
 //! Neural-network layer of the framework: the `Module` trait and PyTorch's layers
 //! (`layers`), state dicts in `.safetensors` with strict / non-strict loading and a
-//! renaming hook, optimizers and learning-rate schedules. PyTorch `.pth` files,
-//! ONNX import, datasets and image I/O are planned (see the project's issues).
+//! renaming hook, PyTorch `.pth` checkpoints read without Python, optimizers and
+//! learning-rate schedules. ONNX import, datasets and image I/O are planned (see
+//! the project's issues).
 //!
 //! It re-exports the operator prelude so that downstream crates already depend on
 //! the final layering (`style-models` -> `jit-nn` -> `jit-ops` -> `jit-core` ->
@@ -12,6 +13,7 @@
 pub mod layers;
 pub mod module;
 pub mod optim;
+pub mod pth;
 pub mod safetensors_io;
 
 pub use module::{LoadReport, Module, ModuleExt};

@@ -142,6 +142,18 @@ pub trait ModuleExt: Module {
         })
     }
 
+    /// Loads a PyTorch `.pth` checkpoint (see [`crate::pth`]), after renaming its
+    /// dotted keys with `rename` (a nested `{'state_dict': ..}` gives keys starting
+    /// with `state_dict.`; strip that prefix here).
+    fn load_pth(&self, path: &Path, strict: bool, rename: &dyn Fn(&str) -> Option<String>) -> Result<LoadReport> {
+        let dict: Vec<(String, Var)> =
+            crate::pth::load(path)?.into_iter().filter_map(|(k, v)| rename(&k).map(|k| (k, v))).collect();
+        self.load_state_dict(&dict, strict).map_err(|e| match e {
+            Error::Argument { msg, .. } => Error::file(path, msg),
+            e => e,
+        })
+    }
+
     /// `self` as a trait object.
     fn as_dyn(&self) -> &dyn Module;
 }
