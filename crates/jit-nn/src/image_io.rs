@@ -1,0 +1,89 @@
+//! Images as tensors: decode PNG, JPEG, BMP and WebP into `[1, 3, H, W]` f32 values
+//! in `0..=1` (RGB; grey is repeated, alpha dropped), and encode `[3, H, W]` or
+//! `[1, 3, H, W]` values back (clamped to `0..=1`, rounded to 8 bits) in the format
+//! the file extension names. Writes are atomic.
+
+use crate::safetensors_io::write_atomic;
+use jit_core::{DType, Error, Result, Var};
+use std::path::{Path, PathBuf};
+
+/// The image at `path` as `[1, 3, H, W]` f32 in `0..=1`.
+pub fn load_image(path: impl AsRef<Path>) -> Result<Var> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
+    let img =
+        image::load_from_memory(&bytes).map_err(|e| Error::file(path, format!("cannot decode the image: {e}")))?;
+    from_rgb8(&img.to_rgb8())
+}
+
+/// An 8-bit RGB image as `[1, 3, H, W]` f32 in `0..=1`.
+pub fn from_rgb8(img: &image::RgbImage) -> Result<Var> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let hwc = Var::from_vec(img.as_raw().clone(), &[h, w, 3])?;
+    let chw = jit_ops::ShapeOps::permute(&hwc, &[2, 0, 1])?;
+    chw.cast(DType::F32).try_div(255.0)?.reshape(&[1, 3, h as isize, w as isize])
+}
+
+/// `[3, H, W]` or `[1, 3, H, W]` values in `0..=1` as an 8-bit RGB image (values are
+/// clamped; NaN becomes 0).
+pub fn to_rgb8(x: &Var) -> Result<image::RgbImage> {
+    let (h, w) =
+        match *x.shape() {
+            [3, h, w] | [1, 3, h, w] => (h, w),
+            _ => return Err(Error::shape(
+                "save_image",
+                format!(
+                    "expected an image of shape [3, H, W] or [1, 3, H, W], got {:?} (save a batch with save_images)",
+                    x.shape()
+                ),
+            )),
+        };
+    let chw = x.reshape(&[3, h as isize, w as isize])?.cast(DType::F32);
+    let hwc = jit_ops::ShapeOps::permute(&chw, &[1, 2, 0])?;
+    let v = hwc.to_vec::<f32>()?;
+    let bytes: Vec<u8> = v.iter().map(|&f| (f.clamp(0.0, 1.0) * 255.0).round() as u8).collect();
+    image::RgbImage::from_raw(w as u32, h as u32, bytes)
+        .ok_or_else(|| Error::shape("save_image", format!("cannot make a {w}x{h} image")))
+}
+
+/// Writes `x` (`[3, H, W]` or `[1, 3, H, W]`) to `path` as PNG, JPEG (quality 95),
+/// BMP or WebP (lossless), by extension.
+pub fn save_image(x: &Var, path: impl AsRef<Path>) -> Result<()> {
+    let path = path.as_ref();
+    let ext = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).unwrap_or_default();
+    let img = to_rgb8(x)?;
+    let mut out = std::io::Cursor::new(Vec::new());
+    let encoded = match ext.as_str() {
+        "png" => img.write_to(&mut out, image::ImageFormat::Png),
+        "jpg" | "jpeg" => {
+            let enc = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, 95);
+            img.write_with_encoder(enc)
+        }
+        "bmp" => img.write_to(&mut out, image::ImageFormat::Bmp),
+        "webp" => img.write_to(&mut out, image::ImageFormat::WebP),
+        _ => {
+            return Err(Error::file(path, "unknown image extension; use .png, .jpg, .jpeg, .bmp or .webp"));
+        }
+    };
+    encoded.map_err(|e| Error::file(path, format!("cannot encode the image: {e}")))?;
+    write_atomic(path, out.get_ref())
+}
+
+/// Writes each image of a `[N, 3, H, W]` batch to `stem_{i}.ext` next to `path`;
+/// returns the paths written.
+pub fn save_images(x: &Var, path: impl AsRef<Path>) -> Result<Vec<PathBuf>> {
+    let path = path.as_ref();
+    let n = match *x.shape() {
+        [n, 3, _, _] => n,
+        _ => return Err(Error::shape("save_images", format!("expected [N, 3, H, W], got {:?}", x.shape()))),
+    };
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("image");
+    let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("png");
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let p = path.with_file_name(format!("{stem}_{i}.{ext}"));
+        save_image(&jit_ops::ShapeOps::narrow(x, 0, i, 1)?, &p)?;
+        out.push(p);
+    }
+    Ok(out)
+}
