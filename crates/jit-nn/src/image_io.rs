@@ -27,17 +27,18 @@ pub fn from_rgb8(img: &image::RgbImage) -> Result<Var> {
 /// `[3, H, W]` or `[1, 3, H, W]` values in `0..=1` as an 8-bit RGB image (values are
 /// clamped; NaN becomes 0).
 pub fn to_rgb8(x: &Var) -> Result<image::RgbImage> {
-    let (h, w) =
-        match *x.shape() {
-            [3, h, w] | [1, 3, h, w] => (h, w),
-            _ => return Err(Error::shape(
+    let (h, w) = match *x.shape() {
+        [3, h, w] | [1, 3, h, w] => (h, w),
+        _ => {
+            return Err(Error::shape(
                 "save_image",
                 format!(
                     "expected an image of shape [3, H, W] or [1, 3, H, W], got {:?} (save a batch with save_images)",
                     x.shape()
                 ),
-            )),
-        };
+            ))
+        }
+    };
     let chw = x.reshape(&[3, h as isize, w as isize])?.cast(DType::F32);
     let hwc = jit_ops::ShapeOps::permute(&chw, &[1, 2, 0])?;
     let v = hwc.to_vec::<f32>()?;

@@ -1,8 +1,8 @@
 //! Neural-network layer of the framework: the `Module` trait and PyTorch's layers
 //! (`layers`), state dicts in `.safetensors` with strict / non-strict loading and a
 //! renaming hook, PyTorch `.pth` checkpoints read without Python, optimizers and
-//! learning-rate schedules, images as tensors. ONNX import and datasets are planned
-//! (see the project's issues).
+//! learning-rate schedules, images as tensors, image-folder datasets and a threaded
+//! loader. ONNX import is planned (see the project's issues).
 //!
 //! It re-exports the operator prelude so that downstream crates already depend on
 //! the final layering (`style-models` -> `jit-nn` -> `jit-ops` -> `jit-core` ->
@@ -10,6 +10,7 @@
 
 #![warn(missing_docs)]
 
+pub mod data;
 pub mod image_io;
 pub mod layers;
 pub mod module;
