@@ -95,14 +95,16 @@ impl ExternOp {
                 let shape = self.out_shape(&[sa, sb]).map_err(|e| self.bad(e))?;
                 let g = Geometry::new(sa, sb, &shape, trans_a, trans_b);
                 match dtype {
-                    DType::F32 => Ok(HostBuffer::F32(matmul_f32(&g, slice_f32(a)?.as_ref(), slice_f32(b)?.as_ref())?)),
+                    DType::F32 => {
+                        Ok(HostBuffer::F32(gemm_batched(&g, slice_f32(a)?.as_ref(), slice_f32(b)?.as_ref())?))
+                    }
                     DType::F64 => {
                         let (a, b) = (a.as_slice::<f64>(), b.as_slice::<f64>());
                         let (Some(a), Some(b)) = (a, b) else { return Err(self.bad("inputs are not f64".into())) };
                         Ok(HostBuffer::F64(gemm_batched(&g, a, b)?))
                     }
                     DType::F16 | DType::BF16 => {
-                        let out = matmul_f32(&g, slice_f32(a)?.as_ref(), slice_f32(b)?.as_ref())?;
+                        let out = gemm_batched(&g, slice_f32(a)?.as_ref(), slice_f32(b)?.as_ref())?;
                         Ok(HostBuffer::F32(out).cast(dtype))
                     }
                     d => Err(self.bad(format!("{d} is not supported (float dtypes only)"))),
@@ -199,10 +201,6 @@ fn slice_f32(x: &HostBuffer) -> Result<std::borrow::Cow<'_, [f32]>, KernelError>
             _ => unreachable!("cast to f32 gives f32"),
         },
     })
-}
-
-fn matmul_f32(g: &Geometry, a: &[f32], b: &[f32]) -> Result<Vec<f32>, KernelError> {
-    gemm_batched(g, a, b)
 }
 
 /// Element types the `gemm` crate multiplies.
@@ -347,6 +345,45 @@ impl ConvGeom {
     }
 }
 
+/// A strided f32 matrix view: pointer, column stride, row stride (elements).
+type View<P> = (P, isize, isize);
+
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` with `accumulate`, for `[m, n, k]`
+/// on strided views, with gemm's threads.
+///
+/// # Safety
+/// Every element each view describes must lie inside its live buffer, and `dst`
+/// must not overlap the sources.
+unsafe fn gemm_view(
+    [m, n, k]: [usize; 3],
+    dst: View<*mut f32>,
+    accumulate: bool,
+    lhs: View<*const f32>,
+    rhs: View<*const f32>,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.1,
+        dst.2,
+        accumulate,
+        lhs.0,
+        lhs.1,
+        lhs.2,
+        rhs.0,
+        rhs.1,
+        rhs.2,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
+        gemm::Parallelism::Rayon(0),
+    );
+}
+
 /// The three convolution products as accumulated gemms over shifted grid views.
 fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<f32>, KernelError> {
     let taps = g.kernel[0] * g.kernel[1];
@@ -373,7 +410,6 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
         }
         Ok(())
     };
-    let par = gemm::Parallelism::Rayon(0);
     // weight tap t as an [O, C] matrix: element (o, c) at o*C*T + c*T + t
     let (w_rs, w_cs) = ((g.c * taps) as isize, taps as isize);
     match pass {
@@ -387,26 +423,12 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
                     // SAFETY: every view stays inside its buffer: the input view ends at
                     // tap(t) + l <= plane (ConvGeom::cols), the weight view at o*C*T.
                     unsafe {
-                        gemm::gemm(
-                            g.o,
-                            l,
-                            g.c,
-                            dst.as_mut_ptr(),
-                            1,
-                            plane as isize,
+                        gemm_view(
+                            [g.o, l, g.c],
+                            (dst.as_mut_ptr(), 1, plane as isize),
                             t > 0,
-                            b.as_ptr().add(t),
-                            w_cs,
-                            w_rs,
-                            a.as_ptr().add(bi * g.c * plane + g.tap(t)),
-                            1,
-                            plane as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            par,
+                            (b.as_ptr().add(t), w_cs, w_rs),
+                            (a.as_ptr().add(bi * g.c * plane + g.tap(t)), 1, plane as isize),
                         );
                     }
                 }
@@ -421,26 +443,12 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
                     // dxp[:, tap..tap + l] += W_tᵀ · dy[:, 0..l]
                     // SAFETY: as in the forward pass, with the roles of the views swapped.
                     unsafe {
-                        gemm::gemm(
-                            g.c,
-                            l,
-                            g.o,
-                            dst.as_mut_ptr().add(g.tap(t)),
-                            1,
-                            plane as isize,
+                        gemm_view(
+                            [g.c, l, g.o],
+                            (dst.as_mut_ptr().add(g.tap(t)), 1, plane as isize),
                             true,
-                            b.as_ptr().add(t),
-                            w_rs,
-                            w_cs,
-                            a.as_ptr().add(bi * g.o * plane),
-                            1,
-                            plane as isize,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            par,
+                            (b.as_ptr().add(t), w_rs, w_cs),
+                            (a.as_ptr().add(bi * g.o * plane), 1, plane as isize),
                         );
                     }
                 }
@@ -455,26 +463,12 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
                     // SAFETY: the destination view is W's tap t ([O, C] with strides
                     // (C*T, T) inside o*c*T elements); the sources as above.
                     unsafe {
-                        gemm::gemm(
-                            g.o,
-                            g.c,
-                            l,
-                            out.as_mut_ptr().add(t),
-                            w_cs,
-                            w_rs,
+                        gemm_view(
+                            [g.o, g.c, l],
+                            (out.as_mut_ptr().add(t), w_cs, w_rs),
                             bi > 0,
-                            a.as_ptr().add(bi * g.o * plane),
-                            1,
-                            plane as isize,
-                            b.as_ptr().add(bi * g.c * plane + g.tap(t)),
-                            plane as isize,
-                            1,
-                            1.0,
-                            1.0,
-                            false,
-                            false,
-                            false,
-                            par,
+                            (a.as_ptr().add(bi * g.o * plane), 1, plane as isize),
+                            (b.as_ptr().add(bi * g.c * plane + g.tap(t)), plane as isize, 1),
                         );
                     }
                 }
