@@ -14,10 +14,12 @@ pub mod data;
 pub mod image_io;
 pub mod layers;
 pub mod module;
+pub mod onnx;
 pub mod optim;
 pub mod pth;
 pub mod safetensors_io;
 
 pub use module::{LoadReport, Module, ModuleExt};
+pub use onnx::OnnxModel;
 
 pub use jit_ops::prelude;
