@@ -10,5 +10,6 @@
 #![warn(missing_docs)]
 
 pub mod pretrained;
+pub mod sheet;
 
 pub use jit_nn::prelude;

@@ -672,7 +672,7 @@ pub(crate) fn eval(node: &NodeProto, opset: i64, ins: &[Option<Value>]) -> Resul
             let x = c.x(0)?;
             let a = c.axis(c.int("axis", -1)?, x.ndim())?;
             let eps = c.float("epsilon", 1e-5)? as f64;
-            let mut y = layer_norm(x, &x.shape()[a..].to_vec(), None, None, eps)?;
+            let mut y = layer_norm(x, &x.shape()[a..], None, None, eps)?;
             y = y.try_mul(c.x(1)?)?;
             if let Some(b) = c.opt(2) {
                 y = y.try_add(&b.var)?;
@@ -726,7 +726,7 @@ pub(crate) fn eval(node: &NodeProto, opset: i64, ins: &[Option<Value>]) -> Resul
             let scale = per_axis(&c, c.x(1)?, x, axis)?;
             let mut y = x.cast(scale.dtype());
             if let Some(zp) = c.opt(2) {
-                y = y.try_sub(&per_axis(&c, &zp.var, x, axis)?.cast(scale.dtype()))?;
+                y = y.try_sub(per_axis(&c, &zp.var, x, axis)?.cast(scale.dtype()))?;
             }
             one(y.try_mul(&scale)?)
         }
@@ -743,7 +743,7 @@ fn div(a: &Var, b: &Var) -> Result<Var> {
     if a.dtype().is_float() || b.dtype().is_float() {
         return a.try_div(b);
     }
-    let q = a.cast(DType::F64).try_div(&b.cast(DType::F64))?;
+    let q = a.cast(DType::F64).try_div(b.cast(DType::F64))?;
     let t = Var::where_(&q.lt(0.0)?, q.try_neg()?.floor().try_neg()?, q.floor())?;
     Ok(t.cast(a.dtype()))
 }
@@ -751,9 +751,9 @@ fn div(a: &Var, b: &Var) -> Result<Var> {
 fn pow(c: &Ctx) -> Result<Var> {
     let x = c.x(0)?;
     let y = match c.const_scalar(1)? {
-        Some(e) if e == 1.0 => x.clone(),
-        Some(e) if e == 2.0 => x.try_mul(x)?,
-        Some(e) if e == 3.0 => x.try_mul(x)?.try_mul(x)?,
+        Some(1.0) => x.clone(),
+        Some(2.0) => x.try_mul(x)?,
+        Some(3.0) => x.try_mul(x)?.try_mul(x)?,
         Some(e) if e == 0.5 && x.dtype().is_float() => x.sqrt(),
         _ => x.pow(c.x(1)?)?,
     };
@@ -1244,7 +1244,7 @@ fn quantize(c: &Ctx) -> Result<Vec<Value>> {
     let xf = x.cast(scale.dtype());
     let mut q = xf.try_div(&scale)?.round();
     if let Some(z) = zp {
-        q = q.try_add(&per_axis(c, &z.var, x, axis)?.cast(scale.dtype()))?;
+        q = q.try_add(per_axis(c, &z.var, x, axis)?.cast(scale.dtype()))?;
     }
     let q = q.clamp(Some(lo), Some(hi))?;
     let d = dtype_of(elem).unwrap_or(DType::I32);

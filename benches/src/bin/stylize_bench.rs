@@ -1,0 +1,44 @@
+//! Times the pretrained multistyle26 network (imported from ONNX) on one image:
+//! `stylize_bench SIZE RUNS` prints the median and spread of the forward pass
+//! (input already in memory, output realised), after one warm-up run that compiles
+//! the kernels. `benches/stylize_cpu.py` runs it beside onnxruntime.
+
+use jit_core::realize;
+use jit_nn::image_io::from_rgb8;
+use std::time::Instant;
+use style_models::pretrained::{self, MultiStyle};
+
+fn main() {
+    let mut a = std::env::args().skip(1);
+    let size: u32 = a.next().and_then(|s| s.parse().ok()).unwrap_or(512);
+    let runs: usize = a.next().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let dir = pretrained::models_dir();
+    if let Err(e) = pretrained::ensure_models(&dir, true) {
+        eprintln!("stylize_bench: {e}");
+        std::process::exit(1);
+    }
+    let m = MultiStyle::load(&dir).expect("model");
+    let img = image::RgbImage::from_fn(size, size, |x, y| {
+        image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 256) as u8])
+    });
+    let x = from_rgb8(&img).expect("image");
+    let w = pretrained::parse_style("7").expect("style");
+    let t = Instant::now();
+    let y = m.stylize(&x, &w).expect("graph");
+    realize(&[y]).expect("run");
+    let cold = t.elapsed().as_secs_f64() * 1e3;
+    let mut times = vec![];
+    for _ in 0..runs {
+        let t = Instant::now();
+        let y = m.stylize(&x, &w).expect("graph");
+        realize(&[y]).expect("run");
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let med = times[times.len() / 2];
+    println!(
+        "{{\"size\": {size}, \"runs\": {runs}, \"median_ms\": {med:.2}, \"min_ms\": {:.2}, \"max_ms\": {:.2}, \"first_run_ms\": {cold:.1}}}",
+        times[0],
+        times[times.len() - 1]
+    );
+}

