@@ -223,7 +223,7 @@ impl OnnxModel {
             }
             defined.extend(node.output.iter().cloned());
             let all_const = node.input.iter().all(|i| i.is_empty() || self.consts.contains_key(i));
-            if all_const && !ops::is_random(&node.op_type) {
+            if all_const {
                 let inputs: Vec<Option<Value>> =
                     node.input.iter().map(|i| if i.is_empty() { None } else { self.consts.get(i).cloned() }).collect();
                 let outs = ops::eval(node, self.opset, &inputs).map_err(|e| self.wrap(node, e))?;
@@ -380,7 +380,7 @@ impl OnnxModel {
             let constant = ins.iter().all(|v| v.as_ref().is_none_or(|v| v.constant)) || ops::shape_only(&node.op_type);
             let outs = ops::eval(node, self.opset, &ins).map_err(|e| self.wrap(node, e))?;
             for (name, mut v) in node.output.iter().zip(outs) {
-                v.constant = constant && !ops::is_random(&node.op_type);
+                v.constant = constant;
                 env.insert(name.as_str(), v);
             }
         }

@@ -275,11 +275,6 @@ pub(crate) fn shape_only(op: &str) -> bool {
     matches!(op, "Shape" | "Size")
 }
 
-/// Operators whose result must not be folded.
-pub(crate) fn is_random(_op: &str) -> bool {
-    false
-}
-
 /// A node being evaluated: its proto, the opset and its inputs.
 struct Ctx<'a> {
     node: &'a NodeProto,

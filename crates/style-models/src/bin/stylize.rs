@@ -148,7 +148,7 @@ fn fit(img: image::RgbImage, max_size: usize, path: &Path) -> Res<image::RgbImag
 fn stylize_one(engine: &Engine, img: &image::RgbImage, args: &Args) -> Result<image::RgbImage> {
     match engine {
         Engine::Builtin(m, w) => builtin(m, w, img, args),
-        Engine::Arbitrary(..) => arbitrary(engine, img, args),
+        Engine::Arbitrary(m, v) => arbitrary(m, v, img, args),
     }
 }
 
@@ -159,21 +159,16 @@ fn builtin(m: &MultiStyle, w: &[f32; NUM_STYLES], img: &image::RgbImage, args: &
     to_rgb8(&y)
 }
 
-fn arbitrary(engine: &Engine, img: &image::RgbImage, args: &Args) -> Result<image::RgbImage> {
+fn arbitrary(m: &ArbitraryStyle, style_vec: &Var, img: &image::RgbImage, args: &Args) -> Result<image::RgbImage> {
     let original = from_rgb8(img)?;
-    let y = match engine {
-        Engine::Builtin(..) => unreachable!("builtin() handles it"),
-        Engine::Arbitrary(m, style_vec) => {
-            // strength interpolates the style vector toward the photo's own
-            let v = if args.strength < 1.0 {
-                let own = m.style_vector(img)?;
-                style_vec.try_mul(args.strength as f64)?.try_add(own.try_mul(1.0 - args.strength as f64)?)?
-            } else {
-                style_vec.clone()
-            };
-            m.stylize(img, &v)?
-        }
+    // strength interpolates the style vector toward the photo's own
+    let v = if args.strength < 1.0 {
+        let own = m.style_vector(img)?;
+        style_vec.try_mul(args.strength as f64)?.try_add(own.try_mul(1.0 - args.strength as f64)?)?
+    } else {
+        style_vec.clone()
     };
+    let y = m.stylize(img, &v)?;
     let y = if args.preserve_color { pretrained::preserve_color(&y, &original)? } else { y };
     to_rgb8(&y)
 }
