@@ -237,3 +237,38 @@ pub fn erf_ref(x: f64) -> f64 {
         x.signum() * (1.0 - (-z * z).exp() / std::f64::consts::PI.sqrt() / (z + f))
     }
 }
+
+/// splitmix64 (the fixture weight formula's mixer).
+fn splitmix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// The counter-based values of `scripts/make_style_fixtures.py` for parameter
+/// `name` of `shape`, bit for bit: `z = splitmix(fnv1a(name) ^ splitmix(i))`,
+/// `u = z >> 40`, `f32((2u - 2^24) / 2^24 * bound)` with `bound = sqrt(6 / fan_in)`
+/// for weights and 0.1 for biases.
+pub fn formula_values(name: &str, shape: &[usize]) -> Vec<f32> {
+    let h = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01B3));
+    let bound = if shape.len() >= 2 { (6.0 / shape[1..].iter().product::<usize>() as f64).sqrt() } else { 0.1 };
+    let n: usize = shape.iter().product();
+    (0..n as u64)
+        .map(|i| {
+            let u = (splitmix(h ^ splitmix(i)) >> 40) as i64;
+            ((2 * u - (1 << 24)) as f64 / (1u64 << 24) as f64 * bound) as f32
+        })
+        .collect()
+}
+
+/// Fills every parameter and buffer of `m` with [`formula_values`] of its name.
+pub fn formula_init(m: &(dyn jit_nn::Module + 'static)) {
+    use jit_nn::ModuleExt;
+    jit_core::no_grad(|| {
+        for (name, v) in m.state_dict() {
+            let data = formula_values(&name, v.shape());
+            v.assign(&Var::from_vec(data, v.shape()).expect("shape")).expect("assign");
+        }
+    });
+}

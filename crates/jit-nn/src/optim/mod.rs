@@ -15,10 +15,12 @@
 //!   [`jit_core::backward`]; clear them with [`Optimizer::zero_grad`] (PyTorch).
 
 mod adam;
+mod lbfgs;
 mod schedule;
 mod sgd;
 
 pub use adam::{Adam, AdamW};
+pub use lbfgs::{Lbfgs, LbfgsOptions};
 pub use schedule::{CosineAnnealing, InverseDecay, LrSchedule, LrScheduler, StepLr};
 pub use sgd::Sgd;
 
