@@ -134,3 +134,143 @@ fn stylises_files_blends_directories_and_sheets() {
     assert_eq!(s.width(), 7 * (25 + 6) + 6);
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// Default-initialised VGG19 and AdaIN decoder checkpoints (written once per run).
+fn checkpoints() -> (PathBuf, PathBuf) {
+    use jit_nn::ModuleExt;
+    static C: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    C.get_or_init(|| {
+        let d = tmp("ckpt");
+        let net = style_models::adain::AdaIn::new().unwrap();
+        let (vgg, dec) = (d.join("vgg_normalised.safetensors"), d.join("decoder.safetensors"));
+        net.vgg.layers.save_safetensors(&vgg).unwrap();
+        net.decoder.save_safetensors(&dec).unwrap();
+        (vgg, dec)
+    })
+    .clone()
+}
+
+#[test]
+fn network_commands_name_what_is_wrong() {
+    let d = tmp("net-errors");
+    let img = d.join("c.png");
+    photo(&img, 40, 36);
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let (vgg, dec) = checkpoints();
+    let missing = d.join("missing.pth");
+    let base = |cmd: &str| vec![cmd.to_string(), p(&img), "--style".into(), p(&img), "--vgg".into()];
+    let run = |v: Vec<String>| stylize(&v.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let mut a = base("adain");
+    a.extend([p(&missing), "--decoder".into(), p(&dec)]);
+    fails_with(&run(a), "missing.pth: checkpoint not found");
+    let mut a = base("adain");
+    a.extend([p(&dec), "--decoder".into(), p(&dec)]);
+    fails_with(&run(a), "not a normalised VGG19");
+    let mut a = base("adain");
+    a.extend([p(&vgg), "--decoder".into(), p(&vgg)]);
+    fails_with(&run(a), "unexpected keys");
+    let mut a = base("adain");
+    a.extend([p(&vgg), "--decoder".into(), p(&dec), "--alpha".into(), "1.5".into()]);
+    fails_with(&run(a), "--alpha must be between 0 and 1");
+    let mut a = base("adain");
+    a.extend([p(&vgg), "--decoder".into(), p(&dec), "--weights".into(), "1,2".into()]);
+    fails_with(&run(a), "2 --weights for 1 style pictures");
+    let mut a = vec!["gatys".to_string(), p(&d.join("nope.jpg")), "--style".into(), p(&img), "--vgg".into(), p(&vgg)];
+    fails_with(&run(a.clone()), "nope.jpg: no such file");
+    a[1] = p(&img);
+    a.extend(["--steps".into(), "0".into()]);
+    fails_with(&run(a), "--steps must be positive");
+    let a = vec![
+        "mccnet".to_string(),
+        p(&img),
+        "--style".into(),
+        p(&img),
+        "--vgg".into(),
+        p(&vgg),
+        "--decoder".into(),
+        p(&dec),
+        "--mcc-module".into(),
+        p(&dec),
+    ];
+    fails_with(&run(a), "MCC_Module");
+    let text = d.join("not-an-image.png");
+    std::fs::write(&text, "hello").unwrap();
+    let mut a = base("adain");
+    a[1] = p(&text);
+    a.extend([p(&vgg), "--decoder".into(), p(&dec)]);
+    fails_with(&run(a), "not-an-image.png: not a readable image");
+}
+
+#[test]
+fn adain_gatys_and_training_run_from_the_command_line() {
+    let d = tmp("net-runs");
+    let (c, s) = (d.join("c.png"), d.join("s.png"));
+    photo(&c, 44, 36); // not multiples of 8: padded and cropped back
+    photo(&s, 32, 40);
+    let (vgg, dec) = checkpoints();
+    let p = |x: &Path| x.to_str().unwrap().to_string();
+    let out = d.join("adain.png");
+    let r = stylize(&[
+        "adain",
+        &p(&c),
+        "--style",
+        &p(&s),
+        "--style",
+        &p(&c),
+        "--weights",
+        "1,3",
+        "--alpha",
+        "0.8",
+        "--preserve-color",
+        "--vgg",
+        &p(&vgg),
+        "--decoder",
+        &p(&dec),
+        "-o",
+        &p(&out),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (44, 36));
+
+    let out = d.join("gatys.png");
+    let r = stylize(&["gatys", &p(&c), "--style", &p(&s), "--vgg", &p(&vgg), "--steps", "2", "-o", &p(&out)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(image::open(&out).unwrap().to_rgb8().dimensions(), (44, 36));
+
+    let (cd, sd) = (d.join("content"), d.join("style"));
+    std::fs::create_dir_all(&cd).unwrap();
+    std::fs::create_dir_all(&sd).unwrap();
+    photo(&cd.join("a.png"), 48, 48);
+    photo(&sd.join("b.png"), 48, 40);
+    let save = d.join("exp");
+    let r = stylize(&[
+        "train-adain",
+        "--content-dir",
+        &p(&cd),
+        "--style-dir",
+        &p(&sd),
+        "--vgg",
+        &p(&vgg),
+        "--save-dir",
+        &p(&save),
+        "--max-iter",
+        "2",
+        "--batch-size",
+        "1",
+        "--image-size",
+        "40",
+        "--crop",
+        "32",
+        "--sample-interval",
+        "2",
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(save.join("decoder_iter_2.safetensors").is_file());
+    assert!(save.join("samples/iter_2.png").is_file());
+    // the trained decoder loads back into the adain command
+    let out = d.join("trained.png");
+    let dec2 = save.join("decoder_iter_2.safetensors");
+    let r = stylize(&["adain", &p(&c), "--style", &p(&s), "--vgg", &p(&vgg), "--decoder", &p(&dec2), "-o", &p(&out)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}

