@@ -4,6 +4,9 @@
 
 #![warn(missing_docs)]
 
+pub mod report;
+pub mod suite;
+
 use jit_ops::prelude::*;
 
 /// The VGG19 convolution stack from conv1_1 to relu5_1 (3x3 convolutions with zero

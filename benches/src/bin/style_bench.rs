@@ -1,0 +1,110 @@
+//! Times the style networks of `style-models` on the current backend and prints one
+//! JSON object per workload; `benches/style_bench.py` runs the same work in PyTorch
+//! in the same run and prints the side-by-side table.
+//!
+//! Workloads (random default-initialised weights; the timing does not depend on
+//! their values):
+//! * `adain`: the AdaIN network, content and style `[1, 3, S, S]` -> stylised image
+//!   (two encoder passes to relu4_1, AdaIN, decoder).
+//! * `adain-train`: one AdaIN training step on batch B of `S x S` crops (losses,
+//!   decoder gradients, Adam update).
+//! * `gatys`: one Gatys iteration at `S x S` (five feature levels and relu4_2, Gram
+//!   losses, image gradient, Adam update).
+//!
+//! `style_bench [--workload adain|adain-train|gatys|all] [--size 512] [--batch 8] [--reps 5]`
+
+use jit_nn::optim::{Adam, Optimizer};
+use jit_ops::prelude::*;
+use std::time::Instant;
+use style_models::adain::AdaIn;
+use style_models::gatys::{Gatys, GatysOptions};
+
+fn arg(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn num(name: &str, default: usize) -> Result<usize> {
+    match arg(name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| Error::argument("style_bench", format!("{name} needs a positive integer"))),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("style_bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Runs `step` `reps + 1` times (the first compiles and is dropped); prints JSON.
+fn time(name: &str, size: usize, batch: usize, reps: usize, mut step: impl FnMut() -> Result<()>) -> Result<()> {
+    let mut times = Vec::new();
+    let k0 = jit_core::kernel_launches();
+    for rep in 0..=reps {
+        let t = Instant::now();
+        step()?;
+        if rep > 0 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let kernels = (jit_core::kernel_launches() - k0) / (reps as u64 + 1);
+    let (lo, hi) = (times.iter().cloned().fold(f64::INFINITY, f64::min), times.iter().cloned().fold(0.0, f64::max));
+    println!(
+        "{{\"impl\":\"jit\",\"workload\":\"{name}\",\"size\":{size},\"batch\":{batch},\"reps\":{reps},\"median_ms\":{:.2},\"min_ms\":{lo:.2},\"max_ms\":{hi:.2},\"kernels_per_step\":{kernels},\"threads\":{}}}",
+        median(times),
+        rayon::current_num_threads()
+    );
+    Ok(())
+}
+
+fn run() -> Result<()> {
+    let workload = arg("--workload").unwrap_or_else(|| "all".into());
+    let (size, batch, reps) = (num("--size", 512)?, num("--batch", 8)?, num("--reps", 5)?.max(1));
+    let all = workload == "all";
+    if !all && !["adain", "adain-train", "gatys"].contains(&workload.as_str()) {
+        return Err(Error::argument("style_bench", format!("unknown workload {workload:?}")));
+    }
+    manual_seed(0);
+    let net = AdaIn::new()?;
+    if all || workload == "adain" {
+        let c = Var::rand(&[1, 3, size, size], DType::F32)?;
+        let s = Var::rand(&[1, 3, size, size], DType::F32)?;
+        realize(&[c.clone(), s.clone()])?;
+        time("adain", size, 1, reps, || {
+            jit_core::no_grad(|| net.stylize(&c, std::slice::from_ref(&s), None, 1.0))?.sync()
+        })?;
+    }
+    if all || workload == "adain-train" {
+        let c = Var::rand(&[batch, 3, size, size], DType::F32)?;
+        let s = Var::rand(&[batch, 3, size, size], DType::F32)?;
+        realize(&[c.clone(), s.clone()])?;
+        let mut opt = Adam::new(net.trainable(), 1e-4)?;
+        time("adain-train", size, batch, reps, || {
+            let (lc, ls) = net.losses(&c, &s, 1.0)?;
+            let loss = lc.try_add(&ls.try_mul(10.0)?)?;
+            opt.step(&loss)
+        })?;
+    }
+    if all || workload == "gatys" {
+        let c = Var::rand(&[1, 3, size, size], DType::F32)?;
+        let s = Var::rand(&[1, 3, size, size], DType::F32)?;
+        realize(&[c.clone(), s.clone()])?;
+        let g = Gatys::new(&net.vgg, &c, &s, GatysOptions::default())?;
+        let img = c.detach().try_add(0.0)?;
+        img.sync()?;
+        let img = img.requires_grad_(true)?;
+        let mut opt = Adam::new(vec![img.clone()], 0.02)?;
+        time("gatys", size, 1, reps, || {
+            let (loss, _) = g.loss(&img)?;
+            opt.step(&loss)
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Side by side: the style networks in this framework (target/release/style_bench)
+and in PyTorch, same work, same machine, one run. Prints a markdown table of
+medians and ratios, plus PyTorch's peak GPU memory on CUDA.
+
+Workloads (see benches/src/bin/style_bench.rs): the AdaIN network (content and
+style S x S, batch 1), one AdaIN training step (batch B of S x S crops, decoder
+gradients, Adam), one Gatys iteration (S x S, Adam on the image).
+
+    cargo build --release -p benches --bin style_bench
+    python3 benches/style_bench.py --device cpu --size 256 --batch 2 --reps 3
+    # on a GPU machine (ours with JIT_BACKEND=cuda; PyTorch f32 with TF32 off, then TF32, then f16):
+    python3 benches/style_bench.py --device cuda --size 512 --batch 8 --train-size 256
+
+Needs `torch` importable.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def pad():
+    return nn.ReflectionPad2d((1, 1, 1, 1))
+
+
+def vgg19():
+    layers = [nn.Conv2d(3, 3, (1, 1))]
+    blocks = [(3, 64, 2), (64, 128, 2), (128, 256, 4), (256, 512, 4), (512, 512, 4)]
+    for b, (i, o, n) in enumerate(blocks):
+        for c in range(n):
+            layers += [pad(), nn.Conv2d(i if c == 0 else o, o, (3, 3)), nn.ReLU()]
+        if b + 1 < len(blocks):
+            layers.append(nn.MaxPool2d((2, 2), (2, 2), (0, 0), ceil_mode=True))
+    return nn.Sequential(*layers)
+
+
+def decoder():
+    L = []
+
+    def conv(i, o):
+        L.extend([pad(), nn.Conv2d(i, o, (3, 3)), nn.ReLU()])
+
+    conv(512, 256)
+    L.append(nn.Upsample(scale_factor=2, mode="nearest"))
+    for _ in range(3):
+        conv(256, 256)
+    conv(256, 128)
+    L.append(nn.Upsample(scale_factor=2, mode="nearest"))
+    conv(128, 128)
+    conv(128, 64)
+    L.append(nn.Upsample(scale_factor=2, mode="nearest"))
+    conv(64, 64)
+    L.extend([pad(), nn.Conv2d(64, 3, (3, 3))])
+    return nn.Sequential(*L)
+
+
+def calc_mean_std(f, eps=1e-5):
+    n, c = f.shape[:2]
+    var = f.view(n, c, -1).var(dim=2) + eps
+    return f.view(n, c, -1).mean(dim=2).view(n, c, 1, 1), var.sqrt().view(n, c, 1, 1)
+
+
+def adain(c, s):
+    sm, ss = calc_mean_std(s)
+    cm, cs = calc_mean_std(c)
+    return (c - cm) / cs * ss + sm
+
+
+def torch_times(a, dev, mode):
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
+    torch.backends.cudnn.allow_tf32 = mode == "tf32"
+    torch.manual_seed(0)
+    vgg, dec = vgg19().to(dev), decoder().to(dev)
+    for p in vgg.parameters():
+        p.requires_grad_(False)
+    layers = list(vgg.children())
+    enc = [nn.Sequential(*layers[x:y]) for x, y in [(0, 4), (4, 11), (11, 18), (18, 31), (31, 44)]]
+    relu4_2 = nn.Sequential(*layers[31:34])
+    half = mode == "f16"
+
+    def feats(x, n):
+        out = [x]
+        for e in enc[:n]:
+            out.append(e(out[-1]))
+        return out[1:]
+
+    def sync():
+        if dev == "cuda":
+            torch.cuda.synchronize()
+
+    def bench(fn):
+        ts = []
+        for rep in range(a.reps + 1):
+            sync()
+            t = time.perf_counter()
+            fn()
+            sync()
+            if rep > 0:
+                ts.append((time.perf_counter() - t) * 1e3)
+        return statistics.median(ts)
+
+    out = {}
+    mse = nn.MSELoss()
+    S, B, T = a.size, a.batch, a.train_size or a.size
+    c1, s1 = torch.rand(1, 3, S, S, device=dev), torch.rand(1, 3, S, S, device=dev)
+
+    def net():
+        with torch.no_grad(), torch.autocast(dev, dtype=torch.float16, enabled=half):
+            cf = feats(c1, 4)[3]
+            return dec(adain(cf, feats(s1, 4)[3]))
+
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    out["adain"] = (bench(net), torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None)
+
+    cb, sb = torch.rand(B, 3, T, T, device=dev), torch.rand(B, 3, T, T, device=dev)
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-4)
+
+    def train_step():
+        with torch.autocast(dev, dtype=torch.float16, enabled=half):
+            sf = feats(sb, 4)
+            cf = feats(cb, 4)[3]
+            t = adain(cf, sf[3])
+            g = dec(t)
+            gf = feats(g, 4)
+            loss = mse(gf[3], t)
+            for x, y in zip(gf, sf):
+                xm, xs = calc_mean_std(x)
+                ym, ys = calc_mean_std(y)
+                loss = loss + 10.0 * (mse(xm, ym) + mse(xs, ys))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    out["adain-train"] = (bench(train_step), torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None)
+
+    with torch.no_grad():
+        ct = relu4_2(feats(c1, 4)[3])
+        grams = []
+        for f in feats(s1, 5):
+            n, c, h, w = f.shape
+            ff = f.view(n, c, h * w)
+            grams.append(torch.bmm(ff, ff.transpose(1, 2)) / (c * h * w))
+    img = c1.clone().requires_grad_(True)
+    gopt = torch.optim.Adam([img], lr=0.02)
+
+    def gatys_step():
+        with torch.autocast(dev, dtype=torch.float16, enabled=half):
+            fs = feats(img, 5)
+            loss = mse(relu4_2(fs[3]), ct)
+            for f, g in zip(fs, grams):
+                n, c, h, w = f.shape
+                ff = f.view(n, c, h * w)
+                loss = loss + 1e4 * mse(torch.bmm(ff, ff.transpose(1, 2)) / (c * h * w), g)
+            loss = loss + 1e-3 * (((img[:, :, 1:] - img[:, :, :-1]) ** 2).sum() + ((img[:, :, :, 1:] - img[:, :, :, :-1]) ** 2).sum())
+        gopt.zero_grad()
+        loss.backward()
+        gopt.step()
+
+    if dev == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    out["gatys"] = (bench(gatys_step), torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None)
+    return out
+
+
+def ours(a, workload, size, batch):
+    env = dict(os.environ)
+    if a.device == "cuda":
+        env["JIT_BACKEND"] = "cuda"
+    r = subprocess.run(
+        [a.bin, "--workload", workload, "--size", str(size), "--batch", str(batch), "--reps", str(a.reps)],
+        check=True, capture_output=True, text=True, env=env)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--train-size", type=int, default=0, help="crop size of the training step (default: --size)")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "style_bench"))
+    a = ap.parse_args()
+    threads = os.cpu_count()
+    torch.set_num_threads(threads)
+    T = a.train_size or a.size
+    modes = ["f32"] if a.device == "cpu" else ["f32", "tf32", "f16"]
+    theirs = {m: torch_times(a, a.device, m) for m in modes}
+    name = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {threads} threads"
+    print(f"{name}, torch {torch.__version__}, median of {a.reps} after one warm-up\n")
+    head = "| workload | size | batch | ours f32 (ms) | " + " | ".join(f"PyTorch {m} (ms)" for m in modes)
+    print(head + " | ours / PyTorch f32 | kernels per step |")
+    print("|" + "---|" * (head.count("|") + 2))
+    for w, size, batch in [("adain", a.size, 1), ("adain-train", T, a.batch), ("gatys", a.size, 1)]:
+        o = ours(a, w, size, batch)
+        cells = " | ".join(f"{theirs[m][w][0]:.1f}" for m in modes)
+        print(f"| {w} | {size} | {batch} | {o['median_ms']:.1f} | {cells} | {o['median_ms'] / theirs['f32'][w][0]:.2f} | {o['kernels_per_step']} |")
+    if a.device == "cuda":
+        print("\nPyTorch peak GPU memory (MiB): " + ", ".join(f"{w} {theirs['f32'][w][1]:.0f}" for w in ["adain", "adain-train", "gatys"]))
+
+
+if __name__ == "__main__":
+    main()
