@@ -339,3 +339,34 @@ fn bad_checkpoints_and_inputs_are_named() {
     assert!(e.contains("too small"), "{e}");
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn mccnet_and_sanet_train_through_the_shared_loop() {
+    use style_models::train::{MccTraining, SaTraining, TrainNet};
+    let root = std::env::temp_dir().join(format!("jit-train2-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    synthetic_folder(&root.join("content"), 2, 3);
+    synthetic_folder(&root.join("style"), 2, 9);
+    let mut o = TrainOptions::new(root.join("content"), root.join("style"), root.join("ckpt"));
+    o.max_iter = 2;
+    o.batch_size = 1;
+    o.image_size = 40;
+    o.crop = 32;
+    o.save_interval = 2;
+    let jobs: Vec<Box<dyn TrainNet>> = vec![
+        Box::new(MccTraining { net: mcc_net(), weights: MccWeights::default() }),
+        Box::new(SaTraining { net: sa_net(), weights: SaWeights::default() }),
+    ];
+    for job in jobs {
+        let mut seen = Vec::new();
+        train(job.as_ref(), &o, &mut |r| seen.push(r.clone())).unwrap();
+        assert_eq!(seen.len(), 2, "{}", job.name());
+        let names: Vec<&str> = seen[0].terms.iter().map(|(n, _)| *n).collect();
+        assert!(names.contains(&"identity1") && names.contains(&"style"), "{names:?}");
+        assert!(seen.iter().all(|r| r.loss.is_finite() && r.loss > 0.0));
+        for (stem, _) in job.saved() {
+            assert!(root.join("ckpt").join(format!("{stem}_iter_2.safetensors")).is_file(), "{stem}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&root);
+}
