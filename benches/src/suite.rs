@@ -210,6 +210,42 @@ pub fn all() -> Vec<Workload> {
             },
         },
         Workload {
+            name: "upsample_reflect",
+            about: "bias, ReLU, nearest x2, reflection pad 1 (the decoder's reindex chain)",
+            quick: false,
+            prepare: |q| {
+                let (c, s) = if q { (8, 32) } else { (64, 128) };
+                let x = leaf(&[1, c, s, s])?;
+                let b = leaf(&[1, c, 1, 1])?;
+                let out = [1, c, 2 * s + 2, 2 * s + 2];
+                Ok(Prepared {
+                    size: format!("[1, {c}, {s}, {s}] -> {out:?}"),
+                    bytes: Some(4 * (elems(&[1, c, s, s]) + elems(&out))),
+                    flops: None,
+                    step: Box::new(move || {
+                        x.try_add(&b)?.relu()?.upsample_nearest2d(2)?.pad(&[1, 1, 1, 1], PadMode::Reflect)?.sync()
+                    }),
+                })
+            },
+        },
+        Workload {
+            name: "reflect_pad",
+            about: "bias, ReLU, reflection pad 1 (before every 3x3 convolution)",
+            quick: false,
+            prepare: |q| {
+                let (c, s) = if q { (8, 64) } else { (64, 256) };
+                let x = leaf(&[1, c, s, s])?;
+                let b = leaf(&[1, c, 1, 1])?;
+                let out = [1, c, s + 2, s + 2];
+                Ok(Prepared {
+                    size: format!("[1, {c}, {s}, {s}] -> {out:?}"),
+                    bytes: Some(4 * (elems(&[1, c, s, s]) + elems(&out))),
+                    flops: None,
+                    step: Box::new(move || x.try_add(&b)?.relu()?.pad(&[1, 1, 1, 1], PadMode::Reflect)?.sync()),
+                })
+            },
+        },
+        Workload {
             name: "conv_bias_relu",
             about: "3x3 convolution, bias, ReLU",
             quick: true,

@@ -430,3 +430,305 @@ fn bad_inputs_and_files_give_one_clear_error() {
         .err();
     assert!(e.contains("initializer \"w\"") && e.contains("does not fit shape [3]"), "{e}");
 }
+
+#[test]
+fn pools_and_conv_transpose_match_the_framework_ops() {
+    let s = seed();
+    let x = rand(&[2, 3, 9, 8], s);
+    let wt = rand(&[3, 2, 3, 3], s + 1);
+    let g = G::new(vec![vi("x", dt::FLOAT, &["n", "3", "h", "w"])], &["mp", "ap", "api", "ct", "gap"])
+        .init(f32_tensor("wt", &[3, 2, 3, 3], &wt.to_vec::<f32>().unwrap()))
+        .n(node(
+            "MaxPool",
+            &["x"],
+            &["mp"],
+            vec![
+                ints("kernel_shape", &[3, 3]),
+                ints("strides", &[2, 2]),
+                ints("pads", &[1, 1, 1, 1]),
+                int("ceil_mode", 1),
+            ],
+        ))
+        .n(node(
+            "AveragePool",
+            &["x"],
+            &["ap"],
+            vec![ints("kernel_shape", &[2, 3]), ints("strides", &[2, 1]), ints("pads", &[1, 1, 1, 1])],
+        ))
+        .n(node(
+            "AveragePool",
+            &["x"],
+            &["api"],
+            vec![
+                ints("kernel_shape", &[2, 3]),
+                ints("strides", &[2, 1]),
+                ints("pads", &[1, 1, 1, 1]),
+                int("count_include_pad", 1),
+            ],
+        ))
+        .n(node(
+            "ConvTranspose",
+            &["x", "wt"],
+            &["ct"],
+            vec![ints("strides", &[2, 2]), ints("pads", &[1, 1, 1, 1]), ints("output_padding", &[1, 0])],
+        ))
+        .n(node("GlobalAveragePool", &["x"], &["gap"], vec![]));
+    let out = g.model().run(&[("x", x.clone())]).unwrap();
+    let mp = Pool2dOptions { kernel: [3, 3], stride: [2, 2], padding: [1, 1], dilation: [1, 1], ceil_mode: true };
+    close(&out[0], &max_pool2d(&x, &mp).unwrap(), 0.0);
+    let ap = Pool2dOptions { kernel: [2, 3], stride: [2, 1], padding: [1, 1], dilation: [1, 1], ceil_mode: false };
+    close(&out[1], &avg_pool2d(&x, &ap, false, None).unwrap(), 1e-6);
+    close(&out[2], &avg_pool2d(&x, &ap, true, None).unwrap(), 1e-6);
+    let o = ConvTranspose2dOptions { stride: [2, 2], padding: [1, 1], output_padding: [1, 0], ..Default::default() };
+    let want = conv_transpose2d(&x, &wt, None, &o).unwrap();
+    assert_eq!(want.shape(), &[2, 2, 18, 15]);
+    close(&out[3], &want, 1e-5);
+    close(&out[4], &x.mean(&[2, 3], true).unwrap(), 1e-6);
+}
+
+#[test]
+fn elementwise_and_selection_operators() {
+    let s = seed();
+    let x = rand(&[2, 3, 4], s);
+    let y = rand(&[3, 1], s + 1);
+    let z = rand(&[4], s + 2);
+    let g = G::new(
+        vec![vi("x", dt::FLOAT, &["2", "3", "4"]), vi("y", dt::FLOAT, &["3", "1"]), vi("z", dt::FLOAT, &["4"])],
+        &["lr", "th", "er", "mn", "mx", "wh", "ex", "tl", "am", "mm"],
+    )
+    .init(i64_tensor("shape", &[2, 2, 3, 4]))
+    .init(i64_tensor("reps", &[1, 2, 1]))
+    .init(f32_tensor("m", &[4, 2], &[1.0, 0.5, -1.0, 2.0, 0.25, 0.0, 3.0, -2.0]))
+    .n(node("LeakyRelu", &["x"], &["lr"], vec![float("alpha", 0.1)]))
+    .n(node("Tanh", &["x"], &["th"], vec![]))
+    .n(node("Erf", &["x"], &["er"], vec![]))
+    .n(node("Min", &["x", "y", "z"], &["mn"], vec![]))
+    .n(node("Max", &["x", "y", "z"], &["mx"], vec![]))
+    .n(node("Greater", &["x", "y"], &["gt"], vec![]))
+    .n(node("Where", &["gt", "x", "z"], &["wh"], vec![]))
+    .n(node("Expand", &["y", "shape"], &["ex"], vec![]))
+    .n(node("Tile", &["x", "reps"], &["tl"], vec![]))
+    .n(node("ArgMax", &["x"], &["am"], vec![int("axis", 1), int("keepdims", 0)]))
+    .n(node("MatMul", &["x", "m"], &["mm"], vec![]));
+    let out = g.model().run(&[("x", x.clone()), ("y", y.clone()), ("z", z.clone())]).unwrap();
+    close(&out[0], &x.leaky_relu(0.1).unwrap(), 1e-6);
+    close(&out[1], &x.tanh(), 1e-6);
+    let erf: Vec<f64> = x.to_vec_f64().unwrap().iter().map(|v| integration_tests::erf_ref(*v)).collect();
+    close(&out[2], &Var::from_vec(erf.iter().map(|v| *v as f32).collect(), &[2, 3, 4]).unwrap(), 1e-6);
+    close(&out[3], &x.minimum(&y).unwrap().minimum(&z).unwrap(), 0.0);
+    close(&out[4], &x.maximum(&y).unwrap().maximum(&z).unwrap(), 0.0);
+    close(&out[5], &Var::where_(&x.gt(&y).unwrap(), &x, &z).unwrap(), 0.0);
+    close(&out[6], &y.expand(&[2, 2, 3, 4]).unwrap(), 0.0);
+    assert_eq!(out[7].shape(), &[2, 6, 4]);
+    close(&out[7], &x.repeat(&[1, 2, 1]).unwrap(), 0.0);
+    assert_eq!(out[8].dtype(), DType::I64);
+    assert_eq!(out[8].to_vec::<i64>().unwrap(), x.argmax(1, false).unwrap().to_vec::<i64>().unwrap());
+    let m = Var::from_vec(vec![1.0f32, 0.5, -1.0, 2.0, 0.25, 0.0, 3.0, -2.0], &[4, 2]).unwrap();
+    close(&out[9], &matmul(&x, &m).unwrap(), 1e-6);
+}
+
+#[test]
+fn split_and_reductions_in_both_opset_forms() {
+    let s = seed();
+    let x = rand(&[2, 5, 3], s);
+    // opset 13: Split sizes and ReduceSum axes as inputs, ReduceMean axes as attribute
+    let g13 = G::new(vec![vi("x", dt::FLOAT, &["2", "5", "3"])], &["a", "b", "rs", "rm", "rx"])
+        .opset(13)
+        .init(i64_tensor("sizes", &[2, 3]))
+        .init(i64_tensor("axes", &[0, 2]))
+        .n(node("Split", &["x", "sizes"], &["a", "b"], vec![int("axis", 1)]))
+        .n(node("ReduceSum", &["x", "axes"], &["rs"], vec![int("keepdims", 1)]))
+        .n(node("ReduceMean", &["x"], &["rm"], vec![ints("axes", &[-1]), int("keepdims", 0)]))
+        .n(node("ReduceMax", &["x"], &["rx"], vec![ints("axes", &[1])]));
+    let out = g13.model().run(&[("x", x.clone())]).unwrap();
+    close(&out[0], &x.narrow(1, 0, 2).unwrap(), 0.0);
+    close(&out[1], &x.narrow(1, 2, 3).unwrap(), 0.0);
+    close(&out[2], &x.sum(&[0, 2], true).unwrap(), 1e-6);
+    close(&out[3], &x.mean(&[-1], false).unwrap(), 1e-6);
+    close(&out[4], &x.max(&[1], true).unwrap(), 0.0);
+    // opset 18: Split by num_outputs (uneven: 2, 2, 1), ReduceMean axes as an input
+    let g18 = G::new(vec![vi("x", dt::FLOAT, &["2", "5", "3"])], &["p", "q", "r", "rm"])
+        .opset(18)
+        .init(i64_tensor("axes", &[1]))
+        .n(node("Split", &["x"], &["p", "q", "r"], vec![int("axis", 1), int("num_outputs", 3)]))
+        .n(node("ReduceMean", &["x", "axes"], &["rm"], vec![]));
+    let out = g18.model().run(&[("x", x.clone())]).unwrap();
+    let sizes: Vec<usize> = out[..3].iter().map(|v| v.shape()[1]).collect();
+    assert_eq!(sizes, [2, 2, 1]);
+    close(&out[2], &x.narrow(1, 4, 1).unwrap(), 0.0);
+    close(&out[3], &x.mean(&[1], true).unwrap(), 1e-6);
+}
+
+/// An operator, its attributes, its input and the formula it computes.
+type UnaryCase<'a> = (&'static str, Vec<AttributeProto>, &'a Var, fn(f64) -> f64);
+
+/// Host values of `v` as f64.
+fn host(v: &Var) -> Vec<f64> {
+    v.to_vec_f64().unwrap()
+}
+
+#[test]
+fn every_remaining_elementwise_operator_against_its_formula() {
+    let s = seed();
+    let x = rand(&[3, 4], s); // any sign
+    let p = rand(&[3, 4], s + 1).abs().try_add(0.1).unwrap(); // positive
+    let unary: Vec<UnaryCase> = vec![
+        ("Abs", vec![], &x, f64::abs),
+        ("Ceil", vec![], &x, f64::ceil),
+        ("Floor", vec![], &x, f64::floor),
+        ("Round", vec![], &x, |v| v.round_ties_even()),
+        ("Cos", vec![], &x, f64::cos),
+        ("Sin", vec![], &x, f64::sin),
+        ("Exp", vec![], &x, f64::exp),
+        ("Log", vec![], &p, f64::ln),
+        ("Neg", vec![], &x, |v| -v),
+        ("Reciprocal", vec![], &p, |v| 1.0 / v),
+        ("Sigmoid", vec![], &x, |v| 1.0 / (1.0 + (-v).exp())),
+        ("Softplus", vec![], &x, |v| v.exp().ln_1p()),
+        ("Sqrt", vec![], &p, f64::sqrt),
+        ("Elu", vec![float("alpha", 1.0)], &x, |v| if v > 0.0 { v } else { v.exp() - 1.0 }),
+        ("HardSigmoid", vec![float("alpha", 0.2), float("beta", 0.5)], &x, |v| (0.2 * v + 0.5).clamp(0.0, 1.0)),
+        ("HardSwish", vec![], &x, |v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
+        ("Dropout", vec![], &x, |v| v),
+    ];
+    for (op, attrs, input, f) in unary {
+        let g = G::new(vec![vi("a", dt::FLOAT, &["3", "4"])], &["o"]).n(node(op, &["a"], &["o"], attrs));
+        let got = host(&g.model().run(&[("a", input.clone())]).unwrap()[0]);
+        for (k, (a, v)) in host(input).iter().zip(&got).enumerate() {
+            let want = f(*a);
+            assert!((v - want).abs() <= 2e-6 * (1.0 + want.abs()), "{op} element {k}: {v} vs {want} (input {a})");
+        }
+    }
+    // Gelu (opset 20), exact and tanh forms
+    for (approx, f) in [
+        ("none", (|v: f64| 0.5 * v * (1.0 + integration_tests::erf_ref(v / 2f64.sqrt()))) as fn(f64) -> f64),
+        ("tanh", |v: f64| 0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v.powi(3))).tanh())),
+    ] {
+        let g = G::new(vec![vi("a", dt::FLOAT, &["3", "4"])], &["o"]).opset(20).n(node(
+            "Gelu",
+            &["a"],
+            &["o"],
+            vec![string("approximate", approx)],
+        ));
+        let got = host(&g.model().run(&[("a", x.clone())]).unwrap()[0]);
+        for (a, v) in host(&x).iter().zip(&got) {
+            assert!((v - f(*a)).abs() <= 2e-6 * (1.0 + v.abs()), "Gelu {approx}: {v} vs {}", f(*a));
+        }
+    }
+    // binary and variadic arithmetic, Pow with a constant and a tensor exponent
+    let g = G::new(
+        vec![vi("a", dt::FLOAT, &["3", "4"]), vi("b", dt::FLOAT, &["3", "4"])],
+        &["su", "mu", "di", "sm", "me", "pw", "pt"],
+    )
+    .init(f32_tensor("three", &[], &[3.0]))
+    .n(node("Sub", &["a", "b"], &["su"], vec![]))
+    .n(node("Mul", &["a", "b"], &["mu"], vec![]))
+    .n(node("Div", &["a", "b"], &["di"], vec![]))
+    .n(node("Sum", &["a", "b", "a"], &["sm"], vec![]))
+    .n(node("Mean", &["a", "b", "b"], &["me"], vec![]))
+    .n(node("Pow", &["a", "three"], &["pw"], vec![]))
+    .n(node("Pow", &["b", "a"], &["pt"], vec![]));
+    let out = g.model().run(&[("a", x.clone()), ("b", p.clone())]).unwrap();
+    let (a, b) = (host(&x), host(&p));
+    let forms: [fn(f64, f64) -> f64; 7] = [
+        |a, b| a - b,
+        |a, b| a * b,
+        |a, b| a / b,
+        |a, b| a + b + a,
+        |a, b| (a + 2.0 * b) / 3.0,
+        |a, _| a.powi(3),
+        |a, b| b.powf(a),
+    ];
+    for (i, f) in forms.iter().enumerate() {
+        for (k, v) in host(&out[i]).iter().enumerate() {
+            let want = f(a[k], b[k]);
+            assert!((v - want).abs() <= 3e-6 * (1.0 + want.abs()), "output {i} element {k}: {v} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn comparisons_logic_clip_prelu_and_size() {
+    let s = seed();
+    let x = rand(&[2, 3, 2], s);
+    let y = x.try_mul(-1.0).unwrap().maximum(0.2).unwrap(); // equal to x in some places
+    let g = G::new(
+        vec![vi("x", dt::FLOAT, &["2", "3", "2"]), vi("y", dt::FLOAT, &["2", "3", "2"])],
+        &["eq", "lt", "le", "ge", "an", "or", "no", "cl", "pr", "sz", "c"],
+    )
+    .init(f32_tensor("lo", &[], &[-0.5]))
+    .init(f32_tensor("hi", &[], &[0.75]))
+    .init(f32_tensor("slope", &[3, 1], &[0.1, 0.2, 0.3]))
+    .n(node("Equal", &["x", "y"], &["eq"], vec![]))
+    .n(node("Less", &["x", "y"], &["lt"], vec![]))
+    .n(node("LessOrEqual", &["x", "y"], &["le"], vec![]))
+    .n(node("GreaterOrEqual", &["x", "y"], &["ge"], vec![]))
+    .n(node("And", &["lt", "ge"], &["an"], vec![]))
+    .n(node("Or", &["lt", "eq"], &["or"], vec![]))
+    .n(node("Not", &["le"], &["no"], vec![]))
+    .n(node("Clip", &["x", "lo", "hi"], &["cl"], vec![]))
+    .n(node("PRelu", &["x", "slope"], &["pr"], vec![]))
+    .n(node("Size", &["x"], &["sz"], vec![]))
+    .n(NodeProto {
+        attribute: vec![AttributeProto {
+            name: "value".into(),
+            r#type: at::TENSOR,
+            t: Some(f32_tensor("", &[2], &[1.5, -2.5])),
+            ..Default::default()
+        }],
+        ..node("Constant", &[], &["c"], vec![])
+    });
+    let out = g.model().run(&[("x", x.clone()), ("y", y.clone())]).unwrap();
+    let (a, b) = (host(&x), host(&y));
+    let bools = |v: &Var| -> Vec<bool> { host(v).iter().map(|x| *x != 0.0).collect() };
+    let cmp: [fn(f64, f64) -> bool; 7] = [
+        |a, b| a == b,
+        |a, b| a < b,
+        |a, b| a <= b,
+        |a, b| a >= b,
+        |a, b| a < b && a >= b,
+        |a, b| a <= b, // Or(Less, Equal)
+        |a, b| a > b,
+    ];
+    for (i, f) in cmp.iter().enumerate() {
+        assert_eq!(out[i].dtype(), DType::Bool, "output {i}");
+        let want: Vec<bool> = a.iter().zip(&b).map(|(a, b)| f(*a, *b)).collect();
+        assert_eq!(bools(&out[i]), want, "output {i}");
+    }
+    close(&out[7], &x.clamp(Some(-0.5), Some(0.75)).unwrap(), 0.0);
+    let slope = [0.1, 0.2, 0.3];
+    let pr: Vec<f32> =
+        a.iter().enumerate().map(|(k, v)| if *v >= 0.0 { *v } else { v * slope[(k / 2) % 3] } as f32).collect();
+    close(&out[8], &Var::from_vec(pr, &[2, 3, 2]).unwrap(), 1e-6);
+    assert_eq!(out[9].to_vec::<i64>().unwrap(), vec![12]);
+    assert_eq!(out[10].to_vec::<f32>().unwrap(), vec![1.5, -2.5]);
+}
+
+#[test]
+fn remaining_reductions_layer_norm_log_softmax_and_global_max() {
+    let s = seed();
+    let x = rand(&[2, 3, 4, 5], s);
+    let g = G::new(vec![vi("x", dt::FLOAT, &["2", "3", "4", "5"])], &["l2", "mn", "pd", "ss", "ln", "ls", "gm", "ai"])
+        .init(f32_tensor("gamma", &[5], &[1.0, 0.5, 2.0, -1.0, 0.25]))
+        .init(f32_tensor("beta", &[5], &[0.0, 0.1, -0.2, 0.3, 0.0]))
+        .n(node("ReduceL2", &["x"], &["l2"], vec![ints("axes", &[3])]))
+        .n(node("ReduceMin", &["x"], &["mn"], vec![ints("axes", &[1, 2]), int("keepdims", 0)]))
+        .n(node("ReduceProd", &["x"], &["pd"], vec![ints("axes", &[1])]))
+        .n(node("ReduceSumSquare", &["x"], &["ss"], vec![ints("axes", &[0])]))
+        .n(node("LayerNormalization", &["x", "gamma", "beta"], &["ln"], vec![int("axis", -1), float("epsilon", 1e-5)]))
+        .n(node("LogSoftmax", &["x"], &["ls"], vec![int("axis", 2)]))
+        .n(node("GlobalMaxPool", &["x"], &["gm"], vec![]))
+        .n(node("ArgMin", &["x"], &["ai"], vec![int("axis", 3), int("keepdims", 1)]));
+    let out = g.model().run(&[("x", x.clone())]).unwrap();
+    let sq = x.try_mul(&x).unwrap();
+    close(&out[0], &sq.sum(&[3], true).unwrap().sqrt(), 1e-6);
+    close(&out[1], &x.min(&[1, 2], false).unwrap(), 0.0);
+    close(&out[2], &x.prod(&[1], true).unwrap(), 1e-6);
+    close(&out[3], &sq.sum(&[0], true).unwrap(), 1e-6);
+    let gamma = Var::from_vec(vec![1.0f32, 0.5, 2.0, -1.0, 0.25], &[5]).unwrap();
+    let beta = Var::from_vec(vec![0.0f32, 0.1, -0.2, 0.3, 0.0], &[5]).unwrap();
+    close(&out[4], &layer_norm(&x, &[5], Some(&gamma), Some(&beta), 1e-5).unwrap(), 1e-5);
+    close(&out[5], &x.log_softmax(2).unwrap(), 1e-6);
+    close(&out[6], &x.max(&[2, 3], true).unwrap(), 0.0);
+    assert_eq!(out[7].to_vec::<i64>().unwrap(), x.argmin(3, true).unwrap().to_vec::<i64>().unwrap());
+}
