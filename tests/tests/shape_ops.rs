@@ -313,3 +313,50 @@ fn empty_dims_flow_through_shape_ops() {
     let c = cat(&[e.clone(), Var::ones(&[2, 2, 3], DType::F32)], 1).unwrap();
     assert_eq!(c.to_vec::<f32>().unwrap(), vec![1.0; 12]);
 }
+
+/// A lazily built computation.
+type Chain<'a> = Box<dyn Fn() -> Var + 'a>;
+
+#[test]
+fn padded_chains_agree_with_the_reference_backend() {
+    // the decoder's bias + ReLU + nearest x2 + reflection pad, the conv input's zero
+    // pad and a replicate pad, at widths around the vector width: the CPU backend's
+    // vector loop checks each block of lanes and runs the borders scalar
+    use jit_core::{with_flags, Backend, Flags};
+    let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
+    let cpu = Flags { backend: Backend::Cpu, fusion: true, dump: false };
+    let mut rng = Rng::fresh("padded_chains");
+    for w in [1usize, 2, 3, 4, 5, 7, 8, 9, 13] {
+        let h = 2 + rng.below(4);
+        let x = rng.nd(&[2, 3, h, w], -1.0, 1.0).rounded(DType::F32).var(DType::F32);
+        let b = rng.nd(&[1, 3, 1, 1], -0.5, 0.5).rounded(DType::F32).var(DType::F32);
+        let chains: Vec<(&str, Chain)> = vec![
+            (
+                "upsample+reflect",
+                Box::new(|| {
+                    x.try_add(&b)
+                        .unwrap()
+                        .relu()
+                        .unwrap()
+                        .upsample_nearest2d(2)
+                        .unwrap()
+                        .pad(&[1, 1, 1, 1], PadMode::Reflect)
+                        .unwrap()
+                }),
+            ),
+            ("zero pad", Box::new(|| x.try_mul(2.0).unwrap().pad(&[1, 2, 1, 0], PadMode::Constant(0.0)).unwrap())),
+            ("replicate", Box::new(|| x.try_add(&b).unwrap().pad(&[2, 3, 0, 1], PadMode::Replicate).unwrap())),
+        ];
+        for (name, f) in chains {
+            let run = |flags| {
+                with_flags(flags, || {
+                    let v = f();
+                    v.sync().unwrap();
+                    v
+                })
+            };
+            let (a, r) = (run(cpu), run(reference));
+            assert_eq!(a.to_vec::<f32>().unwrap(), r.to_vec::<f32>().unwrap(), "{name} at width {w}");
+        }
+    }
+}

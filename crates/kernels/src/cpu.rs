@@ -913,14 +913,133 @@ fn lin_coef(e: &IndexExpr, l: usize) -> Option<i64> {
     }
 }
 
+/// The coefficient of `i_l` in `e` as an expression that does not mention `i_l`
+/// (a kernel argument, say), when `e` is affine in `i_l`.
+fn lin_coef_expr(e: &IndexExpr, l: usize) -> Option<IndexExpr> {
+    use IndexExpr as E;
+    if !e.mentions(l) {
+        return Some(E::c(0));
+    }
+    match e {
+        E::Idx(_) => Some(E::c(1)),
+        E::Add(a, b) => Some(lin_coef_expr(a, l)? + lin_coef_expr(b, l)?),
+        E::Sub(a, b) => Some(lin_coef_expr(a, l)? - lin_coef_expr(b, l)?),
+        E::Mul(a, b) if !a.mentions(l) => Some((**a).clone() * lin_coef_expr(b, l)?),
+        E::Mul(a, b) if !b.mentions(l) => Some(lin_coef_expr(a, l)? * (**b).clone()),
+        _ => None,
+    }
+}
+
+/// Bounds `(lo, hi)` on the change of `e` when loop index `i_l` grows by one (the
+/// other indices fixed), or `None` when a step can jump arbitrarily (a floor
+/// division, modulo, comparison or selection that depends on `i_l`).
+fn step_bounds(e: &IndexExpr, l: usize) -> Option<(i64, i64)> {
+    use IndexExpr as E;
+    if !e.mentions(l) {
+        return Some((0, 0));
+    }
+    match e {
+        E::Idx(_) => Some((1, 1)),
+        E::Add(a, b) => {
+            let ((la, ua), (lb, ub)) = (step_bounds(a, l)?, step_bounds(b, l)?);
+            Some((la.checked_add(lb)?, ua.checked_add(ub)?))
+        }
+        E::Sub(a, b) => {
+            let ((la, ua), (lb, ub)) = (step_bounds(a, l)?, step_bounds(b, l)?);
+            Some((la.checked_sub(ub)?, ua.checked_sub(lb)?))
+        }
+        E::Mul(a, b) => {
+            let (c, x) = match (a.as_const(), b.as_const()) {
+                (Some(c), _) => (c, b),
+                (_, Some(c)) => (c, a),
+                _ => return None,
+            };
+            let (lo, hi) = step_bounds(x, l)?;
+            let (p, q) = (lo.checked_mul(c)?, hi.checked_mul(c)?);
+            Some((p.min(q), p.max(q)))
+        }
+        // max(a', b') - max(a, b) and min(a', b') - min(a, b) lie between the two
+        // operands' own steps
+        E::Min(a, b) | E::Max(a, b) => {
+            let ((la, ua), (lb, ub)) = (step_bounds(a, l)?, step_bounds(b, l)?);
+            Some((la.min(lb), ua.max(ub)))
+        }
+        E::Select(c, t, o) if !c.mentions(l) => {
+            let ((lt, ut), (lo, uo)) = (step_bounds(t, l)?, step_bounds(o, l)?);
+            Some((lt.min(lo), ut.max(uo)))
+        }
+        _ => None,
+    }
+}
+
+/// True when the 0/1 condition `g` holds on one interval of `i_l` (or does not
+/// depend on it): comparisons of monotone differences, and their conjunctions. Such
+/// a condition holds on a whole block of lanes when it holds at the block's ends.
+fn interval_shaped(g: &IndexExpr, l: usize) -> bool {
+    use IndexExpr as E;
+    if !g.mentions(l) {
+        return true;
+    }
+    match g {
+        E::Cmp(CmpOp::Lt | CmpOp::Le, a, b) => {
+            let d = E::Sub(a.clone(), b.clone());
+            step_bounds(&d, l).is_some_and(|(lo, hi)| lo >= 0 || hi <= 0)
+        }
+        // `c != 0` of a 0/1 condition is the condition
+        E::Cmp(CmpOp::Ne, a, b) if b.as_const() == Some(0) => interval_shaped(a, l),
+        E::Mul(a, b) | E::Min(a, b) => interval_shaped(a, l) && interval_shaped(b, l),
+        _ => false,
+    }
+}
+
+/// What the vector loop must verify at run time, per block of four lanes, before
+/// it may use vectors: loads whose offsets are only piecewise contiguous along the
+/// innermost index (a reflection, a clamp) must advance by exactly one per lane, and
+/// guards and index conditions must hold on the whole block.
+#[derive(Debug, Default)]
+struct BlockChecks {
+    /// Offsets that must satisfy `e(j + 3) - e(j) == 3`.
+    contiguous: Vec<IndexExpr>,
+    /// Conditions that must be non-zero at `j` and `j + 3`.
+    conditions: Vec<IndexExpr>,
+}
+
+impl BlockChecks {
+    fn of(vals: &[Value], l: usize) -> BlockChecks {
+        let mut c = BlockChecks::default();
+        for v in vals {
+            match &v.inst {
+                Inst::Load { offset, guard, .. } => {
+                    if lin_coef_expr(offset, l).is_none() && !c.contiguous.contains(offset) {
+                        c.contiguous.push(offset.clone());
+                    }
+                    if let Some(g) = guard {
+                        if !c.conditions.contains(g) {
+                            c.conditions.push(g.clone());
+                        }
+                    }
+                }
+                Inst::Index(e) if e.mentions(l) && !c.conditions.contains(e) => c.conditions.push(e.clone()),
+                _ => {}
+            }
+        }
+        c
+    }
+
+    fn is_empty(&self) -> bool {
+        self.contiguous.is_empty() && self.conditions.is_empty()
+    }
+}
+
 /// True when the kernel is element-wise over f32 with loads that are contiguous or
-/// invariant along the innermost output index: its inner loop can run on vectors.
+/// invariant along the innermost output index, or piecewise so with run-time block
+/// checks ([`BlockChecks`]): its inner loop can run on vectors.
 fn vectorizable(k: &Kernel) -> bool {
     if k.red_rank != 0 || k.out_rank == 0 || k.has_scatter() {
         return false;
     }
     let outputs: Vec<usize> = k.outputs.iter().map(|o| o.value).collect();
-    values_vectorizable(&k.body, &k.inputs, k.out_rank - 1, &outputs)
+    values_vectorizable(&k.body, &k.inputs, k.out_rank - 1, &outputs, true)
         && k.outputs.iter().all(|o| o.dtype == DType::F32 && o.store == Store::Dense)
 }
 
@@ -932,21 +1051,33 @@ fn reduction_vectorizable(k: &Kernel) -> bool {
     }
     let reduced: Vec<usize> = k.reductions.iter().map(|r| r.value).collect();
     k.reductions.iter().all(|r| r.dtype == DType::F32)
-        && values_vectorizable(&k.inner, &k.inputs, k.out_rank + k.red_rank - 1, &reduced)
+        && values_vectorizable(&k.inner, &k.inputs, k.out_rank + k.red_rank - 1, &reduced, false)
 }
 
 /// True when `vals` are f32 computations whose loads are contiguous or invariant
 /// along loop index `l`, and whose comparisons only feed `where` conditions (never
-/// one of `used`, the values read outside the list).
-fn values_vectorizable(vals: &[Value], inputs: &[DType], l: usize, used: &[usize]) -> bool {
+/// one of `used`, the values read outside the list). With `checked`, loads that are
+/// contiguous only piecewise (their offset never advances by more than one per step)
+/// and guarded loads and index conditions that hold on intervals are accepted too:
+/// the caller verifies them per block ([`BlockChecks`]).
+fn values_vectorizable(vals: &[Value], inputs: &[DType], l: usize, used: &[usize], checked: bool) -> bool {
     let f32s = |id: usize| vals[id].dtype == DType::F32;
     let ok = vals.iter().all(|v| match &v.inst {
         Inst::Load { input, offset, guard, .. } => {
-            v.dtype == DType::F32
-                && inputs[*input] == DType::F32
-                && guard.is_none()
-                && matches!(lin_coef(offset, l), Some(0) | Some(1))
+            let offset_ok = match lin_coef(offset, l) {
+                Some(0) | Some(1) => true,
+                // a constant stride: four scalar loads gathered into a vector
+                Some(_) => checked,
+                None if lin_coef_expr(offset, l).is_some() => checked, // a stride given at launch
+                None => checked && step_bounds(offset, l).is_some_and(|(_, hi)| hi <= 1),
+            };
+            let guard_ok = match guard {
+                None => true,
+                Some(g) => checked && interval_shaped(g, l),
+            };
+            v.dtype == DType::F32 && inputs[*input] == DType::F32 && offset_ok && guard_ok
         }
+        Inst::Index(e) => checked && v.dtype == DType::Bool && interval_shaped(e, l),
         Inst::Const(_) | Inst::Param(_) => v.dtype == DType::F32,
         Inst::Unary(op, a) => v.dtype == DType::F32 && f32s(*a) && *op != UnaryOp::Not,
         Inst::Binary(op, a, b) => {
@@ -956,9 +1087,10 @@ fn values_vectorizable(vals: &[Value], inputs: &[DType], l: usize, used: &[usize
             v.dtype == DType::F32
                 && f32s(*a)
                 && f32s(*b)
-                && matches!(vals[*c].inst, Inst::Binary(op, ..) if op.is_comparison())
+                && (matches!(vals[*c].inst, Inst::Binary(op, ..) if op.is_comparison())
+                    || (checked && matches!(vals[*c].inst, Inst::Index(_))))
         }
-        Inst::Index(_) | Inst::Random { .. } | Inst::Cast(_) | Inst::Acc(_) => false,
+        Inst::Random { .. } | Inst::Cast(_) | Inst::Acc(_) => false,
     });
     // comparisons may only feed `where` conditions
     let masks_ok = vals.iter().enumerate().all(|(id, v)| {
@@ -1068,8 +1200,27 @@ impl Gen<'_, '_> {
             }
             let cv = match &v.inst {
                 Inst::Load { input, offset, .. } => {
+                    // guards were verified for the block; an offset that is not
+                    // invariant is contiguous here (linear, or verified per block)
                     let off = self.iexpr(offset);
-                    if lin_coef(offset, l) == Some(1) {
+                    let coef = lin_coef(offset, l);
+                    let stride = match coef {
+                        Some(0) | Some(1) => None,
+                        Some(c) => Some(self.i64c(c)),
+                        None => lin_coef_expr(offset, l).map(|e| self.iexpr(&e)),
+                    };
+                    if let Some(stride) = stride {
+                        // strided: gather the four lanes
+                        let x = self.load(*input, DType::F32, off)?;
+                        let mut v = self.b.ins().splat(vt, x);
+                        let mut o = off;
+                        for lane in 1..LANES {
+                            o = self.b.ins().iadd(o, stride);
+                            let x = self.load(*input, DType::F32, o)?;
+                            v = self.b.ins().insertlane(v, x, lane as u8);
+                        }
+                        v
+                    } else if coef != Some(0) {
                         let base = self.inputs[*input];
                         let scaled = self.b.ins().imul_imm_s(off, 4);
                         let addr = self.b.ins().iadd(base, scaled);
@@ -1139,6 +1290,21 @@ impl Gen<'_, '_> {
                     }
                 }
                 Inst::Where(c, a, b) => self.b.ins().bitselect(out[*c], out[*a], out[*b]),
+                Inst::Index(e) => {
+                    // an interval condition verified at the block's ends holds on every
+                    // lane; one that does not depend on the lane is evaluated once
+                    let all = self.b.ins().iconst(types::I32, -1);
+                    let mask = if e.mentions(l) {
+                        all
+                    } else {
+                        let c = self.iexpr(e);
+                        let none = self.b.ins().iconst(types::I32, 0);
+                        self.b.ins().select(c, all, none)
+                    };
+                    let m = self.b.ins().splat(types::I32X4, mask);
+                    let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                    self.b.ins().bitcast(vt, le, m)
+                }
                 _ => return Err("instruction not vectorizable".into()),
             };
             out.push(cv);
@@ -1235,6 +1401,38 @@ fn emit_vector_reduction(
     Ok(())
 }
 
+/// 1 when the block of lanes `[j, j + 4)` passes `checks` (the innermost index
+/// variable is left at `j`).
+fn block_ok(g: &mut Gen<'_, '_>, checks: &BlockChecks, l: usize, j: CV) -> CV {
+    let j3 = g.b.ins().iadd_imm_s(j, LANES - 1);
+    let at = |g: &mut Gen<'_, '_>, e: &IndexExpr, i: CV| {
+        g.b.def_var(g.idx[l], i);
+        g.iexpr(e)
+    };
+    let mut ok: Option<CV> = None;
+    let mut and = |g: &mut Gen<'_, '_>, c: CV| {
+        ok = Some(match ok {
+            None => c,
+            Some(o) => g.b.ins().band(o, c),
+        });
+    };
+    for e in &checks.contiguous {
+        let (a, b) = (at(g, e, j), at(g, e, j3));
+        let d = g.b.ins().isub(b, a);
+        let c = g.b.ins().icmp_imm_s(IntCC::Equal, d, LANES - 1);
+        and(g, c);
+    }
+    for e in &checks.conditions {
+        for i in [j, j3] {
+            let v = at(g, e, i);
+            let c = g.b.ins().icmp_imm_s(IntCC::NotEqual, v, 0);
+            and(g, c);
+        }
+    }
+    g.b.def_var(g.idx[l], j);
+    ok.unwrap_or_else(|| g.b.ins().iconst(types::I8, 1))
+}
+
 /// Element-wise kernel whose innermost loop runs on f32x4 vectors: the range
 /// `[start, end)` is walked in row segments; each segment runs vectors of four lanes,
 /// then the scalar body for the remainder.
@@ -1278,6 +1476,20 @@ fn emit_vectorized(
     let vloop = open_loop(g, jvar, last_start);
     let j = g.b.use_var(jvar);
     g.b.def_var(g.idx[l], j);
+    let checks = BlockChecks::of(&kernel.body, l);
+    let scalar_block = if checks.is_empty() {
+        None
+    } else {
+        // verify the block [j, j + 4): else this one position runs the scalar body
+        let ok = block_ok(g, &checks, l, j);
+        let vector = g.b.create_block();
+        let scalar = g.b.create_block();
+        g.b.ins().brif(ok, vector, &[], scalar, &[]);
+        g.b.seal_block(vector);
+        g.b.seal_block(scalar);
+        g.b.switch_to_block(vector);
+        Some(scalar)
+    };
     let vals = g.vector_values(&kernel.body, l)?;
     let pos = g.b.ins().iadd(pos_base, j);
     for (o, base) in kernel.outputs.iter().zip(outputs) {
@@ -1287,6 +1499,19 @@ fn emit_vectorized(
     }
     let j4 = g.b.ins().iadd_imm_s(j, LANES);
     g.b.def_var(jvar, j4);
+    if let Some(scalar) = scalar_block {
+        g.b.ins().jump(vloop.0, &[]);
+        g.b.switch_to_block(scalar);
+        let j = g.b.use_var(jvar);
+        g.b.def_var(g.idx[l], j);
+        let vals = g.values(&kernel.body, &[])?;
+        let pos = g.b.ins().iadd(pos_base, j);
+        for (o, base) in kernel.outputs.iter().zip(outputs) {
+            g.store(*base, o.dtype, pos, vals[o.value])?;
+        }
+        let j1 = g.b.ins().iadd_imm_s(j, 1);
+        g.b.def_var(jvar, j1);
+    }
     close_loop(g, vloop);
 
     // the scalar remainder

@@ -429,6 +429,18 @@ impl IndexExpr {
                 let ((a, b0), (c, d)) = (b(x)?, b(y)?);
                 (a.min(c), b0.min(d))
             }
+            // |x| written as max(x, 0 - x): the interval of the absolute value (plain
+            // interval arithmetic would keep a negative lower bound)
+            E::Max(x, y) if is_negation(y, x) || is_negation(x, y) => {
+                let (a, b0) = b(x)?;
+                if a >= 0 {
+                    (a, b0)
+                } else if b0 <= 0 {
+                    (b0.checked_neg()?, a.checked_neg()?)
+                } else {
+                    (0, a.checked_neg()?.max(b0))
+                }
+            }
             E::Max(x, y) => {
                 let ((a, b0), (c, d)) = (b(x)?, b(y)?);
                 (a.max(c), b0.max(d))
@@ -531,6 +543,11 @@ impl Mul for IndexExpr {
     }
 }
 
+/// True when `n` is `0 - x`.
+fn is_negation(n: &IndexExpr, x: &IndexExpr) -> bool {
+    matches!(n, E::Sub(z, y) if z.as_const() == Some(0) && **y == *x)
+}
+
 impl Neg for IndexExpr {
     type Output = IndexExpr;
     fn neg(self) -> IndexExpr {
@@ -592,6 +609,23 @@ mod tests {
         assert_eq!(g.eval(&[0, 3]), 15);
         assert_eq!(g.max_index(), Some(1));
         assert_eq!(format!("{}", E::idx(0) * 2 + 1), "(i0*2+1)");
+    }
+
+    #[test]
+    fn absolute_values_and_reflections_have_tight_bounds() {
+        let r = [(0, 9)];
+        let j = E::idx(0) - 1; // -1..=8
+        assert_eq!(j.clone().abs().bounds(&r), Some((0, 8)));
+        assert_eq!((E::idx(0) - 20).abs().bounds(&r), Some((11, 20)));
+        assert_eq!((E::idx(0) + 3).abs().bounds(&r), Some((3, 12)));
+        // reflection of the padded index range onto 0..=7 (size 8, pad 1 each side)
+        let m = 7;
+        let reflect = E::c(m) - (E::c(m) - j.abs()).abs();
+        assert!(reflect.provably_within(&r, 0, m));
+        for i in 0..=9 {
+            let v = reflect.eval(&[i]);
+            assert!((0..=m).contains(&v), "{i} -> {v}");
+        }
     }
 
     #[test]
