@@ -287,6 +287,11 @@ fn convolutions_pooling_resizing_norms_and_losses() {
     check("conv_transpose2d", &mut rng, &[x.clone(), wt_t], |v| conv_transpose2d(&v[0], &v[1], None, &topts));
     let pool = Pool2dOptions::new(3).stride(2).padding(1).ceil_mode(true);
     check("max_pool2d ceil", &mut rng, &[x.clone()], |v| max_pool2d(&v[0], &pool));
+    // non-overlapping windows (their own element-wise gradient), partial last window
+    let pool2 = Pool2dOptions::new(2).ceil_mode(true);
+    check("max_pool2d 2x2 ceil", &mut rng, &[x.clone()], |v| max_pool2d(&v[0], &pool2));
+    let pool3 = Pool2dOptions { kernel: [2, 3], stride: [2, 3], ..Pool2dOptions::new(2) };
+    check("max_pool2d 2x3 floor", &mut rng, &[x.clone()], |v| max_pool2d(&v[0], &pool3));
     check("avg_pool2d", &mut rng, &[x.clone()], |v| avg_pool2d(&v[0], &pool, false, None));
     check("adaptive_avg_pool2d", &mut rng, &[x.clone()], |v| adaptive_avg_pool2d(&v[0], [2, 3]));
     check("bilinear", &mut rng, &[x.clone()], |v| upsample_bilinear2d(&v[0], Resize::Size([h + 2, w - 1]), false));

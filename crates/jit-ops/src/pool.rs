@@ -121,10 +121,22 @@ pub fn max_pool2d(x: &Var, o: &Pool2dOptions) -> Result<Var> {
         let tap = Var::index(win.shape(), 4, DType::I64)?;
         let first = Var::where_(&hit, &tap, kk as i64)?.reduce(ReduceOp::Min, &[4], true)?;
         let first = first.reshape(&[y.shape()[0] as isize, y.shape()[1] as isize, oh as isize, ow as isize])?;
-        // gather form (no scatter): over [N, C, H, W, kh, kw], the window whose tap
-        // (ki, kj) reads (h, w) passes its gradient when that tap was its first max
         let [n, c, h, w] = dims4("max_pool2d", x)?;
         let [kh, kw] = o.kernel;
+        if o.kernel == o.stride && o.padding == [0, 0] && o.dilation == [1, 1] {
+            // non-overlapping windows (VGG's 2x2 pools): each input pixel lies in at
+            // most one window, at tap (h mod kh, w mod kw): an element-wise gather
+            let dom = [n, c, h, w];
+            let exprs = vec![E::idx(0), E::idx(1), E::idx(2).floor_div(kh as i64), E::idx(3).floor_div(kw as i64)];
+            let first_at = first.reindex(&dom, exprs.clone(), -1.0, vec![])?;
+            let g_at = g.reindex(&dom, exprs, 0.0, vec![])?;
+            let row = Var::index(&dom, 2, DType::I64)?.remainder(kh as i64)?;
+            let col = Var::index(&dom, 3, DType::I64)?.remainder(kw as i64)?;
+            let tap = row.try_mul(kw as i64)?.try_add(&col)?;
+            return Ok(vec![Some(Var::where_(&first_at.eq(&tap)?, &g_at, 0.0)?.cast(x.dtype()))]);
+        }
+        // gather form (no scatter): over [N, C, H, W, kh, kw], the window whose tap
+        // (ki, kj) reads (h, w) passes its gradient when that tap was its first max
         let inv =
             |pos: usize, tap: usize, d: usize| E::idx(pos) + o.padding[d] as i64 - E::idx(tap) * o.dilation[d] as i64;
         let exprs = vec![
