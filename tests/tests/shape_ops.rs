@@ -2,6 +2,7 @@
 //! including non-contiguous compositions.
 
 use integration_tests::{assert_close, Nd, Rng};
+use jit_core::IndexExpr as E;
 use jit_ops::prelude::*;
 
 fn reflect(j: isize, n: usize) -> usize {
@@ -346,6 +347,23 @@ fn padded_chains_agree_with_the_reference_backend() {
             ),
             ("zero pad", Box::new(|| x.try_mul(2.0).unwrap().pad(&[1, 2, 1, 0], PadMode::Constant(0.0)).unwrap())),
             ("replicate", Box::new(|| x.try_add(&b).unwrap().pad(&[2, 3, 0, 1], PadMode::Replicate).unwrap())),
+            // offsets with floor divisions and moduli of negative values (each lane
+            // gathered on its own; power-of-two divisors as shifts and masks)
+            (
+                "floor-div gather",
+                Box::new(|| {
+                    let e = vec![E::idx(0), E::idx(1), E::idx(2), (E::idx(3) - 5).floor_div(2) + 3];
+                    x.reindex(&[2, 3, h, 2 * w - 1], e, 0.0, vec![]).unwrap().try_mul(&b).unwrap()
+                }),
+            ),
+            (
+                "modulo gather",
+                Box::new(|| {
+                    let m = w.min(4) as i64;
+                    let e = vec![E::idx(0), E::idx(1), E::idx(2), (E::idx(3) - 7).modulo(m)];
+                    x.reindex(&[2, 3, h, w + 6], e, 0.0, vec![]).unwrap().try_add(&b).unwrap()
+                }),
+            ),
         ];
         for (name, f) in chains {
             let run = |flags| {

@@ -245,21 +245,34 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
 }
 
 /// `JIT_PROFILE=1`: after each realisation, print the time of every step (kernel,
-/// library call), slowest first, to stderr.
+/// library call), slowest first, to stderr. `JIT_PROFILE=ir` prints each kernel's
+/// IR under its line as well.
 fn profiling() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("JIT_PROFILE").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| std::env::var("JIT_PROFILE").is_ok_and(|v| v == "1" || v == "ir"))
+}
+
+fn profiling_ir() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("JIT_PROFILE").is_ok_and(|v| v == "ir"))
 }
 
 fn step_label(step: &Step) -> String {
     match step {
-        Step::Kernel { kernel, launch, .. } => format!(
-            "kernel out {:?} red {:?} ({} inputs, {} ops)",
-            launch.out_shape,
-            launch.red_shape,
-            kernel.inputs.len(),
-            kernel.body.len() + kernel.inner.len()
-        ),
+        Step::Kernel { kernel, launch, .. } => {
+            let line = format!(
+                "kernel out {:?} red {:?} ({} inputs, {} ops)",
+                launch.out_shape,
+                launch.red_shape,
+                kernel.inputs.len(),
+                kernel.body.len() + kernel.inner.len()
+            );
+            if profiling_ir() {
+                format!("{line}\n{kernel}")
+            } else {
+                line
+            }
+        }
         Step::Extern { op, inputs, out } => {
             format!("{} {:?} -> {:?}", op.name(), inputs.iter().map(Var::shape).collect::<Vec<_>>(), out.shape())
         }

@@ -88,6 +88,28 @@ fn windows(x: &Var, o: &Pool2dOptions, oh: usize, ow: usize, fill: f64) -> Resul
     x.reindex(&[n, c, oh, ow, o.kernel[0] * o.kernel[1]], window_exprs(o), fill, vec![])
 }
 
+/// Windows of at most this many taps are folded element-wise over per-tap views
+/// (strided loads that run on vectors) rather than reduced over a tap axis.
+const FOLD_TAPS: usize = 16;
+
+/// The taps of every window as `kh * kw` views `[N, C, OH, OW]` of the input, in
+/// row-major tap order, `fill` outside it.
+fn window_taps(x: &Var, o: &Pool2dOptions, oh: usize, ow: usize, fill: f64) -> Result<Vec<Var>> {
+    let [n, c, _, _] = dims4("pool", x)?;
+    let ax = |pos: usize, tap: usize, d: usize| {
+        E::idx(pos) * o.stride[d] as i64 - o.padding[d] as i64 + (tap * o.dilation[d]) as i64
+    };
+    let mut taps = Vec::with_capacity(o.kernel[0] * o.kernel[1]);
+    for ki in 0..o.kernel[0] {
+        for kj in 0..o.kernel[1] {
+            // positions in the padding or past the end (ceil mode) read `fill`
+            let exprs = vec![E::idx(0), E::idx(1), ax(2, ki, 0), ax(3, kj, 1)];
+            taps.push(x.reindex(&[n, c, oh, ow], exprs, fill, vec![])?);
+        }
+    }
+    Ok(taps)
+}
+
 /// Input index per input dim for window position `(i0, i1, i2, i3, tap i4)`.
 fn window_exprs(o: &Pool2dOptions) -> Vec<E> {
     let kw = o.kernel[1] as i64;
@@ -108,32 +130,56 @@ pub fn max_pool2d(x: &Var, o: &Pool2dOptions) -> Result<Var> {
     let (oh, ow) = (out_size(op, h, o, 0)?, out_size(op, w, o, 1)?);
     let o = *o;
     let forward = move |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
-        let y = windows(&xs[0], &o, oh, ow, f64::NEG_INFINITY)?.reduce(ReduceOp::Max, &[4], false)?;
+        let y = if o.kernel[0] * o.kernel[1] <= FOLD_TAPS {
+            // stored: a consumer that reindexes it (the next convolution's padding)
+            // would compose guards with the taps' and lose the vector loop
+            let taps = window_taps(&xs[0], &o, oh, ow, f64::NEG_INFINITY)?;
+            taps[1..].iter().try_fold(taps[0].clone(), |m, t| m.maximum(t))?.materialize()
+        } else {
+            windows(&xs[0], &o, oh, ow, f64::NEG_INFINITY)?.reduce(ReduceOp::Max, &[4], false)?
+        };
         Ok((y.clone(), vec![xs[0].clone(), y]))
     };
     let backward = move |saved: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
         let (x, y) = (&saved[0], &saved[1]);
-        let win = windows(x, &o, oh, ow, f64::NEG_INFINITY)?;
         let kk = o.kernel[0] * o.kernel[1];
-        let yb = y.reshape(&[y.shape()[0] as isize, y.shape()[1] as isize, oh as isize, ow as isize, 1])?;
-        // NaN wins, as in the forward max
-        let hit = win.eq(&yb)?.logical_or(&win.ne(&win)?)?;
-        let tap = Var::index(win.shape(), 4, DType::I64)?;
-        let first = Var::where_(&hit, &tap, kk as i64)?.reduce(ReduceOp::Min, &[4], true)?;
+        // the first tap (row-major) that holds the maximum; NaN wins, as in the
+        // forward max. Tap numbers are small integers, exact in f32 (which keeps
+        // consumers on f32 vectors).
+        let first = if kk <= FOLD_TAPS {
+            let mut first: Option<Var> = None;
+            for (t, xt) in window_taps(x, &o, oh, ow, f64::NEG_INFINITY)?.iter().enumerate().rev() {
+                let hit = xt.eq(y)?.logical_or(&xt.ne(xt)?)?;
+                first = Some(match first {
+                    None => Var::where_(&hit, t as f64, kk as f64)?,
+                    Some(later) => Var::where_(&hit, t as f64, &later)?,
+                });
+            }
+            // stored: the gradient gathers it once per input pixel
+            first.ok_or_else(|| Error::argument(op, "empty window"))?.materialize()
+        } else {
+            let win = windows(x, &o, oh, ow, f64::NEG_INFINITY)?;
+            let yb = y.reshape(&[y.shape()[0] as isize, y.shape()[1] as isize, oh as isize, ow as isize, 1])?;
+            let hit = win.eq(&yb)?.logical_or(&win.ne(&win)?)?;
+            let tap = Var::index(win.shape(), 4, DType::F32)?;
+            Var::where_(&hit, &tap, kk as f64)?.reduce(ReduceOp::Min, &[4], true)?
+        };
         let first = first.reshape(&[y.shape()[0] as isize, y.shape()[1] as isize, oh as isize, ow as isize])?;
         let [n, c, h, w] = dims4("max_pool2d", x)?;
         let [kh, kw] = o.kernel;
         if o.kernel == o.stride && o.padding == [0, 0] && o.dilation == [1, 1] {
             // non-overlapping windows (VGG's 2x2 pools): each input pixel lies in at
-            // most one window, at tap (h mod kh, w mod kw): an element-wise gather
+            // most one window, at tap (h mod kh, w mod kw): an element-wise gather.
+            // Tap numbers are small integers, exact in f32, which keeps the kernel
+            // on f32 vectors; the [H, W] tap pattern is stored once.
             let dom = [n, c, h, w];
             let exprs = vec![E::idx(0), E::idx(1), E::idx(2).floor_div(kh as i64), E::idx(3).floor_div(kw as i64)];
             let first_at = first.reindex(&dom, exprs.clone(), -1.0, vec![])?;
             let g_at = g.reindex(&dom, exprs, 0.0, vec![])?;
-            let row = Var::index(&dom, 2, DType::I64)?.remainder(kh as i64)?;
-            let col = Var::index(&dom, 3, DType::I64)?.remainder(kw as i64)?;
-            let tap = row.try_mul(kw as i64)?.try_add(&col)?;
-            return Ok(vec![Some(Var::where_(&first_at.eq(&tap)?, &g_at, 0.0)?.cast(x.dtype()))]);
+            let row = Var::index(&[h, w], 0, DType::I64)?.remainder(kh as i64)?;
+            let col = Var::index(&[h, w], 1, DType::I64)?.remainder(kw as i64)?;
+            let pattern = row.try_mul(kw as i64)?.try_add(&col)?.cast(DType::F32).materialize();
+            return Ok(vec![Some(Var::where_(&first_at.eq(&pattern)?, &g_at, 0.0)?.cast(x.dtype()))]);
         }
         // gather form (no scatter): over [N, C, H, W, kh, kw], the window whose tap
         // (ki, kj) reads (h, w) passes its gradient when that tap was its first max
@@ -150,7 +196,7 @@ pub fn max_pool2d(x: &Var, o: &Pool2dOptions) -> Result<Var> {
         let dom = [n, c, h, w, kh, kw];
         let first_at = first.reindex(&dom, exprs.clone(), -1.0, conds.clone())?;
         let g_at = g.reindex(&dom, exprs, 0.0, conds)?;
-        let tap = Var::index(&dom, 4, DType::I64)?.try_mul(kw as i64)?.try_add(&Var::index(&dom, 5, DType::I64)?)?;
+        let tap = Var::index(&dom, 4, DType::F32)?.try_mul(kw as f64)?.try_add(&Var::index(&dom, 5, DType::F32)?)?;
         let picked = Var::where_(&first_at.eq(&tap)?, &g_at, 0.0)?.cast(x.dtype());
         Ok(vec![Some(picked.reduce(ReduceOp::Sum, &[4, 5], false)?)])
     };
@@ -172,7 +218,12 @@ pub fn avg_pool2d(x: &Var, o: &Pool2dOptions, count_include_pad: bool, divisor_o
         return Err(Error::argument(op, "divisor_override must be positive"));
     }
     let (oh, ow) = (out_size(op, h, o, 0)?, out_size(op, w, o, 1)?);
-    let sums = windows(x, o, oh, ow, 0.0)?.reduce(ReduceOp::Sum, &[4], false)?;
+    let sums = if o.kernel[0] * o.kernel[1] <= FOLD_TAPS {
+        let taps = window_taps(x, o, oh, ow, 0.0)?;
+        taps[1..].iter().try_fold(taps[0].clone(), |s, t| s.try_add(t))?
+    } else {
+        windows(x, o, oh, ow, 0.0)?.reduce(ReduceOp::Sum, &[4], false)?
+    };
     // PyTorch's divisor: the window clipped to the padded input, or to the input
     let count = |pos: usize, d: usize, len: usize| -> (usize, usize) {
         let start = (pos * o.stride[d]) as i64 - o.padding[d] as i64;

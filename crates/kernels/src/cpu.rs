@@ -241,6 +241,17 @@ impl Gen<'_, '_> {
                 let (x, y) = (self.iexpr(a), self.iexpr(b));
                 self.b.ins().imul(x, y)
             }
+            // by a positive power of two: an arithmetic shift and a mask are the
+            // floored quotient and remainder
+            E::FloorDiv(a, b) if b.as_const().is_some_and(|c| c > 0 && (c as u64).is_power_of_two()) => {
+                let x = self.iexpr(a);
+                let shift = b.as_const().unwrap_or(1).trailing_zeros() as i64;
+                self.b.ins().sshr_imm_s(x, shift)
+            }
+            E::Mod(a, b) if b.as_const().is_some_and(|c| c > 0 && (c as u64).is_power_of_two()) => {
+                let x = self.iexpr(a);
+                self.b.ins().band_imm_s(x, b.as_const().unwrap_or(1) - 1)
+            }
             E::FloorDiv(a, b) => {
                 let (x, y) = (self.iexpr(a), self.iexpr(b));
                 self.floor_divmod(x, y).0
@@ -992,6 +1003,13 @@ fn interval_shaped(g: &IndexExpr, l: usize) -> bool {
     }
 }
 
+/// True when a load at `offset` is gathered lane by lane in a vector loop along
+/// `i_l`: its offset is neither affine in `i_l` nor piecewise contiguous (a floor
+/// division or modulo of `i_l`, say). Each lane's offset is computed on its own.
+fn lane_gathered(offset: &IndexExpr, l: usize) -> bool {
+    lin_coef_expr(offset, l).is_none() && !step_bounds(offset, l).is_some_and(|(_, hi)| hi <= 1)
+}
+
 /// What the vector loop must verify at run time, per block of four lanes, before
 /// it may use vectors: loads whose offsets are only piecewise contiguous along the
 /// innermost index (a reflection, a clamp) must advance by exactly one per lane, and
@@ -1010,7 +1028,8 @@ impl BlockChecks {
         for v in vals {
             match &v.inst {
                 Inst::Load { offset, guard, .. } => {
-                    if lin_coef_expr(offset, l).is_none() && !c.contiguous.contains(offset) {
+                    if lin_coef_expr(offset, l).is_none() && !lane_gathered(offset, l) && !c.contiguous.contains(offset)
+                    {
                         c.contiguous.push(offset.clone());
                     }
                     if let Some(g) = guard {
@@ -1069,7 +1088,8 @@ fn values_vectorizable(vals: &[Value], inputs: &[DType], l: usize, used: &[usize
                 // a constant stride: four scalar loads gathered into a vector
                 Some(_) => checked,
                 None if lin_coef_expr(offset, l).is_some() => checked, // a stride given at launch
-                None => checked && step_bounds(offset, l).is_some_and(|(_, hi)| hi <= 1),
+                // piecewise contiguous (verified per block), or gathered lane by lane
+                None => checked,
             };
             let guard_ok = match guard {
                 None => true,
@@ -1199,6 +1219,23 @@ impl Gen<'_, '_> {
                 continue;
             }
             let cv = match &v.inst {
+                Inst::Load { input, offset, .. } if lane_gathered(offset, l) => {
+                    // each lane's own offset: i_l = j + lane
+                    let j = self.b.use_var(self.idx[l]);
+                    let mut v = None;
+                    for lane in 0..LANES {
+                        let jl = self.b.ins().iadd_imm_s(j, lane);
+                        self.b.def_var(self.idx[l], jl);
+                        let off = self.iexpr(offset);
+                        let x = self.load(*input, DType::F32, off)?;
+                        v = Some(match v {
+                            None => self.b.ins().splat(vt, x),
+                            Some(v) => self.b.ins().insertlane(v, x, lane as u8),
+                        });
+                    }
+                    self.b.def_var(self.idx[l], j);
+                    v.ok_or("no lanes")?
+                }
                 Inst::Load { input, offset, .. } => {
                     // guards were verified for the block; an offset that is not
                     // invariant is contiguous here (linear, or verified per block)

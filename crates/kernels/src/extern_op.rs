@@ -349,17 +349,18 @@ impl ConvGeom {
 type View<P> = (P, isize, isize);
 
 /// `dst = lhs · rhs`, or `dst += lhs · rhs` with `accumulate`, for `[m, n, k]`
-/// on strided views, with gemm's threads.
+/// on strided views, with gemm's threads or on the calling thread alone.
 ///
 /// # Safety
 /// Every element each view describes must lie inside its live buffer, and `dst`
 /// must not overlap the sources.
-unsafe fn gemm_view(
+unsafe fn gemm_view_on(
     [m, n, k]: [usize; 3],
     dst: View<*mut f32>,
     accumulate: bool,
     lhs: View<*const f32>,
     rhs: View<*const f32>,
+    parallelism: gemm::Parallelism,
 ) {
     gemm::gemm(
         m,
@@ -380,7 +381,7 @@ unsafe fn gemm_view(
         false,
         false,
         false,
-        gemm::Parallelism::Rayon(0),
+        parallelism,
     );
 }
 
@@ -423,12 +424,13 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
                     // SAFETY: every view stays inside its buffer: the input view ends at
                     // tap(t) + l <= plane (ConvGeom::cols), the weight view at o*C*T.
                     unsafe {
-                        gemm_view(
+                        gemm_view_on(
                             [g.o, l, g.c],
                             (dst.as_mut_ptr(), 1, plane as isize),
                             t > 0,
                             (b.as_ptr().add(t), w_cs, w_rs),
                             (a.as_ptr().add(bi * g.c * plane + g.tap(t)), 1, plane as isize),
+                            gemm::Parallelism::Rayon(0),
                         );
                     }
                 }
@@ -443,12 +445,13 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
                     // dxp[:, tap..tap + l] += W_tᵀ · dy[:, 0..l]
                     // SAFETY: as in the forward pass, with the roles of the views swapped.
                     unsafe {
-                        gemm_view(
+                        gemm_view_on(
                             [g.c, l, g.o],
                             (dst.as_mut_ptr().add(g.tap(t)), 1, plane as isize),
                             true,
                             (b.as_ptr().add(t), w_rs, w_cs),
                             (a.as_ptr().add(bi * g.o * plane), 1, plane as isize),
+                            gemm::Parallelism::Rayon(0),
                         );
                     }
                 }
@@ -457,20 +460,43 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
         ConvPass::BackwardFilter => {
             expected("the output gradient", a.len(), g.n * g.o * plane)?;
             expected("the input", b.len(), g.n * g.c * plane)?;
-            for bi in 0..g.n {
-                for t in 0..taps {
-                    // dW_t += dy[:, 0..l] · xp[:, tap..tap + l]ᵀ, written with W_t's strides
-                    // SAFETY: the destination view is W's tap t ([O, C] with strides
-                    // (C*T, T) inside o*c*T elements); the sources as above.
-                    unsafe {
-                        gemm_view(
-                            [g.o, g.c, l],
-                            (out.as_mut_ptr().add(t), w_cs, w_rs),
-                            bi > 0,
-                            (a.as_ptr().add(bi * g.o * plane), 1, plane as isize),
-                            (b.as_ptr().add(bi * g.c * plane + g.tap(t)), plane as isize, 1),
-                        );
+            // The products are [O, C] with a long inner dimension (the grid): gemm
+            // parallelises over the output, which is small here, so split the grid
+            // columns instead, one single-threaded accumulation per part, then sum.
+            let parts = rayon::current_num_threads().min(l / 1024).max(1);
+            let span = l.div_ceil(parts);
+            let (a_addr, b_addr) = (a.as_ptr() as usize, b.as_ptr() as usize);
+            let partials: Vec<Vec<f32>> = (0..parts)
+                .into_par_iter()
+                .map(|p| {
+                    let (start, end) = (p * span, ((p + 1) * span).min(l));
+                    let mut acc = vec![0.0f32; len];
+                    let (a, b) = (a_addr as *const f32, b_addr as *const f32);
+                    for bi in 0..g.n {
+                        for t in 0..taps {
+                            // dW_t += dy[:, cols] · xp[:, tap + cols]ᵀ, written with W_t's strides
+                            // SAFETY: the destination view is W's tap t ([O, C] with strides
+                            // (C*T, T) inside o*c*T elements); the source columns
+                            // start..end < l stay inside each plane (ConvGeom::cols), and
+                            // both sources were checked to hold n planes above.
+                            unsafe {
+                                gemm_view_on(
+                                    [g.o, g.c, end - start],
+                                    (acc.as_mut_ptr().add(t), w_cs, w_rs),
+                                    bi > 0,
+                                    (a.add(bi * g.o * plane + start), 1, plane as isize),
+                                    (b.add(bi * g.c * plane + g.tap(t) + start), plane as isize, 1),
+                                    if parts > 1 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(0) },
+                                );
+                            }
+                        }
                     }
+                    acc
+                })
+                .collect();
+            for part in &partials {
+                for (o, v) in out.iter_mut().zip(part) {
+                    *o += v;
                 }
             }
         }
