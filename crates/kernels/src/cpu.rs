@@ -1007,7 +1007,7 @@ fn interval_shaped(g: &IndexExpr, l: usize) -> bool {
 /// `i_l`: its offset is neither affine in `i_l` nor piecewise contiguous (a floor
 /// division or modulo of `i_l`, say). Each lane's offset is computed on its own.
 fn lane_gathered(offset: &IndexExpr, l: usize) -> bool {
-    lin_coef_expr(offset, l).is_none() && !step_bounds(offset, l).is_some_and(|(_, hi)| hi <= 1)
+    lin_coef_expr(offset, l).is_none() && step_bounds(offset, l).is_none_or(|(_, hi)| hi > 1)
 }
 
 /// What the vector loop must verify at run time, per block of four lanes, before
