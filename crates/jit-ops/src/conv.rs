@@ -232,6 +232,51 @@ fn conv_unit_stride(x: &Var, w: &Var, s: Im2col) -> Result<Var> {
     jit_core::custom_op("conv2d", &[x.clone(), w.clone()], forward, Arc::new(backward))
 }
 
+/// A strided convolution (one group, no dilation) as a unit-stride one: the zero-
+/// padded input is split into `sh x sw` phases stacked as channels (space-to-depth,
+/// `[N, C sh sw, ceil(Hp / sh), ceil(Wp / sw)]`), and the weight is zero-padded to
+/// multiples of the stride and split the same way (`[O, C sh sw, ceil(kh / sh),
+/// ceil(kw / sw)]`), so that tap `(ki, kj)` of phase `(ki mod sh, kj mod sw)` reads
+/// the same input as before. The zero taps cost `ceil(k / s)^2 s^2 / k^2` times the
+/// work (16/9 for a 3x3 kernel with stride 2), and the product runs as shifted gemms
+/// instead of over a materialised im2col. Gradients flow through the reindexes.
+fn conv_space_to_depth(x: &Var, w: &Var, s: Im2col) -> Result<Var> {
+    let [n, c, h, wd] = dims4("conv2d", "input", x)?;
+    let [oc, _, kh, kw] = dims4("conv2d", "weight", w)?;
+    let [sh, sw] = s.stride;
+    let [ph, pw] = s.padding;
+    let (hp, wp) = (h + 2 * ph, wd + 2 * pw);
+    let (hq, wq) = (hp.div_ceil(sh), wp.div_ceil(sw));
+    let (qh, qw) = (kh.div_ceil(sh), kw.div_ceil(sw));
+    let xp = if ph + pw > 0 { x.pad(&[pw, pw, ph, ph], PadMode::Constant(0.0))? } else { x.clone() };
+    // stored first: the phase split then reads it with plain strides, where a
+    // producer's reflection would be re-derived per lane of every phase
+    let xp = xp.materialize();
+    // phase (a, b) of channel ci at (u, v) is v[.., ci, u sh + a, v sw + b], zero past
+    // the end: the input's phases, and the weight's taps split the same way
+    let split = |v: &Var, lead: usize, rows: usize, cols: usize| -> Result<Var> {
+        let exprs = vec![E::idx(0), E::idx(1), E::idx(4) * sh as i64 + E::idx(2), E::idx(5) * sw as i64 + E::idx(3)];
+        v.reindex(&[lead, c, sh, sw, rows, cols], exprs, 0.0, vec![])?.reshape(&[
+            lead as isize,
+            (c * sh * sw) as isize,
+            rows as isize,
+            cols as isize,
+        ])
+    };
+    let phases = split(&xp, n, hq, wq)?;
+    let wq_ = split(w, oc, qh, qw)?;
+    let spec = Im2col {
+        groups: 1,
+        kernel: [qh, qw],
+        stride: [1, 1],
+        padding: [0, 0],
+        dilation: [1, 1],
+        out: [hq - qh + 1, wq - qw + 1],
+    };
+    let [oh, ow] = s.out;
+    conv_unit_stride(&phases, &wq_, spec)?.narrow(2, 0, oh)?.narrow(3, 0, ow)
+}
+
 /// `torch.nn.functional.conv2d` (with `padding_mode` of `nn.Conv2d`): `x` is
 /// `[N, C, H, W]`, `w` is `[O, C / groups, kh, kw]`, `b` is `[O]`.
 pub fn conv2d(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions) -> Result<Var> {
@@ -301,10 +346,16 @@ pub fn conv2d(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions) -> Result<Va
         };
         let spec =
             Im2col { groups: g, kernel: [kh, kw], stride: o.stride, padding, dilation: o.dilation, out: [oh, ow] };
-        // shifted gemms need enough channels per tap to run at speed; a first layer
-        // (3 channels) multiplies faster as one im2col product
-        if g == 1 && o.stride == [1, 1] && cg >= 16 {
+        // unit stride, one group: shifted gemms (16 or more channels) or a direct
+        // convolution (fewer), on the stored padded input, no im2col
+        if g == 1 && o.stride == [1, 1] {
             return add_bias(conv_unit_stride(&src, w, spec)?, b);
+        }
+        // strided, one group, enough channels: space-to-depth turns it into a
+        // unit-stride convolution with stride^2 times the channels
+        let [sh, sw] = o.stride;
+        if g == 1 && o.dilation == [1, 1] && kh >= sh && kw >= sw && cg * sh * sw >= 16 {
+            return add_bias(conv_space_to_depth(&src, w, spec)?, b);
         }
         im2col(&src, spec)?.reshape(&[(n * g) as isize, k as isize, (oh * ow) as isize])?
     };

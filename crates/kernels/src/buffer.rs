@@ -188,7 +188,17 @@ impl HostBuffer {
         }
     }
 
-    /// Converts every element to `dtype` with the cast rules.
+    /// Converts every element to `dtype` with the cast rules, taking the buffer
+    /// (no copy when it already has that dtype).
+    pub fn into_dtype(self, dtype: DType) -> HostBuffer {
+        if dtype == self.dtype() {
+            self
+        } else {
+            self.cast(dtype)
+        }
+    }
+
+    /// A copy converted to `dtype` (a plain copy when it already has it).
     pub fn cast(&self, dtype: DType) -> HostBuffer {
         if dtype == self.dtype() {
             return self.clone();

@@ -904,6 +904,9 @@ fn scatter_init(op: ReduceOp, d: DType, n: usize) -> HostBuffer {
 /// Lanes of the vector loop (Cranelift's 128-bit vectors on x86-64 and aarch64).
 const LANES: i64 = 4;
 
+/// Independent vector accumulators per reduction in the vector reduction loop.
+const UNROLL: usize = 4;
+
 /// The coefficient of `i_l` in `e` when `e` is affine in `i_l` with a constant
 /// coefficient.
 fn lin_coef(e: &IndexExpr, l: usize) -> Option<i64> {
@@ -1363,12 +1366,18 @@ fn emit_vector_reduction(
     let first = kernel.out_rank;
     let l = first + kernel.red_rank - 1;
     let last_dim = red_dims[kernel.red_rank - 1];
-    let vaccs: Vec<Variable> = kernel.reductions.iter().map(|_| g.b.declare_var(types::F32X4)).collect();
-    for ((var, vvar), r) in accs.iter().zip(&vaccs).zip(&kernel.reductions) {
+    // UNROLL independent vector accumulators per reduction (the adds of one chain
+    // wait for each other; several chains keep the adder busy); the first one also
+    // takes the single vectors after the unrolled part
+    let vaccs: Vec<Vec<Variable>> =
+        kernel.reductions.iter().map(|_| (0..UNROLL).map(|_| g.b.declare_var(types::F32X4)).collect()).collect();
+    for ((var, vvars), r) in accs.iter().zip(&vaccs).zip(&kernel.reductions) {
         let init = g.constant(r.op.identity_f64(), r.dtype)?;
         g.b.def_var(*var, init);
         let splat = g.b.ins().splat(types::F32X4, init);
-        g.b.def_var(*vvar, splat);
+        for vvar in vvars {
+            g.b.def_var(*vvar, splat);
+        }
     }
     // rows: every position of the reduction dims but the last
     let rows_n = red_dims[..kernel.red_rank - 1].iter().fold(None, |acc: Option<CV>, &d| {
@@ -1387,12 +1396,36 @@ fn emit_vector_reduction(
     let jvar = g.b.declare_var(types::I64);
     let rows = open_loop(g, rvar, rows_n);
     g.b.def_var(jvar, zero);
+    // UNROLL vectors per step while they fit
+    let wide_start = g.b.ins().iadd_imm_s(last_dim, -(UNROLL as i64 * LANES - 1));
+    let wloop = open_loop(g, jvar, wide_start);
+    let j = g.b.use_var(jvar);
+    for u in 0..UNROLL {
+        let ju = g.b.ins().iadd_imm_s(j, u as i64 * LANES);
+        g.b.def_var(g.idx[l], ju);
+        let vals = g.vector_values(&kernel.inner, l)?;
+        for (vvars, r) in vaccs.iter().zip(&kernel.reductions) {
+            let a = g.b.use_var(vvars[u]);
+            let c = match r.op {
+                ReduceOp::Sum => g.b.ins().fadd(a, vals[r.value]),
+                ReduceOp::Prod => g.b.ins().fmul(a, vals[r.value]),
+                ReduceOp::Max => g.b.ins().fmax(a, vals[r.value]),
+                ReduceOp::Min => g.b.ins().fmin(a, vals[r.value]),
+            };
+            g.b.def_var(vvars[u], c);
+        }
+    }
+    let jw = g.b.ins().iadd_imm_s(j, UNROLL as i64 * LANES);
+    g.b.def_var(jvar, jw);
+    close_loop(g, wloop);
+    // then single vectors
     let last_start = g.b.ins().iadd_imm_s(last_dim, -(LANES - 1));
     let vloop = open_loop(g, jvar, last_start);
     let j = g.b.use_var(jvar);
     g.b.def_var(g.idx[l], j);
     let vals = g.vector_values(&kernel.inner, l)?;
-    for (vvar, r) in vaccs.iter().zip(&kernel.reductions) {
+    for (vvars, r) in vaccs.iter().zip(&kernel.reductions) {
+        let vvar = &vvars[0];
         let a = g.b.use_var(*vvar);
         let v = vals[r.value];
         let c = match r.op {
@@ -1425,9 +1458,21 @@ fn emit_vector_reduction(
     let r1 = g.b.ins().iadd_imm_s(r, 1);
     g.b.def_var(rvar, r1);
     close_loop(g, rows);
-    // fold the lanes into the scalar accumulators
-    for ((var, vvar), r) in accs.iter().zip(&vaccs).zip(&kernel.reductions) {
-        let v = g.b.use_var(*vvar);
+    // fold the chains (pairwise), then the lanes into the scalar accumulators
+    for ((var, vvars), r) in accs.iter().zip(&vaccs).zip(&kernel.reductions) {
+        let mut chains: Vec<CV> = vvars.iter().map(|v| g.b.use_var(*v)).collect();
+        while chains.len() > 1 {
+            let (x, y) = (chains[chains.len() - 2], chains[chains.len() - 1]);
+            let c = match r.op {
+                ReduceOp::Sum => g.b.ins().fadd(x, y),
+                ReduceOp::Prod => g.b.ins().fmul(x, y),
+                ReduceOp::Max => g.b.ins().fmax(x, y),
+                ReduceOp::Min => g.b.ins().fmin(x, y),
+            };
+            chains.truncate(chains.len() - 2);
+            chains.push(c);
+        }
+        let v = chains[0];
         let mut a = g.b.use_var(*var);
         for lane in 0..LANES as u8 {
             let x = g.b.ins().extractlane(v, lane);

@@ -105,7 +105,7 @@ impl ExternOp {
                     }
                     DType::F16 | DType::BF16 => {
                         let out = gemm_batched(&g, slice_f32(a)?.as_ref(), slice_f32(b)?.as_ref())?;
-                        Ok(HostBuffer::F32(out).cast(dtype))
+                        Ok(HostBuffer::F32(out).into_dtype(dtype))
                     }
                     d => Err(self.bad(format!("{d} is not supported (float dtypes only)"))),
                 }
@@ -114,7 +114,7 @@ impl ExternOp {
                 let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
                 let g = ConvGeom::new(pass, sa, sb, kernel, dilation).map_err(|e| self.bad(e))?;
                 let out = conv_shift(&g, pass, slice_f32(a)?.as_ref(), slice_f32(b)?.as_ref())?;
-                Ok(HostBuffer::F32(out).cast(dtype))
+                Ok(HostBuffer::F32(out).into_dtype(dtype))
             }
         }
     }
@@ -417,21 +417,31 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
         ConvPass::Forward => {
             expected("the input", a.len(), g.n * g.c * plane)?;
             expected("the weight", b.len(), g.o * g.c * taps)?;
-            for bi in 0..g.n {
-                let dst = &mut out[bi * g.o * plane..(bi + 1) * g.o * plane];
-                for t in 0..taps {
-                    // y[:, 0..l] += W_t · xp[:, tap..tap + l]
-                    // SAFETY: every view stays inside its buffer: the input view ends at
-                    // tap(t) + l <= plane (ConvGeom::cols), the weight view at o*C*T.
-                    unsafe {
-                        gemm_view_on(
-                            [g.o, l, g.c],
-                            (dst.as_mut_ptr(), 1, plane as isize),
-                            t > 0,
-                            (b.as_ptr().add(t), w_cs, w_rs),
-                            (a.as_ptr().add(bi * g.c * plane + g.tap(t)), 1, plane as isize),
-                            gemm::Parallelism::Rayon(0),
-                        );
+            if g.c <= crate::conv_direct::DIRECT_MAX_CHANNELS {
+                // few input channels: one product per tap would be too thin
+                let shifts: Vec<usize> = (0..taps).map(|t| g.tap(t)).collect();
+                let s = crate::conv_direct::DirectConv { c: g.c, o: g.o, plane, l, shifts: &shifts };
+                for bi in 0..g.n {
+                    let xp = &a[bi * g.c * plane..(bi + 1) * g.c * plane];
+                    crate::conv_direct::forward(&s, xp, b, &mut out[bi * g.o * plane..(bi + 1) * g.o * plane]);
+                }
+            } else {
+                for bi in 0..g.n {
+                    let dst = &mut out[bi * g.o * plane..(bi + 1) * g.o * plane];
+                    for t in 0..taps {
+                        // y[:, 0..l] += W_t · xp[:, tap..tap + l]
+                        // SAFETY: every view stays inside its buffer: the input view ends at
+                        // tap(t) + l <= plane (ConvGeom::cols), the weight view at o*C*T.
+                        unsafe {
+                            gemm_view_on(
+                                [g.o, l, g.c],
+                                (dst.as_mut_ptr(), 1, plane as isize),
+                                t > 0,
+                                (b.as_ptr().add(t), w_cs, w_rs),
+                                (a.as_ptr().add(bi * g.c * plane + g.tap(t)), 1, plane as isize),
+                                gemm::Parallelism::Rayon(0),
+                            );
+                        }
                     }
                 }
             }

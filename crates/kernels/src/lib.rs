@@ -16,6 +16,7 @@
 //! * [`exec`]: a portable executor of the kernel IR (debugging, checking compilers).
 //! * [`cpu`]: the Cranelift backend (native code, rayon, f32x4 loops).
 //! * [`cache`]: the compiled-kernel cache and its counters.
+//! * [`conv_direct`]: the direct convolution for inputs with few channels.
 //! * [`cuda`]: run-time discovery of the CUDA libraries, the CUDA C emitter, NVRTC
 //!   and the driver runtime.
 
@@ -23,6 +24,7 @@
 
 pub mod buffer;
 pub mod cache;
+pub mod conv_direct;
 pub mod cpu;
 pub mod cuda;
 pub mod dtype;

@@ -1293,7 +1293,17 @@ fn nearest_table(len_in: usize, len_out: usize, scale: f32, transform: &str, mod
 /// `table`, searched over `q` for the ratios `p / r` the resize can have.
 fn affine_floor(table: &[i64], len_in: usize, ratios: &[(i64, i64)], axis: usize) -> Option<E> {
     let top = len_in as i64 - 1;
-    for &(p, r) in ratios {
+    // lowest terms first: a scale of 2 becomes `floor(i / 2)`, a literal divisor
+    // (a shift) that does not depend on the image size
+    let gcd = |mut a: i64, mut b: i64| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a.max(1)
+    };
+    let reduced: Vec<(i64, i64)> =
+        ratios.iter().filter(|(p, r)| *p > 0 && *r > 0).map(|&(p, r)| (p / gcd(p, r), r / gcd(p, r))).collect();
+    for &(p, r) in reduced.iter().chain(ratios) {
         if p <= 0 || r <= 0 {
             continue;
         }
@@ -1316,9 +1326,12 @@ fn affine_floor(table: &[i64], len_in: usize, ratios: &[(i64, i64)], axis: usize
             } else {
                 qhi
             };
-            let e = (E::idx(axis) * p + q).floor_div(r).clamp(0, top);
-            if table.iter().enumerate().all(|(i, &t)| e.eval(&idx_at(axis, i)) == t) {
-                return Some(e);
+            let bare = (E::idx(axis) * p + q).floor_div(r);
+            // the clamp only where the table needs it
+            for e in [bare.clone(), bare.clamp(0, top)] {
+                if table.iter().enumerate().all(|(i, &t)| e.eval(&idx_at(axis, i)) == t) {
+                    return Some(e);
+                }
             }
         }
     }

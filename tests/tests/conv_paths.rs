@@ -1,0 +1,198 @@
+//! Every way `conv2d` runs on the CPU, against the reference backend (f64), forward
+//! and backward, on random awkward sizes: the direct convolution (fewer than 16
+//! input channels, unit stride), shifted gemms (16 or more), space-to-depth (strided,
+//! one group), and the im2col product (groups, a 1x1 kernel with stride). Seeds are
+//! printed; rerun with `JIT_TEST_SEED=<seed>`.
+
+use integration_tests::Rng;
+use jit_core::{grad_with, realize, with_flags, Backend, Flags, GradOptions};
+use jit_ops::prelude::*;
+
+/// One configuration: input `[n, c, h, w]`, weight `[o, c / groups, kh, kw]`.
+struct Case {
+    name: &'static str,
+    x: [usize; 4],
+    o: usize,
+    kernel: [usize; 2],
+    opts: Conv2dOptions,
+    bias: bool,
+}
+
+fn cases(rng: &mut Rng) -> Vec<Case> {
+    let odd = |rng: &mut Rng, lo: usize| lo + 2 * rng.below(3) + 1;
+    vec![
+        // columns beyond one tile of 32 and a tail; 9 outputs: a partial output block
+        Case {
+            name: "direct 3 channels",
+            x: [2, 3, odd(rng, 4), 30 + rng.below(9)],
+            o: 9,
+            kernel: [3, 3],
+            opts: Conv2dOptions { padding: [1, 1], ..Default::default() },
+            bias: true,
+        },
+        Case {
+            name: "direct 9x9 reflect",
+            x: [1, 4, 9 + rng.below(4), 11 + rng.below(4)],
+            o: 3,
+            kernel: [9, 9],
+            opts: Conv2dOptions { padding: [4, 4], padding_mode: ConvPadding::Reflect, ..Default::default() },
+            bias: true,
+        },
+        Case {
+            name: "direct dilated",
+            x: [1, 5, odd(rng, 6), odd(rng, 5)],
+            o: 6,
+            kernel: [3, 2],
+            opts: Conv2dOptions { padding: [2, 1], dilation: [2, 3], ..Default::default() },
+            bias: false,
+        },
+        Case {
+            name: "shifted gemms",
+            x: [2, 17, odd(rng, 4), odd(rng, 5)],
+            o: 5,
+            kernel: [3, 3],
+            opts: Conv2dOptions { padding: [1, 1], ..Default::default() },
+            bias: true,
+        },
+        Case {
+            name: "space-to-depth stride 2",
+            x: [2, 4, odd(rng, 6), odd(rng, 7)],
+            o: 7,
+            kernel: [3, 3],
+            opts: Conv2dOptions { stride: [2, 2], padding: [1, 1], ..Default::default() },
+            bias: true,
+        },
+        Case {
+            name: "space-to-depth stride 3x2 reflect",
+            x: [1, 3, 10 + rng.below(4), 9 + rng.below(4)],
+            o: 4,
+            kernel: [4, 3],
+            opts: Conv2dOptions {
+                stride: [3, 2],
+                padding: [1, 1],
+                padding_mode: ConvPadding::Reflect,
+                ..Default::default()
+            },
+            bias: false,
+        },
+        Case {
+            name: "im2col groups",
+            x: [1, 4, odd(rng, 4), odd(rng, 4)],
+            o: 6,
+            kernel: [3, 3],
+            opts: Conv2dOptions { stride: [2, 1], padding: [1, 1], groups: 2, ..Default::default() },
+            bias: true,
+        },
+        Case {
+            name: "im2col 1x1 stride 2",
+            x: [1, 8, odd(rng, 4), odd(rng, 4)],
+            o: 3,
+            kernel: [1, 1],
+            opts: Conv2dOptions { stride: [2, 2], ..Default::default() },
+            bias: false,
+        },
+    ]
+}
+
+/// Output and the gradients of input, weight (and bias) for the seed gradient `gy`.
+fn run(flags: Flags, case: &Case, data: &[Vec<f64>], gy: &[f64]) -> Vec<Vec<f64>> {
+    with_flags(flags, || {
+        let [n, c, h, w] = case.x;
+        let shapes: Vec<Vec<usize>> =
+            vec![vec![n, c, h, w], vec![case.o, c / case.opts.groups, case.kernel[0], case.kernel[1]], vec![case.o]];
+        let dtype = if flags.backend == Backend::Reference { DType::F64 } else { DType::F32 };
+        let params: Vec<Var> = data
+            .iter()
+            .zip(&shapes)
+            .map(|(d, s)| Var::from_vec(d.clone(), s).unwrap().cast(dtype).requires_grad_(true).unwrap())
+            .collect();
+        let b = if case.bias { Some(&params[2]) } else { None };
+        let y = conv2d(&params[0], &params[1], b, &case.opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let seed = Var::from_vec(gy.to_vec(), y.shape()).unwrap().cast(dtype);
+        let used = if case.bias { 3 } else { 2 };
+        let grads = grad_with(&y, &params[..used], GradOptions { seed: Some(seed), create_graph: false })
+            .unwrap_or_else(|e| panic!("{}: grad: {e}", case.name));
+        let mut all = vec![y];
+        all.extend(grads);
+        realize(&all).unwrap();
+        all.iter().map(|v| v.to_vec_f64().unwrap()).collect()
+    })
+}
+
+#[test]
+fn every_conv2d_path_matches_the_reference_backend() {
+    let mut rng = Rng::fresh("every_conv2d_path_matches_the_reference_backend");
+    let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
+    for fusion in [true, false] {
+        let cpu = Flags { backend: Backend::Cpu, fusion, dump: false };
+        for case in cases(&mut rng) {
+            let [n, c, h, w] = case.x;
+            let o = &case.opts;
+            let out = |len: usize, d: usize| {
+                (len + 2 * o.padding[d] - o.dilation[d] * (case.kernel[d] - 1) - 1) / o.stride[d] + 1
+            };
+            let sizes = [n * c * h * w, case.o * (c / o.groups) * case.kernel[0] * case.kernel[1], case.o];
+            // values exact in f32, so that both backends start from the same numbers
+            let data: Vec<Vec<f64>> = sizes.iter().map(|&k| rng.nd(&[k], -1.0, 1.0).rounded(DType::F32).data).collect();
+            let gy = rng.nd(&[n * case.o * out(h, 0) * out(w, 1)], -1.0, 1.0).rounded(DType::F32).data;
+            let want = run(reference, &case, &data, &gy);
+            let got = run(cpu, &case, &data, &gy);
+            for (k, (g, r)) in got.iter().zip(&want).enumerate() {
+                let what = ["output", "d input", "d weight", "d bias"][k];
+                let ctx =
+                    format!("{} ({}), {what}, x {:?}", case.name, if fusion { "fused" } else { "unfused" }, case.x);
+                assert_eq!(g.len(), r.len(), "{ctx}: length");
+                let scale = r.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+                for (i, (a, b)) in g.iter().zip(r).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * scale + 1e-5 * b.abs(),
+                        "{ctx}: element {i}: cpu {a}, reference {b}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The space-to-depth path rewrites the convolution; check it against an independent
+/// formulation on the reference backend (f64): the unit-stride convolution with the
+/// same padding, sampled every `stride` rows and columns, forward and backward.
+#[test]
+fn strided_convolutions_equal_subsampled_unit_stride_ones() {
+    let mut rng = Rng::fresh("strided_convolutions_equal_subsampled_unit_stride_ones");
+    let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
+    for case in cases(&mut rng).into_iter().filter(|c| c.name.starts_with("space-to-depth")) {
+        let [n, c, h, w] = case.x;
+        let x = rng.nd(&[n, c, h, w], -1.0, 1.0).var(DType::F64);
+        let wt = rng.nd(&[case.o, c, case.kernel[0], case.kernel[1]], -1.0, 1.0).var(DType::F64);
+        with_flags(reference, || {
+            let (x, wt) = (x.requires_grad_(true).unwrap(), wt.requires_grad_(true).unwrap());
+            let strided = conv2d(&x, &wt, None, &case.opts).unwrap();
+            let unit = Conv2dOptions { stride: [1, 1], ..case.opts };
+            let [sh, sw] = case.opts.stride;
+            let sampled = conv2d(&x, &wt, None, &unit)
+                .unwrap()
+                .slice(2, 0, None, sh)
+                .unwrap()
+                .slice(3, 0, None, sw)
+                .unwrap()
+                .narrow(2, 0, strided.shape()[2])
+                .unwrap()
+                .narrow(3, 0, strided.shape()[3])
+                .unwrap();
+            assert_eq!(strided.shape(), sampled.shape(), "{}", case.name);
+            let gy = rng.nd(strided.shape(), -1.0, 1.0).var(DType::F64);
+            let seed = |gy: &Var| GradOptions { seed: Some(gy.clone()), create_graph: false };
+            let g1 = grad_with(&strided, &[x.clone(), wt.clone()], seed(&gy)).unwrap();
+            let g2 = grad_with(&sampled, &[x.clone(), wt.clone()], seed(&gy)).unwrap();
+            for (what, a, b) in
+                [("output", &strided, &sampled), ("d input", &g1[0], &g2[0]), ("d weight", &g1[1], &g2[1])]
+            {
+                let (a, b) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+                for (i, (p, q)) in a.iter().zip(&b).enumerate() {
+                    assert!((p - q).abs() <= 1e-12 * (1.0 + q.abs()), "{} {what} element {i}: {p} vs {q}", case.name);
+                }
+            }
+        });
+    }
+}
