@@ -248,13 +248,21 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
 /// library call), slowest first, to stderr. `JIT_PROFILE=ir` prints each kernel's
 /// IR under its line as well.
 fn profiling() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("JIT_PROFILE").is_ok_and(|v| v == "1" || v == "ir"))
+    profile_level() > 0
 }
 
 fn profiling_ir() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("JIT_PROFILE").is_ok_and(|v| v == "ir"))
+    profile_level() > 1
+}
+
+/// 0 off, 1 timings, 2 timings and IR.
+fn profile_level() -> u8 {
+    static LEVEL: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| match std::env::var("JIT_PROFILE").as_deref() {
+        Ok("1") => 1,
+        Ok("ir") => 2,
+        _ => 0,
+    })
 }
 
 fn step_label(step: &Step) -> String {

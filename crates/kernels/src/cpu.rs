@@ -1129,6 +1129,16 @@ fn values_vectorizable(vals: &[Value], inputs: &[DType], l: usize, used: &[usize
 }
 
 impl Gen<'_, '_> {
+    /// One step of reduction `op` on f32x4 lanes.
+    fn vector_combine(&mut self, op: ReduceOp, a: CV, v: CV) -> CV {
+        match op {
+            ReduceOp::Sum => self.b.ins().fadd(a, v),
+            ReduceOp::Prod => self.b.ins().fmul(a, v),
+            ReduceOp::Max => self.b.ins().fmax(a, v),
+            ReduceOp::Min => self.b.ins().fmin(a, v),
+        }
+    }
+
     /// A float constant of `x`'s type (f32 or f32x4).
     fn fconst_like(&mut self, x: CV, v: f32) -> CV {
         let c = self.b.ins().f32const(v);
@@ -1397,23 +1407,23 @@ fn emit_vector_reduction(
     let rows = open_loop(g, rvar, rows_n);
     g.b.def_var(jvar, zero);
     // UNROLL vectors per step while they fit
+    // the vectors at lanes [j, j + 4) into chain u of every reduction
+    let accumulate = |g: &mut Gen<'_, '_>, j: CV, u: usize| -> Result<(), String> {
+        g.b.def_var(g.idx[l], j);
+        let vals = g.vector_values(&kernel.inner, l)?;
+        for (vvars, r) in vaccs.iter().zip(&kernel.reductions) {
+            let a = g.b.use_var(vvars[u]);
+            let c = g.vector_combine(r.op, a, vals[r.value]);
+            g.b.def_var(vvars[u], c);
+        }
+        Ok(())
+    };
     let wide_start = g.b.ins().iadd_imm_s(last_dim, -(UNROLL as i64 * LANES - 1));
     let wloop = open_loop(g, jvar, wide_start);
     let j = g.b.use_var(jvar);
     for u in 0..UNROLL {
         let ju = g.b.ins().iadd_imm_s(j, u as i64 * LANES);
-        g.b.def_var(g.idx[l], ju);
-        let vals = g.vector_values(&kernel.inner, l)?;
-        for (vvars, r) in vaccs.iter().zip(&kernel.reductions) {
-            let a = g.b.use_var(vvars[u]);
-            let c = match r.op {
-                ReduceOp::Sum => g.b.ins().fadd(a, vals[r.value]),
-                ReduceOp::Prod => g.b.ins().fmul(a, vals[r.value]),
-                ReduceOp::Max => g.b.ins().fmax(a, vals[r.value]),
-                ReduceOp::Min => g.b.ins().fmin(a, vals[r.value]),
-            };
-            g.b.def_var(vvars[u], c);
-        }
+        accumulate(g, ju, u)?;
     }
     let jw = g.b.ins().iadd_imm_s(j, UNROLL as i64 * LANES);
     g.b.def_var(jvar, jw);
@@ -1422,20 +1432,7 @@ fn emit_vector_reduction(
     let last_start = g.b.ins().iadd_imm_s(last_dim, -(LANES - 1));
     let vloop = open_loop(g, jvar, last_start);
     let j = g.b.use_var(jvar);
-    g.b.def_var(g.idx[l], j);
-    let vals = g.vector_values(&kernel.inner, l)?;
-    for (vvars, r) in vaccs.iter().zip(&kernel.reductions) {
-        let vvar = &vvars[0];
-        let a = g.b.use_var(*vvar);
-        let v = vals[r.value];
-        let c = match r.op {
-            ReduceOp::Sum => g.b.ins().fadd(a, v),
-            ReduceOp::Prod => g.b.ins().fmul(a, v),
-            ReduceOp::Max => g.b.ins().fmax(a, v),
-            ReduceOp::Min => g.b.ins().fmin(a, v),
-        };
-        g.b.def_var(*vvar, c);
-    }
+    accumulate(g, j, 0)?;
     let j4 = g.b.ins().iadd_imm_s(j, LANES);
     g.b.def_var(jvar, j4);
     close_loop(g, vloop);
@@ -1458,21 +1455,10 @@ fn emit_vector_reduction(
     let r1 = g.b.ins().iadd_imm_s(r, 1);
     g.b.def_var(rvar, r1);
     close_loop(g, rows);
-    // fold the chains (pairwise), then the lanes into the scalar accumulators
+    // fold the chains (c0 + (c1 + (c2 + c3))), then the lanes into the scalar accumulators
     for ((var, vvars), r) in accs.iter().zip(&vaccs).zip(&kernel.reductions) {
-        let mut chains: Vec<CV> = vvars.iter().map(|v| g.b.use_var(*v)).collect();
-        while chains.len() > 1 {
-            let (x, y) = (chains[chains.len() - 2], chains[chains.len() - 1]);
-            let c = match r.op {
-                ReduceOp::Sum => g.b.ins().fadd(x, y),
-                ReduceOp::Prod => g.b.ins().fmul(x, y),
-                ReduceOp::Max => g.b.ins().fmax(x, y),
-                ReduceOp::Min => g.b.ins().fmin(x, y),
-            };
-            chains.truncate(chains.len() - 2);
-            chains.push(c);
-        }
-        let v = chains[0];
+        let chains: Vec<CV> = vvars.iter().map(|v| g.b.use_var(*v)).collect();
+        let v = chains.into_iter().rev().reduce(|later, c| g.vector_combine(r.op, c, later)).ok_or("no chains")?;
         let mut a = g.b.use_var(*var);
         for lane in 0..LANES as u8 {
             let x = g.b.ins().extractlane(v, lane);
