@@ -1,7 +1,9 @@
 //! Every way `conv2d` runs on the CPU, against the reference backend (f64), forward
 //! and backward, on random awkward sizes: the direct convolution (fewer than 16
-//! input channels, unit stride), shifted gemms (16 or more), space-to-depth (strided,
-//! one group), and the im2col product (groups, a 1x1 kernel with stride). Seeds are
+//! input channels, or at most 288 channel-tap pairs), shifted gemms (more),
+//! space-to-depth (strided, one group; its product direct with the structurally zero
+//! taps dropped, or shifted gemms), and the im2col product (groups, a 1x1 kernel with
+//! stride). Seeds are
 //! printed; rerun with `JIT_TEST_SEED=<seed>`.
 
 use integration_tests::Rng;
@@ -47,8 +49,16 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
             bias: false,
         },
         Case {
+            name: "direct 20 channels",
+            x: [2, 20, odd(rng, 4), 33 + rng.below(40)],
+            o: 11,
+            kernel: [3, 3],
+            opts: Conv2dOptions { padding: [1, 1], ..Default::default() },
+            bias: true,
+        },
+        Case {
             name: "shifted gemms",
-            x: [2, 17, odd(rng, 4), odd(rng, 5)],
+            x: [2, 33, odd(rng, 4), odd(rng, 5)],
             o: 5,
             kernel: [3, 3],
             opts: Conv2dOptions { padding: [1, 1], ..Default::default() },
@@ -58,6 +68,22 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
             name: "space-to-depth stride 2",
             x: [2, 4, odd(rng, 6), odd(rng, 7)],
             o: 7,
+            kernel: [3, 3],
+            opts: Conv2dOptions { stride: [2, 2], padding: [1, 1], ..Default::default() },
+            bias: true,
+        },
+        Case {
+            name: "space-to-depth stride 2, direct without zero taps",
+            x: [1, 24, odd(rng, 6), 40 + rng.below(30)],
+            o: 9,
+            kernel: [3, 3],
+            opts: Conv2dOptions { stride: [2, 2], padding: [1, 1], ..Default::default() },
+            bias: false,
+        },
+        Case {
+            name: "space-to-depth stride 2, shifted gemms",
+            x: [1, 40, odd(rng, 6), odd(rng, 7)],
+            o: 6,
             kernel: [3, 3],
             opts: Conv2dOptions { stride: [2, 2], padding: [1, 1], ..Default::default() },
             bias: true,

@@ -132,7 +132,7 @@ fn huge_values_are_errors_not_crashes() {
     let e = msg((Var::ones(&[1 << 45], DType::F32) * 2.0).sync());
     assert!(
         e.starts_with(
-            "out of memory on cpu: could not allocate 140737488355328 bytes (a f32 buffer of 35184372088832 elements)"
+            "out of memory on cpu: could not allocate 140737488355328 bytes (a kernel output: 35184372088832 elements of f32)"
         ),
         "{e}"
     );

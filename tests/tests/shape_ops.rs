@@ -356,6 +356,23 @@ fn padded_chains_agree_with_the_reference_backend() {
                     x.reindex(&[2, 3, h, 2 * w - 1], e, 0.0, vec![]).unwrap().try_mul(&b).unwrap()
                 }),
             ),
+            // every second element, ending on the buffer's last one (the vector loop
+            // reads a stride-2 step as two vectors and a shuffle)
+            (
+                "stride-2 step",
+                Box::new(|| {
+                    let e = vec![E::idx(0), E::idx(1), E::idx(2), E::idx(3) * 2 + (w as i64 + 1) % 2];
+                    x.reindex(&[2, 3, h, w.div_ceil(2)], e, 0.0, vec![]).unwrap().try_mul(&b).unwrap()
+                }),
+            ),
+            // per-row statistics computed once per row of the vector loop
+            (
+                "row-invariant",
+                Box::new(|| {
+                    let s = b.try_mul(&b).unwrap().try_add(1.0).unwrap().sqrt();
+                    x.try_sub(&b).unwrap().try_div(&s).unwrap().try_mul(&b).unwrap()
+                }),
+            ),
             (
                 "modulo gather",
                 Box::new(|| {

@@ -17,11 +17,21 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<Var> {
 }
 
 /// An 8-bit RGB image as `[1, 3, H, W]` f32 in `0..=1`.
+///
+/// Converted here rather than in the graph: the interleaved 8-bit layout would make
+/// every kernel that reads the image gather bytes lane by lane.
 pub fn from_rgb8(img: &image::RgbImage) -> Result<Var> {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let hwc = Var::from_vec(img.as_raw().clone(), &[h, w, 3])?;
-    let chw = jit_ops::ShapeOps::permute(&hwc, &[2, 0, 1])?;
-    chw.cast(DType::F32).try_div(255.0)?.reshape(&[1, 3, h as isize, w as isize])
+    let mut planar = vec![0.0f32; 3 * h * w];
+    let (r, gb) = planar.split_at_mut(h * w);
+    let (g, b) = gb.split_at_mut(h * w);
+    for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
+        // the same f32 division the graph would do
+        r[i] = px[0] as f32 / 255.0;
+        g[i] = px[1] as f32 / 255.0;
+        b[i] = px[2] as f32 / 255.0;
+    }
+    Var::from_vec(planar, &[1, 3, h, w])
 }
 
 /// `[3, H, W]` or `[1, 3, H, W]` values in `0..=1` as an 8-bit RGB image (values are

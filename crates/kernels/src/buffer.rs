@@ -138,39 +138,10 @@ impl HostBuffer {
     }
 
     /// A zero-filled buffer, or an out-of-memory error naming the size when the
-    /// allocation fails (allocated zeroed, without touching every element).
+    /// allocation fails. Large ones may come from the [host pool](crate::host_pool)
+    /// (zeroed there); others are allocated zeroed, without touching every element.
     pub fn try_zeros(dtype: DType, n: usize) -> Result<HostBuffer, crate::KernelError> {
-        fn go<T: Copy>(n: usize, dtype: DType) -> Result<Vec<T>, crate::KernelError> {
-            let oom = || crate::KernelError::OutOfMemory {
-                device: "cpu".into(),
-                bytes: n as u128 * std::mem::size_of::<T>() as u128,
-                what: format!("a {dtype} buffer of {n} elements"),
-            };
-            let layout = std::alloc::Layout::array::<T>(n).map_err(|_| oom())?;
-            if layout.size() == 0 {
-                return Ok(Vec::new());
-            }
-            // SAFETY: the layout has non-zero size; a non-null result is a zeroed
-            // block of `n` elements of `T`, for which all-zero bits are a valid value
-            // (every element type of a buffer is), owned by the returned Vec.
-            unsafe {
-                let p = std::alloc::alloc_zeroed(layout) as *mut T;
-                if p.is_null() {
-                    return Err(oom());
-                }
-                Ok(Vec::from_raw_parts(p, n, n))
-            }
-        }
-        Ok(match dtype {
-            DType::Bool => HostBuffer::Bool(go(n, dtype)?),
-            DType::U8 => HostBuffer::U8(go(n, dtype)?),
-            DType::I32 => HostBuffer::I32(go(n, dtype)?),
-            DType::I64 => HostBuffer::I64(go(n, dtype)?),
-            DType::F16 => HostBuffer::F16(go(n, dtype)?),
-            DType::BF16 => HostBuffer::BF16(go(n, dtype)?),
-            DType::F32 => HostBuffer::F32(go(n, dtype)?),
-            DType::F64 => HostBuffer::F64(go(n, dtype)?),
-        })
+        crate::host_pool::take(dtype, n, crate::host_pool::Fill::Zeroed, "a buffer")
     }
 
     /// A zero-filled buffer (allocated zeroed, without touching every element).
@@ -349,6 +320,8 @@ impl Drop for Buffer {
     fn drop(&mut self) {
         LIVE_BUFFERS.fetch_sub(1, Ordering::Relaxed);
         LIVE_BYTES.fetch_sub(self.data.size_in_bytes(), Ordering::Relaxed);
+        // large buffers go to the host pool for the next allocation of their size
+        crate::host_pool::give(std::mem::replace(&mut self.data, HostBuffer::U8(Vec::new())));
     }
 }
 

@@ -1,27 +1,43 @@
-//! Direct 2-d convolution on the CPU, for inputs with few channels (an RGB image, a
-//! 4-channel feature map before a 9x9 output layer). There a product per kernel tap
-//! has an inner dimension of only `C`, so the shifted gemms of
-//! [`ExternOp::Conv2dShift`](crate::ExternOp::Conv2dShift) would re-read and re-write
-//! the whole output once per tap, and an im2col would write `C x kh x kw` copies of
-//! the input. Instead, each tile of `OB` output channels by `PW` grid columns keeps
+//! Direct 2-d convolution on the CPU, for products whose inner dimension per kernel
+//! tap is small: an RGB image into a 9x9 layer, the 32-channel layers of the style
+//! networks, a strided convolution after its space-to-depth rewrite. There the
+//! shifted gemms of [`ExternOp::Conv2dShift`](crate::ExternOp::Conv2dShift) would
+//! re-read and re-write the whole output once per tap with an inner dimension of
+//! only `C`, and an im2col would write `C x kh x kw` copies of the input. Instead,
+//! each tile of [`OB`] output channels by one or two vectors of grid columns keeps
 //! its sums in registers while every `(channel, tap)` pair adds one shifted row of
-//! the input times one weight.
+//! the input times one weight per output channel.
 //!
-//! The layout is the one of `Conv2dShift`'s forward pass: the input is zero-padded
-//! and stored on the grid `[Hp, Wp]`, taps are flat offsets on that grid, and output
+//! The layout is the one of `Conv2dShift`'s forward pass: the input is padded and
+//! stored on the grid `[Hp, Wp]`, taps are flat offsets on that grid, and output
 //! column `p` (row-major on the grid) is valid when it lies in the valid corner.
+//!
+//! Pairs whose weights are zero for every output channel are dropped before the
+//! loop: the space-to-depth form of a 3x3 stride-2 convolution has 16 taps per
+//! input channel of which 7 are structurally zero.
+//!
+//! The tile loops are written with explicit AVX-512 or AVX2 FMA intrinsics (chosen
+//! at run time) and a portable fallback, all from one generic body.
 
 use rayon::prelude::*;
 
-/// Up to this many input channels, the forward product runs as a direct convolution.
+/// Up to this many input channels, the forward product runs as a direct convolution
+/// whatever the kernel size (the shifted gemms' inner dimension would be too thin).
 pub const DIRECT_MAX_CHANNELS: usize = 15;
 
+/// With more channels, the direct convolution runs when it keeps at most this many
+/// `(channel, tap)` pairs (32 channels of a 3x3 kernel, or 128 space-to-depth
+/// channels of a 3x3 stride-2 one); beyond, the weights and input rows of a tile no
+/// longer stay in the first-level cache and the shifted gemms are faster (measured
+/// on the 2-core test machine: 32->32 3x3 at 128x128 1.6 ms direct against 2.1 ms,
+/// 64->128 at 128x128 12.4 ms against 8.6 ms).
+pub const DIRECT_MAX_PAIRS: usize = 288;
+
+/// Input columns ahead of a tile that the AVX-512 tiles prefetch (two tiles).
+const PREFETCH: usize = 64;
+
 /// Output channels per tile.
-const OB: usize = 8;
-/// Grid columns per tile (a multiple of every vector width).
-const PW: usize = 32;
-/// Tiles of columns per parallel task.
-const TILES_PER_TASK: usize = 16;
+pub const OB: usize = 8;
 
 /// The sizes of one direct convolution (one image of the batch).
 #[derive(Debug, Clone, Copy)]
@@ -30,7 +46,7 @@ pub struct DirectConv<'a> {
     pub c: usize,
     /// Output channels.
     pub o: usize,
-    /// Elements per channel plane (`Hp * Wp`).
+    /// Elements per channel plane (`Hp * Wp`), of the input and of the output.
     pub plane: usize,
     /// Output columns to compute, `0..l` (every valid output lies there, and
     /// `l - 1 + max(shifts) < plane`).
@@ -39,9 +55,50 @@ pub struct DirectConv<'a> {
     pub shifts: &'a [usize],
 }
 
-/// A tile function: `(sizes, xp, w, y, o0, nb, p0)`, a full tile of columns `p0..p0 +
-/// PW` or, with `tail`, the last columns `p0..l`.
-type TileFn = unsafe fn(&DirectConv<'_>, &[f32], &[f32], *mut f32, usize, usize, usize, bool);
+/// The weight repacked for the tiles: the kept `(channel, tap)` pairs' input offsets
+/// and, per block of [`OB`] output channels, `[pair][OB]` weights (zero-padded).
+struct Packed {
+    offsets: Vec<usize>,
+    blocks: Vec<Vec<f32>>,
+}
+
+impl Packed {
+    fn new(s: &DirectConv<'_>, w: &[f32]) -> Packed {
+        let taps = s.shifts.len();
+        let at = |o: usize, ci: usize, t: usize| w[(o * s.c + ci) * taps + t];
+        let pairs: Vec<(usize, usize)> = (0..s.c)
+            .flat_map(|ci| (0..taps).map(move |t| (ci, t)))
+            .filter(|&(ci, t)| (0..s.o).any(|o| at(o, ci, t) != 0.0))
+            .collect();
+        let offsets = pairs.iter().map(|&(ci, t)| ci * s.plane + s.shifts[t]).collect();
+        let blocks = (0..s.o.div_ceil(OB))
+            .map(|b| {
+                let mut v = vec![0.0f32; pairs.len() * OB];
+                for (j, &(ci, t)) in pairs.iter().enumerate() {
+                    for k in 0..OB.min(s.o - b * OB) {
+                        v[j * OB + k] = at(b * OB + k, ci, t);
+                    }
+                }
+                v
+            })
+            .collect();
+        Packed { offsets, blocks }
+    }
+}
+
+/// Whether the direct convolution is the faster product for these sizes and weights
+/// ([`DIRECT_MAX_CHANNELS`], [`DIRECT_MAX_PAIRS`]).
+pub fn pays(s: &DirectConv<'_>, w: &[f32]) -> bool {
+    let taps = s.shifts.len();
+    if s.c <= DIRECT_MAX_CHANNELS {
+        return true;
+    }
+    if s.c * taps <= DIRECT_MAX_PAIRS {
+        return true;
+    }
+    let kept = (0..s.c * taps).filter(|&j| (0..s.o).any(|o| w[o * s.c * taps + j] != 0.0)).count();
+    kept <= DIRECT_MAX_PAIRS
+}
 
 /// `y[o, p] = sum over (c, t) of w[o, c, t] * xp[c, p + shifts[t]]` for `p < l`;
 /// `xp` is `[C, plane]`, `w` is `[O, C, T]`, `y` is `[O, plane]` (columns from `l`
@@ -53,179 +110,433 @@ pub fn forward(s: &DirectConv<'_>, xp: &[f32], w: &[f32], y: &mut [f32]) {
     let taps = s.shifts.len();
     assert!(xp.len() >= s.c * s.plane && w.len() >= s.o * s.c * taps && y.len() >= s.o * s.plane);
     assert!(s.l == 0 || s.l - 1 + s.shifts.iter().copied().max().unwrap_or(0) < s.plane);
-    let tile = pick_tile();
-    let oblocks = s.o.div_ceil(OB);
-    let full_tiles = s.l / PW;
-    let tasks_per_block = full_tiles.div_ceil(TILES_PER_TASK) + 1; // +1: the column tail
-    let y_addr = y.as_mut_ptr() as usize;
-    (0..oblocks * tasks_per_block).into_par_iter().for_each(|task| {
-        let (ob, part) = (task / tasks_per_block, task % tasks_per_block);
-        let o0 = ob * OB;
-        let nb = OB.min(s.o - o0);
-        let y = y_addr as *mut f32;
-        if part + 1 < tasks_per_block {
-            let first = part * TILES_PER_TASK;
-            for t in first..(first + TILES_PER_TASK).min(full_tiles) {
-                // SAFETY: the tile writes rows o0..o0 + nb, columns t*PW..(t+1)*PW <= l
-                // of y, which no other task writes; its reads stay below
-                // (l - 1 + max shift) < plane in each input row (asserted above).
-                unsafe { tile(s, xp, w, y, o0, nb, t * PW, false) };
-            }
+    let packed = Packed::new(s, w);
+    let isa = Isa::detect();
+    let pw = isa.columns();
+    let full_tiles = s.l / pw;
+    // enough tasks to balance the threads, each a run of whole tiles
+    let per_task = (full_tiles / (rayon::current_num_threads() * 8)).clamp(1, 16);
+    let tasks = full_tiles.div_ceil(per_task) + 1; // +1: the column tail
+    let (x_addr, y_addr) = (xp.as_ptr() as usize, y.as_mut_ptr() as usize);
+    (0..tasks).into_par_iter().for_each(|task| {
+        let (x, y) = (x_addr as *const f32, y_addr as *mut f32);
+        let tiles = if task + 1 < tasks {
+            task * per_task..((task + 1) * per_task).min(full_tiles)
         } else {
-            // SAFETY: as above, columns full_tiles*PW..l.
-            unsafe { tile(s, xp, w, y, o0, nb, full_tiles * PW, true) };
+            full_tiles..full_tiles
+        };
+        for t in tiles {
+            for (b, wb) in packed.blocks.iter().enumerate() {
+                let nb = OB.min(s.o - b * OB);
+                // SAFETY: the tile writes rows b*OB..b*OB + nb, columns t*pw..(t+1)*pw
+                // <= l of y, which no other task writes; its reads stay below (l - 1 +
+                // max shift) < plane in each input row (asserted above).
+                unsafe { isa.tile(&packed.offsets, wb, x, y.add(b * OB * s.plane), s.plane, nb, t * pw) };
+            }
+        }
+        if task + 1 == tasks {
+            for (b, wb) in packed.blocks.iter().enumerate() {
+                let nb = OB.min(s.o - b * OB);
+                // SAFETY: as above, columns full_tiles*pw..l.
+                unsafe { tail(&packed.offsets, wb, x, y.add(b * OB * s.plane), s.plane, nb, full_tiles * pw, s.l) };
+            }
         }
     });
 }
 
-/// The widest tile function this processor runs.
-fn pick_tile() -> TileFn {
+/// The instruction set the tiles use.
+#[derive(Debug, Clone, Copy)]
+enum Isa {
     #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
-            return tile_avx512;
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Plain,
+}
+
+impl Isa {
+    fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                return Isa::Avx512;
+            }
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            return tile_avx2;
+        Isa::Plain
+    }
+
+    /// Grid columns per tile.
+    fn columns(self) -> usize {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => 2 * x86::Avx512::LANES,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => x86::Avx2::LANES,
+            Isa::Plain => Plain::LANES,
         }
     }
-    tile_plain
-}
 
-/// A tile function compiled for the given target features (`FMA` when they include
-/// fused multiply-add); all share one signature ([`TileFn`]).
-macro_rules! tile_fn {
-    ($name:ident, $fma:literal $(, $cfg:meta, $features:literal)?) => {
-        #[allow(clippy::too_many_arguments)]
-        $(#[$cfg] #[target_feature(enable = $features)])?
-        unsafe fn $name(
-            s: &DirectConv<'_>,
-            xp: &[f32],
-            w: &[f32],
-            y: *mut f32,
-            o0: usize,
-            nb: usize,
-            p0: usize,
-            tail: bool,
-        ) {
-            // SAFETY: forwarded from the caller.
-            unsafe { tile_any::<$fma>(s, xp, w, y, o0, nb, p0, tail) }
-        }
-    };
-}
-
-tile_fn!(tile_avx512, true, cfg(target_arch = "x86_64"), "avx512f,fma");
-tile_fn!(tile_avx2, true, cfg(target_arch = "x86_64"), "avx2,fma");
-tile_fn!(tile_plain, false);
-
-/// `a + w * x`, fused where the processor has FMA (one rounding), else two roundings.
-#[inline(always)]
-fn madd<const FMA: bool>(a: f32, w: f32, x: f32) -> f32 {
-    if FMA {
-        w.mul_add(x, a)
-    } else {
-        a + w * x
-    }
-}
-
-/// One tile: a full one with the output-channel count as a constant, so that the
-/// sums stay in registers, or the columns' tail.
-///
-/// # Safety
-/// Rows `o0..o0 + nb` and columns `p0..p0 + PW` of `y` (`[O, plane]`) must be
-/// writable by this caller alone.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-unsafe fn tile_any<const FMA: bool>(
-    s: &DirectConv<'_>,
-    xp: &[f32],
-    w: &[f32],
-    y: *mut f32,
-    o0: usize,
-    nb: usize,
-    p0: usize,
-    tail: bool,
-) {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        if tail {
-            return tail_cols::<FMA>(s, xp, w, y, o0, nb, p0);
-        }
-        match nb {
-            8 => tile_n::<8, FMA>(s, xp, w, y, o0, p0),
-            7 => tile_n::<7, FMA>(s, xp, w, y, o0, p0),
-            6 => tile_n::<6, FMA>(s, xp, w, y, o0, p0),
-            5 => tile_n::<5, FMA>(s, xp, w, y, o0, p0),
-            4 => tile_n::<4, FMA>(s, xp, w, y, o0, p0),
-            3 => tile_n::<3, FMA>(s, xp, w, y, o0, p0),
-            2 => tile_n::<2, FMA>(s, xp, w, y, o0, p0),
-            _ => tile_n::<1, FMA>(s, xp, w, y, o0, p0),
-        }
-    }
-}
-
-#[inline(always)]
-unsafe fn tile_n<const NB: usize, const FMA: bool>(
-    s: &DirectConv<'_>,
-    xp: &[f32],
-    w: &[f32],
-    y: *mut f32,
-    o0: usize,
-    p0: usize,
-) {
-    let taps = s.shifts.len();
-    let mut acc = [[0.0f32; PW]; NB];
-    for ci in 0..s.c {
-        let row = &xp[ci * s.plane + p0..];
-        for (t, &shift) in s.shifts.iter().enumerate() {
-            let src: &[f32; PW] = row[shift..shift + PW].try_into().expect("a full tile of input");
-            for (k, sums) in acc.iter_mut().enumerate() {
-                let wv = w[((o0 + k) * s.c + ci) * taps + t];
-                for (a, &x) in sums.iter_mut().zip(src) {
-                    *a = madd::<FMA>(*a, wv, x);
-                }
+    /// One full tile.
+    ///
+    /// # Safety
+    /// As for [`tile`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(self, off: &[usize], w: &[f32], x: *const f32, y: *mut f32, ys: usize, nb: usize, p0: usize) {
+        // SAFETY: forwarded; the feature-specific entry points run only where
+        // `detect` found their features.
+        unsafe {
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => x86::tile_avx512(off, w, x, y, ys, nb, p0),
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => x86::tile_avx2(off, w, x, y, ys, nb, p0),
+                Isa::Plain => tile_nb::<Plain, 1>(off, w, x, y, ys, nb, p0),
             }
         }
     }
-    for (k, sums) in acc.iter().enumerate() {
-        // SAFETY: the caller owns these PW columns of row o0 + k.
-        let dst = unsafe { std::slice::from_raw_parts_mut(y.add((o0 + k) * s.plane + p0), PW) };
-        dst.copy_from_slice(sums);
+}
+
+/// The vector operations a tile needs.
+trait Lanes {
+    /// A vector of `LANES` f32.
+    type V: Copy;
+    /// Elements per vector.
+    const LANES: usize;
+    /// All zero.
+    unsafe fn zero() -> Self::V;
+    /// `LANES` elements from `p` (any alignment).
+    unsafe fn load(p: *const f32) -> Self::V;
+    /// `*p` in every lane.
+    unsafe fn splat(p: *const f32) -> Self::V;
+    /// `a * b + c`.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// Writes the lanes to `p` (any alignment).
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// Asks for the cache line holding `p` (a hint; any address).
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const f32) {}
+}
+
+/// The portable fallback: 8 lanes the compiler vectorises as it can.
+struct Plain;
+
+impl Lanes for Plain {
+    type V = [f32; 8];
+    const LANES: usize = 8;
+    unsafe fn zero() -> [f32; 8] {
+        [0.0; 8]
+    }
+    unsafe fn load(p: *const f32) -> [f32; 8] {
+        // SAFETY: the caller's pointer is valid for 8 elements.
+        unsafe { std::ptr::read_unaligned(p as *const [f32; 8]) }
+    }
+    unsafe fn splat(p: *const f32) -> [f32; 8] {
+        // SAFETY: the caller's pointer is valid.
+        [unsafe { *p }; 8]
+    }
+    unsafe fn fma(a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| a[i] * b[i] + c[i])
+    }
+    unsafe fn store(p: *mut f32, v: [f32; 8]) {
+        // SAFETY: the caller's pointer is valid for 8 elements.
+        unsafe { std::ptr::write_unaligned(p as *mut [f32; 8], v) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{tile_nb, Lanes};
+    use std::arch::x86_64::*;
+
+    /// 16 lanes of AVX-512 with FMA.
+    pub(super) struct Avx512;
+    /// 8 lanes of AVX2 with FMA.
+    pub(super) struct Avx2;
+
+    impl Lanes for Avx512 {
+        type V = __m512;
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            // SAFETY: the caller runs with AVX-512F enabled.
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            // SAFETY: as above; p is valid for 16 elements.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> __m512 {
+            // SAFETY: as above; p is valid.
+            unsafe { _mm512_set1_ps(*p) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+            // SAFETY: the caller runs with AVX-512F enabled.
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            // SAFETY: as above; p is valid for 16 elements.
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn prefetch(p: *const f32) {
+            // SAFETY: a prefetch never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p as *const i8) }
+        }
+    }
+
+    impl Lanes for Avx2 {
+        type V = __m256;
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            // SAFETY: the caller runs with AVX enabled.
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            // SAFETY: as above; p is valid for 8 elements.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> __m256 {
+            // SAFETY: as above; p is valid.
+            unsafe { _mm256_broadcast_ss(&*p) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+            // SAFETY: the caller runs with FMA enabled.
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            // SAFETY: as above; p is valid for 8 elements.
+            unsafe { _mm256_storeu_ps(p, v) }
+        }
+    }
+
+    /// A tile entry point compiled for the given target features.
+    macro_rules! isa_tile {
+        ($(#[$doc:meta])* $name:ident, $features:literal, $lanes:ty, $nv:literal) => {
+            $(#[$doc])*
+            ///
+            /// # Safety
+            /// As for [`super::tile`], on a processor with these features.
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn $name(
+                off: &[usize],
+                w: &[f32],
+                x: *const f32,
+                y: *mut f32,
+                ys: usize,
+                nb: usize,
+                p0: usize,
+            ) {
+                // SAFETY: forwarded; the features are enabled here.
+                unsafe { tile_nb::<$lanes, $nv>(off, w, x, y, ys, nb, p0) }
+            }
+        };
+    }
+
+    isa_tile!(
+        /// A tile of two 16-lane vectors of columns.
+        tile_avx512, "avx512f,fma", Avx512, 2
+    );
+    isa_tile!(
+        /// A tile of one 8-lane vector of columns (16 registers hold 8 sums and the
+        /// operands).
+        tile_avx2, "avx2,fma", Avx2, 1
+    );
+}
+
+/// [`tile`] with the block's output-channel count as a constant, so that the sums
+/// stay in registers.
+///
+/// # Safety
+/// As for [`tile`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile_nb<S: Lanes, const NV: usize>(
+    off: &[usize],
+    w: &[f32],
+    x: *const f32,
+    y: *mut f32,
+    ys: usize,
+    nb: usize,
+    p0: usize,
+) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        match nb {
+            8 => tile::<S, 8, NV>(off, w, x, y, ys, p0),
+            7 => tile::<S, 7, NV>(off, w, x, y, ys, p0),
+            6 => tile::<S, 6, NV>(off, w, x, y, ys, p0),
+            5 => tile::<S, 5, NV>(off, w, x, y, ys, p0),
+            4 => tile::<S, 4, NV>(off, w, x, y, ys, p0),
+            3 => tile::<S, 3, NV>(off, w, x, y, ys, p0),
+            2 => tile::<S, 2, NV>(off, w, x, y, ys, p0),
+            _ => tile::<S, 1, NV>(off, w, x, y, ys, p0),
+        }
+    }
+}
+
+/// One tile: `NB` output channels (rows `0..NB` of `y`, `ys` apart) by `NV` vectors
+/// of columns from `p0`: `y[k, p0 + i] = sum over pairs j of w[j*OB + k] * x[off[j]
+/// + p0 + i]`.
+///
+/// # Safety
+/// `x` must be readable at `off[j] + p0 + i` for every pair and column of the tile,
+/// `w` must hold `off.len() * OB` weights, and the tile's elements of `y` must be
+/// writable by this caller alone.
+#[inline(always)]
+unsafe fn tile<S: Lanes, const NB: usize, const NV: usize>(
+    off: &[usize],
+    w: &[f32],
+    x: *const f32,
+    y: *mut f32,
+    ys: usize,
+    p0: usize,
+) {
+    debug_assert!(w.len() >= off.len() * OB);
+    // SAFETY: every access is inside the ranges the caller vouches for.
+    unsafe {
+        let mut acc = [[S::zero(); NV]; NB];
+        let wp = w.as_ptr();
+        for (j, &o) in off.iter().enumerate() {
+            let src = x.add(o + p0);
+            S::prefetch(src.wrapping_add(PREFETCH));
+            let mut xs = [S::zero(); NV];
+            for (v, xv) in xs.iter_mut().enumerate() {
+                *xv = S::load(src.add(v * S::LANES));
+            }
+            let wj = wp.add(j * OB);
+            for (k, row) in acc.iter_mut().enumerate() {
+                let wk = S::splat(wj.add(k));
+                for (a, &xv) in row.iter_mut().zip(&xs) {
+                    *a = S::fma(wk, xv, *a);
+                }
+            }
+        }
+        for (k, row) in acc.iter().enumerate() {
+            for (v, &a) in row.iter().enumerate() {
+                S::store(y.add(k * ys + p0 + v * S::LANES), a);
+            }
+        }
     }
 }
 
 /// The last columns `p0..l` (fewer than a tile), one output channel at a time.
 ///
 /// # Safety
-/// As for [`tile_any`], for columns `p0..l`.
-#[inline(always)]
-unsafe fn tail_cols<const FMA: bool>(
-    s: &DirectConv<'_>,
-    xp: &[f32],
-    w: &[f32],
-    y: *mut f32,
-    o0: usize,
-    nb: usize,
-    p0: usize,
-) {
-    let taps = s.shifts.len();
-    let width = s.l - p0;
-    if width == 0 {
-        return;
-    }
+/// As for [`tile`], for columns `p0..l` and `nb` rows.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tail(off: &[usize], w: &[f32], x: *const f32, y: *mut f32, ys: usize, nb: usize, p0: usize, l: usize) {
+    const MAX: usize = 64;
+    let width = l - p0;
+    assert!(width <= MAX, "a column tail is shorter than a tile");
     for k in 0..nb {
-        let mut sums = [0.0f32; PW];
-        for ci in 0..s.c {
-            for (t, &shift) in s.shifts.iter().enumerate() {
-                let wv = w[((o0 + k) * s.c + ci) * taps + t];
-                let src = &xp[ci * s.plane + p0 + shift..][..width];
-                for (a, &x) in sums.iter_mut().zip(src) {
-                    *a = madd::<FMA>(*a, wv, x);
+        let mut sums = [0.0f32; MAX];
+        for (j, &o) in off.iter().enumerate() {
+            let wv = w[j * OB + k];
+            // SAFETY: the caller vouches for these columns of every pair's row.
+            let src = unsafe { std::slice::from_raw_parts(x.add(o + p0), width) };
+            for (a, &xv) in sums.iter_mut().zip(src) {
+                *a = wv.mul_add(xv, *a);
+            }
+        }
+        // SAFETY: the caller owns columns p0..l of row k.
+        let dst = unsafe { std::slice::from_raw_parts_mut(y.add(k * ys + p0), width) };
+        dst.copy_from_slice(&sums[..width]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition, in f64.
+    fn naive(s: &DirectConv<'_>, xp: &[f32], w: &[f32]) -> Vec<f64> {
+        let taps = s.shifts.len();
+        let mut y = vec![0.0f64; s.o * s.plane];
+        for o in 0..s.o {
+            for p in 0..s.l {
+                let mut acc = 0.0;
+                for ci in 0..s.c {
+                    for (t, &sh) in s.shifts.iter().enumerate() {
+                        acc += w[(o * s.c + ci) * taps + t] as f64 * xp[ci * s.plane + p + sh] as f64;
+                    }
+                }
+                y[o * s.plane + p] = acc;
+            }
+        }
+        y
+    }
+
+    // Every instruction set this machine has, every block size (o = 1..=19 covers
+    // partial blocks), tails of several widths and weights with all-zero pairs.
+    #[test]
+    fn every_isa_matches_the_definition() {
+        let mut isas = vec![Isa::Plain];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx2);
+            }
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx512);
+            }
+        }
+        let mut seed = 0x9e37_79b9_u32;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32) - 0.5
+        };
+        for &(c, o, hp, wp, kh, kw) in &[(3, 19, 9, 41, 3, 3), (5, 8, 7, 70, 2, 5), (2, 3, 12, 33, 1, 1)] {
+            let plane = hp * wp;
+            let shifts: Vec<usize> = (0..kh * kw).map(|t| (t / kw) * wp + t % kw).collect();
+            let l = (hp - kh) * wp + wp - kw + 1;
+            let xp: Vec<f32> = (0..c * plane).map(|_| rnd()).collect();
+            let mut w: Vec<f32> = (0..o * c * kh * kw).map(|_| rnd()).collect();
+            // a structurally zero pair: channel 1, tap 0
+            for oi in 0..o {
+                w[(oi * c + 1) * kh * kw] = 0.0;
+            }
+            let s = DirectConv { c, o, plane, l, shifts: &shifts };
+            let want = naive(&s, &xp, &w);
+            let packed = Packed::new(&s, &w);
+            assert_eq!(packed.offsets.len(), c * kh * kw - 1, "the zero pair is dropped");
+            for &isa in &isas {
+                let mut y = vec![f32::NAN; o * plane];
+                let pw = isa.columns();
+                let full = l / pw;
+                for (b, wb) in packed.blocks.iter().enumerate() {
+                    let nb = OB.min(o - b * OB);
+                    let yb = y[b * OB * plane..].as_mut_ptr();
+                    for t in 0..full {
+                        // SAFETY: as in `forward`.
+                        unsafe { isa.tile(&packed.offsets, wb, xp.as_ptr(), yb, plane, nb, t * pw) };
+                    }
+                    // SAFETY: as in `forward`.
+                    unsafe { tail(&packed.offsets, wb, xp.as_ptr(), yb, plane, nb, full * pw, l) };
+                }
+                for oi in 0..o {
+                    for p in 0..l {
+                        let (got, want) = (y[oi * plane + p] as f64, want[oi * plane + p]);
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                            "{isa:?} c={c} o={o} {kh}x{kw}: y[{oi}, {p}] = {got}, want {want}"
+                        );
+                    }
                 }
             }
         }
-        // SAFETY: the caller owns columns p0..l of row o0 + k.
-        let dst = unsafe { std::slice::from_raw_parts_mut(y.add((o0 + k) * s.plane + p0), width) };
-        dst.copy_from_slice(&sums[..width]);
     }
 }

@@ -852,7 +852,8 @@ pub fn run_with(
         .zip(&launch.output_lens)
         .map(|(o, &n)| match &o.store {
             Store::Scatter { op, .. } => Ok(scatter_init(*op, o.dtype, n)),
-            Store::Dense => HostBuffer::try_zeros(o.dtype, n),
+            // the kernel writes every dense output element
+            Store::Dense => crate::host_pool::take(o.dtype, n, crate::host_pool::Fill::Overwritten, "a kernel output"),
         })
         .collect::<Result<_, _>>()?;
     let n: usize = launch.out_shape.iter().product();
@@ -884,8 +885,11 @@ pub fn run_with(
     if kernel.has_scatter() || work < 32 * 1024 {
         call(0, n);
     } else {
+        // a few parts per thread, each at least ~8K elements of work (so that a
+        // reduction with few outputs, one per channel, still spreads over threads)
         let parts = (rayon::current_num_threads() * 4).max(1);
-        let chunk = n.div_ceil(parts).max(256);
+        let per_output = work / n;
+        let chunk = n.div_ceil(parts).max((8 * 1024 / per_output).max(1));
         (0..n.div_ceil(chunk)).into_par_iter().for_each(|c| call(c * chunk, ((c + 1) * chunk).min(n)));
     }
     Ok(outs)
@@ -1224,11 +1228,28 @@ impl Gen<'_, '_> {
     /// Vector (f32x4) values of an element-wise body at the current indices, whose
     /// innermost index points at lane 0.
     fn vector_values(&mut self, vals: &[Value], l: usize) -> Result<Vec<CV>, String> {
+        let picked = self.vector_values_picked(vals, l, &|_| true)?;
+        picked.into_iter().map(|v| v.ok_or_else(|| "a value was not emitted".to_string())).collect()
+    }
+
+    /// [`Self::vector_values`] for the values `pick` selects (which must not use
+    /// unselected ones, unless hoisted); the others are `None`.
+    fn vector_values_picked(
+        &mut self,
+        vals: &[Value],
+        l: usize,
+        pick: &dyn Fn(usize) -> bool,
+    ) -> Result<Vec<Option<CV>>, String> {
         let vt = types::F32X4;
-        let mut out: Vec<CV> = Vec::with_capacity(vals.len());
+        let mut out: Vec<Option<CV>> = Vec::with_capacity(vals.len());
+        let arg = |out: &[Option<CV>], i: usize| out[i].ok_or_else(|| format!("value b{i} was not emitted"));
         for (id, v) in vals.iter().enumerate() {
             if let Some(&h) = self.hoisted.get(&id) {
-                out.push(h);
+                out.push(Some(h));
+                continue;
+            }
+            if !pick(id) {
+                out.push(None);
                 continue;
             }
             let cv = match &v.inst {
@@ -1259,7 +1280,25 @@ impl Gen<'_, '_> {
                         Some(c) => Some(self.i64c(c)),
                         None => lin_coef_expr(offset, l).map(|e| self.iexpr(&e)),
                     };
-                    if let Some(stride) = stride {
+                    if coef == Some(2) {
+                        // stride 2: lanes 0 and 2 of the vector at `off` and lanes 1
+                        // and 3 of the one at `off + 3` (reading no element past the
+                        // last lane's), picked by one shufps
+                        let base = self.inputs[*input];
+                        let scaled = self.b.ins().imul_imm_s(off, 4);
+                        let addr = self.b.ins().iadd(base, scaled);
+                        let flags = MemFlagsData::new().with_notrap();
+                        let lo = self.b.ins().load(vt, flags, addr, 0);
+                        let hi = self.b.ins().load(vt, flags, addr, 12);
+                        let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                        let (lo8, hi8) =
+                            (self.b.ins().bitcast(types::I8X16, le, lo), self.b.ins().bitcast(types::I8X16, le, hi));
+                        let lanes: [u8; 4] = [0, 2, 4 + 1, 4 + 3];
+                        let mask: Vec<u8> = lanes.iter().flat_map(|&q| (0..4).map(move |b| q * 4 + b)).collect();
+                        let mask = self.b.func.dfg.immediates.push(mask.into());
+                        let picked = self.b.ins().shuffle(lo8, hi8, mask);
+                        self.b.ins().bitcast(vt, le, picked)
+                    } else if let Some(stride) = stride {
                         // strided: gather the four lanes
                         let x = self.load(*input, DType::F32, off)?;
                         let mut v = self.b.ins().splat(vt, x);
@@ -1289,7 +1328,7 @@ impl Gen<'_, '_> {
                     self.b.ins().splat(vt, x)
                 }
                 Inst::Unary(op, a) => {
-                    let x = out[*a];
+                    let x = arg(&out, *a)?;
                     match op {
                         UnaryOp::Neg => self.b.ins().fneg(x),
                         UnaryOp::Abs => self.b.ins().fabs(x),
@@ -1305,7 +1344,7 @@ impl Gen<'_, '_> {
                     }
                 }
                 Inst::Binary(op, a, b) => {
-                    let (x, y) = (out[*a], out[*b]);
+                    let (x, y) = (arg(&out, *a)?, arg(&out, *b)?);
                     match op {
                         BinaryOp::Add => self.b.ins().fadd(x, y),
                         BinaryOp::Sub => self.b.ins().fsub(x, y),
@@ -1339,7 +1378,7 @@ impl Gen<'_, '_> {
                         }
                     }
                 }
-                Inst::Where(c, a, b) => self.b.ins().bitselect(out[*c], out[*a], out[*b]),
+                Inst::Where(c, a, b) => self.b.ins().bitselect(arg(&out, *c)?, arg(&out, *a)?, arg(&out, *b)?),
                 Inst::Index(e) => {
                     // an interval condition verified at the block's ends holds on every
                     // lane; one that does not depend on the lane is evaluated once
@@ -1357,7 +1396,7 @@ impl Gen<'_, '_> {
                 }
                 _ => return Err("instruction not vectorizable".into()),
             };
-            out.push(cv);
+            out.push(Some(cv));
         }
         Ok(out)
     }
@@ -1501,6 +1540,26 @@ fn block_ok(g: &mut Gen<'_, '_>, checks: &BlockChecks, l: usize, j: CV) -> CV {
     ok.unwrap_or_else(|| g.b.ins().iconst(types::I8, 1))
 }
 
+/// Which values stay the same along the innermost output index `l` and are worth
+/// computing once per row: unguarded loads whose offset does not mention `l`, index
+/// conditions that do not, and operations on such values (constants and parameters
+/// are hoisted out of every loop already and do not count as work here).
+fn row_invariant(vals: &[Value], l: usize) -> Vec<bool> {
+    let mut inv = vec![false; vals.len()];
+    let fixed = |inv: &[bool], i: usize| inv[i] || matches!(vals[i].inst, Inst::Const(_) | Inst::Param(_));
+    for (id, v) in vals.iter().enumerate() {
+        inv[id] = match &v.inst {
+            Inst::Load { offset, guard: None, .. } => !offset.mentions(l),
+            Inst::Index(e) => !e.mentions(l),
+            Inst::Unary(_, a) => inv[*a],
+            Inst::Binary(_, a, b) => (inv[*a] || inv[*b]) && fixed(&inv, *a) && fixed(&inv, *b),
+            Inst::Where(c, a, b) => (inv[*c] || inv[*a] || inv[*b]) && [*c, *a, *b].iter().all(|&i| fixed(&inv, i)),
+            _ => false,
+        };
+    }
+    inv
+}
+
 /// Element-wise kernel whose innermost loop runs on f32x4 vectors: the range
 /// `[start, end)` is walked in row segments; each segment runs vectors of four lanes,
 /// then the scalar body for the remainder.
@@ -1538,6 +1597,17 @@ fn emit_vectorized(
     // output position of lane 0 = p + (j - il) = j + (p - il)
     let pos_base = g.b.ins().isub(p, il);
     g.b.def_var(jvar, il);
+
+    // values that do not change along the row (per-channel statistics, say) once
+    // per row segment, before its vector loop
+    let invariant = row_invariant(&kernel.body, l);
+    let per_row = g.vector_values_picked(&kernel.body, l, &|id| invariant[id])?;
+    let row_hoisted: Vec<usize> =
+        (0..kernel.body.len()).filter(|&id| invariant[id] && !g.hoisted.contains_key(&id)).collect();
+    for &id in &row_hoisted {
+        let v = per_row[id].ok_or("a row-invariant value was not emitted")?;
+        g.hoisted.insert(id, v);
+    }
 
     // vectors while j + LANES <= seg_end
     let last_start = g.b.ins().iadd_imm_s(seg_end, -(LANES - 1));
@@ -1581,6 +1651,9 @@ fn emit_vectorized(
         g.b.def_var(jvar, j1);
     }
     close_loop(g, vloop);
+    for id in row_hoisted {
+        g.hoisted.remove(&id);
+    }
 
     // the scalar remainder
     let sloop = open_loop(g, jvar, seg_end);

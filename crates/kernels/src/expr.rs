@@ -104,6 +104,10 @@ fn floor_mod(a: i64, b: i64) -> i64 {
 /// [`IndexExpr::lift_constants`]).
 pub const LITERAL_DIVISOR: i64 = 8;
 
+/// An index multiplied by a constant of at most this magnitude keeps the constant
+/// literal in kernels (see [`IndexExpr::lift_constants`]).
+pub const LITERAL_STRIDE: i64 = 2;
+
 impl IndexExpr {
     /// A constant.
     pub fn c(v: i64) -> IndexExpr {
@@ -272,7 +276,9 @@ impl IndexExpr {
     /// (a unit stride, a zero offset), the others are sizes a new input may change.
     /// Small divisors (at most [`LITERAL_DIVISOR`]: strides, kernel sizes, dilations)
     /// stay too, so that the code divides by a constant (a multiply and a shift, no
-    /// division instruction) and equal guards can be shared.
+    /// division instruction) and equal guards can be shared; so do small strides of
+    /// an index (at most [`LITERAL_STRIDE`]: the step of a stride-2 window or phase),
+    /// so that a vector loop knows its step.
     pub fn lift_constants(&self, args: &mut Vec<i64>) -> IndexExpr {
         let mut bin = |a: &IndexExpr, b: &IndexExpr, f: fn(Box<IndexExpr>, Box<IndexExpr>) -> IndexExpr| {
             let a = a.lift_constants(args);
@@ -285,6 +291,9 @@ impl IndexExpr {
                 E::Arg(args.len() - 1)
             }
             E::Const(_) | E::Idx(_) | E::Arg(_) => self.clone(),
+            E::Mul(a, b) if matches!((&**a, &**b), (E::Idx(_), E::Const(c)) | (E::Const(c), E::Idx(_)) if c.abs() <= LITERAL_STRIDE) => {
+                self.clone()
+            }
             E::Add(a, b) => bin(a, b, E::Add),
             E::Sub(a, b) => bin(a, b, E::Sub),
             E::Mul(a, b) => bin(a, b, E::Mul),
@@ -643,6 +652,11 @@ mod tests {
         assert_eq!(args, vec![7]);
         assert_eq!(lifted.eval_args(&[2], &args), 15);
         assert_eq!(lifted.shift_args(3).eval_args(&[2], &[0, 0, 0, 7]), 15);
+        // a stride-2 step stays literal, a larger one and a lone 2 do not
+        let mut args = vec![];
+        let lifted = (E::idx(0) * 2 + E::idx(1) * 3 + 2).lift_constants(&mut args);
+        assert_eq!(args, vec![3, 2]);
+        assert_eq!(lifted.eval_args(&[5, 1], &args), 15);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (the `gemm` crate on the CPU). Inputs arrive materialised and contiguous; the
 //! graph layer differentiates them with their own rules.
 
+use crate::host_pool::{self, Fill};
 use crate::{DType, HostBuffer, KernelError};
 use rayon::prelude::*;
 
@@ -207,25 +208,32 @@ fn slice_f32(x: &HostBuffer) -> Result<std::borrow::Cow<'_, [f32]>, KernelError>
 trait GemmElem: Copy + Send + Sync + 'static {
     const ZERO: Self;
     const ONE: Self;
+    /// A vector of `n` elements from the host pool.
+    fn take(n: usize, fill: Fill, what: &str) -> Result<Vec<Self>, KernelError>;
 }
 impl GemmElem for f32 {
     const ZERO: f32 = 0.0;
     const ONE: f32 = 1.0;
+    fn take(n: usize, fill: Fill, what: &str) -> Result<Vec<f32>, KernelError> {
+        host_pool::take_f32(n, fill, what)
+    }
 }
 impl GemmElem for f64 {
     const ZERO: f64 = 0.0;
     const ONE: f64 = 1.0;
+    fn take(n: usize, fill: Fill, what: &str) -> Result<Vec<f64>, KernelError> {
+        match host_pool::take(DType::F64, n, fill, what)? {
+            HostBuffer::F64(v) => Ok(v),
+            _ => unreachable!("an f64 buffer was asked for"),
+        }
+    }
 }
 
 fn gemm_batched<T: GemmElem>(g: &Geometry, a: &[T], b: &[T]) -> Result<Vec<T>, KernelError> {
     let len = g.batch * g.m * g.n;
-    let mut out: Vec<T> = Vec::new();
-    out.try_reserve_exact(len).map_err(|_| KernelError::OutOfMemory {
-        device: "cpu".into(),
-        bytes: (len * std::mem::size_of::<T>()) as u128,
-        what: format!("the {}x{}x{} matmul output", g.batch, g.m, g.n),
-    })?;
-    out.resize(len, T::ZERO);
+    // gemm overwrites the output unless the inner dimension is empty
+    let fill = if g.k == 0 { Fill::Zeroed } else { Fill::Overwritten };
+    let mut out = T::take(len, fill, &format!("the {}x{}x{} matmul output", g.batch, g.m, g.n))?;
     if len == 0 {
         return Ok(out);
     }
@@ -395,13 +403,10 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
         ConvPass::BackwardData => g.n * g.c * plane,
         ConvPass::BackwardFilter => g.o * g.c * taps,
     };
-    let mut out: Vec<f32> = Vec::new();
-    out.try_reserve_exact(len).map_err(|_| KernelError::OutOfMemory {
-        device: "cpu".into(),
-        bytes: (len * 4) as u128,
-        what: format!("a {} conv2d result", len),
-    })?;
-    out.resize(len, 0.0);
+    // the forward products overwrite columns 0..l (the first tap, or the direct
+    // kernel) and the rest is zeroed below; the other passes accumulate
+    let fill = if pass == ConvPass::Forward { Fill::Overwritten } else { Fill::Zeroed };
+    let mut out = host_pool::take_f32(len, fill, "a conv2d result")?;
     let expected = |what: &str, have: usize, want: usize| -> Result<(), KernelError> {
         if have < want {
             return Err(KernelError::Internal {
@@ -417,13 +422,14 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
         ConvPass::Forward => {
             expected("the input", a.len(), g.n * g.c * plane)?;
             expected("the weight", b.len(), g.o * g.c * taps)?;
-            if g.c <= crate::conv_direct::DIRECT_MAX_CHANNELS {
-                // few input channels: one product per tap would be too thin
-                let shifts: Vec<usize> = (0..taps).map(|t| g.tap(t)).collect();
-                let s = crate::conv_direct::DirectConv { c: g.c, o: g.o, plane, l, shifts: &shifts };
+            let shifts: Vec<usize> = (0..taps).map(|t| g.tap(t)).collect();
+            let direct = crate::conv_direct::DirectConv { c: g.c, o: g.o, plane, l, shifts: &shifts };
+            if crate::conv_direct::pays(&direct, b) {
+                // a thin product per tap: accumulate in registers instead
                 for bi in 0..g.n {
                     let xp = &a[bi * g.c * plane..(bi + 1) * g.c * plane];
-                    crate::conv_direct::forward(&s, xp, b, &mut out[bi * g.o * plane..(bi + 1) * g.o * plane]);
+                    let dst = &mut out[bi * g.o * plane..(bi + 1) * g.o * plane];
+                    crate::conv_direct::forward(&direct, xp, b, dst);
                 }
             } else {
                 for bi in 0..g.n {

@@ -7,6 +7,7 @@
 //!
 //! * [`dtype`]: the element types and their promotion rules.
 //! * [`buffer`]: typed host storage with live-buffer accounting.
+//! * [`host_pool`]: the caching allocator that reuses large released host buffers.
 //! * [`expr`]: the typed index-expression AST used by `reindex`, `reindex_reduce`
 //!   and the kernel IR.
 //! * [`meta`]: the meta-operator descriptors.
@@ -32,6 +33,7 @@ pub mod error;
 pub mod exec;
 pub mod expr;
 pub mod extern_op;
+pub mod host_pool;
 pub mod ir;
 pub mod meta;
 pub mod random;

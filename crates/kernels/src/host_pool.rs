@@ -1,0 +1,287 @@
+//! A caching allocator for large host buffers.
+//!
+//! A fresh allocation of tens of megabytes comes from the operating system as new
+//! pages, and the first write to each page faults: on the 2-core test machine a
+//! 35 MB kernel output costs about 11 ms of page faults before the kernel has done
+//! anything, more than some kernels take. Running the same network again allocates
+//! the same sizes in the same order, so the buffers that [`Buffer`](crate::Buffer)s
+//! release are kept here, keyed by dtype and length, and handed out again.
+//!
+//! Only buffers of at least [`MIN_POOLED_BYTES`] are kept (the system allocator
+//! serves small ones well). The pool holds at most its cap, `JIT_HOST_POOL_MB`
+//! megabytes (default 1024; `0` turns pooling off), and drops the least recently
+//! released buffer first. When an allocation fails the pool is emptied and the
+//! allocation tried once more before the out-of-memory error.
+
+use crate::dtype::DType;
+use crate::{HostBuffer, KernelError};
+use half::{bf16, f16};
+use rayon::prelude::*;
+use std::sync::{Mutex, OnceLock};
+
+/// Buffers smaller than this many bytes are not pooled.
+pub const MIN_POOLED_BYTES: usize = 1 << 20;
+
+/// What the caller needs in a buffer it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// Every element zero.
+    Zeroed,
+    /// Any values: the caller writes every element before anything reads it.
+    Overwritten,
+}
+
+/// Counters of the pool (process-wide).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Bytes of released buffers the pool holds now.
+    pub pooled_bytes: usize,
+    /// Buffers it holds now.
+    pub pooled_buffers: usize,
+    /// Allocations served from the pool.
+    pub hits: u64,
+    /// Poolable allocations that had to ask the system.
+    pub misses: u64,
+    /// The cap in bytes.
+    pub cap_bytes: usize,
+}
+
+struct Pool {
+    /// Released buffers, least recently released first.
+    free: Vec<HostBuffer>,
+    stats: PoolStats,
+}
+
+fn pool() -> &'static Mutex<Pool> {
+    static POOL: OnceLock<Mutex<Pool>> = OnceLock::new();
+    POOL.get_or_init(|| {
+        let cap_mb =
+            std::env::var("JIT_HOST_POOL_MB").ok().and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(1024);
+        let stats = PoolStats { cap_bytes: cap_mb.saturating_mul(1 << 20), ..PoolStats::default() };
+        Mutex::new(Pool { free: Vec::new(), stats })
+    })
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Pool> {
+    // a panic while holding the lock leaves the pool consistent (every update is a
+    // single push, remove or counter change), so a poisoned lock is still usable
+    pool().lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The pool's counters.
+pub fn stats() -> PoolStats {
+    lock().stats
+}
+
+/// Sets the cap in bytes (0 turns pooling off), dropping buffers above it; returns
+/// the previous cap.
+pub fn set_cap(bytes: usize) -> usize {
+    let mut p = lock();
+    let old = std::mem::replace(&mut p.stats.cap_bytes, bytes);
+    let dropped = trim(&mut p);
+    drop(p);
+    drop(dropped);
+    old
+}
+
+/// Frees every pooled buffer (they go back to the system); returns the bytes freed.
+pub fn release() -> usize {
+    let mut p = lock();
+    let freed = std::mem::take(&mut p.free);
+    p.stats.pooled_bytes = 0;
+    p.stats.pooled_buffers = 0;
+    drop(p);
+    freed.iter().map(HostBuffer::size_in_bytes).sum()
+}
+
+/// Removes the oldest buffers until the pool fits its cap; returns them so that the
+/// caller frees them outside the lock.
+fn trim(p: &mut Pool) -> Vec<HostBuffer> {
+    let mut over = 0;
+    let mut bytes = p.stats.pooled_bytes;
+    while bytes > p.stats.cap_bytes && over < p.free.len() {
+        bytes -= p.free[over].size_in_bytes();
+        over += 1;
+    }
+    p.stats.pooled_bytes = bytes;
+    let dropped: Vec<HostBuffer> = p.free.drain(..over).collect();
+    p.stats.pooled_buffers = p.free.len();
+    dropped
+}
+
+/// Keeps a released buffer for reuse when it is large enough and the pool has room.
+pub fn give(buf: HostBuffer) {
+    let bytes = buf.size_in_bytes();
+    if bytes < MIN_POOLED_BYTES {
+        return;
+    }
+    let mut p = lock();
+    if bytes > p.stats.cap_bytes {
+        return;
+    }
+    p.free.push(buf);
+    p.stats.pooled_bytes += bytes;
+    let dropped = trim(&mut p);
+    drop(p);
+    drop(dropped);
+}
+
+/// A pooled buffer of exactly `n` elements of `dtype`, if one is there.
+fn reuse(dtype: DType, n: usize) -> Option<HostBuffer> {
+    let mut p = lock();
+    let at = p.free.iter().rposition(|b| b.dtype() == dtype && b.len() == n);
+    match at {
+        Some(i) => {
+            let b = p.free.remove(i);
+            p.stats.pooled_bytes -= b.size_in_bytes();
+            p.stats.pooled_buffers = p.free.len();
+            p.stats.hits += 1;
+            Some(b)
+        }
+        None => {
+            p.stats.misses += 1;
+            None
+        }
+    }
+}
+
+/// A buffer of `n` elements of `dtype` with the contents `fill` asks for: a pooled
+/// one when a released buffer of that dtype and length is there, else a fresh one
+/// (zeroed by the system without touching its pages); an out-of-memory error naming
+/// `what` and the size when the system has no room even after the pool is emptied.
+pub fn take(dtype: DType, n: usize, fill: Fill, what: &str) -> Result<HostBuffer, KernelError> {
+    let bytes = n.saturating_mul(dtype.size_in_bytes());
+    if bytes >= MIN_POOLED_BYTES {
+        if let Some(mut b) = reuse(dtype, n) {
+            if fill == Fill::Zeroed {
+                zero(&mut b);
+            }
+            return Ok(b);
+        }
+    }
+    match zeroed(dtype, n) {
+        Some(b) => Ok(b),
+        None if release() > 0 => zeroed(dtype, n).ok_or_else(|| oom(dtype, n, bytes, what)),
+        None => Err(oom(dtype, n, bytes, what)),
+    }
+}
+
+/// [`take`] for an f32 vector.
+pub fn take_f32(n: usize, fill: Fill, what: &str) -> Result<Vec<f32>, KernelError> {
+    match take(DType::F32, n, fill, what)? {
+        HostBuffer::F32(v) => Ok(v),
+        _ => unreachable!("an f32 buffer was asked for"),
+    }
+}
+
+fn oom(dtype: DType, n: usize, bytes: usize, what: &str) -> KernelError {
+    KernelError::OutOfMemory {
+        device: "cpu".into(),
+        bytes: bytes as u128,
+        what: format!("{what}: {n} elements of {dtype}"),
+    }
+}
+
+/// A zero-filled buffer from the system (pages untouched), or `None` when the
+/// allocation fails.
+fn zeroed(dtype: DType, n: usize) -> Option<HostBuffer> {
+    fn go<T: Copy>(n: usize) -> Option<Vec<T>> {
+        let layout = std::alloc::Layout::array::<T>(n).ok()?;
+        if layout.size() == 0 {
+            return Some(Vec::new());
+        }
+        // SAFETY: the layout has non-zero size; a non-null result is a zeroed block of
+        // `n` elements of `T`, for which all-zero bits are a valid value (every element
+        // type of a buffer is), owned by the returned Vec with the same layout.
+        unsafe {
+            let p = std::alloc::alloc_zeroed(layout) as *mut T;
+            if p.is_null() {
+                return None;
+            }
+            Some(Vec::from_raw_parts(p, n, n))
+        }
+    }
+    Some(match dtype {
+        DType::Bool => HostBuffer::Bool(go(n)?),
+        DType::U8 => HostBuffer::U8(go(n)?),
+        DType::I32 => HostBuffer::I32(go(n)?),
+        DType::I64 => HostBuffer::I64(go(n)?),
+        DType::F16 => HostBuffer::F16(go(n)?),
+        DType::BF16 => HostBuffer::BF16(go(n)?),
+        DType::F32 => HostBuffer::F32(go(n)?),
+        DType::F64 => HostBuffer::F64(go(n)?),
+    })
+}
+
+/// Sets every element to zero, in parallel for large buffers.
+fn zero(b: &mut HostBuffer) {
+    fn fill<T: Copy + Send + Sync>(v: &mut [T], z: T) {
+        let chunk = 1 << 18;
+        if v.len() > chunk {
+            v.par_chunks_mut(chunk).for_each(|c| c.fill(z));
+        } else {
+            v.fill(z);
+        }
+    }
+    match b {
+        HostBuffer::Bool(v) => fill(v, false),
+        HostBuffer::U8(v) => fill(v, 0),
+        HostBuffer::I32(v) => fill(v, 0),
+        HostBuffer::I64(v) => fill(v, 0),
+        HostBuffer::F16(v) => fill(v, f16::ZERO),
+        HostBuffer::BF16(v) => fill(v, bf16::ZERO),
+        HostBuffer::F32(v) => fill(v, 0.0),
+        HostBuffer::F64(v) => fill(v, 0.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // One test: the pool is process-wide, so its steps must not interleave with
+    // another test's.
+    #[test]
+    fn reuses_zeroes_and_respects_its_cap() {
+        let n = (MIN_POOLED_BYTES / 4) * 3 + 5; // an odd length above the threshold
+        let before = stats();
+        let mut a = take_f32(n, Fill::Overwritten, "a test buffer").unwrap();
+        assert!(a.iter().all(|&x| x == 0.0), "a fresh buffer comes zeroed");
+        a[7] = 3.5;
+        let ptr = a.as_ptr();
+        give(HostBuffer::F32(a));
+        // same dtype and length: the same memory comes back, old values and all
+        let b = take_f32(n, Fill::Overwritten, "a test buffer").unwrap();
+        assert_eq!(b.as_ptr(), ptr);
+        assert_eq!(b[7], 3.5);
+        give(HostBuffer::F32(b));
+        // asked zeroed: zeroed
+        let c = take_f32(n, Fill::Zeroed, "a test buffer").unwrap();
+        assert_eq!(c.as_ptr(), ptr);
+        assert!(c.iter().all(|&x| x == 0.0));
+        // another dtype or length does not match
+        give(HostBuffer::F32(c));
+        let d = take(DType::I32, n, Fill::Overwritten, "a test buffer").unwrap();
+        assert!(d.as_slice::<i32>().unwrap().iter().all(|&x| x == 0));
+        let e = take_f32(n + 1, Fill::Overwritten, "a test buffer").unwrap();
+        assert_ne!(e.as_ptr(), ptr);
+        let after = stats();
+        assert!(after.hits >= before.hits + 2 && after.misses >= before.misses + 3);
+        // small buffers are not kept
+        let small_before = stats().pooled_buffers;
+        give(HostBuffer::F32(vec![1.0; 16]));
+        assert_eq!(stats().pooled_buffers, small_before);
+        // the cap evicts the oldest buffer first, and 0 turns pooling off
+        let old = set_cap(n * 4 + 100); // room for one buffer of n f32
+        give(d);
+        give(HostBuffer::F32(e));
+        let s = stats();
+        assert_eq!((s.pooled_buffers, s.pooled_bytes), (1, (n + 1) * 4), "only the newer buffer stays");
+        set_cap(0);
+        assert_eq!(stats().pooled_bytes, 0);
+        give(HostBuffer::F32(vec![0.0; n]));
+        assert_eq!(stats().pooled_buffers, 0);
+        set_cap(old);
+        assert_eq!(release(), 0);
+    }
+}
