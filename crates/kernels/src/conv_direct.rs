@@ -25,8 +25,8 @@ use rayon::prelude::*;
 /// whatever the kernel size (the shifted gemms' inner dimension would be too thin).
 pub const DIRECT_MAX_CHANNELS: usize = 15;
 
-/// With more channels, the direct convolution runs when it keeps at most this many
-/// `(channel, tap)` pairs (32 channels of a 3x3 kernel, or 128 space-to-depth
+/// With more channels and more than one tap, the direct convolution runs when it
+/// keeps at most this many `(channel, tap)` pairs (32 channels of a 3x3 kernel, or 128 space-to-depth
 /// channels of a 3x3 stride-2 one); beyond, the weights and input rows of a tile no
 /// longer stay in the first-level cache and the shifted gemms are faster (measured
 /// on the 2-core test machine: 32->32 3x3 at 128x128 1.6 ms direct against 2.1 ms,
@@ -92,6 +92,10 @@ pub fn pays(s: &DirectConv<'_>, w: &[f32]) -> bool {
     let taps = s.shifts.len();
     if s.c <= DIRECT_MAX_CHANNELS {
         return true;
+    }
+    if taps == 1 {
+        // a 1x1 kernel is one gemm with the channels as inner dimension
+        return false;
     }
     if s.c * taps <= DIRECT_MAX_PAIRS {
         return true;
@@ -476,6 +480,25 @@ mod tests {
             }
         }
         y
+    }
+
+    #[test]
+    fn the_direct_product_is_chosen_by_channels_and_kept_pairs() {
+        let decide = |c: usize, o: usize, taps: usize, zero: &dyn Fn(usize, usize) -> bool| {
+            let shifts: Vec<usize> = (0..taps).collect();
+            let w: Vec<f32> =
+                (0..o * c * taps).map(|i| if zero((i / taps) % c, i % taps) { 0.0 } else { 1.0 }).collect();
+            pays(&DirectConv { c, o, plane: 64, l: 1, shifts: &shifts }, &w)
+        };
+        let dense = |_: usize, _: usize| false;
+        assert!(decide(3, 32, 81, &dense), "few channels, any kernel");
+        assert!(decide(32, 32, 9, &dense), "32 channels of a 3x3 kernel");
+        assert!(!decide(64, 64, 9, &dense), "576 pairs");
+        assert!(!decide(32, 32, 1, &dense), "a 1x1 kernel is one gemm");
+        // space-to-depth of a 3x3 stride-2 kernel: 7 of each phase group's 16 taps are zero
+        let s2d_zero = |ch: usize, t: usize| 2 * (t / 2) + (ch % 4) / 2 > 2 || 2 * (t % 2) + ch % 2 > 2;
+        assert!(decide(128, 32, 4, &s2d_zero), "288 kept of 512 pairs");
+        assert!(!decide(128, 32, 4, &dense), "512 pairs");
     }
 
     // Every instruction set this machine has, every block size (o = 1..=19 covers
