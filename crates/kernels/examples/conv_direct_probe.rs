@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release -p kernels --example conv_direct_probe
 
-use kernels::conv_direct::{forward, DirectConv};
+use kernels::conv_direct::{forward, pack, DirectConv};
 use kernels::extern_op::{ConvPass, ExternOp};
 use kernels::{DType, HostBuffer};
 use std::time::Instant;
@@ -52,7 +52,8 @@ fn main() {
         }
         let mut y = vec![0.0f32; o * plane];
         let s = DirectConv { c, o, plane, l, shifts: &shifts };
-        let d = med(|| forward(&s, &xp, &w, &mut y));
+        let packed = pack(&s, &w);
+        let d = med(|| forward(&s, &packed, &xp, &mut y));
         let op = ExternOp::Conv2dShift { pass: ConvPass::Forward, kernel: [k, k], dilation: [1, 1] };
         let (xb, wb) = (HostBuffer::F32(xp.clone()), HostBuffer::F32(w.clone()));
         let g = med(|| {

@@ -55,16 +55,46 @@ pub struct DirectConv<'a> {
     pub shifts: &'a [usize],
 }
 
-/// The weight repacked for the tiles: the kept `(channel, tap)` pairs' input offsets
-/// and, per block of [`OB`] output channels, `[pair][OB]` weights (zero-padded).
-struct Packed {
+/// The weight repacked for the tiles ([`pack`]): the kept `(channel, tap)` pairs'
+/// input offsets and, per block of [`OB`] output channels, `[pair][OB]` weights
+/// (zero-padded). One packing serves every image of a batch.
+#[derive(Debug, Clone)]
+pub struct Packed {
     offsets: Vec<usize>,
     blocks: Vec<Vec<f32>>,
+}
+
+/// Repacks `w` (`[O, C, T]`) for [`forward`], dropping the `(channel, tap)` pairs whose
+/// weights are zero for every output channel.
+///
+/// # Panics
+/// When `w` is shorter than the sizes say (callers check it first).
+pub fn pack(s: &DirectConv<'_>, w: &[f32]) -> Packed {
+    Packed::new(s, w)
+}
+
+/// The packed weight when the direct convolution is the faster product for these
+/// sizes and weights ([`DIRECT_MAX_CHANNELS`], [`DIRECT_MAX_PAIRS`]), else `None`
+/// (use the shifted gemms).
+///
+/// # Panics
+/// As for [`pack`].
+pub fn plan(s: &DirectConv<'_>, w: &[f32]) -> Option<Packed> {
+    let taps = s.shifts.len();
+    if s.c <= DIRECT_MAX_CHANNELS {
+        return Some(pack(s, w));
+    }
+    if taps == 1 {
+        // a 1x1 kernel is one gemm with the channels as inner dimension
+        return None;
+    }
+    Some(pack(s, w)).filter(|p| p.offsets.len() <= DIRECT_MAX_PAIRS)
 }
 
 impl Packed {
     fn new(s: &DirectConv<'_>, w: &[f32]) -> Packed {
         let taps = s.shifts.len();
+        assert!(w.len() >= s.o * s.c * taps, "the weight holds {} of {} values", w.len(), s.o * s.c * taps);
         let at = |o: usize, ci: usize, t: usize| w[(o * s.c + ci) * taps + t];
         let pairs: Vec<(usize, usize)> = (0..s.c)
             .flat_map(|ci| (0..taps).map(move |t| (ci, t)))
@@ -86,35 +116,16 @@ impl Packed {
     }
 }
 
-/// Whether the direct convolution is the faster product for these sizes and weights
-/// ([`DIRECT_MAX_CHANNELS`], [`DIRECT_MAX_PAIRS`]).
-pub fn pays(s: &DirectConv<'_>, w: &[f32]) -> bool {
-    let taps = s.shifts.len();
-    if s.c <= DIRECT_MAX_CHANNELS {
-        return true;
-    }
-    if taps == 1 {
-        // a 1x1 kernel is one gemm with the channels as inner dimension
-        return false;
-    }
-    if s.c * taps <= DIRECT_MAX_PAIRS {
-        return true;
-    }
-    let kept = (0..s.c * taps).filter(|&j| (0..s.o).any(|o| w[o * s.c * taps + j] != 0.0)).count();
-    kept <= DIRECT_MAX_PAIRS
-}
-
 /// `y[o, p] = sum over (c, t) of w[o, c, t] * xp[c, p + shifts[t]]` for `p < l`;
-/// `xp` is `[C, plane]`, `w` is `[O, C, T]`, `y` is `[O, plane]` (columns from `l`
-/// on are left as they are).
+/// `xp` is `[C, plane]`, `w` is `[O, C, T]` given [`pack`]ed for these sizes, `y` is
+/// `[O, plane]` (columns from `l` on are left as they are).
 ///
 /// # Panics
 /// When a buffer is shorter than the sizes say (callers check them first).
-pub fn forward(s: &DirectConv<'_>, xp: &[f32], w: &[f32], y: &mut [f32]) {
-    let taps = s.shifts.len();
-    assert!(xp.len() >= s.c * s.plane && w.len() >= s.o * s.c * taps && y.len() >= s.o * s.plane);
+pub fn forward(s: &DirectConv<'_>, packed: &Packed, xp: &[f32], y: &mut [f32]) {
+    assert!(xp.len() >= s.c * s.plane && y.len() >= s.o * s.plane);
     assert!(s.l == 0 || s.l - 1 + s.shifts.iter().copied().max().unwrap_or(0) < s.plane);
-    let packed = Packed::new(s, w);
+    assert_eq!(packed.blocks.len(), s.o.div_ceil(OB), "the weight was packed for other sizes");
     let isa = Isa::detect();
     let pw = isa.columns();
     let full_tiles = s.l / pw;
@@ -488,7 +499,7 @@ mod tests {
             let shifts: Vec<usize> = (0..taps).collect();
             let w: Vec<f32> =
                 (0..o * c * taps).map(|i| if zero((i / taps) % c, i % taps) { 0.0 } else { 1.0 }).collect();
-            pays(&DirectConv { c, o, plane: 64, l: 1, shifts: &shifts }, &w)
+            plan(&DirectConv { c, o, plane: 64, l: 1, shifts: &shifts }, &w).is_some()
         };
         let dense = |_: usize, _: usize| false;
         assert!(decide(3, 32, 81, &dense), "few channels, any kernel");

@@ -1560,6 +1560,27 @@ fn row_invariant(vals: &[Value], l: usize) -> Vec<bool> {
     inv
 }
 
+/// The scalar body at innermost index `j` (the variable `jvar`), stored at output
+/// position `pos_base + j`; then `j` advances by one.
+fn scalar_step(
+    g: &mut Gen<'_, '_>,
+    kernel: &Kernel,
+    outputs: &[CV],
+    jvar: Variable,
+    pos_base: CV,
+) -> Result<(), String> {
+    let j = g.b.use_var(jvar);
+    g.b.def_var(g.idx[kernel.out_rank - 1], j);
+    let vals = g.values(&kernel.body, &[])?;
+    let pos = g.b.ins().iadd(pos_base, j);
+    for (o, base) in kernel.outputs.iter().zip(outputs) {
+        g.store(*base, o.dtype, pos, vals[o.value])?;
+    }
+    let j1 = g.b.ins().iadd_imm_s(j, 1);
+    g.b.def_var(jvar, j1);
+    Ok(())
+}
+
 /// Element-wise kernel whose innermost loop runs on f32x4 vectors: the range
 /// `[start, end)` is walked in row segments; each segment runs vectors of four lanes,
 /// then the scalar body for the remainder.
@@ -1640,15 +1661,7 @@ fn emit_vectorized(
     if let Some(scalar) = scalar_block {
         g.b.ins().jump(vloop.0, &[]);
         g.b.switch_to_block(scalar);
-        let j = g.b.use_var(jvar);
-        g.b.def_var(g.idx[l], j);
-        let vals = g.values(&kernel.body, &[])?;
-        let pos = g.b.ins().iadd(pos_base, j);
-        for (o, base) in kernel.outputs.iter().zip(outputs) {
-            g.store(*base, o.dtype, pos, vals[o.value])?;
-        }
-        let j1 = g.b.ins().iadd_imm_s(j, 1);
-        g.b.def_var(jvar, j1);
+        scalar_step(g, kernel, outputs, jvar, pos_base)?;
     }
     close_loop(g, vloop);
     for id in row_hoisted {
@@ -1657,15 +1670,7 @@ fn emit_vectorized(
 
     // the scalar remainder
     let sloop = open_loop(g, jvar, seg_end);
-    let j = g.b.use_var(jvar);
-    g.b.def_var(g.idx[l], j);
-    let vals = g.values(&kernel.body, &[])?;
-    let pos = g.b.ins().iadd(pos_base, j);
-    for (o, base) in kernel.outputs.iter().zip(outputs) {
-        g.store(*base, o.dtype, pos, vals[o.value])?;
-    }
-    let j1 = g.b.ins().iadd_imm_s(j, 1);
-    g.b.def_var(jvar, j1);
+    scalar_step(g, kernel, outputs, jvar, pos_base)?;
     close_loop(g, sloop);
 
     // next row: innermost index back to 0, carry into the outer dims

@@ -424,12 +424,12 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
             expected("the weight", b.len(), g.o * g.c * taps)?;
             let shifts: Vec<usize> = (0..taps).map(|t| g.tap(t)).collect();
             let direct = crate::conv_direct::DirectConv { c: g.c, o: g.o, plane, l, shifts: &shifts };
-            if crate::conv_direct::pays(&direct, b) {
+            if let Some(packed) = crate::conv_direct::plan(&direct, b) {
                 // a thin product per tap: accumulate in registers instead
                 for bi in 0..g.n {
                     let xp = &a[bi * g.c * plane..(bi + 1) * g.c * plane];
                     let dst = &mut out[bi * g.o * plane..(bi + 1) * g.o * plane];
-                    crate::conv_direct::forward(&direct, xp, b, dst);
+                    crate::conv_direct::forward(&direct, &packed, xp, dst);
                 }
             } else {
                 for bi in 0..g.n {
