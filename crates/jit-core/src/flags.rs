@@ -17,8 +17,9 @@ pub enum Backend {
     /// The fusion planner and the portable IR executor (no code generation; for
     /// debugging a kernel and checking the compiler).
     Interpreter,
-    /// The fusion planner and CUDA kernels on device 0 (values stay on the host and
-    /// are copied per kernel in this version; for checking the CUDA backend).
+    /// The fusion planner and CUDA kernels on device 0. Values stay on the device
+    /// between kernels and are copied to the host when read; library operations
+    /// without a device implementation run on the host.
     Cuda,
 }
 

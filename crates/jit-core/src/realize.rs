@@ -104,7 +104,7 @@ fn usable(device: Device, op: &str) -> Result<()> {
                 Ok(info) if n >= info.device_count => {
                     format!("the driver reports {} CUDA device(s), so cuda:{n} does not exist", info.device_count)
                 }
-                Ok(_) => "values cannot live on a CUDA device yet (JIT_BACKEND=cuda runs the kernels of cpu values on the GPU); select the CPU with JIT_DEVICE=cpu".to_string(),
+                Ok(_) => "values are not placed one by one in this version: JIT_BACKEND=cuda keeps every value on the GPU and copies it to the host when read; select the CPU with JIT_DEVICE=cpu".to_string(),
             };
             Err(Error::Device { op: op.into(), msg: format!("cannot run on cuda:{n}: {why}") })
         }
@@ -178,32 +178,40 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
         let read: Vec<Var> = match &step {
             Step::Kernel { kernel, launch, inputs, outputs } => {
                 let data = inputs.iter().map(|i| data_of(i, &values)).collect::<Result<Vec<_>>>()?;
-                let hosts: Vec<&HostBuffer> = data.iter().map(|d| d.host()).collect();
-                let outs = match f.backend {
-                    Backend::Interpreter => {
+                let outs: Vec<Buffer> = if f.backend == Backend::Cuda {
+                    if f.dump {
+                        eprintln!(
+                            "[jit] cuda kernel {launch:?}\n{kernel}\n{}",
+                            kernels::cuda::emit::kernel_source(kernel, "kernel")
+                        );
+                    }
+                    let ins: Vec<&Buffer> = data.iter().map(|d| &**d).collect();
+                    let outs = kernels::cuda::runtime::run(kernel, launch, &ins)?;
+                    if crosscheck() {
+                        let hosts = data.iter().map(|d| d.host()).collect::<std::result::Result<Vec<_>, _>>()?;
+                        let got = outs.iter().map(|o| o.host().cloned()).collect::<std::result::Result<Vec<_>, _>>()?;
+                        crosscheck_kernel(kernel, launch, &hosts, &got)?;
+                    }
+                    outs
+                } else {
+                    let hosts = data.iter().map(|d| d.host()).collect::<std::result::Result<Vec<_>, _>>()?;
+                    let outs = if f.backend == Backend::Interpreter {
                         if f.dump {
                             eprintln!("[jit] interpreting kernel {launch:?}\n{kernel}");
                         }
                         kernels::exec::run(kernel, launch, &hosts)?
+                    } else {
+                        kernels::cpu::run_with(kernel, launch, &hosts, f.dump)?
+                    };
+                    if f.backend != Backend::Interpreter && crosscheck() {
+                        crosscheck_kernel(kernel, launch, &hosts, &outs)?;
                     }
-                    Backend::Cuda => {
-                        if f.dump {
-                            eprintln!(
-                                "[jit] cuda kernel {launch:?}\n{kernel}\n{}",
-                                kernels::cuda::emit::kernel_source(kernel, "kernel")
-                            );
-                        }
-                        kernels::cuda::runtime::run(kernel, launch, &hosts)?
-                    }
-                    _ => kernels::cpu::run_with(kernel, launch, &hosts, f.dump)?,
+                    outs.into_iter().map(Buffer::new).collect()
                 };
-                if f.backend != Backend::Interpreter && crosscheck() {
-                    crosscheck_kernel(kernel, launch, &hosts, &outs)?;
-                }
                 KERNEL_LAUNCHES.fetch_add(1, Ordering::Relaxed);
                 drop(data);
                 for (o, buf) in outputs.iter().zip(outs) {
-                    put(o, Arc::new(Buffer::new(buf)), &remaining, &mut values);
+                    put(o, Arc::new(buf), &remaining, &mut values);
                 }
                 inputs.clone()
             }
@@ -214,15 +222,31 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
             }
             Step::Extern { op, inputs, out } => {
                 let data = inputs.iter().map(|i| data_of(i, &values)).collect::<Result<Vec<_>>>()?;
-                let args: Vec<(&HostBuffer, &[usize])> =
-                    data.iter().zip(inputs).map(|(d, i)| (d.host(), i.shape())).collect();
+                let on_device = if f.backend == Backend::Cuda {
+                    let bufs: Vec<(&Buffer, &[usize])> =
+                        data.iter().zip(inputs).map(|(d, i)| (&**d, i.shape())).collect();
+                    kernels::cuda::blas::run_extern(op, &bufs, out.dtype())?
+                } else {
+                    None
+                };
                 if f.dump {
-                    eprintln!("[jit] extern {op:?} on {:?}", inputs.iter().map(Var::shape).collect::<Vec<_>>());
+                    let place = if on_device.is_some() { "device" } else { "host" };
+                    eprintln!(
+                        "[jit] extern {op:?} on the {place}, {:?}",
+                        inputs.iter().map(Var::shape).collect::<Vec<_>>()
+                    );
                 }
-                let host = op.run_cpu(&args, out.dtype())?;
+                let result = match on_device {
+                    Some(b) => b,
+                    None => {
+                        let args: Vec<(&HostBuffer, &[usize])> =
+                            data.iter().zip(inputs).map(|(d, i)| Ok((d.host()?, i.shape()))).collect::<Result<_>>()?;
+                        Buffer::new(op.run_cpu(&args, out.dtype())?)
+                    }
+                };
                 EXTERN_CALLS.fetch_add(1, Ordering::Relaxed);
                 drop(data);
-                put(out, Arc::new(Buffer::new(host)), &remaining, &mut values);
+                put(out, Arc::new(result), &remaining, &mut values);
                 inputs.clone()
             }
         };
@@ -368,7 +392,7 @@ fn run_reference(order: Vec<Var>, targets: &HashSet<u64>) -> Result<()> {
             data[0].clone()
         } else {
             let args: Vec<(&HostBuffer, &[usize])> =
-                data.iter().zip(&inputs).map(|(d, i)| (d.host(), i.shape())).collect();
+                data.iter().zip(&inputs).map(|(d, i)| Ok((d.host()?, i.shape()))).collect::<Result<_>>()?;
             let host = kernels::reference::eval(&op, &args, v.shape(), v.dtype())?;
             Arc::new(Buffer::new(host))
         };
@@ -415,7 +439,7 @@ impl Var {
     pub fn to_host(&self) -> Result<HostBuffer> {
         self.sync()?;
         match &*self.state() {
-            State::Ready { data, .. } => Ok(data.host().clone()),
+            State::Ready { data, .. } => Ok(data.host()?.clone()),
             State::Pending { op, .. } => Err(Error::Kernel(kernels::KernelError::Internal {
                 op: op.name().into(),
                 reason: "value still pending after realisation".into(),

@@ -1,8 +1,10 @@
 //! Typed host storage and live-buffer accounting.
 
+use crate::cuda::memory::DeviceBuffer;
 use crate::dtype::DType;
 use half::{bf16, f16};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 static LIVE_BUFFERS: AtomicUsize = AtomicUsize::new(0);
 static LIVE_BYTES: AtomicUsize = AtomicUsize::new(0);
@@ -297,37 +299,115 @@ element!(bf16, BF16, |x: bf16| x.to_f64(), |x: bf16| x.to_f64() as i64, bf16::fr
 element!(f32, F32, f64::from, |x: f32| x as i64, |v: f64| v as f32, |v: i64| v as f32);
 element!(f64, F64, |x: f64| x, |x: f64| x as i64, |v: f64| v, |v: i64| v as f64);
 
-/// A host buffer owned by the framework, counted in [`live_buffers`].
+/// A value's storage, owned by the framework and counted in [`live_buffers`]: host
+/// data, device data, or both. A copy on the other side is made on first demand
+/// and kept (a weight uploaded once stays on the device for every later run).
 pub struct Buffer {
-    data: HostBuffer,
+    dtype: DType,
+    len: usize,
+    host: OnceLock<HostBuffer>,
+    device: OnceLock<DeviceBuffer>,
 }
 
 impl Buffer {
     /// Takes ownership of host data.
     pub fn new(data: HostBuffer) -> Buffer {
-        LIVE_BUFFERS.fetch_add(1, Ordering::Relaxed);
-        LIVE_BYTES.fetch_add(data.size_in_bytes(), Ordering::Relaxed);
-        Buffer { data }
+        let b = Buffer { dtype: data.dtype(), len: data.len(), host: OnceLock::from(data), device: OnceLock::new() };
+        b.count();
+        b
     }
 
-    /// The data.
-    pub fn host(&self) -> &HostBuffer {
-        &self.data
+    /// Takes ownership of device data.
+    pub fn from_device(data: DeviceBuffer) -> Buffer {
+        let b = Buffer { dtype: data.dtype(), len: data.len(), host: OnceLock::new(), device: OnceLock::from(data) };
+        b.count();
+        b
+    }
+
+    fn count(&self) {
+        LIVE_BUFFERS.fetch_add(1, Ordering::Relaxed);
+        LIVE_BYTES.fetch_add(self.size_in_bytes(), Ordering::Relaxed);
+    }
+
+    /// The dtype of the elements.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when it holds no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Size of the data in bytes (on one side).
+    pub fn size_in_bytes(&self) -> usize {
+        self.len * self.dtype.size_in_bytes()
+    }
+
+    /// True when a host copy exists (reading [`Self::host`] copies nothing).
+    pub fn on_host(&self) -> bool {
+        self.host.get().is_some()
+    }
+
+    /// True when a device copy exists.
+    pub fn on_device(&self) -> bool {
+        self.device.get().is_some()
+    }
+
+    /// The data on the host, copied from the device on first use (which waits for
+    /// the device work that computes it).
+    pub fn host(&self) -> Result<&HostBuffer, crate::KernelError> {
+        if let Some(h) = self.host.get() {
+            return Ok(h);
+        }
+        let d = self.device.get().ok_or_else(|| crate::KernelError::Internal {
+            op: "buffer".into(),
+            reason: "a buffer holds neither host nor device data".into(),
+        })?;
+        let h = d.download()?;
+        // two threads may copy at once; one copy is kept
+        Ok(self.host.get_or_init(|| h))
+    }
+
+    /// The data on the CUDA device, copied from the host on first use.
+    pub fn device(&self) -> Result<&DeviceBuffer, crate::KernelError> {
+        if let Some(d) = self.device.get() {
+            return Ok(d);
+        }
+        let h = self.host.get().ok_or_else(|| crate::KernelError::Internal {
+            op: "buffer".into(),
+            reason: "a buffer holds neither host nor device data".into(),
+        })?;
+        let d = DeviceBuffer::upload(h)?;
+        Ok(self.device.get_or_init(|| d))
     }
 }
 
 impl Drop for Buffer {
     fn drop(&mut self) {
         LIVE_BUFFERS.fetch_sub(1, Ordering::Relaxed);
-        LIVE_BYTES.fetch_sub(self.data.size_in_bytes(), Ordering::Relaxed);
-        // large buffers go to the host pool for the next allocation of their size
-        crate::host_pool::give(std::mem::replace(&mut self.data, HostBuffer::U8(Vec::new())));
+        LIVE_BYTES.fetch_sub(self.size_in_bytes(), Ordering::Relaxed);
+        // large host buffers go to the host pool for the next allocation of their
+        // size; a device buffer goes back to the device allocator by itself
+        if let Some(h) = self.host.take() {
+            crate::host_pool::give(h);
+        }
     }
 }
 
 impl std::fmt::Debug for Buffer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.data.fmt(f)
+        let place = match (self.on_host(), self.on_device()) {
+            (true, true) => "host+cuda",
+            (false, true) => "cuda",
+            _ => "host",
+        };
+        write!(f, "Buffer<{}>[{}] on {place}", self.dtype, self.len)
     }
 }
 

@@ -155,6 +155,15 @@ impl Launch {
     /// Checks that this launch fits `kernel` and that `inputs` have the kernel's
     /// dtypes; every backend calls it before running.
     pub fn check(&self, kernel: &Kernel, inputs: &[&crate::HostBuffer]) -> Result<(), crate::KernelError> {
+        self.check_dtypes(kernel, inputs.iter().map(|b| b.dtype()))
+    }
+
+    /// [`Launch::check`] given the inputs' dtypes.
+    pub fn check_dtypes(
+        &self,
+        kernel: &Kernel,
+        inputs: impl ExactSizeIterator<Item = DType>,
+    ) -> Result<(), crate::KernelError> {
         let bad = |reason: String| Err(crate::KernelError::Internal { op: "kernel launch".into(), reason });
         if inputs.len() != kernel.inputs.len() || self.output_lens.len() != kernel.outputs.len() {
             return bad(format!(
@@ -172,9 +181,9 @@ impl Launch {
         {
             return bad("arguments, parameters or domain ranks do not match the kernel".into());
         }
-        for (k, (i, d)) in inputs.iter().zip(&kernel.inputs).enumerate() {
-            if i.dtype() != *d {
-                return bad(format!("input {k} is {}, the kernel reads {d}", i.dtype()));
+        for (k, (i, d)) in inputs.zip(&kernel.inputs).enumerate() {
+            if i != *d {
+                return bad(format!("input {k} is {i}, the kernel reads {d}"));
             }
         }
         Ok(())

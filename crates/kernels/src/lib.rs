@@ -28,6 +28,7 @@ pub mod cache;
 pub mod conv_direct;
 pub mod cpu;
 pub mod cuda;
+pub mod disk_cache;
 pub mod dtype;
 pub mod error;
 pub mod exec;

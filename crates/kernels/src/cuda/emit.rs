@@ -127,7 +127,7 @@ fn iexpr(e: &IndexExpr) -> String {
     match e {
         E::Const(v) => format!("{v}LL"),
         E::Idx(k) => format!("i{k}"),
-        E::Arg(k) => format!("args[{k}]"),
+        E::Arg(k) => format!("m.a[{k}]"),
         E::Add(a, b) => format!("j_add({}, {})", iexpr(a), iexpr(b)),
         E::Sub(a, b) => format!("j_sub({}, {})", iexpr(a), iexpr(b)),
         E::Mul(a, b) => format!("j_mul({}, {})", iexpr(a), iexpr(b)),
@@ -318,14 +318,14 @@ fn values(out: &mut String, vals: &[Value], inputs: &[DType], prefix: &str, inde
                 }
             }
             Inst::Const(c) => const_of(*c, d),
-            Inst::Param(p) => convert(&format!("params[{p}]"), DType::F64, d),
+            Inst::Param(p) => convert(&format!("m.p[{p}]"), DType::F64, d),
             Inst::Index(ix) => convert(&iexpr(ix), DType::I64, d),
             Inst::Random { seed_arg, dist, counter } => {
                 let (f, a, b) = match *dist {
                     Distribution::Uniform { low, high } => ("j_uniform", low, high - low),
                     Distribution::Normal { mean, std } => ("j_normal", mean, std),
                 };
-                let x = format!("({a:e} + {b:e} * {f}(args[{seed_arg}], {}))", iexpr(counter));
+                let x = format!("({a:e} + {b:e} * {f}(m.a[{seed_arg}], {}))", iexpr(counter));
                 convert(&x, DType::F64, d)
             }
             Inst::Unary(op, a) => unary(*op, &r(a), d),
@@ -348,11 +348,13 @@ fn const_of(c: f64, d: DType) -> String {
 
 /// CUDA C for `kernel` as `extern "C" __global__ void {name}(...)`, without the
 /// prelude. Parameters: `n` (output positions), the input pointers, the output
-/// pointers, then `args`, `out_shape`, `red_shape` (i64) and `params` (f64).
+/// pointers, then the metadata struct `m` by value: `m.a` integer arguments, `m.o`
+/// the output shape, `m.r` the reduction shape (i64) and `m.p` parameters (f64).
 pub fn kernel_source(kernel: &Kernel, name: &str) -> String {
     let mut s = String::new();
+    meta_struct(&mut s, kernel);
     let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params_list(kernel));
-    let _ = writeln!(s, "  (void)args; (void)out_shape; (void)red_shape; (void)params;");
+    let _ = writeln!(s, "  (void)m;");
     let (first, step) = if kernel.has_scatter() {
         ("0", "1")
     } else {
@@ -406,7 +408,7 @@ fn identity_lit(r: &crate::ir::Reduction) -> String {
 fn out_indices(s: &mut String, kernel: &Kernel) {
     let _ = writeln!(s, "    i64 rem = p;");
     for d in (0..kernel.out_rank).rev() {
-        let _ = writeln!(s, "    const i64 i{d} = rem % out_shape[{d}]; rem /= out_shape[{d}];");
+        let _ = writeln!(s, "    const i64 i{d} = rem % m.o[{d}]; rem /= m.o[{d}];");
     }
 }
 
@@ -416,13 +418,13 @@ fn reduction_loop(s: &mut String, kernel: &Kernel, q_start: &str, q_step: &str) 
     for (k, r) in kernel.reductions.iter().enumerate() {
         let _ = writeln!(s, "    {} acc{k} = {};", ctype(r.dtype), identity_lit(r));
     }
-    let rn: Vec<String> = (0..kernel.red_rank).map(|d| format!("red_shape[{d}]")).collect();
+    let rn: Vec<String> = (0..kernel.red_rank).map(|d| format!("m.r[{d}]")).collect();
     let _ = writeln!(s, "    const i64 rn = {};", rn.join(" * "));
     let _ = writeln!(s, "    for (i64 q = {q_start}; q < rn; q += {q_step}) {{");
     let _ = writeln!(s, "      i64 rq = q;");
     for d in (0..kernel.red_rank).rev() {
         let i = kernel.out_rank + d;
-        let _ = writeln!(s, "      const i64 i{i} = rq % red_shape[{d}]; rq /= red_shape[{d}];");
+        let _ = writeln!(s, "      const i64 i{i} = rq % m.r[{d}]; rq /= m.r[{d}];");
     }
     values(s, &kernel.inner, &kernel.inputs, "v", "      ");
     for (k, r) in kernel.reductions.iter().enumerate() {
@@ -445,13 +447,32 @@ fn params_list(kernel: &Kernel) -> String {
     for (k, o) in kernel.outputs.iter().enumerate() {
         params.push(format!("{}* __restrict__ out{k}", storage(o.dtype)));
     }
-    params.extend([
-        "const i64* __restrict__ args".to_string(),
-        "const i64* __restrict__ out_shape".to_string(),
-        "const i64* __restrict__ red_shape".to_string(),
-        "const double* __restrict__ params".to_string(),
-    ]);
+    params.push(format!("const {} m", meta_name(kernel)));
     params.join(", ")
+}
+
+/// The lengths of the four arrays of a kernel's metadata parameter: `a` (integer
+/// arguments), `o` (output shape), `r` (reduction shape), `p` (f64 parameters);
+/// each at least 1 (C has no empty arrays).
+pub fn meta_lens(kernel: &Kernel) -> [usize; 4] {
+    [kernel.n_args, kernel.out_rank, kernel.red_rank, kernel.n_params].map(|n| n.max(1))
+}
+
+fn meta_name(kernel: &Kernel) -> String {
+    let [a, o, r, p] = meta_lens(kernel);
+    format!("jmeta_{a}_{o}_{r}_{p}")
+}
+
+/// The metadata struct, passed by value (the driver copies it into the launch's
+/// parameter space: no device allocation or copy per launch). Guarded so that many
+/// kernels can share a translation unit.
+fn meta_struct(s: &mut String, kernel: &Kernel) {
+    let [a, o, r, p] = meta_lens(kernel);
+    let name = meta_name(kernel);
+    let guard = name.to_uppercase();
+    let _ = writeln!(s, "#ifndef {guard}\n#define {guard}");
+    let _ = writeln!(s, "struct {name} {{ i64 a[{a}]; i64 o[{o}]; i64 r[{r}]; double p[{p}]; }};");
+    let _ = writeln!(s, "#endif");
 }
 
 /// The block-per-output variant of a reduction kernel, for large reduction domains:
@@ -461,8 +482,9 @@ fn params_list(kernel: &Kernel) -> String {
 /// multiple of 32 (at most 1024).
 pub fn block_reduction_source(kernel: &Kernel, name: &str) -> String {
     let mut s = String::new();
+    meta_struct(&mut s, kernel);
     let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params_list(kernel));
-    let _ = writeln!(s, "  (void)args; (void)out_shape; (void)red_shape; (void)params;");
+    let _ = writeln!(s, "  (void)m;");
     for (k, r) in kernel.reductions.iter().enumerate() {
         let _ = writeln!(s, "  __shared__ {} sm{k}[32];", ctype(r.dtype));
     }

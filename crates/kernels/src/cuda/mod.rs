@@ -5,7 +5,10 @@
 //! module probes first and turns absence into a [`KernelError::LibraryMissing`] that
 //! says what was looked for and how to run on the CPU instead.
 
+pub mod allocator;
+pub mod blas;
 pub mod emit;
+pub mod memory;
 pub mod nvrtc;
 pub mod runtime;
 

@@ -1,8 +1,78 @@
 //! NVRTC: CUDA C to a cubin for the device's exact architecture (so that a newer
 //! NVRTC never hands the driver a PTX it cannot load).
 
+use crate::cache::FRAMEWORK_VERSION;
+use crate::disk_cache::DiskCache;
 use crate::error::KernelError;
+use crate::ir::Kernel;
 use std::ffi::CString;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+static COMPILES: AtomicU64 = AtomicU64::new(0);
+
+/// Number of NVRTC compilations this process ran (a warm disk cache keeps it at 0).
+pub fn compiles() -> u64 {
+    COMPILES.load(Ordering::Relaxed)
+}
+
+/// The disk level of the CUDA kernel cache (see [`crate::disk_cache`]), or `None`
+/// when it is turned off. Read from the environment once.
+pub fn disk_cache() -> Option<&'static DiskCache> {
+    static DISK: OnceLock<Option<DiskCache>> = OnceLock::new();
+    DISK.get_or_init(DiskCache::from_env).as_ref()
+}
+
+/// The cache key of `kernel`'s binary for `arch`: its canonical IR text with the
+/// architecture, NVRTC's version and options, and the framework's version.
+pub fn kernel_key(kernel: &Kernel, arch: &str) -> Result<String, KernelError> {
+    let (major, minor) = version()?;
+    Ok(crate::ir::fnv128(
+        format!("cuda|{arch}|nvrtc-{major}.{minor}|{}|jit-{FRAMEWORK_VERSION}|{kernel}", OPTIONS.join(" ")).as_bytes(),
+    ))
+}
+
+/// A kernel's cubin and where it came from.
+pub struct Cubin {
+    /// The binary for the device's architecture.
+    pub binary: Vec<u8>,
+    /// The cache key.
+    pub key: String,
+    /// True when it was read from the disk cache (no compile).
+    pub from_disk: bool,
+}
+
+/// The cubin of `kernel` for `arch` (kernel `kernel`, and `kernel_block` for a
+/// reduction): read from `disk` when a valid entry is there, else compiled with
+/// NVRTC and stored. A compile error names the kernel's IR and where its CUDA source
+/// was written (or shows the source when there is no disk cache).
+pub fn cubin_for(kernel: &Kernel, arch: &str, disk: Option<&DiskCache>) -> Result<Cubin, KernelError> {
+    let key = kernel_key(kernel, arch)?;
+    if let Some(binary) = disk.and_then(|d| d.load(&key)) {
+        return Ok(Cubin { binary, key, from_disk: true });
+    }
+    let source = super::emit::translation_unit(kernel, "kernel");
+    let binary = match compile_cubin(&source, arch) {
+        Ok(b) => b,
+        Err(KernelError::Compile { backend, message, .. }) => {
+            let shown = match disk.map(|d| (d.dir().join(format!("{key}.failed.src")), d)) {
+                Some((path, _)) if std::fs::write(&path, &source).is_ok() => {
+                    format!("{message}\n--- CUDA source: {} ---", path.display())
+                }
+                _ => format!("{message}\n--- CUDA source ---\n{source}"),
+            };
+            return Err(KernelError::Compile { backend, message: shown, ir: kernel.to_string() });
+        }
+        Err(e) => return Err(e),
+    };
+    if let Some(d) = disk {
+        if let Err(e) = d.store(&key, &binary, &source) {
+            // the kernel still runs; the next process compiles it again
+            eprintln!("[jit] kernel cache: {e}");
+        }
+    }
+    Ok(Cubin { binary, key, from_disk: false })
+}
 
 /// Options every compile uses (part of the cache key).
 pub const OPTIONS: &[&str] = &["--std=c++17", "--fmad=true"];
@@ -35,6 +105,7 @@ fn require() -> Result<(), KernelError> {
 /// the compiler recurses deeply on long kernels.
 pub fn compile_cubin(source: &str, arch: &str) -> Result<Vec<u8>, KernelError> {
     require()?;
+    COMPILES.fetch_add(1, Ordering::Relaxed);
     let (src, arch) = (source.to_string(), arch.to_string());
     std::thread::Builder::new()
         .name("nvrtc".into())

@@ -1,17 +1,18 @@
 //! Running IR kernels on a CUDA device through the driver API (cudarc).
 //!
-//! This first version keeps values on the host: each kernel's inputs are copied to
-//! the device, the kernel runs, and its outputs are copied back. It exists to run the
-//! whole numeric test suite on a GPU (`JIT_BACKEND=cuda`); device-resident values,
-//! the caching allocator and the on-disk cache are the next steps.
+//! Values live on the device between kernels ([`Buffer`] keeps a device copy and a
+//! host copy made on demand); device memory comes from the [caching
+//! allocator](super::allocator). Kernels take their sizes, strides and parameters
+//! as one struct passed by value, so a launch needs no allocation or copy besides
+//! its outputs. Everything is queued on one stream.
 
+use super::memory::DeviceBuffer;
 use super::{emit, nvrtc, probe};
-use crate::buffer::HostBuffer;
-use crate::cache::{KernelCache, FRAMEWORK_VERSION};
-use crate::dtype::DType;
+use crate::buffer::{Buffer, HostBuffer};
+use crate::cache::KernelCache;
 use crate::error::KernelError;
 use crate::ir::{Kernel, Launch, Store};
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
 
@@ -23,7 +24,8 @@ pub struct Runtime {
     pub arch: String,
     /// Multiprocessors.
     pub sms: u32,
-    nvrtc: (i32, i32),
+    /// NVRTC's version (major, minor).
+    pub nvrtc: (i32, i32),
 }
 
 /// A loaded kernel.
@@ -31,8 +33,10 @@ pub struct Loaded {
     func: CudaFunction,
     /// The block-per-output variant of a reduction kernel.
     block: Option<CudaFunction>,
-    /// Its CUDA source.
-    pub source: String,
+    /// Its cache key (the name of its files in the disk cache).
+    pub key: String,
+    /// True when its binary came from the disk cache.
+    pub from_disk: bool,
 }
 
 // SAFETY: CUDA functions and modules may be used from any thread of the process; the
@@ -84,57 +88,62 @@ pub fn cache() -> &'static KernelCache<Loaded> {
     crate::cache::global(&CACHE)
 }
 
-fn bytes_of(b: &HostBuffer) -> &[u8] {
-    // SAFETY: the pointer is valid for `size_in_bytes` bytes of plain data.
-    unsafe { std::slice::from_raw_parts(b.as_ptr(), b.size_in_bytes()) }
-}
-
-fn from_bytes(d: DType, bytes: &[u8], n: usize) -> HostBuffer {
-    let mut out = HostBuffer::zeros(d, n);
-    if d == DType::Bool {
-        return HostBuffer::Bool(bytes.iter().take(n).map(|&b| b != 0).collect());
+/// A kernel's metadata parameter as the emitted `jmeta_*` struct lays it out: the
+/// arrays `a`, `o`, `r` (i64) and `p` (f64 bits), each at least one element long.
+/// The launch passes the address of the first word; the driver copies as many bytes
+/// as the kernel's struct declares into the kernel's parameter space.
+fn meta_words(kernel: &Kernel, launch: &Launch) -> Result<Vec<u64>, KernelError> {
+    let lens = emit::meta_lens(kernel);
+    let total: usize = lens.iter().sum();
+    // kernel parameters may take up to 32 KiB on the architectures CUDA 13 supports
+    if total > 3800 {
+        return Err(KernelError::Internal {
+            op: "kernel launch".into(),
+            reason: format!("the kernel takes {total} metadata words, more than a launch can pass"),
+        });
     }
-    let len = out.size_in_bytes().min(bytes.len());
-    // SAFETY: `out` owns `size_in_bytes` bytes; every bit pattern is a valid value of
-    // the non-bool dtypes.
-    unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), out.as_mut_ptr(), len) };
-    out
+    let mut words = vec![0u64; total];
+    let as_words = |v: &[usize]| v.iter().map(|&d| d as u64).collect::<Vec<_>>();
+    let parts: [Vec<u64>; 4] = [
+        launch.args.iter().map(|&a| a as u64).collect(),
+        as_words(&launch.out_shape),
+        as_words(&launch.red_shape),
+        launch.params.iter().map(|p| p.to_bits()).collect(),
+    ];
+    let mut at = 0;
+    for (part, len) in parts.iter().zip(lens) {
+        words[at..at + part.len()].copy_from_slice(part);
+        at += len;
+    }
+    Ok(words)
 }
 
 impl Runtime {
-    fn upload<T: cudarc::driver::DeviceRepr>(&self, data: &[T], pad: T) -> Result<CudaSlice<T>, KernelError> {
-        // a zero-length allocation has no valid pointer: pad empty arrays to one
-        let r = if data.is_empty() { self.stream.clone_htod(&[pad]) } else { self.stream.clone_htod(data) };
-        r.map_err(|e| {
-            if e.to_string().contains("OUT_OF_MEMORY") {
-                KernelError::OutOfMemory {
-                    device: "cuda:0".into(),
-                    bytes: std::mem::size_of_val(data) as u128,
-                    what: "a kernel buffer".into(),
-                }
-            } else {
-                driver_err("host-to-device copy")(e)
-            }
-        })
+    /// Makes the context current on the calling thread.
+    pub fn bind(&self) -> Result<(), KernelError> {
+        self._ctx.bind_to_thread().map_err(driver_err("cuCtxSetCurrent"))
+    }
+
+    /// Waits for everything queued on the stream.
+    pub fn synchronize(&self) -> Result<(), KernelError> {
+        self.stream.synchronize().map_err(driver_err("stream synchronize"))
+    }
+
+    /// The stream every kernel and copy is queued on.
+    pub fn cu_stream(&self) -> cudarc::driver::sys::CUstream {
+        self.stream.cu_stream()
     }
 
     fn load(&self, kernel: &Kernel) -> Result<Arc<Loaded>, KernelError> {
-        let key = crate::ir::fnv128(
-            format!(
-                "cuda|{}|nvrtc-{}.{}|{}|jit-{FRAMEWORK_VERSION}|{kernel}",
-                self.arch,
-                self.nvrtc.0,
-                self.nvrtc.1,
-                nvrtc::OPTIONS.join(" ")
-            )
-            .as_bytes(),
-        );
-        cache().get_or_compile(&key, || {
-            let source = emit::translation_unit(kernel, "kernel");
-            let cubin = nvrtc::compile_cubin(&source, &self.arch)?;
+        // level 1: loaded modules by structure (the key of the disk level adds the
+        // compiler's version, fixed for the process)
+        let mem_key = kernel.structural_hash();
+        cache().get_or_compile(&mem_key, || {
+            let cubin = nvrtc::cubin_for(kernel, &self.arch, nvrtc::disk_cache())?;
+            self.bind()?;
             let module = self
                 ._ctx
-                .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+                .load_module(cudarc::nvrtc::Ptx::from_binary(cubin.binary))
                 .map_err(driver_err("cuModuleLoadData"))?;
             let func = module.load_function("kernel").map_err(driver_err("cuModuleGetFunction"))?;
             let block = if emit::has_block_variant(kernel) {
@@ -142,40 +151,51 @@ impl Runtime {
             } else {
                 None
             };
-            Ok(Loaded { func, block, source })
+            Ok(Loaded { func, block, key: cubin.key, from_disk: cubin.from_disk })
         })
     }
 
-    /// Runs `kernel` on the device with host inputs and returns host outputs.
-    pub fn run(
-        &self,
-        kernel: &Kernel,
-        launch: &Launch,
-        inputs: &[&HostBuffer],
-    ) -> Result<Vec<HostBuffer>, KernelError> {
-        launch.check(kernel, inputs)?;
+    /// Runs `kernel` on the device. Inputs are copied to the device once if they are
+    /// not there yet (the copy stays with the value); outputs stay on the device
+    /// until the host reads them.
+    pub fn run(&self, kernel: &Kernel, launch: &Launch, inputs: &[&Buffer]) -> Result<Vec<Buffer>, KernelError> {
+        launch.check_dtypes(kernel, inputs.iter().map(|b| b.dtype()))?;
         let loaded = self.load(kernel)?;
-        let ins = inputs.iter().map(|b| self.upload(bytes_of(b), 0u8)).collect::<Result<Vec<_>, _>>()?;
-        let host_outs: Vec<HostBuffer> = kernel
+        self.bind()?;
+        let ins: Vec<u64> = inputs.iter().map(|b| b.device().map(DeviceBuffer::ptr)).collect::<Result<_, _>>()?;
+        let outs: Vec<DeviceBuffer> = kernel
             .outputs
             .iter()
             .zip(&launch.output_lens)
-            .map(|(o, &n)| match &o.store {
-                Store::Scatter { op, .. } if o.dtype.is_float() => {
-                    Ok(HostBuffer::filled(o.dtype, n, op.identity_f64()))
+            .map(|(o, &n)| {
+                let d = DeviceBuffer::alloc(o.dtype, n, "a kernel output")?;
+                if let Store::Scatter { op, .. } = &o.store {
+                    // scatter outputs start at the identity of their combine op
+                    let init = if o.dtype.is_float() {
+                        HostBuffer::filled(o.dtype, n, op.identity_f64())
+                    } else {
+                        HostBuffer::from_i64s(o.dtype, std::iter::repeat_n(op.identity_for(o.dtype), n))
+                    };
+                    if init.as_bytes().iter().all(|&b| b == 0) {
+                        d.memset(0)?;
+                    } else {
+                        let src = DeviceBuffer::upload(&init)?;
+                        // SAFETY: both blocks hold `size_in_bytes` bytes; stream-ordered.
+                        unsafe {
+                            cudarc::driver::result::memcpy_dtod_async(
+                                d.ptr(),
+                                src.ptr(),
+                                init.size_in_bytes(),
+                                self.cu_stream(),
+                            )
+                        }
+                        .map_err(driver_err("device-to-device copy"))?;
+                    }
                 }
-                Store::Scatter { op, .. } => {
-                    Ok(HostBuffer::from_i64s(o.dtype, std::iter::repeat_n(op.identity_for(o.dtype), n)))
-                }
-                Store::Dense => HostBuffer::try_zeros(o.dtype, n),
+                Ok(d)
             })
-            .collect::<Result<_, _>>()?;
-        let mut outs = host_outs.iter().map(|b| self.upload(bytes_of(b), 0u8)).collect::<Result<Vec<_>, _>>()?;
-        let as_i64 = |v: &[usize]| v.iter().map(|&d| d as i64).collect::<Vec<_>>();
-        let args = self.upload(&launch.args, 0i64)?;
-        let oshape = self.upload(&as_i64(&launch.out_shape), 0i64)?;
-        let rshape = self.upload(&as_i64(&launch.red_shape), 0i64)?;
-        let params = self.upload(&launch.params, 0f64)?;
+            .collect::<Result<_, KernelError>>()?;
+        let meta = meta_words(kernel, launch)?;
         let n: i64 = launch.out_shape.iter().product::<usize>() as i64;
         if n > 0 {
             let threads = 256u32;
@@ -188,29 +208,27 @@ impl Runtime {
                 _ => (&loaded.func, ((n as u64).div_ceil(u64::from(threads))).min(u64::from(self.sms) * 32) as u32),
             };
             let cfg = LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
+            let out_ptrs: Vec<u64> = outs.iter().map(DeviceBuffer::ptr).collect();
             let mut b = self.stream.launch_builder(func);
             b.arg(&n);
             for i in &ins {
                 b.arg(i);
             }
-            for o in &mut outs {
+            for o in &out_ptrs {
                 b.arg(o);
             }
-            b.arg(&args).arg(&oshape).arg(&rshape).arg(&params);
-            // SAFETY: the argument list matches the emitted kernel's parameters, every
-            // pointer addresses a live device buffer of the sizes the launch describes.
+            b.arg(&meta[0]);
+            // SAFETY: the argument list matches the emitted kernel's parameters (the
+            // metadata words are laid out as the kernel's struct); every pointer addresses a live
+            // device block of the sizes the launch describes, kept alive until the
+            // blocks are released, after which only stream-ordered work can reuse them.
             unsafe { b.launch(cfg) }.map_err(driver_err("kernel launch"))?;
         }
-        let mut result = Vec::with_capacity(outs.len());
-        for ((o, dev), &len) in kernel.outputs.iter().zip(&outs).zip(&launch.output_lens) {
-            let bytes = self.stream.clone_dtoh(dev).map_err(driver_err("device-to-host copy"))?;
-            result.push(from_bytes(o.dtype, &bytes, len));
-        }
-        Ok(result)
+        Ok(outs.into_iter().map(Buffer::from_device).collect())
     }
 }
 
 /// Runs `kernel` on CUDA device 0 (see [`Runtime::run`]).
-pub fn run(kernel: &Kernel, launch: &Launch, inputs: &[&HostBuffer]) -> Result<Vec<HostBuffer>, KernelError> {
+pub fn run(kernel: &Kernel, launch: &Launch, inputs: &[&Buffer]) -> Result<Vec<Buffer>, KernelError> {
     runtime()?.run(kernel, launch, inputs)
 }
