@@ -3,19 +3,26 @@
 # the unpacked bins.tar.xz: runs the numeric test suites with every kernel on the
 # CUDA backend, the differential test across reference / CPU / CUDA, and the MLP
 # example, and prints a summary table. Logs go to $LOGS (default ./gpu-check-logs).
+# The kernel cache's disk level goes to a fresh $JIT_CACHE_DIR; the first suite is
+# run again at the end with that cache warm (its time is printed beside).
 set -u
 cd "$(dirname "$0")"
 logs=${LOGS:-gpu-check-logs}
 mkdir -p "$logs"
+export JIT_CACHE_DIR=${JIT_CACHE_DIR:-$(mktemp -d)/kernels}
 printf '%-16s %-6s %s\n' suite status result
 fail=0
-for t in elementwise reductions shape_ops activations meta_ops fusion mlp transcendentals memory properties errors differential gradients autograd optim training; do
+suites="elementwise reductions shape_ops activations meta_ops fusion mlp transcendentals memory properties errors differential gradients autograd optim training conv_paths linalg layers kernel_cache cuda_disk_cache"
+for t in $suites elementwise; do
     [ -x "./$t" ] || continue
-    JIT_BACKEND=cuda JIT_DIFF_GRAPHS=${JIT_DIFF_GRAPHS:-500} timeout 900 "./$t" --test-threads=8 --nocapture >"$logs/$t.log" 2>&1
+    [ -f "$logs/$t.log" ] && t_log="$logs/$t.warm.log" || t_log="$logs/$t.log"
+    start=$(date +%s%N)
+    JIT_BACKEND=cuda JIT_DIFF_GRAPHS=${JIT_DIFF_GRAPHS:-500} timeout 900 "./$t" --test-threads=8 --nocapture >"$t_log" 2>&1
     rc=$?
-    res=$(grep -E '^test result' "$logs/$t.log" | tail -1)
+    secs=$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN{print (b-a)/1e9}')
+    res=$(grep -E '^test result' "$t_log" | tail -1)
     [ $rc -eq 0 ] && st=ok || { st=FAIL; fail=1; }
-    printf '%-16s %-6s %s\n' "$t" "$st" "${res:-rc=$rc}"
+    printf '%-16s %-6s %s (%.1f s%s)\n' "$t" "$st" "${res:-rc=$rc}" "$secs" "$([ "$t_log" != "$logs/$t.log" ] && echo ', warm disk cache')"
 done
 JIT_BACKEND=cuda ./mlp-example >"$logs/mlp-example.log" 2>&1 && st=ok || { st=FAIL; fail=1; }
 printf '%-16s %-6s %s\n' mlp-example "$st" "$(grep -E '^(OK|error)' "$logs/mlp-example.log" | head -1)"
