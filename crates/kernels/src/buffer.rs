@@ -383,7 +383,7 @@ impl Buffer {
             op: "buffer".into(),
             reason: "a buffer holds neither host nor device data".into(),
         })?;
-        let d = DeviceBuffer::upload(h)?;
+        let d = DeviceBuffer::upload(h, "a value copied to the device")?;
         Ok(self.device.get_or_init(|| d))
     }
 }

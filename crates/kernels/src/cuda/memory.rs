@@ -72,9 +72,10 @@ impl DeviceBuffer {
         Ok(DeviceBuffer { block, dtype, len })
     }
 
-    /// A device copy of host data (queued on the stream).
-    pub fn upload(host: &HostBuffer) -> Result<DeviceBuffer, KernelError> {
-        let d = DeviceBuffer::alloc(host.dtype(), host.len(), "a value copied to the device")?;
+    /// A device copy of host data (queued on the stream); `what` names the use in an
+    /// out-of-memory error.
+    pub fn upload(host: &HostBuffer, what: &str) -> Result<DeviceBuffer, KernelError> {
+        let d = DeviceBuffer::alloc(host.dtype(), host.len(), what)?;
         if !host.is_empty() {
             let rt = runtime()?;
             rt.bind()?;

@@ -24,8 +24,6 @@ pub struct Runtime {
     pub arch: String,
     /// Multiprocessors.
     pub sms: u32,
-    /// NVRTC's version (major, minor).
-    pub nvrtc: (i32, i32),
 }
 
 /// A loaded kernel.
@@ -33,10 +31,6 @@ pub struct Loaded {
     func: CudaFunction,
     /// The block-per-output variant of a reduction kernel.
     block: Option<CudaFunction>,
-    /// Its cache key (the name of its files in the disk cache).
-    pub key: String,
-    /// True when its binary came from the disk cache.
-    pub from_disk: bool,
 }
 
 // SAFETY: CUDA functions and modules may be used from any thread of the process; the
@@ -65,7 +59,8 @@ pub fn runtime() -> Result<&'static Runtime, KernelError> {
                     hint: "select the CPU with JIT_DEVICE=cpu".into(),
                 });
             }
-            let nv = nvrtc::version()?;
+            // NVRTC must be present before anything is compiled
+            nvrtc::version()?;
             let made = catch_unwind(AssertUnwindSafe(|| -> Result<Runtime, KernelError> {
                 let ctx = CudaContext::new(0).map_err(driver_err("cuCtxCreate"))?;
                 let (major, minor) = ctx.compute_capability().map_err(driver_err("compute capability"))?;
@@ -73,7 +68,7 @@ pub fn runtime() -> Result<&'static Runtime, KernelError> {
                     .attribute(cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
                     .map_err(driver_err("multiprocessor count"))?;
                 let stream = ctx.default_stream();
-                Ok(Runtime { _ctx: ctx, stream, arch: format!("sm_{major}{minor}"), sms: sms.max(1) as u32, nvrtc: nv })
+                Ok(Runtime { _ctx: ctx, stream, arch: format!("sm_{major}{minor}"), sms: sms.max(1) as u32 })
             }));
             made.unwrap_or_else(|_| {
                 Err(KernelError::Internal { op: "cuda init".into(), reason: "the CUDA driver panicked".into() })
@@ -102,19 +97,16 @@ fn meta_words(kernel: &Kernel, launch: &Launch) -> Result<Vec<u64>, KernelError>
             reason: format!("the kernel takes {total} metadata words, more than a launch can pass"),
         });
     }
-    let mut words = vec![0u64; total];
-    let as_words = |v: &[usize]| v.iter().map(|&d| d as u64).collect::<Vec<_>>();
-    let parts: [Vec<u64>; 4] = [
-        launch.args.iter().map(|&a| a as u64).collect(),
-        as_words(&launch.out_shape),
-        as_words(&launch.red_shape),
-        launch.params.iter().map(|p| p.to_bits()).collect(),
-    ];
-    let mut at = 0;
-    for (part, len) in parts.iter().zip(lens) {
-        words[at..at + part.len()].copy_from_slice(part);
-        at += len;
-    }
+    let mut words = Vec::with_capacity(total);
+    let mut push = |part: &mut dyn Iterator<Item = u64>, len: usize| {
+        let end = words.len() + len;
+        words.extend(part);
+        words.resize(end, 0);
+    };
+    push(&mut launch.args.iter().map(|&a| a as u64), lens[0]);
+    push(&mut launch.out_shape.iter().map(|&d| d as u64), lens[1]);
+    push(&mut launch.red_shape.iter().map(|&d| d as u64), lens[2]);
+    push(&mut launch.params.iter().map(|p| p.to_bits()), lens[3]);
     Ok(words)
 }
 
@@ -151,7 +143,7 @@ impl Runtime {
             } else {
                 None
             };
-            Ok(Loaded { func, block, key: cubin.key, from_disk: cubin.from_disk })
+            Ok(Loaded { func, block })
         })
     }
 
@@ -168,30 +160,20 @@ impl Runtime {
             .iter()
             .zip(&launch.output_lens)
             .map(|(o, &n)| {
-                let d = DeviceBuffer::alloc(o.dtype, n, "a kernel output")?;
-                if let Store::Scatter { op, .. } = &o.store {
-                    // scatter outputs start at the identity of their combine op
-                    let init = if o.dtype.is_float() {
-                        HostBuffer::filled(o.dtype, n, op.identity_f64())
-                    } else {
-                        HostBuffer::from_i64s(o.dtype, std::iter::repeat_n(op.identity_for(o.dtype), n))
-                    };
-                    if init.as_bytes().iter().all(|&b| b == 0) {
-                        d.memset(0)?;
-                    } else {
-                        let src = DeviceBuffer::upload(&init)?;
-                        // SAFETY: both blocks hold `size_in_bytes` bytes; stream-ordered.
-                        unsafe {
-                            cudarc::driver::result::memcpy_dtod_async(
-                                d.ptr(),
-                                src.ptr(),
-                                init.size_in_bytes(),
-                                self.cu_stream(),
-                            )
-                        }
-                        .map_err(driver_err("device-to-device copy"))?;
-                    }
+                let Store::Scatter { op, .. } = &o.store else {
+                    return DeviceBuffer::alloc(o.dtype, n, "a kernel output");
+                };
+                // scatter outputs start at the identity of their combine op
+                let init = if o.dtype.is_float() {
+                    HostBuffer::filled(o.dtype, n, op.identity_f64())
+                } else {
+                    HostBuffer::from_i64s(o.dtype, std::iter::repeat_n(op.identity_for(o.dtype), n))
+                };
+                if init.as_bytes().iter().any(|&b| b != 0) {
+                    return DeviceBuffer::upload(&init, "a kernel output");
                 }
+                let d = DeviceBuffer::alloc(o.dtype, n, "a kernel output")?;
+                d.memset(0)?;
                 Ok(d)
             })
             .collect::<Result<_, KernelError>>()?;
