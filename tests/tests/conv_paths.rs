@@ -1,9 +1,9 @@
 //! Every way `conv2d` runs on the CPU, against the reference backend (f64), forward
 //! and backward, on random awkward sizes: the direct convolution (fewer than 16
-//! input channels, or at most 288 channel-tap pairs), shifted gemms (more),
-//! space-to-depth (strided, one group; its product direct with the structurally zero
-//! taps dropped, or shifted gemms), and the im2col product (groups, a 1x1 kernel with
-//! stride). Seeds are
+//! input channels, or at most 288 channel-tap pairs), shifted gemms (more), the
+//! direct stride-2 product (at most 288 pairs; its gradients through the
+//! space-to-depth form), space-to-depth (other strides, or more pairs: shifted
+//! gemms), and the im2col product (groups, a 1x1 kernel with stride). Seeds are
 //! printed; rerun with `JIT_TEST_SEED=<seed>`.
 
 use integration_tests::Rng;
@@ -65,7 +65,7 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
             bias: true,
         },
         Case {
-            name: "space-to-depth stride 2",
+            name: "direct stride 2, 4 channels",
             x: [2, 4, odd(rng, 6), odd(rng, 7)],
             o: 7,
             kernel: [3, 3],
@@ -73,7 +73,7 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
             bias: true,
         },
         Case {
-            name: "space-to-depth stride 2, direct without zero taps",
+            name: "direct stride 2, 24 channels",
             x: [1, 24, odd(rng, 6), 40 + rng.below(30)],
             o: 9,
             kernel: [3, 3],

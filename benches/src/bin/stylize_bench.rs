@@ -1,7 +1,7 @@
 //! Times the pretrained multistyle26 network (imported from ONNX) on one image:
 //! `stylize_bench SIZE RUNS` prints the median and spread of the forward pass
 //! (input already in memory, output realised), after one warm-up run that compiles
-//! the kernels. `benches/stylize_cpu.py` runs it beside onnxruntime.
+//! the kernels, and every run's time in order. `benches/stylize_cpu.py` runs it beside onnxruntime.
 
 use jit_core::realize;
 use jit_nn::image_io::from_rgb8;
@@ -11,7 +11,7 @@ use style_models::pretrained::{self, MultiStyle};
 fn main() {
     let mut a = std::env::args().skip(1);
     let size: u32 = a.next().and_then(|s| s.parse().ok()).unwrap_or(512);
-    let runs: usize = a.next().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let runs: usize = a.next().and_then(|s| s.parse().ok()).unwrap_or(10).max(1);
     let dir = pretrained::models_dir();
     if let Err(e) = pretrained::ensure_models(&dir, true) {
         eprintln!("stylize_bench: {e}");
@@ -34,11 +34,13 @@ fn main() {
         realize(&[y]).expect("run");
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
+    let all: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
     times.sort_by(f64::total_cmp);
     let med = times[times.len() / 2];
     println!(
-        "{{\"size\": {size}, \"runs\": {runs}, \"median_ms\": {med:.2}, \"min_ms\": {:.2}, \"max_ms\": {:.2}, \"first_run_ms\": {cold:.1}}}",
+        "{{\"size\": {size}, \"runs\": {runs}, \"median_ms\": {med:.2}, \"min_ms\": {:.2}, \"max_ms\": {:.2}, \"first_run_ms\": {cold:.1}, \"times_ms\": [{}]}}",
         times[0],
-        times[times.len() - 1]
+        times[times.len() - 1],
+        all.join(", ")
     );
 }

@@ -316,7 +316,7 @@ fn report_profile(mut t: Vec<(f64, String)>) {
     let total: f64 = t.iter().map(|x| x.0).sum();
     t.sort_by(|a, b| b.0.total_cmp(&a.0));
     eprintln!("[jit profile] {} steps, {total:.2} ms", t.len());
-    for (ms, label) in t.iter().take(25) {
+    for (ms, label) in &t {
         eprintln!("  {ms:9.3} ms  {:5.1}%  {label}", 100.0 * ms / total.max(1e-9));
     }
 }

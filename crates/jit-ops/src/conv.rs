@@ -9,7 +9,7 @@
 //! has its own.
 
 use crate::shape::{PadMode, ShapeOps};
-use jit_core::{ConvPass, Error, ExternOp, IndexExpr as E, ReduceOp, Result, Var};
+use jit_core::{ConvPass, Error, ExternOp, IndexExpr as E, ReduceOp, Result, Var, DIRECT_MAX_PAIRS};
 use std::sync::Arc;
 
 /// How `conv2d` pads its input.
@@ -277,6 +277,67 @@ fn conv_space_to_depth(x: &Var, w: &Var, s: Im2col) -> Result<Var> {
     conv_unit_stride(&phases, &wq_, spec)?.narrow(2, 0, oh)?.narrow(3, 0, ow)
 }
 
+/// A stride-2 convolution (one group, no dilation) with its own gradient rule: the
+/// forward product reads the zero-padded input directly
+/// ([`ExternOp::Conv2dStride2`], no space-to-depth copy of it); the gradients are the
+/// ones of the space-to-depth form ([`conv_space_to_depth`]): the unit-stride
+/// backward passes on the input's and the weight's phases, whose gradients are
+/// gathered back to the input's and the weight's layouts (the phase split is a
+/// bijection onto the padded grid, so its gradient needs no sums).
+fn conv_stride2(x: &Var, w: &Var, s: Im2col) -> Result<Var> {
+    let [n, c, h, wd] = dims4("conv2d", "input", x)?;
+    let [oc, _, kh, kw] = dims4("conv2d", "weight", w)?;
+    let [ph, pw] = s.padding;
+    let (hp, wp) = (h + 2 * ph, wd + 2 * pw);
+    let kernel = [kh, kw];
+    let forward = move |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
+        let xp = if ph + pw > 0 { xs[0].pad(&[pw, pw, ph, ph], PadMode::Constant(0.0))? } else { xs[0].clone() };
+        let xp = xp.materialize();
+        let y = Var::extern_op(ExternOp::Conv2dStride2 { kernel }, &[xp.clone(), xs[1].clone()])?;
+        Ok((y, vec![xp, xs[1].clone()]))
+    };
+    let backward = move |saved: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
+        let (xp, w) = (&saved[0], &saved[1]);
+        let (hq, wq) = (hp.div_ceil(2), wp.div_ceil(2));
+        let (qh, qw) = (kh.div_ceil(2), kw.div_ceil(2));
+        // phase (a, b) of channel ci at (u, v) is v[.., ci, 2u + a, 2v + b], zero past the end
+        let split = |v: &Var, lead: usize, rows: usize, cols: usize| -> Result<Var> {
+            let exprs = vec![E::idx(0), E::idx(1), E::idx(4) * 2 + E::idx(2), E::idx(5) * 2 + E::idx(3)];
+            v.reindex(&[lead, c, 2, 2, rows, cols], exprs, 0.0, vec![])?.reshape(&[
+                lead as isize,
+                (c * 4) as isize,
+                rows as isize,
+                cols as isize,
+            ])
+        };
+        // and back: element (ci, r, q) of v's layout is phase (r % 2, q % 2) at (r / 2, q / 2)
+        let unsplit = |d: &Var, lead: usize, rows: usize, cols: usize| -> Result<Var> {
+            let ch = E::idx(1) * 4 + E::idx(2).modulo(2) * 2 + E::idx(3).modulo(2);
+            let exprs = vec![E::idx(0), ch, E::idx(2).floor_div(2), E::idx(3).floor_div(2)];
+            d.reindex(&[lead, c, rows, cols], exprs, 0.0, vec![])
+        };
+        let phases = split(xp, n, hq, wq)?.materialize();
+        let wph = split(w, oc, qh, qw)?.materialize();
+        let [oh, ow] = s.out;
+        // the output gradient on the phases' grid, zero outside the valid corner
+        let dy = g.pad(&[0, wq - ow, 0, hq - oh], PadMode::Constant(0.0))?.materialize();
+        let pass = |p: ConvPass| ExternOp::Conv2dShift { pass: p, kernel: [qh, qw], dilation: [1, 1] };
+        let dphases = Var::extern_op(pass(ConvPass::BackwardData), &[dy.clone(), wph])?;
+        let dwph = Var::extern_op(pass(ConvPass::BackwardFilter), &[dy, phases])?;
+        let dx = unsplit(&dphases, n, hp, wp)?.narrow(2, ph, h)?.narrow(3, pw, wd)?;
+        let dw = unsplit(&dwph, oc, kh, kw)?;
+        Ok(vec![Some(dx), Some(dw)])
+    };
+    jit_core::custom_op("conv2d", &[x.clone(), w.clone()], forward, Arc::new(backward))
+}
+
+/// `JIT_CONV_STRIDE2=0` turns the direct stride-2 forward off (the space-to-depth
+/// form then runs both ways), to compare the two.
+fn stride2_direct_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("JIT_CONV_STRIDE2").map_or(true, |v| v != "0"))
+}
+
 /// `torch.nn.functional.conv2d` (with `padding_mode` of `nn.Conv2d`): `x` is
 /// `[N, C, H, W]`, `w` is `[O, C / groups, kh, kw]`, `b` is `[O]`.
 pub fn conv2d(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions) -> Result<Var> {
@@ -355,6 +416,11 @@ pub fn conv2d(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions) -> Result<Va
         // unit-stride convolution with stride^2 times the channels
         let [sh, sw] = o.stride;
         if g == 1 && o.dilation == [1, 1] && kh >= sh && kw >= sw && cg * sh * sw >= 16 {
+            // stride 2 with few enough (channel, tap) pairs: the direct product on the
+            // padded input, without the phase split's copy
+            if o.stride == [2, 2] && c * kh * kw <= DIRECT_MAX_PAIRS && stride2_direct_enabled() {
+                return add_bias(conv_stride2(&src, w, spec)?, b);
+            }
             return add_bias(conv_space_to_depth(&src, w, spec)?, b);
         }
         im2col(&src, spec)?.reshape(&[(n * g) as isize, k as isize, (oh * ow) as isize])?

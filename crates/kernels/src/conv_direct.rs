@@ -39,6 +39,15 @@ const PREFETCH: usize = 64;
 /// Output channels per tile.
 pub const OB: usize = 8;
 
+/// Input bytes that one wide AVX2 tile may read (the union of its pairs' spans of
+/// columns) and still find in the first-level cache when the next channel group
+/// reads them again; past it the AVX2 tiles stay one vector wide. On the 2-core
+/// AVX2 test machine (minimum of 8 interleaved rounds of 15 runs) the wide tiles
+/// take 32 -> 32 3x3 at 130² (about 10 KB) from 2.47 to 2.11 ms, while the 128
+/// space-to-depth channels of a stride-2 layer at 257² (about 20 KB) take 15.1 ms
+/// wide against 11.7 narrow.
+const WIDE_MAX_BYTES: usize = 16 * 1024;
+
 /// The sizes of one direct convolution (one image of the batch).
 #[derive(Debug, Clone, Copy)]
 pub struct DirectConv<'a> {
@@ -62,6 +71,8 @@ pub struct DirectConv<'a> {
 pub struct Packed {
     offsets: Vec<usize>,
     blocks: Vec<Vec<f32>>,
+    /// Whether a wide AVX2 tile's reads fit [`WIDE_MAX_BYTES`].
+    wide: bool,
 }
 
 /// Repacks `w` (`[O, C, T]`) for [`forward`], dropping the `(channel, tap)` pairs whose
@@ -100,7 +111,7 @@ impl Packed {
             .flat_map(|ci| (0..taps).map(move |t| (ci, t)))
             .filter(|&(ci, t)| (0..s.o).any(|o| at(o, ci, t) != 0.0))
             .collect();
-        let offsets = pairs.iter().map(|&(ci, t)| ci * s.plane + s.shifts[t]).collect();
+        let offsets: Vec<usize> = pairs.iter().map(|&(ci, t)| ci * s.plane + s.shifts[t]).collect();
         let blocks = (0..s.o.div_ceil(OB))
             .map(|b| {
                 let mut v = vec![0.0f32; pairs.len() * OB];
@@ -112,8 +123,24 @@ impl Packed {
                 v
             })
             .collect();
-        Packed { offsets, blocks }
+        let wide = span_union(&offsets, WIDE_COLUMNS) * 4 <= WIDE_MAX_BYTES;
+        Packed { offsets, blocks, wide }
     }
+}
+
+/// Columns of a wide AVX2 tile.
+const WIDE_COLUMNS: usize = 24;
+
+/// Elements in the union of the spans `[o, o + width)` over the offsets.
+fn span_union(offsets: &[usize], width: usize) -> usize {
+    let mut sorted = offsets.to_vec();
+    sorted.sort_unstable();
+    let (mut total, mut end) = (0, 0);
+    for o in sorted {
+        total += (o + width).saturating_sub(end.max(o));
+        end = end.max(o + width);
+    }
+    total
 }
 
 /// `y[o, p] = sum over (c, t) of w[o, c, t] * xp[c, p + shifts[t]]` for `p < l`;
@@ -126,7 +153,7 @@ pub fn forward(s: &DirectConv<'_>, packed: &Packed, xp: &[f32], y: &mut [f32]) {
     assert!(xp.len() >= s.c * s.plane && y.len() >= s.o * s.plane);
     assert!(s.l == 0 || s.l - 1 + s.shifts.iter().copied().max().unwrap_or(0) < s.plane);
     assert_eq!(packed.blocks.len(), s.o.div_ceil(OB), "the weight was packed for other sizes");
-    let isa = Isa::detect();
+    let isa = Isa::detect(packed);
     let pw = isa.columns();
     let full_tiles = s.l / pw;
     // enough tasks to balance the threads, each a run of whole tiles
@@ -164,23 +191,42 @@ pub fn forward(s: &DirectConv<'_>, packed: &Packed, xp: &[f32], y: &mut [f32]) {
 enum Isa {
     #[cfg(target_arch = "x86_64")]
     Avx512,
+    /// Three vectors of columns by groups of three channels.
+    #[cfg(target_arch = "x86_64")]
+    Avx2Wide,
+    /// One vector of columns by eight channels.
     #[cfg(target_arch = "x86_64")]
     Avx2,
     Plain,
 }
 
 impl Isa {
-    fn detect() -> Isa {
+    fn detect(packed: &Packed) -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
                 return Isa::Avx512;
             }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                return Isa::Avx2;
+                return if packed.wide { Isa::Avx2Wide } else { Isa::Avx2 };
             }
         }
         Isa::Plain
+    }
+
+    /// These tiles, or the one-vector AVX2 tiles when rows of `cols` columns are
+    /// narrower than these tiles (the scalar tail would run whole rows).
+    fn fitting(self, cols: usize) -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        if cols < self.columns()
+            && matches!(self, Isa::Avx2Wide | Isa::Avx512)
+            && std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+        {
+            return Isa::Avx2;
+        }
+        let _ = cols;
+        self
     }
 
     /// Grid columns per tile.
@@ -188,6 +234,8 @@ impl Isa {
         match self {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => 2 * x86::Avx512::LANES,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Wide => WIDE_COLUMNS,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => x86::Avx2::LANES,
             Isa::Plain => Plain::LANES,
@@ -207,8 +255,10 @@ impl Isa {
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => x86::tile_avx512(off, w, x, y, ys, nb, p0),
                 #[cfg(target_arch = "x86_64")]
+                Isa::Avx2Wide => x86::tile_avx2_wide(off, w, x, y, ys, nb, p0),
+                #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => x86::tile_avx2(off, w, x, y, ys, nb, p0),
-                Isa::Plain => tile_nb::<Plain, 1>(off, w, x, y, ys, nb, p0),
+                Isa::Plain => tile_nb::<Plain, 1>(off, w.as_ptr(), x, y, ys, nb, p0),
             }
         }
     }
@@ -263,7 +313,7 @@ impl Lanes for Plain {
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
-    use super::{tile_nb, Lanes};
+    use super::{tile_nb, Lanes, OB};
     use std::arch::x86_64::*;
 
     /// 16 lanes of AVX-512 with FMA.
@@ -336,37 +386,66 @@ mod x86 {
         }
     }
 
-    /// A tile entry point compiled for the given target features.
+    /// A tile entry point compiled for the given target features; the body gets
+    /// the tile's arguments under the names given.
     macro_rules! isa_tile {
-        ($(#[$doc:meta])* $name:ident, $features:literal, $lanes:ty, $nv:literal) => {
+        (
+            $(#[$doc:meta])* $name:ident, $features:literal,
+            |$off:ident, $w:ident, $x:ident, $y:ident, $ys:ident, $nb:ident, $p0:ident| $body:block
+        ) => {
             $(#[$doc])*
             ///
             /// # Safety
             /// As for [`super::tile`], on a processor with these features.
             #[target_feature(enable = $features)]
             pub(super) unsafe fn $name(
-                off: &[usize],
-                w: &[f32],
-                x: *const f32,
-                y: *mut f32,
-                ys: usize,
-                nb: usize,
-                p0: usize,
+                $off: &[usize],
+                $w: &[f32],
+                $x: *const f32,
+                $y: *mut f32,
+                $ys: usize,
+                $nb: usize,
+                $p0: usize,
             ) {
+                debug_assert!($w.len() >= $off.len() * OB);
                 // SAFETY: forwarded; the features are enabled here.
-                unsafe { tile_nb::<$lanes, $nv>(off, w, x, y, ys, nb, p0) }
+                unsafe { $body }
             }
         };
     }
 
     isa_tile!(
-        /// A tile of two 16-lane vectors of columns.
-        tile_avx512, "avx512f,fma", Avx512, 2
+        /// A tile of two 16-lane vectors of columns by up to 8 output channels.
+        tile_avx512, "avx512f,fma",
+        |off, w, x, y, ys, nb, p0| { tile_nb::<Avx512, 2>(off, w.as_ptr(), x, y, ys, nb, p0) }
     );
+
     isa_tile!(
-        /// A tile of one 8-lane vector of columns (16 registers hold 8 sums and the
-        /// operands).
-        tile_avx2, "avx2,fma", Avx2, 1
+        /// A tile of three 8-lane vectors of columns, run over the block's output
+        /// channels in groups of up to 3 (group k's weights start k into each pair's
+        /// OB weights, its rows k rows down): 9 sums, 3 input vectors and one weight
+        /// stay in the 16 registers, and each pair loads 6 operands for 9 FMAs (8
+        /// channels by one vector load 9 for 8; 4 channels by 3 vectors need all 16
+        /// registers and the compiler spills a sum). Used when the reads fit
+        /// [`super::WIDE_MAX_BYTES`]: 3 -> 32 9x9 at 520² 30.2 -> 27.7 ms, 8 -> 4 3x3
+        /// at 514² 1.87 -> 1.41 ms. A software prefetch (as in the AVX-512 tiles)
+        /// made these tiles slower there.
+        tile_avx2_wide, "avx2,fma",
+        |off, w, x, y, ys, nb, p0| {
+            let mut k = 0;
+            while k < nb {
+                tile_nb::<Avx2, 3>(off, w.as_ptr().add(k), x, y.add(k * ys), ys, (nb - k).min(3), p0);
+                k += 3;
+            }
+        }
+    );
+
+    isa_tile!(
+        /// A tile of one 8-lane vector of columns by up to 8 output channels, for
+        /// pairs whose wide tiles would not stay in the first-level cache
+        /// ([`super::Packed`]).
+        tile_avx2, "avx2,fma",
+        |off, w, x, y, ys, nb, p0| { tile_nb::<Avx2, 1>(off, w.as_ptr(), x, y, ys, nb, p0) }
     );
 }
 
@@ -379,7 +458,7 @@ mod x86 {
 #[inline(always)]
 unsafe fn tile_nb<S: Lanes, const NV: usize>(
     off: &[usize],
-    w: &[f32],
+    w: *const f32,
     x: *const f32,
     y: *mut f32,
     ys: usize,
@@ -407,22 +486,20 @@ unsafe fn tile_nb<S: Lanes, const NV: usize>(
 ///
 /// # Safety
 /// `x` must be readable at `off[j] + p0 + i` for every pair and column of the tile,
-/// `w` must hold `off.len() * OB` weights, and the tile's elements of `y` must be
+/// `wp` must be readable at `j * OB + k` for every pair `j` and row `k < NB`, and the tile's elements of `y` must be
 /// writable by this caller alone.
 #[inline(always)]
 unsafe fn tile<S: Lanes, const NB: usize, const NV: usize>(
     off: &[usize],
-    w: &[f32],
+    wp: *const f32,
     x: *const f32,
     y: *mut f32,
     ys: usize,
     p0: usize,
 ) {
-    debug_assert!(w.len() >= off.len() * OB);
     // SAFETY: every access is inside the ranges the caller vouches for.
     unsafe {
         let mut acc = [[S::zero(); NV]; NB];
-        let wp = w.as_ptr();
         for (j, &o) in off.iter().enumerate() {
             let src = x.add(o + p0);
             S::prefetch(src.wrapping_add(PREFETCH));
@@ -444,6 +521,131 @@ unsafe fn tile<S: Lanes, const NB: usize, const NV: usize>(
             }
         }
     }
+}
+
+/// The sizes of one stride-2 direct convolution (one image of the batch, one group,
+/// no dilation) on an already padded input `[C, Hp, Wp]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Stride2Conv {
+    /// Input channels.
+    pub c: usize,
+    /// Output channels.
+    pub o: usize,
+    /// Padded input height and width.
+    pub hp: usize,
+    /// Padded input width.
+    pub wp: usize,
+    /// Kernel height and width.
+    pub kernel: [usize; 2],
+}
+
+impl Stride2Conv {
+    /// Output height and width: `(Hp - kh) / 2 + 1`, `(Wp - kw) / 2 + 1`.
+    pub fn out(&self) -> [usize; 2] {
+        [(self.hp - self.kernel[0]) / 2 + 1, (self.wp - self.kernel[1]) / 2 + 1]
+    }
+
+    /// Whether the direct product is the one to use: at most [`DIRECT_MAX_PAIRS`]
+    /// `(channel, tap)` pairs (the weights and input rows of a tile then stay in the
+    /// first-level cache).
+    pub fn fits(&self) -> bool {
+        self.c * self.kernel[0] * self.kernel[1] <= DIRECT_MAX_PAIRS
+    }
+}
+
+impl Stride2Conv {
+    /// Length of a row of one phase (even or odd columns) of an input row.
+    fn half(&self) -> usize {
+        self.wp.div_ceil(2)
+    }
+
+    /// The unit-stride problem on one output row's scratch: per input channel, `kh`
+    /// input rows each split into its even and odd columns (`2 kh` rows of
+    /// [`Self::half`]), so that tap `(ki, kj)` reads row `2 ki + kj % 2` from column
+    /// `kj / 2` on, and output column `v` of the row is scratch column `v`.
+    fn scratch_shifts(&self) -> Vec<usize> {
+        let [kh, kw] = self.kernel;
+        (0..kh * kw).map(|t| (2 * (t / kw) + (t % kw) % 2) * self.half() + (t % kw) / 2).collect()
+    }
+
+    fn scratch_plane(&self) -> usize {
+        2 * self.kernel[0] * self.half()
+    }
+}
+
+/// Repacks `w` (`[O, C, kh, kw]`) for [`forward_stride2`], dropping all-zero pairs.
+///
+/// # Panics
+/// When `w` is shorter than the sizes say (callers check it first).
+pub fn pack_stride2(s: &Stride2Conv, w: &[f32]) -> Packed {
+    let shifts = s.scratch_shifts();
+    Packed::new(&DirectConv { c: s.c, o: s.o, plane: s.scratch_plane(), l: 0, shifts: &shifts }, w)
+}
+
+/// `y[o, u, v] = sum over (c, ki, kj) of w[o, c, ki, kj] * xp[c, 2u + ki, 2v + kj]`:
+/// `xp` is `[C, Hp, Wp]`, `y` is `[O, oh, ow]` ([`Stride2Conv::out`]), every element
+/// written. Output rows are spread over the threads. For each, the `kh` input rows
+/// it reads are split into even and odd columns in a per-thread scratch (a phase
+/// split of a few cache-resident rows, instead of a copy of the whole input), and
+/// the unit-stride tiles of [`forward`] run on it.
+///
+/// # Panics
+/// When a buffer is shorter than the sizes say, or the kernel is larger than the
+/// padded input (callers check them first).
+pub fn forward_stride2(s: &Stride2Conv, packed: &Packed, xp: &[f32], y: &mut [f32]) {
+    forward_stride2_with(s, packed, xp, y, Isa::detect(packed).fitting(s.out()[1]))
+}
+
+/// [`forward_stride2`] with the given tiles.
+fn forward_stride2_with(s: &Stride2Conv, packed: &Packed, xp: &[f32], y: &mut [f32], isa: Isa) {
+    let [kh, kw] = s.kernel;
+    assert!(kh >= 1 && kw >= 1 && s.hp >= kh && s.wp >= kw, "kernel {:?} on a {}x{} grid", s.kernel, s.hp, s.wp);
+    let [oh, ow] = s.out();
+    let (plane, half, scratch_plane) = (s.hp * s.wp, s.half(), s.scratch_plane());
+    assert!(xp.len() >= s.c * plane && y.len() >= s.o * oh * ow);
+    assert_eq!(packed.blocks.len(), s.o.div_ceil(OB), "the weight was packed for other sizes");
+    let pw = isa.columns();
+    let y_addr = y.as_mut_ptr() as usize;
+    (0..oh).into_par_iter().for_each_init(
+        || vec![0.0f32; s.c * scratch_plane],
+        |scratch, u| {
+            for ci in 0..s.c {
+                for ki in 0..kh {
+                    let src = &xp[ci * plane + (2 * u + ki) * s.wp..][..s.wp];
+                    let (even, odd) = scratch[ci * scratch_plane + 2 * ki * half..][..2 * half].split_at_mut(half);
+                    for (j, p) in src.chunks_exact(2).enumerate() {
+                        even[j] = p[0];
+                        odd[j] = p[1];
+                    }
+                    if s.wp % 2 == 1 {
+                        even[half - 1] = src[s.wp - 1];
+                    }
+                }
+            }
+            let x = scratch.as_ptr();
+            let y_row = |b: usize| (y_addr as *mut f32).wrapping_add(b * OB * oh * ow + u * ow);
+            // tiles of pw columns, the last one shifted left to end at the row's end;
+            // a row narrower than a tile runs through the scalar tail
+            let tiles = if ow >= pw { ow.div_ceil(pw) } else { 0 };
+            for t in 0..tiles {
+                let v0 = (t * pw).min(ow - pw);
+                for (b, wb) in packed.blocks.iter().enumerate() {
+                    // SAFETY: rows b*OB.. of output row u, columns v0..v0 + pw <= ow,
+                    // written by this task alone; pair j reads scratch row r at
+                    // columns kj / 2 + v0 .. kj / 2 + v0 + pw <= kj / 2 + ow, which is
+                    // at most the length of the row's phase (even: ceil(Wp / 2), odd:
+                    // floor(Wp / 2)), since 2 (ow - 1) + kj <= Wp - 1.
+                    unsafe { isa.tile(&packed.offsets, wb, x, y_row(b), oh * ow, OB.min(s.o - b * OB), v0) };
+                }
+            }
+            if tiles == 0 {
+                for (b, wb) in packed.blocks.iter().enumerate() {
+                    // SAFETY: as above, columns 0..ow.
+                    unsafe { tail(&packed.offsets, wb, x, y_row(b), oh * ow, OB.min(s.o - b * OB), 0, ow) };
+                }
+            }
+        },
+    );
 }
 
 /// The last columns `p0..l` (fewer than a tile), one output channel at a time.
@@ -493,6 +695,31 @@ mod tests {
         y
     }
 
+    /// Uniform values in [-0.5, 0.5) from a fixed seed.
+    fn xorshift(mut seed: u32) -> impl FnMut() -> f32 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed as f32 / u32::MAX as f32) - 0.5
+        }
+    }
+
+    /// Every kind of tile this processor can run.
+    fn isas_here() -> Vec<Isa> {
+        let mut isas = vec![Isa::Plain];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                isas.extend([Isa::Avx2, Isa::Avx2Wide]);
+            }
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
+                isas.push(Isa::Avx512);
+            }
+        }
+        isas
+    }
+
     #[test]
     fn the_direct_product_is_chosen_by_channels_and_kept_pairs() {
         let decide = |c: usize, o: usize, taps: usize, zero: &dyn Fn(usize, usize) -> bool| {
@@ -512,27 +739,70 @@ mod tests {
         assert!(!decide(128, 32, 4, &dense), "512 pairs");
     }
 
+    #[test]
+    fn the_span_union_counts_overlaps_once() {
+        assert_eq!(span_union(&[], 24), 0);
+        assert_eq!(span_union(&[100], 24), 24);
+        // a 3-tap row (0, 1, 2) and a disjoint one (50): 26 + 24
+        assert_eq!(span_union(&[50, 2, 0, 1], 24), 50);
+        // 32 channels of a 3x3 kernel on a 130-column grid: 96 rows of 26 columns
+        let offsets: Vec<usize> =
+            (0..32).flat_map(|c| (0..9).map(move |t| c * 130 * 130 + (t / 3) * 130 + t % 3)).collect();
+        assert_eq!(span_union(&offsets, 24), 96 * 26);
+        assert!(span_union(&offsets, 24) * 4 <= WIDE_MAX_BYTES);
+    }
+
+    // Both tile kinds this machine has, odd grids, rows narrower than a vector,
+    // partial channel blocks and an all-zero pair, against the definition in f64.
+    #[test]
+    fn stride2_matches_the_definition() {
+        let mut rnd = xorshift(0x2545_f491);
+        let kinds = isas_here();
+        for &(c, o, hp, wp, kh, kw) in
+            &[(3, 11, 21, 37, 3, 3), (4, 8, 9, 9, 2, 2), (2, 3, 7, 12, 1, 1), (5, 17, 8, 40, 3, 5)]
+        {
+            let s = Stride2Conv { c, o, hp, wp, kernel: [kh, kw] };
+            let [oh, ow] = s.out();
+            let xp: Vec<f32> = (0..c * hp * wp).map(|_| rnd()).collect();
+            let mut w: Vec<f32> = (0..o * c * kh * kw).map(|_| rnd()).collect();
+            for oi in 0..o {
+                w[(oi * c + 1) * kh * kw] = 0.0;
+            }
+            let packed = pack_stride2(&s, &w);
+            assert_eq!(packed.offsets.len(), c * kh * kw - 1, "the zero pair is dropped");
+            for &isa in &kinds {
+                let mut y = vec![f32::NAN; o * oh * ow];
+                forward_stride2_with(&s, &packed, &xp, &mut y, isa);
+                for oi in 0..o {
+                    for u in 0..oh {
+                        for v in 0..ow {
+                            let mut want = 0.0f64;
+                            for ci in 0..c {
+                                for ki in 0..kh {
+                                    for kj in 0..kw {
+                                        want += w[((oi * c + ci) * kh + ki) * kw + kj] as f64
+                                            * xp[(ci * hp + 2 * u + ki) * wp + 2 * v + kj] as f64;
+                                    }
+                                }
+                            }
+                            let got = y[(oi * oh + u) * ow + v] as f64;
+                            assert!(
+                                (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{isa:?} c={c} o={o} {hp}x{wp} k={kh}x{kw}: y[{oi}, {u}, {v}] = {got}, want {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     // Every instruction set this machine has, every block size (o = 1..=19 covers
     // partial blocks), tails of several widths and weights with all-zero pairs.
     #[test]
     fn every_isa_matches_the_definition() {
-        let mut isas = vec![Isa::Plain];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                isas.push(Isa::Avx2);
-            }
-            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma") {
-                isas.push(Isa::Avx512);
-            }
-        }
-        let mut seed = 0x9e37_79b9_u32;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed as f32 / u32::MAX as f32) - 0.5
-        };
+        let isas = isas_here();
+        let mut rnd = xorshift(0x9e37_79b9);
         for &(c, o, hp, wp, kh, kw) in &[(3, 19, 9, 41, 3, 3), (5, 8, 7, 70, 2, 5), (2, 3, 12, 33, 1, 1)] {
             let plane = hp * wp;
             let shifts: Vec<usize> = (0..kh * kw).map(|t| (t / kw) * wp + t % kw).collect();

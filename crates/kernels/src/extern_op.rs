@@ -31,6 +31,14 @@ pub enum ExternOp {
         /// Dilation.
         dilation: [usize; 2],
     },
+    /// A stride-2, single-group, undilated 2-d convolution's forward product on an
+    /// already padded input, computed directly (no space-to-depth copy of the input):
+    /// `(xp [N, C, Hp, Wp], w [O, C, kh, kw]) -> y [N, O, (Hp - kh) / 2 + 1, (Wp - kw)
+    /// / 2 + 1]`. Its gradients are conv2d's own rule (the space-to-depth form).
+    Conv2dStride2 {
+        /// Kernel height and width.
+        kernel: [usize; 2],
+    },
 }
 
 /// The three products of a convolution.
@@ -49,7 +57,7 @@ impl ExternOp {
     pub fn name(&self) -> &'static str {
         match self {
             ExternOp::Matmul { .. } => "matmul",
-            ExternOp::Conv2dShift { .. } => "conv2d",
+            ExternOp::Conv2dShift { .. } | ExternOp::Conv2dStride2 { .. } => "conv2d",
         }
     }
 
@@ -85,6 +93,12 @@ impl ExternOp {
                     ConvPass::BackwardFilter => vec![g.o, g.c, kernel[0], kernel[1]],
                 })
             }
+            ExternOp::Conv2dStride2 { kernel } => {
+                let [a, b] = shapes else { return Err(format!("needs 2 inputs, got {}", shapes.len())) };
+                let (n, s) = stride2_geom(a, b, kernel)?;
+                let [oh, ow] = s.out();
+                Ok(vec![n, s.o, oh, ow])
+            }
         }
     }
 
@@ -115,6 +129,12 @@ impl ExternOp {
                 let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
                 let g = ConvGeom::new(pass, sa, sb, kernel, dilation).map_err(|e| self.bad(e))?;
                 let out = conv_shift(&g, pass, slice_f32(a)?.as_ref(), slice_f32(b)?.as_ref())?;
+                Ok(HostBuffer::F32(out).into_dtype(dtype))
+            }
+            ExternOp::Conv2dStride2 { kernel } => {
+                let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
+                let (n, s) = stride2_geom(sa, sb, kernel).map_err(|e| self.bad(e))?;
+                let out = conv_stride2(n, &s, slice_f32(a)?.as_ref(), slice_f32(b)?.as_ref())?;
                 Ok(HostBuffer::F32(out).into_dtype(dtype))
             }
         }
@@ -148,6 +168,25 @@ impl ExternOp {
                 let g = ConvGeom::new(pass, sa, sb, kernel, dilation).map_err(|e| self.bad(e))?;
                 let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
                 Ok(HostBuffer::from_f64s(dtype, conv_shift_reference(&g, pass, &a, &b)))
+            }
+            ExternOp::Conv2dStride2 { kernel } => {
+                let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
+                let (n, s) = stride2_geom(sa, sb, kernel).map_err(|e| self.bad(e))?;
+                let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
+                let ([oh, ow], [kh, kw]) = (s.out(), kernel);
+                let mut out = vec![0.0; n * s.o * oh * ow];
+                for (i, y) in out.iter_mut().enumerate() {
+                    let (v, u, o, bi) = (i % ow, (i / ow) % oh, (i / (ow * oh)) % s.o, i / (ow * oh * s.o));
+                    for ci in 0..s.c {
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                *y += b[((o * s.c + ci) * kh + ki) * kw + kj]
+                                    * a[((bi * s.c + ci) * s.hp + 2 * u + ki) * s.wp + 2 * v + kj];
+                            }
+                        }
+                    }
+                }
+                Ok(HostBuffer::from_f64s(dtype, out))
             }
         }
     }
@@ -284,6 +323,43 @@ fn gemm_batched<T: GemmElem>(g: &Geometry, a: &[T], b: &[T]) -> Result<Vec<T>, K
         blocks.collect::<Vec<_>>().into_par_iter().for_each(one);
     } else {
         blocks.for_each(one);
+    }
+    Ok(out)
+}
+
+/// The batch and per-image sizes of a [`ExternOp::Conv2dStride2`].
+fn stride2_geom(
+    a: &[usize],
+    b: &[usize],
+    kernel: [usize; 2],
+) -> Result<(usize, crate::conv_direct::Stride2Conv), String> {
+    let (&[n, c, hp, wp], &[o, wc, kh, kw]) = (a, b) else {
+        return Err(format!("needs 4-d inputs, got {a:?} and {b:?}"));
+    };
+    if wc != c || [kh, kw] != kernel || kernel.contains(&0) {
+        return Err(format!("weight {b:?} does not fit input {a:?} and kernel {kernel:?}"));
+    }
+    if hp < kh || wp < kw {
+        return Err(format!("the grid {hp}x{wp} is smaller than the kernel {kernel:?}"));
+    }
+    Ok((n, crate::conv_direct::Stride2Conv { c, o, hp, wp, kernel }))
+}
+
+/// The stride-2 forward product, one image after another.
+fn conv_stride2(n: usize, s: &crate::conv_direct::Stride2Conv, a: &[f32], b: &[f32]) -> Result<Vec<f32>, KernelError> {
+    let [oh, ow] = s.out();
+    let (per_in, per_out) = (s.c * s.hp * s.wp, s.o * oh * ow);
+    if a.len() < n * per_in || b.len() < s.o * s.c * s.kernel[0] * s.kernel[1] {
+        return Err(KernelError::Internal {
+            op: "conv2d".into(),
+            reason: format!("input and weight buffers of {} and {} elements are too short", a.len(), b.len()),
+        });
+    }
+    let mut out = host_pool::take_f32(n * per_out, Fill::Overwritten, "a conv2d result")?;
+    let packed = crate::conv_direct::pack_stride2(s, b);
+    for bi in 0..n {
+        let dst = &mut out[bi * per_out..(bi + 1) * per_out];
+        crate::conv_direct::forward_stride2(s, &packed, &a[bi * per_in..(bi + 1) * per_in], dst);
     }
     Ok(out)
 }

@@ -149,7 +149,7 @@ fn extern_rule(ctx: &Ctx<'_>, op: ExternOp, g: &Var) -> Result<Vec<Option<Var>>>
         }
         // the convolution passes are differentiated by conv2d's own rule; their own
         // gradients (second derivatives of a convolution) are not provided
-        ExternOp::Conv2dShift { .. } => Err(crate::Error::argument(
+        ExternOp::Conv2dShift { .. } | ExternOp::Conv2dStride2 { .. } => Err(crate::Error::argument(
             "grad",
             "second derivatives through conv2d's library passes are not supported (create_graph through a convolution)",
         )),
