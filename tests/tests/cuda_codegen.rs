@@ -83,20 +83,36 @@ fn every_planned_kernel_compiles_with_nvrtc() {
     }
     let all: Vec<&Kernel> = kernels.values().collect();
     println!("compiling {} distinct kernels with NVRTC {:?}", all.len(), nvrtc::version().expect("nvrtc version"));
-    for batch in all.chunks(150) {
-        let mut tu = String::from(emit::PRELUDE);
-        for (i, k) in batch.iter().enumerate() {
-            tu.push_str(&emit::kernel_source(k, &format!("k{i}")));
-            if emit::has_block_variant(k) {
-                tu.push_str(&emit::block_reduction_source(k, &format!("kb{i}")));
-            }
+    // batches of 150 per translation unit, compiled on every core (NVRTC programs
+    // are independent; the test binary has this one test)
+    let batches: Vec<&[&Kernel]> = all.chunks(150).collect();
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()).min(batches.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for _ in 0..workers {
+            scope.spawn(|| loop {
+                let b = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(batch) = batches.get(b) else { break };
+                compile_batch(batch);
+            });
         }
-        if nvrtc::compile_cubin(&tu, "sm_90").is_err() {
-            // find the kernel that fails and report it with its IR and source
-            for k in batch {
-                if let Err(e) = nvrtc::compile_cubin(&emit::translation_unit(k, "kernel"), "sm_90") {
-                    panic!("NVRTC rejected the kernel\n{k}\n{e}");
-                }
+    });
+}
+
+/// Compiles a batch of kernels as one translation unit; on an error, finds the
+/// kernel that fails and reports it with its IR and source.
+fn compile_batch(batch: &[&Kernel]) {
+    let mut tu = String::from(emit::PRELUDE);
+    for (i, k) in batch.iter().enumerate() {
+        tu.push_str(&emit::kernel_source(k, &format!("k{i}")));
+        if emit::has_block_variant(k) {
+            tu.push_str(&emit::block_reduction_source(k, &format!("kb{i}")));
+        }
+    }
+    if nvrtc::compile_cubin(&tu, "sm_90").is_err() {
+        for k in batch {
+            if let Err(e) = nvrtc::compile_cubin(&emit::translation_unit(k, "kernel"), "sm_90") {
+                panic!("NVRTC rejected the kernel\n{k}\n{e}");
             }
         }
     }
