@@ -124,9 +124,7 @@ fn im2col(x: &Var, s: Im2col) -> Result<Var> {
         // Every pixel is read kh x kw times: store the (zero-padded) input once, so
         // that its producer (bias, ReLU) is not recomputed per tap and every read
         // of the im2col kernel is in range (no guards: contiguous vector loads).
-        let [ph, pw] = s.padding;
-        let src = if ph + pw > 0 { xs[0].pad(&[pw, pw, ph, ph], PadMode::Constant(0.0))? } else { xs[0].clone() };
-        let src = src.materialize();
+        let src = zero_pad(&xs[0], s.padding)?.materialize();
         let unpadded = |pos: usize, tap: usize, d: usize| fwd_axis(pos, tap, d) + s.padding[d] as i64;
         let exprs = vec![E::idx(0), E::idx(1) * cg as i64 + E::idx(2), unpadded(5, 3, 0), unpadded(6, 4, 1)];
         Ok((src.reindex(&[n, s.groups, cg, kh, kw, oh, ow], exprs, 0.0, vec![])?, vec![]))
@@ -215,8 +213,7 @@ fn conv_unit_stride(x: &Var, w: &Var, s: Im2col) -> Result<Var> {
     let (kernel, dilation) = (s.kernel, s.dilation);
     let pass = move |p: ConvPass| ExternOp::Conv2dShift { pass: p, kernel, dilation };
     let forward = move |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
-        let xp = if ph + pw > 0 { xs[0].pad(&[pw, pw, ph, ph], PadMode::Constant(0.0))? } else { xs[0].clone() };
-        let xp = xp.materialize();
+        let xp = zero_pad(&xs[0], [ph, pw])?.materialize();
         let y = Var::extern_op(pass(ConvPass::Forward), &[xp.clone(), xs[1].clone()])?;
         Ok((y.narrow(2, 0, oh)?.narrow(3, 0, ow)?, vec![xp, xs[1].clone()]))
     };
@@ -230,6 +227,28 @@ fn conv_unit_stride(x: &Var, w: &Var, s: Im2col) -> Result<Var> {
         Ok(vec![Some(dx), Some(dw)])
     };
     jit_core::custom_op("conv2d", &[x.clone(), w.clone()], forward, Arc::new(backward))
+}
+
+/// `x` zero-padded by `[ph, pw]` on both sides (itself when there is no padding).
+fn zero_pad(x: &Var, [ph, pw]: [usize; 2]) -> Result<Var> {
+    if ph + pw > 0 {
+        x.pad(&[pw, pw, ph, ph], PadMode::Constant(0.0))
+    } else {
+        Ok(x.clone())
+    }
+}
+
+/// The space-to-depth split of `v` (`[lead, c, ..]`): phase `(a, b)` of channel `ci`
+/// at `(u, v)` is `v[.., ci, u sh + a, v sw + b]`, zero past the end, stacked as
+/// channel `ci sh sw + a sw + b` of `[lead, c sh sw, rows, cols]`.
+fn phase_split(v: &Var, [lead, c, rows, cols]: [usize; 4], [sh, sw]: [usize; 2]) -> Result<Var> {
+    let exprs = vec![E::idx(0), E::idx(1), E::idx(4) * sh as i64 + E::idx(2), E::idx(5) * sw as i64 + E::idx(3)];
+    v.reindex(&[lead, c, sh, sw, rows, cols], exprs, 0.0, vec![])?.reshape(&[
+        lead as isize,
+        (c * sh * sw) as isize,
+        rows as isize,
+        cols as isize,
+    ])
 }
 
 /// A strided convolution (one group, no dilation) as a unit-stride one: the zero-
@@ -248,23 +267,12 @@ fn conv_space_to_depth(x: &Var, w: &Var, s: Im2col) -> Result<Var> {
     let (hp, wp) = (h + 2 * ph, wd + 2 * pw);
     let (hq, wq) = (hp.div_ceil(sh), wp.div_ceil(sw));
     let (qh, qw) = (kh.div_ceil(sh), kw.div_ceil(sw));
-    let xp = if ph + pw > 0 { x.pad(&[pw, pw, ph, ph], PadMode::Constant(0.0))? } else { x.clone() };
     // stored first: the phase split then reads it with plain strides, where a
     // producer's reflection would be re-derived per lane of every phase
-    let xp = xp.materialize();
-    // phase (a, b) of channel ci at (u, v) is v[.., ci, u sh + a, v sw + b], zero past
-    // the end: the input's phases, and the weight's taps split the same way
-    let split = |v: &Var, lead: usize, rows: usize, cols: usize| -> Result<Var> {
-        let exprs = vec![E::idx(0), E::idx(1), E::idx(4) * sh as i64 + E::idx(2), E::idx(5) * sw as i64 + E::idx(3)];
-        v.reindex(&[lead, c, sh, sw, rows, cols], exprs, 0.0, vec![])?.reshape(&[
-            lead as isize,
-            (c * sh * sw) as isize,
-            rows as isize,
-            cols as isize,
-        ])
-    };
-    let phases = split(&xp, n, hq, wq)?;
-    let wq_ = split(w, oc, qh, qw)?;
+    let xp = zero_pad(x, s.padding)?.materialize();
+    // the input's phases, and the weight's taps split the same way
+    let phases = phase_split(&xp, [n, c, hq, wq], s.stride)?;
+    let wq_ = phase_split(w, [oc, c, qh, qw], s.stride)?;
     let spec = Im2col {
         groups: 1,
         kernel: [qh, qw],
@@ -291,8 +299,7 @@ fn conv_stride2(x: &Var, w: &Var, s: Im2col) -> Result<Var> {
     let (hp, wp) = (h + 2 * ph, wd + 2 * pw);
     let kernel = [kh, kw];
     let forward = move |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
-        let xp = if ph + pw > 0 { xs[0].pad(&[pw, pw, ph, ph], PadMode::Constant(0.0))? } else { xs[0].clone() };
-        let xp = xp.materialize();
+        let xp = zero_pad(&xs[0], [ph, pw])?.materialize();
         let y = Var::extern_op(ExternOp::Conv2dStride2 { kernel }, &[xp.clone(), xs[1].clone()])?;
         Ok((y, vec![xp, xs[1].clone()]))
     };
@@ -300,24 +307,14 @@ fn conv_stride2(x: &Var, w: &Var, s: Im2col) -> Result<Var> {
         let (xp, w) = (&saved[0], &saved[1]);
         let (hq, wq) = (hp.div_ceil(2), wp.div_ceil(2));
         let (qh, qw) = (kh.div_ceil(2), kw.div_ceil(2));
-        // phase (a, b) of channel ci at (u, v) is v[.., ci, 2u + a, 2v + b], zero past the end
-        let split = |v: &Var, lead: usize, rows: usize, cols: usize| -> Result<Var> {
-            let exprs = vec![E::idx(0), E::idx(1), E::idx(4) * 2 + E::idx(2), E::idx(5) * 2 + E::idx(3)];
-            v.reindex(&[lead, c, 2, 2, rows, cols], exprs, 0.0, vec![])?.reshape(&[
-                lead as isize,
-                (c * 4) as isize,
-                rows as isize,
-                cols as isize,
-            ])
-        };
         // and back: element (ci, r, q) of v's layout is phase (r % 2, q % 2) at (r / 2, q / 2)
         let unsplit = |d: &Var, lead: usize, rows: usize, cols: usize| -> Result<Var> {
             let ch = E::idx(1) * 4 + E::idx(2).modulo(2) * 2 + E::idx(3).modulo(2);
             let exprs = vec![E::idx(0), ch, E::idx(2).floor_div(2), E::idx(3).floor_div(2)];
             d.reindex(&[lead, c, rows, cols], exprs, 0.0, vec![])
         };
-        let phases = split(xp, n, hq, wq)?.materialize();
-        let wph = split(w, oc, qh, qw)?.materialize();
+        let phases = phase_split(xp, [n, c, hq, wq], [2, 2])?.materialize();
+        let wph = phase_split(w, [oc, c, qh, qw], [2, 2])?.materialize();
         let [oh, ow] = s.out;
         // the output gradient on the phases' grid, zero outside the valid corner
         let dy = g.pad(&[0, wq - ow, 0, hq - oh], PadMode::Constant(0.0))?.materialize();

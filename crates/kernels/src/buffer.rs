@@ -365,10 +365,7 @@ impl Buffer {
         if let Some(h) = self.host.get() {
             return Ok(h);
         }
-        let d = self.device.get().ok_or_else(|| crate::KernelError::Internal {
-            op: "buffer".into(),
-            reason: "a buffer holds neither host nor device data".into(),
-        })?;
+        let d = self.device.get().ok_or_else(no_copy)?;
         let h = d.download()?;
         // two threads may copy at once; one copy is kept
         Ok(self.host.get_or_init(|| h))
@@ -379,13 +376,15 @@ impl Buffer {
         if let Some(d) = self.device.get() {
             return Ok(d);
         }
-        let h = self.host.get().ok_or_else(|| crate::KernelError::Internal {
-            op: "buffer".into(),
-            reason: "a buffer holds neither host nor device data".into(),
-        })?;
+        let h = self.host.get().ok_or_else(no_copy)?;
         let d = DeviceBuffer::upload(h, "a value copied to the device")?;
         Ok(self.device.get_or_init(|| d))
     }
+}
+
+/// The error of a buffer with neither copy (constructors always make one).
+fn no_copy() -> crate::KernelError {
+    crate::KernelError::Internal { op: "buffer".into(), reason: "a buffer holds neither host nor device data".into() }
 }
 
 impl Drop for Buffer {

@@ -531,7 +531,7 @@ pub struct Stride2Conv {
     pub c: usize,
     /// Output channels.
     pub o: usize,
-    /// Padded input height and width.
+    /// Padded input height.
     pub hp: usize,
     /// Padded input width.
     pub wp: usize,
@@ -545,15 +545,6 @@ impl Stride2Conv {
         [(self.hp - self.kernel[0]) / 2 + 1, (self.wp - self.kernel[1]) / 2 + 1]
     }
 
-    /// Whether the direct product is the one to use: at most [`DIRECT_MAX_PAIRS`]
-    /// `(channel, tap)` pairs (the weights and input rows of a tile then stay in the
-    /// first-level cache).
-    pub fn fits(&self) -> bool {
-        self.c * self.kernel[0] * self.kernel[1] <= DIRECT_MAX_PAIRS
-    }
-}
-
-impl Stride2Conv {
     /// Length of a row of one phase (even or odd columns) of an input row.
     fn half(&self) -> usize {
         self.wp.div_ceil(2)
@@ -568,6 +559,7 @@ impl Stride2Conv {
         (0..kh * kw).map(|t| (2 * (t / kw) + (t % kw) % 2) * self.half() + (t % kw) / 2).collect()
     }
 
+    /// Elements of one input channel's scratch: `2 kh` rows of [`Self::half`].
     fn scratch_plane(&self) -> usize {
         2 * self.kernel[0] * self.half()
     }
