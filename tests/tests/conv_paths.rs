@@ -7,7 +7,7 @@
 //! printed; rerun with `JIT_TEST_SEED=<seed>`.
 
 use integration_tests::Rng;
-use jit_core::{grad_with, realize, with_flags, Backend, Flags, GradOptions};
+use jit_core::{grad_with, planned_externs, realize, with_flags, Backend, ExternOp, Flags, GradOptions};
 use jit_ops::prelude::*;
 
 /// One configuration: input `[n, c, h, w]`, weight `[o, c / groups, kh, kw]`.
@@ -122,6 +122,16 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
 
 /// Output and the gradients of input, weight (and bias) for the seed gradient `gy`.
 fn run(flags: Flags, case: &Case, data: &[Vec<f64>], gy: &[f64]) -> Vec<Vec<f64>> {
+    let all = build(flags, case, data, gy);
+    with_flags(flags, || {
+        realize(&all).unwrap();
+        all.iter().map(|v| v.to_vec_f64().unwrap()).collect()
+    })
+}
+
+/// The graph of [`run`], built with `flags` in force (which chooses the path), not
+/// realised.
+fn build(flags: Flags, case: &Case, data: &[Vec<f64>], gy: &[f64]) -> Vec<Var> {
     with_flags(flags, || {
         let [n, c, h, w] = case.x;
         let shapes: Vec<Vec<usize>> =
@@ -140,9 +150,35 @@ fn run(flags: Flags, case: &Case, data: &[Vec<f64>], gy: &[f64]) -> Vec<Vec<f64>
             .unwrap_or_else(|e| panic!("{}: grad: {e}", case.name));
         let mut all = vec![y];
         all.extend(grads);
-        realize(&all).unwrap();
-        all.iter().map(|v| v.to_vec_f64().unwrap()).collect()
+        all
     })
+}
+
+fn check(ctx: &str, got: &[Vec<f64>], want: &[Vec<f64>]) {
+    for (k, (g, r)) in got.iter().zip(want).enumerate() {
+        let what = ["output", "d input", "d weight", "d bias"][k];
+        assert_eq!(g.len(), r.len(), "{ctx}, {what}: length");
+        let scale = r.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+        for (i, (a, b)) in g.iter().zip(r).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-5 * scale + 1e-5 * b.abs(),
+                "{ctx}, {what}: element {i}: got {a}, reference {b}"
+            );
+        }
+    }
+}
+
+/// Random data for `case` (values exact in f32, so that every backend starts from
+/// the same numbers) and a seed gradient of the output's size.
+fn data_for(rng: &mut Rng, case: &Case) -> (Vec<Vec<f64>>, Vec<f64>) {
+    let [n, c, h, w] = case.x;
+    let o = &case.opts;
+    let out =
+        |len: usize, d: usize| (len + 2 * o.padding[d] - o.dilation[d] * (case.kernel[d] - 1) - 1) / o.stride[d] + 1;
+    let sizes = [n * c * h * w, case.o * (c / o.groups) * case.kernel[0] * case.kernel[1], case.o];
+    let data = sizes.iter().map(|&k| rng.nd(&[k], -1.0, 1.0).rounded(DType::F32).data).collect();
+    let gy = rng.nd(&[n * case.o * out(h, 0) * out(w, 1)], -1.0, 1.0).rounded(DType::F32).data;
+    (data, gy)
 }
 
 #[test]
@@ -152,31 +188,49 @@ fn every_conv2d_path_matches_the_reference_backend() {
     for fusion in [true, false] {
         let cpu = Flags { backend: Backend::Cpu, fusion, dump: false };
         for case in cases(&mut rng) {
-            let [n, c, h, w] = case.x;
-            let o = &case.opts;
-            let out = |len: usize, d: usize| {
-                (len + 2 * o.padding[d] - o.dilation[d] * (case.kernel[d] - 1) - 1) / o.stride[d] + 1
-            };
-            let sizes = [n * c * h * w, case.o * (c / o.groups) * case.kernel[0] * case.kernel[1], case.o];
-            // values exact in f32, so that both backends start from the same numbers
-            let data: Vec<Vec<f64>> = sizes.iter().map(|&k| rng.nd(&[k], -1.0, 1.0).rounded(DType::F32).data).collect();
-            let gy = rng.nd(&[n * case.o * out(h, 0) * out(w, 1)], -1.0, 1.0).rounded(DType::F32).data;
+            let (data, gy) = data_for(&mut rng, &case);
             let want = run(reference, &case, &data, &gy);
             let got = run(cpu, &case, &data, &gy);
-            for (k, (g, r)) in got.iter().zip(&want).enumerate() {
-                let what = ["output", "d input", "d weight", "d bias"][k];
-                let ctx =
-                    format!("{} ({}), {what}, x {:?}", case.name, if fusion { "fused" } else { "unfused" }, case.x);
-                assert_eq!(g.len(), r.len(), "{ctx}: length");
-                let scale = r.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
-                for (i, (a, b)) in g.iter().zip(r).enumerate() {
-                    assert!(
-                        (a - b).abs() <= 1e-5 * scale + 1e-5 * b.abs(),
-                        "{ctx}: element {i}: cpu {a}, reference {b}"
-                    );
-                }
-            }
+            let ctx = format!("{} ({}), x {:?}", case.name, if fusion { "fused" } else { "unfused" }, case.x);
+            check(&ctx, &got, &want);
         }
+    }
+}
+
+/// On the CUDA backend every convolution is im2col + matrix products (the direct,
+/// shifted-gemm and stride-2 products exist on the host only): the graph built with
+/// the CUDA backend in force plans no other library call, forward and backward, and
+/// realised on the CPU backend it matches the reference. Needs no GPU: the backend
+/// only chooses the path while the graph is built.
+#[test]
+fn convolutions_built_for_cuda_use_device_products_only() {
+    let mut rng = Rng::fresh("convolutions_built_for_cuda_use_device_products_only");
+    let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
+    let cuda = Flags { backend: Backend::Cuda, fusion: true, dump: false };
+    let cpu = Flags { backend: Backend::Cpu, fusion: true, dump: false };
+    for case in cases(&mut rng) {
+        let (data, gy) = data_for(&mut rng, &case);
+        let for_cuda = build(cuda, &case, &data, &gy);
+        let externs = with_flags(cuda, || planned_externs(&for_cuda)).unwrap();
+        assert!(!externs.is_empty(), "{}: no matrix product planned", case.name);
+        for op in &externs {
+            assert!(matches!(op, ExternOp::Matmul { .. }), "{}: {op:?} has no device implementation", case.name);
+        }
+        let host = build(cpu, &case, &data, &gy);
+        let host_externs = with_flags(cpu, || planned_externs(&host)).unwrap();
+        if case.name.starts_with("direct") || case.name.starts_with("shifted") {
+            assert!(
+                host_externs.iter().any(|op| !matches!(op, ExternOp::Matmul { .. })),
+                "{}: the CPU backend should use its own product, planned {host_externs:?}",
+                case.name
+            );
+        }
+        let got = with_flags(cpu, || {
+            realize(&for_cuda).unwrap();
+            for_cuda.iter().map(|v| v.to_vec_f64().unwrap()).collect::<Vec<_>>()
+        });
+        let want = run(reference, &case, &data, &gy);
+        check(&format!("{} built for cuda, run on the cpu, x {:?}", case.name, case.x), &got, &want);
     }
 }
 

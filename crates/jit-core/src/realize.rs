@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::flags::{flags, Backend};
 use crate::planner::{self, Step};
 use crate::var::{State, Var};
-use kernels::{Buffer, Element, HostBuffer, MetaOp};
+use kernels::{Buffer, Element, ExternOp, HostBuffer, MetaOp};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -32,6 +32,21 @@ pub fn planned_kernel_ir(vars: &[Var]) -> Result<Vec<kernels::ir::Kernel>> {
         .filter_map(|s| match s {
             Step::Kernel { kernel, .. } => Some(*kernel),
             Step::Alias { .. } | Step::Extern { .. } => None,
+        })
+        .collect())
+}
+
+/// The library calls that realising `vars` would make with the current fusion
+/// setting, in order, without running anything.
+pub fn planned_externs(vars: &[Var]) -> Result<Vec<ExternOp>> {
+    let order = schedule(vars);
+    let targets: HashSet<u64> = vars.iter().map(Var::id).collect();
+    let steps = planner::plan(&order, &targets, flags().fusion)?;
+    Ok(steps
+        .into_iter()
+        .filter_map(|s| match s {
+            Step::Extern { op, .. } => Some(op),
+            Step::Alias { .. } | Step::Kernel { .. } => None,
         })
         .collect())
 }
@@ -144,7 +159,9 @@ fn data_of(v: &Var, values: &HashMap<u64, Arc<Buffer>>) -> Result<Arc<Buffer>> {
 /// Runs the planner's kernels in order, freeing each intermediate after its last
 /// reader.
 fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) -> Result<()> {
+    let planning = std::time::Instant::now();
     let steps = planner::plan(order, targets, f.fusion)?;
+    let plan_ms = planning.elapsed().as_secs_f64() * 1e3;
     let mut remaining: HashMap<u64, usize> = HashMap::new();
     for s in &steps {
         match s {
@@ -263,7 +280,7 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
         }
     }
     if profile {
-        report_profile(timings);
+        report_profile(order.len(), plan_ms, timings);
     }
     Ok(())
 }
@@ -312,10 +329,13 @@ fn step_label(step: &Step) -> String {
     }
 }
 
-fn report_profile(mut t: Vec<(f64, String)>) {
+fn report_profile(nodes: usize, plan_ms: f64, mut t: Vec<(f64, String)>) {
     let total: f64 = t.iter().map(|x| x.0).sum();
     t.sort_by(|a, b| b.0.total_cmp(&a.0));
-    eprintln!("[jit profile] {} steps, {total:.2} ms", t.len());
+    eprintln!(
+        "[jit profile] {} steps, {total:.2} ms (planning {nodes} nodes took {plan_ms:.2} ms before them)",
+        t.len()
+    );
     for (ms, label) in &t {
         eprintln!("  {ms:9.3} ms  {:5.1}%  {label}", 100.0 * ms / total.max(1e-9));
     }

@@ -335,6 +335,16 @@ fn stride2_direct_enabled() -> bool {
     *ON.get_or_init(|| std::env::var("JIT_CONV_STRIDE2").map_or(true, |v| v != "0"))
 }
 
+/// Whether `conv2d` builds every convolution as im2col + one matrix product: on the
+/// CUDA backend (where the shifted-gemm, direct and stride-2 products would run on
+/// the host, with a copy each way), or everywhere with `JIT_CONV_IM2COL=1` (to
+/// compare the paths on the CPU). Read when the graph is built.
+fn im2col_only() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    jit_core::flags().backend == jit_core::Backend::Cuda
+        || *FORCED.get_or_init(|| std::env::var("JIT_CONV_IM2COL").is_ok_and(|v| v.trim() == "1"))
+}
+
 /// `torch.nn.functional.conv2d` (with `padding_mode` of `nn.Conv2d`): `x` is
 /// `[N, C, H, W]`, `w` is `[O, C / groups, kh, kw]`, `b` is `[O]`.
 pub fn conv2d(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions) -> Result<Var> {
@@ -404,15 +414,18 @@ pub fn conv2d(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions) -> Result<Va
         };
         let spec =
             Im2col { groups: g, kernel: [kh, kw], stride: o.stride, padding, dilation: o.dilation, out: [oh, ow] };
+        // the products below have no device implementation yet: on the GPU a
+        // convolution is an im2col kernel feeding one cuBLAS product
+        let host_products = !im2col_only();
         // unit stride, one group: shifted gemms (16 or more channels) or a direct
         // convolution (fewer), on the stored padded input, no im2col
-        if g == 1 && o.stride == [1, 1] {
+        if host_products && g == 1 && o.stride == [1, 1] {
             return add_bias(conv_unit_stride(&src, w, spec)?, b);
         }
         // strided, one group, enough channels: space-to-depth turns it into a
         // unit-stride convolution with stride^2 times the channels
         let [sh, sw] = o.stride;
-        if g == 1 && o.dilation == [1, 1] && kh >= sh && kw >= sw && cg * sh * sw >= 16 {
+        if host_products && g == 1 && o.dilation == [1, 1] && kh >= sh && kw >= sw && cg * sh * sw >= 16 {
             // stride 2 with few enough (channel, tap) pairs: the direct product on the
             // padded input, without the phase split's copy
             if o.stride == [2, 2] && c * kh * kw <= DIRECT_MAX_PAIRS && stride2_direct_enabled() {

@@ -640,12 +640,40 @@ fn forward_stride2_with(s: &Stride2Conv, packed: &Packed, xp: &[f32], y: &mut [f
     );
 }
 
-/// The last columns `p0..l` (fewer than a tile), one output channel at a time.
+/// The last columns `p0..l` (fewer than a tile), one output channel at a time; with
+/// FMA instructions where the processor has them (a plain build would call the C
+/// library's `fmaf` for every product).
 ///
 /// # Safety
 /// As for [`tile`], for columns `p0..l` and `nb` rows.
 #[allow(clippy::too_many_arguments)]
 unsafe fn tail(off: &[usize], w: &[f32], x: *const f32, y: *mut f32, ys: usize, nb: usize, p0: usize, l: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the processor has FMA; the rest is the caller's promise.
+        return unsafe { tail_fma(off, w, x, y, ys, nb, p0, l) };
+    }
+    // SAFETY: the caller's promise.
+    unsafe { tail_body(off, w, x, y, ys, nb, p0, l) }
+}
+
+/// [`tail`] compiled for processors with FMA.
+///
+/// # Safety
+/// As for [`tail`], on a processor with FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tail_fma(off: &[usize], w: &[f32], x: *const f32, y: *mut f32, ys: usize, nb: usize, p0: usize, l: usize) {
+    // SAFETY: the caller's promise.
+    unsafe { tail_body(off, w, x, y, ys, nb, p0, l) }
+}
+
+/// # Safety
+/// As for [`tail`].
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tail_body(off: &[usize], w: &[f32], x: *const f32, y: *mut f32, ys: usize, nb: usize, p0: usize, l: usize) {
     const MAX: usize = 64;
     let width = l - p0;
     assert!(width <= MAX, "a column tail is shorter than a tile");
