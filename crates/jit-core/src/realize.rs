@@ -21,13 +21,17 @@ pub fn kernel_launches() -> u64 {
     KERNEL_LAUNCHES.load(Ordering::Relaxed)
 }
 
+/// The steps that realising `vars` would run with the current fusion setting.
+fn planned_steps(vars: &[Var]) -> Result<Vec<Step>> {
+    let order = schedule(vars);
+    let targets: HashSet<u64> = vars.iter().map(Var::id).collect();
+    planner::plan(&order, &targets, flags().fusion)
+}
+
 /// The kernels that realising `vars` would run with the current fusion setting, as
 /// IR (for tools that compile or inspect them).
 pub fn planned_kernel_ir(vars: &[Var]) -> Result<Vec<kernels::ir::Kernel>> {
-    let order = schedule(vars);
-    let targets: HashSet<u64> = vars.iter().map(Var::id).collect();
-    let steps = planner::plan(&order, &targets, flags().fusion)?;
-    Ok(steps
+    Ok(planned_steps(vars)?
         .into_iter()
         .filter_map(|s| match s {
             Step::Kernel { kernel, .. } => Some(*kernel),
@@ -39,10 +43,7 @@ pub fn planned_kernel_ir(vars: &[Var]) -> Result<Vec<kernels::ir::Kernel>> {
 /// The library calls that realising `vars` would make with the current fusion
 /// setting, in order, without running anything.
 pub fn planned_externs(vars: &[Var]) -> Result<Vec<ExternOp>> {
-    let order = schedule(vars);
-    let targets: HashSet<u64> = vars.iter().map(Var::id).collect();
-    let steps = planner::plan(&order, &targets, flags().fusion)?;
-    Ok(steps
+    Ok(planned_steps(vars)?
         .into_iter()
         .filter_map(|s| match s {
             Step::Extern { op, .. } => Some(op),
