@@ -20,7 +20,9 @@ use crate::var::{State, Var};
 use kernels::expr::IndexExpr as E;
 use kernels::ir::{Inst, Kernel, Launch, Output, Reduction, Store, Value, ValueId};
 use kernels::{DType, MetaOp};
-use std::collections::{HashMap, HashSet};
+// Fx hashing: the planner hashes index-expression trees for every value it emits,
+// and SipHash was a sixth of its time.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// A shared producer costing more than this (in rough instruction units) is stored
 /// rather than recomputed by each consumer.
@@ -167,21 +169,25 @@ struct Builder<'a> {
     args: Vec<i64>,
     params: Vec<f64>,
     inputs: Vec<Var>,
+    /// Values that can be reached twice with the same index (see [`reused`]); only
+    /// these are looked up in `memo`.
+    reused: &'a HashSet<u64>,
     memo: HashMap<(Phase, u64, Vec<E>, Option<E>), ValueId>,
 }
 
 impl<'a> Builder<'a> {
-    fn new(root: &Var, out_shape: Vec<usize>, materialised: &'a HashSet<u64>) -> Self {
+    fn new(root: &Var, out_shape: Vec<usize>, graph: &'a Graph) -> Self {
         Builder {
             root: root.id(),
-            materialised,
+            materialised: &graph.materialised,
+            reused: &graph.reused,
             kernel: Kernel { out_rank: out_shape.len(), ..Kernel::default() },
             out_shape,
             red_shape: None,
             args: vec![],
             params: vec![],
             inputs: vec![],
-            memo: HashMap::new(),
+            memo: HashMap::default(),
         }
     }
 
@@ -247,6 +253,9 @@ impl<'a> Builder<'a> {
     }
 
     fn emit(&mut self, v: &Var, idx: &[E], guard: &Option<E>, phase: Phase) -> std::result::Result<ValueId, Force> {
+        if !self.reused.contains(&v.id()) {
+            return self.emit_uncached(v, idx, guard, phase);
+        }
         let key = (phase, v.id(), idx.to_vec(), guard.clone());
         if let Some(&id) = self.memo.get(&key) {
             return Ok(id);
@@ -411,14 +420,46 @@ impl<'a> Builder<'a> {
     }
 }
 
-fn build(root: &Var, materialised: &HashSet<u64>) -> std::result::Result<Step, Force> {
+/// What every kernel build of one plan reads besides its root.
+struct Graph {
+    /// Values stored in memory (not recomputed by their consumers).
+    materialised: HashSet<u64>,
+    /// See [`reused`].
+    reused: HashSet<u64>,
+}
+
+/// The values that a kernel can reach twice with the same index, where the
+/// builder must look them up instead of emitting them again: those with more than
+/// one consumer, and the inputs of broadcasts and reindexes (which can map different
+/// indices to one). Along every other edge the index map is injective, so a value
+/// reached twice with one index has an ancestor in this set reached twice with one
+/// index, and the lookup there covers it.
+fn reused(order: &[Var]) -> HashSet<u64> {
+    let mut consumers: HashMap<u64, usize> = HashMap::default();
+    let mut set = HashSet::default();
+    for v in order {
+        if let Some((op, inputs)) = op_and_inputs(v) {
+            for i in &inputs {
+                *consumers.entry(i.id()).or_insert(0) += 1;
+            }
+            if matches!(op, MetaOp::BroadcastTo { .. } | MetaOp::Reindex { .. }) {
+                set.extend(inputs.iter().map(Var::id));
+            }
+        }
+    }
+    set.extend(consumers.into_iter().filter(|&(_, n)| n > 1).map(|(id, _)| id));
+    set
+}
+
+fn build(root: &Var, graph: &Graph) -> std::result::Result<Step, Force> {
+    let materialised = &graph.materialised;
     let (op, inputs) = op_and_inputs(root).ok_or_else(|| Force(vec![]))?;
     if let MetaOp::Extern(e) = op {
         return Ok(Step::Extern { op: e, inputs, out: root.clone() });
     }
     if let MetaOp::ReindexReduce { op: rop, exprs, conds } = &op {
         let x = &inputs[0];
-        let mut b = Builder::new(root, x.shape().to_vec(), materialised);
+        let mut b = Builder::new(root, x.shape().to_vec(), graph);
         let identity: Vec<E> = (0..x.ndim()).map(E::idx).collect();
         let value = b.emit(x, &identity, &None, Phase::Body)?;
         let mut guard = b.range_checks(exprs, root.shape(), Phase::Body).unwrap_or(E::c(1));
@@ -435,7 +476,7 @@ fn build(root: &Var, materialised: &HashSet<u64>) -> std::result::Result<Step, F
     if op == MetaOp::Reshape && (inputs[0].is_realized() || materialised.contains(&inputs[0].id())) {
         return Ok(Step::Alias { out: root.clone(), src: inputs[0].clone() });
     }
-    let mut b = Builder::new(root, root.shape().to_vec(), materialised);
+    let mut b = Builder::new(root, root.shape().to_vec(), graph);
     let identity: Vec<E> = (0..root.ndim()).map(E::idx).collect();
     let value = b.emit(root, &identity, &None, Phase::Body)?;
     let out = Output { dtype: root.dtype(), value, store: Store::Dense };
@@ -445,9 +486,9 @@ fn build(root: &Var, materialised: &HashSet<u64>) -> std::result::Result<Step, F
 
 /// Plans the pending nodes `order` (inputs before consumers) so that `targets` end
 /// up computed.
-pub(crate) fn plan(order: &[Var], targets: &HashSet<u64>, fused: bool) -> Result<Vec<Step>> {
-    let mut consumers: HashMap<u64, usize> = HashMap::new();
-    let mut ops: HashMap<u64, MetaOp> = HashMap::new();
+pub(crate) fn plan(order: &[Var], targets: &std::collections::HashSet<u64>, fused: bool) -> Result<Vec<Step>> {
+    let mut consumers: HashMap<u64, usize> = HashMap::default();
+    let mut ops: HashMap<u64, MetaOp> = HashMap::default();
     for v in order {
         if let Some((op, inputs)) = op_and_inputs(v) {
             for i in &inputs {
@@ -456,7 +497,7 @@ pub(crate) fn plan(order: &[Var], targets: &HashSet<u64>, fused: bool) -> Result
             ops.insert(v.id(), op);
         }
     }
-    let mut m: HashSet<u64> = targets.clone();
+    let mut m: HashSet<u64> = targets.iter().copied().collect();
     for v in order {
         let Some(op) = ops.get(&v.id()) else { continue };
         let shared = consumers.get(&v.id()).copied().unwrap_or(0) > 1;
@@ -489,7 +530,7 @@ pub(crate) fn plan(order: &[Var], targets: &HashSet<u64>, fused: bool) -> Result
     }
     if fused {
         // Shared producers that are expensive to recompute are stored.
-        let mut cost: HashMap<u64, usize> = HashMap::new();
+        let mut cost: HashMap<u64, usize> = HashMap::default();
         for v in order {
             let Some(op) = ops.get(&v.id()) else { continue };
             let c = if matches!(op, MetaOp::Reduce { .. } | MetaOp::ReindexReduce { .. } | MetaOp::Extern(_)) {
@@ -510,30 +551,46 @@ pub(crate) fn plan(order: &[Var], targets: &HashSet<u64>, fused: bool) -> Result
             }
         }
     }
-    // Build; a reduction that cannot run inside its consumer is materialised and the
-    // plan is rebuilt (the set only grows, so this ends).
-    for _ in 0..=order.len() {
-        let mut steps = Vec::new();
-        let mut forced = Vec::new();
-        for v in order.iter().filter(|v| m.contains(&v.id())) {
-            match build(v, &m) {
-                Ok(s) => steps.push(s),
-                Err(Force(f)) => forced.extend(f),
+    // Build in order. A reduction that cannot run inside its consumer is
+    // materialised, and building resumes at the earliest such reduction: the steps
+    // before it cannot read it (`order` puts inputs before consumers), the ones after
+    // may have inlined it and are rebuilt. The set only grows, so this ends.
+    let position: HashMap<u64, usize> = order.iter().enumerate().map(|(k, v)| (v.id(), k)).collect();
+    let mut graph = Graph { materialised: m, reused: reused(order) };
+    let mut steps: Vec<(usize, Step)> = Vec::new();
+    let mut k = 0;
+    while k < order.len() {
+        let v = &order[k];
+        if !graph.materialised.contains(&v.id()) {
+            k += 1;
+            continue;
+        }
+        match build(v, &graph) {
+            Ok(s) => {
+                steps.push((k, s));
+                k += 1;
+            }
+            Err(Force(forced)) => {
+                let before = graph.materialised.len();
+                graph.materialised.extend(forced.iter().map(Var::id));
+                let resume = forced.iter().filter_map(|f| position.get(&f.id()).copied()).min();
+                match resume {
+                    Some(r) if graph.materialised.len() > before && r < k => {
+                        steps.retain(|(at, _)| *at < r);
+                        k = r;
+                    }
+                    _ => {
+                        return Err(Error::Kernel(kernels::KernelError::Internal {
+                            op: "planner".into(),
+                            reason: format!("the plan did not converge at {} {:?}", v.op_name(), v.shape()),
+                        }))
+                    }
+                }
             }
         }
-        if forced.is_empty() {
-            return Ok(if fused { merge_siblings(steps) } else { steps });
-        }
-        let before = m.len();
-        m.extend(forced.iter().map(Var::id));
-        if m.len() == before {
-            break;
-        }
     }
-    Err(Error::Kernel(kernels::KernelError::Internal {
-        op: "planner".into(),
-        reason: "the plan did not converge".into(),
-    }))
+    let steps = steps.into_iter().map(|(_, s)| s).collect();
+    Ok(if fused { merge_siblings(steps) } else { steps })
 }
 
 /// Renumbers a value of kernel `b` for appending after kernel `a`.
@@ -581,7 +638,7 @@ fn append(a: &mut Kernel, la: &mut Launch, b: &Kernel, lb: &Launch) {
 fn merge_siblings(steps: Vec<Step>) -> Vec<Step> {
     let mut out: Vec<Step> = Vec::with_capacity(steps.len());
     // step index that produces each value
-    let mut producer: HashMap<u64, usize> = HashMap::new();
+    let mut producer: HashMap<u64, usize> = HashMap::default();
     for step in steps {
         let target = match &step {
             Step::Kernel { kernel, launch, inputs, .. } if kernel.red_rank > 0 && !kernel.has_scatter() => {
