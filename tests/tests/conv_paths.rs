@@ -3,8 +3,9 @@
 //! input channels, or at most 288 channel-tap pairs), shifted gemms (more), the
 //! direct stride-2 product (at most 288 pairs; its gradients through the
 //! space-to-depth form), space-to-depth (other strides, or more pairs: shifted
-//! gemms), and the im2col product (groups, a 1x1 kernel with stride). Seeds are
-//! printed; rerun with `JIT_TEST_SEED=<seed>`.
+//! gemms), and the im2col product (groups, a 1x1 kernel with stride, f64, and every
+//! convolution built for the CUDA backend). Seeds are printed; rerun with
+//! `JIT_TEST_SEED=<seed>`.
 
 use integration_tests::Rng;
 use jit_core::{grad_with, planned_externs, realize, with_flags, Backend, ExternOp, Flags, GradOptions};
@@ -122,21 +123,21 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
 
 /// Output and the gradients of input, weight (and bias) for the seed gradient `gy`.
 fn run(flags: Flags, case: &Case, data: &[Vec<f64>], gy: &[f64]) -> Vec<Vec<f64>> {
-    let all = build(flags, case, data, gy);
+    let dtype = if flags.backend == Backend::Reference { DType::F64 } else { DType::F32 };
+    let all = build(flags, dtype, case, data, gy);
     with_flags(flags, || {
         realize(&all).unwrap();
         all.iter().map(|v| v.to_vec_f64().unwrap()).collect()
     })
 }
 
-/// The graph of [`run`], built with `flags` in force (which chooses the path), not
-/// realised.
-fn build(flags: Flags, case: &Case, data: &[Vec<f64>], gy: &[f64]) -> Vec<Var> {
+/// The graph of [`run`] in `dtype`, built with `flags` in force (which chooses the
+/// path), not realised.
+fn build(flags: Flags, dtype: DType, case: &Case, data: &[Vec<f64>], gy: &[f64]) -> Vec<Var> {
     with_flags(flags, || {
         let [n, c, h, w] = case.x;
         let shapes: Vec<Vec<usize>> =
             vec![vec![n, c, h, w], vec![case.o, c / case.opts.groups, case.kernel[0], case.kernel[1]], vec![case.o]];
-        let dtype = if flags.backend == Backend::Reference { DType::F64 } else { DType::F32 };
         let params: Vec<Var> = data
             .iter()
             .zip(&shapes)
@@ -210,13 +211,13 @@ fn convolutions_built_for_cuda_use_device_products_only() {
     let cpu = Flags { backend: Backend::Cpu, fusion: true, dump: false };
     for case in cases(&mut rng) {
         let (data, gy) = data_for(&mut rng, &case);
-        let for_cuda = build(cuda, &case, &data, &gy);
+        let for_cuda = build(cuda, DType::F32, &case, &data, &gy);
         let externs = with_flags(cuda, || planned_externs(&for_cuda)).unwrap();
         assert!(!externs.is_empty(), "{}: no matrix product planned", case.name);
         for op in &externs {
             assert!(matches!(op, ExternOp::Matmul { .. }), "{}: {op:?} has no device implementation", case.name);
         }
-        let host = build(cpu, &case, &data, &gy);
+        let host = build(cpu, DType::F32, &case, &data, &gy);
         let host_externs = with_flags(cpu, || planned_externs(&host)).unwrap();
         if case.name.starts_with("direct") || case.name.starts_with("shifted") {
             assert!(
@@ -231,6 +232,40 @@ fn convolutions_built_for_cuda_use_device_products_only() {
         });
         let want = run(reference, &case, &data, &gy);
         check(&format!("{} built for cuda, run on the cpu, x {:?}", case.name, case.x), &got, &want);
+    }
+}
+
+/// f64 convolutions on the CPU backend are computed in f64 (im2col and an f64 gemm;
+/// the direct and shifted-gemm products compute in f32): within 1e-12 of the
+/// reference, forward and backward.
+#[test]
+fn f64_convolutions_keep_f64_precision() {
+    let mut rng = Rng::fresh("f64_convolutions_keep_f64_precision");
+    let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
+    let cpu = Flags { backend: Backend::Cpu, fusion: true, dump: false };
+    for case in cases(&mut rng) {
+        // not rounded to f32: f64 data shows an f32 computation at once
+        let (_, gy) = data_for(&mut rng, &case);
+        let [n, c, h, w] = case.x;
+        let sizes = [n * c * h * w, case.o * (c / case.opts.groups) * case.kernel[0] * case.kernel[1], case.o];
+        let data: Vec<Vec<f64>> = sizes.iter().map(|&k| rng.nd(&[k], -1.0, 1.0).data).collect();
+        let want = run(reference, &case, &data, &gy);
+        let all = build(cpu, DType::F64, &case, &data, &gy);
+        let got: Vec<Vec<f64>> = with_flags(cpu, || {
+            realize(&all).unwrap();
+            all.iter().map(|v| v.to_vec_f64().unwrap()).collect()
+        });
+        for (k, (g, r)) in got.iter().zip(&want).enumerate() {
+            let scale = r.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in g.iter().zip(r).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-12 * scale,
+                    "{} (f64), {}: element {i}: cpu {a}, reference {b}",
+                    case.name,
+                    ["output", "d input", "d weight", "d bias"][k]
+                );
+            }
+        }
     }
 }
 

@@ -9,7 +9,7 @@
 //! has its own.
 
 use crate::shape::{PadMode, ShapeOps};
-use jit_core::{ConvPass, Error, ExternOp, IndexExpr as E, ReduceOp, Result, Var, DIRECT_MAX_PAIRS};
+use jit_core::{ConvPass, DType, Error, ExternOp, IndexExpr as E, ReduceOp, Result, Var, DIRECT_MAX_PAIRS};
 use std::sync::Arc;
 
 /// How `conv2d` pads its input.
@@ -414,9 +414,10 @@ pub fn conv2d(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions) -> Result<Va
         };
         let spec =
             Im2col { groups: g, kernel: [kh, kw], stride: o.stride, padding, dilation: o.dilation, out: [oh, ow] };
-        // the products below have no device implementation yet: on the GPU a
-        // convolution is an im2col kernel feeding one cuBLAS product
-        let host_products = !im2col_only();
+        // the products below have no device implementation yet (on the GPU a
+        // convolution is an im2col kernel feeding one cuBLAS product) and compute in
+        // f32 (an f64 convolution is im2col + an f64 gemm, exact to f64)
+        let host_products = !im2col_only() && x.dtype() != DType::F64;
         // unit stride, one group: shifted gemms (16 or more channels) or a direct
         // convolution (fewer), on the stored padded input, no im2col
         if host_products && g == 1 && o.stride == [1, 1] {
