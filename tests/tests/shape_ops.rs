@@ -395,3 +395,110 @@ fn padded_chains_agree_with_the_reference_backend() {
         }
     }
 }
+
+/// The gradients of reflection / constant padding and of nearest resizing are
+/// written as gathers; check them as adjoints of the forward maps on random awkward
+/// shapes (pads up to the size minus one, ratios up and down that are not
+/// integers): `<f(x), g> = <x, grad>` in f64 for random `x` and `g`, on the
+/// reference backend and fused on the CPU backend (f32 there).
+#[test]
+fn pad_and_resize_gradients_are_adjoints_of_the_forward_maps() {
+    use jit_core::{grad_with, with_flags, Backend, DType, Flags, GradOptions};
+    let mut rng = Rng::fresh("pad_and_resize_gradients_are_adjoints_of_the_forward_maps");
+    let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
+    let cpu = Flags { backend: Backend::Cpu, fusion: true, dump: false };
+    for round in 0..24 {
+        let (h, w) = (1 + rng.below(7), 2 + rng.below(9));
+        let shape = [1 + rng.below(2), 1 + rng.below(3), h, w];
+        let kind = round % 3;
+        let (ph, pw) = (rng.below(h), 1 + rng.below(w - 1));
+        let size = [1 + rng.below(3 * h), 1 + rng.below(3 * w)];
+        let f = |x: &Var| -> jit_core::Result<Var> {
+            match kind {
+                0 => x.pad(&[pw, pw - 1, ph, h - 1 - ph], PadMode::Reflect),
+                1 => x.pad(&[pw, 0, 0, ph], PadMode::Constant(0.25)),
+                _ => x.interpolate_nearest(&size),
+            }
+        };
+        let x = rng.nd(&shape, -1.0, 1.0);
+        let out_shape = with_flags(reference, || f(&x.var(DType::F64)).unwrap().shape().to_vec());
+        let g = rng.nd(&out_shape, -1.0, 1.0);
+        for (flags, dtype, tol) in [(reference, DType::F64, 1e-12), (cpu, DType::F32, 1e-5)] {
+            let (lhs, rhs) = with_flags(flags, || {
+                let xv = x.var(dtype).requires_grad_(true).unwrap();
+                let y = f(&xv).unwrap();
+                let gv = g.var(dtype);
+                let dx = grad_with(
+                    &y,
+                    std::slice::from_ref(&xv),
+                    GradOptions { seed: Some(gv.clone()), create_graph: false },
+                )
+                .unwrap()
+                .remove(0);
+                let (yv, gd, xd, dxd) =
+                    (y.to_vec_f64().unwrap(), g.data.clone(), x.data.clone(), dx.to_vec_f64().unwrap());
+                let lhs: f64 = yv.iter().zip(&gd).map(|(a, b)| a * b).sum();
+                let rhs: f64 = xd.iter().zip(&dxd).map(|(a, b)| a * b).sum();
+                (lhs, rhs)
+            });
+            let what = ["reflect pad", "constant pad", "nearest resize"][kind];
+            // the constant fill adds 0.25 * (sum of g over the padding) to <f(x), g>
+            let fill = if kind == 1 {
+                with_flags(reference, || {
+                    let y = f(&Var::zeros(&shape, DType::F64)).unwrap().to_vec_f64().unwrap();
+                    y.iter().zip(&g.data).map(|(a, b)| a * b).sum::<f64>()
+                })
+            } else {
+                0.0
+            };
+            assert!(
+                (lhs - fill - rhs).abs() <= tol * (1.0 + lhs.abs()),
+                "{what} {shape:?} pads ({ph}, {pw}) size {size:?} ({dtype}): <f(x), g> - fill = {} but <x, grad> = {rhs}",
+                lhs - fill
+            );
+        }
+    }
+}
+
+/// Guarded loads and index conditions in the CPU backend's vector loops: blocks of
+/// four lanes where a guard holds on every lane load, blocks where it fails on every
+/// lane give the fill value without loading, and blocks where it changes inside run
+/// the scalar body. Rows of many widths (shorter and longer than a block, windows
+/// starting and ending mid-block), fused on the CPU against the reference.
+#[test]
+fn guarded_loads_vectorise_by_uniform_blocks() {
+    use jit_core::{with_flags, Backend, DType, Flags};
+    let mut rng = Rng::fresh("guarded_loads_vectorise_by_uniform_blocks");
+    let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
+    let cpu = Flags { backend: Backend::Cpu, fusion: true, dump: false };
+    for w in [1usize, 3, 4, 5, 8, 9, 15, 16, 17, 31, 64, 67] {
+        let (rows, lo) = (1 + rng.below(3), rng.below(w + 2));
+        let hi = lo + rng.below(w + 2);
+        let x = rng.nd(&[rows, w + 6], -1.0, 1.0);
+        let build = |flags: Flags, dtype: DType| {
+            with_flags(flags, || {
+                let x = x.var(dtype);
+                let i = || E::idx(1);
+                // a window of a reversed read, valid for lo <= i <= hi (guarded load
+                // plus an index condition), a shifted read past both ends (range
+                // guards), and a constant pad
+                let rev = x
+                    .reindex(
+                        &[rows, w],
+                        vec![E::idx(0), E::c(w as i64 + 2) - i()],
+                        0.0,
+                        vec![i().ge(lo as i64), i().le(hi as i64)],
+                    )
+                    .unwrap();
+                let shifted = x.reindex(&[rows, w], vec![E::idx(0), i() * 2 - 3], 0.5, vec![]).unwrap();
+                let padded = x.narrow(1, 0, w).unwrap().pad(&[2, 0], PadMode::Constant(-2.0)).unwrap();
+                let y = (&rev + &shifted).try_add(padded.narrow(1, 0, w).unwrap()).unwrap();
+                y.to_vec_f64().unwrap()
+            })
+        };
+        let (want, got) = (build(reference, DType::F64), build(cpu, DType::F32));
+        for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() <= 1e-6, "width {w}, window {lo}..={hi}: element {k}: cpu {a}, reference {b}");
+        }
+    }
+}

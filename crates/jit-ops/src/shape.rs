@@ -232,7 +232,33 @@ impl ShapeOps for Var {
             shape[d] = n + lo + hi;
         }
         let fill = if let PadMode::Constant(v) = mode { v } else { 0.0 };
-        self.reindex(&shape, exprs, fill, vec![])
+        // the gradient as gathers (the reindex's own rule is a scatter-add, which
+        // runs as one sequential loop per plane); replicate padding keeps the scatter
+        let padded: Vec<(usize, usize, usize)> = pads
+            .chunks(2)
+            .enumerate()
+            .map(|(k, pair)| (self.ndim() - 1 - k, pair[0], pair[1]))
+            .filter(|&(_, lo, hi)| lo + hi > 0)
+            .collect();
+        if matches!(mode, PadMode::Replicate) || padded.is_empty() {
+            return self.reindex(&shape, exprs, fill, vec![]);
+        }
+        let in_shape = self.shape().to_vec();
+        let forward = move |xs: &[Var]| Ok((xs[0].reindex(&shape, exprs, fill, vec![])?, vec![]));
+        let backward = move |_: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
+            let mut t = g.clone();
+            for &(d, lo, hi) in &padded {
+                let n = in_shape[d];
+                t = match mode {
+                    // stored between dims: each fold's kernel then checks the few
+                    // guards of its own dim only
+                    PadMode::Reflect => reflect_fold(&t, d, lo, hi, n)?.materialize(),
+                    _ => t.narrow(d as isize, lo, n)?,
+                };
+            }
+            Ok(vec![Some(t)])
+        };
+        jit_core::custom_op("pad", std::slice::from_ref(self), forward, std::sync::Arc::new(backward))
     }
 
     fn flip(&self, dims: &[isize]) -> Result<Var> {
@@ -405,6 +431,7 @@ impl ShapeOps for Var {
         let lead = self.ndim() - size.len();
         let mut shape = self.shape().to_vec();
         let mut exprs = identity_exprs(self.ndim());
+        let in_shape = self.shape().to_vec();
         for (k, &out) in size.iter().enumerate() {
             let d = lead + k;
             let inp = self.shape()[d];
@@ -419,7 +446,20 @@ impl ShapeOps for Var {
                 exprs[d] = (E::idx(d) * inp as i64).floor_div(out as i64);
             }
         }
-        reindex(self, &shape, exprs)
+        if shape.contains(&0) || in_shape.contains(&0) {
+            return reindex(self, &shape, exprs);
+        }
+        let resized: Vec<(usize, usize)> = (lead..self.ndim()).map(|d| (d, shape[d])).collect();
+        let forward = move |xs: &[Var]| Ok((reindex(&xs[0], &shape, exprs)?, vec![]));
+        // the gradient as gathers: each input position sums the outputs that read it
+        let backward = move |_: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
+            let mut t = g.clone();
+            for &(d, out) in &resized {
+                t = nearest_fold(&t, d, in_shape[d], out)?;
+            }
+            Ok(vec![Some(t)])
+        };
+        jit_core::custom_op("interpolate", std::slice::from_ref(self), forward, std::sync::Arc::new(backward))
     }
 
     fn upsample_nearest2d(&self, scale: usize) -> Result<Var> {
@@ -432,6 +472,63 @@ impl ShapeOps for Var {
         let (h, w) = (self.shape()[2], self.shape()[3]);
         self.interpolate_nearest(&[h * scale, w * scale])
     }
+}
+
+/// The adjoint of reflection padding along `d` (`lo` and `hi` added to a length of
+/// `n`): `g` has `n + lo + hi` entries there and the result `n`, each the sum of the
+/// (one to three) padded positions that mirror it, as three gathers.
+fn reflect_fold(g: &Var, d: usize, lo: usize, hi: usize, n: usize) -> Result<Var> {
+    let mut shape = g.shape().to_vec();
+    shape[d] = n;
+    // `src` read at `e` along `d`; out of its range reads 0 (plain range checks on a
+    // narrowed source, which vector loops handle, rather than extra conditions)
+    let at = |src: &Var, e: E| {
+        let mut exprs = identity_exprs(shape.len());
+        exprs[d] = e;
+        src.reindex(&shape, exprs, 0.0, vec![])
+    };
+    let i = || E::idx(d);
+    // position i reads padded j = i + lo; the left mirror j = lo - i (j < lo, so
+    // 1 <= i <= lo); the right mirror j = lo + 2 (n - 1) - i (j >= lo + n, so
+    // n - 1 - hi <= i <= n - 2)
+    let mut sum = at(g, i() + lo as i64)?;
+    if lo > 0 {
+        sum = sum.try_add(&at(&g.narrow(d as isize, 0, lo)?, E::c(lo as i64) - i())?)?;
+    }
+    if hi > 0 {
+        sum = sum.try_add(&at(&g.narrow(d as isize, lo + n, hi)?, E::c(n as i64 - 2) - i())?)?;
+    }
+    Ok(sum)
+}
+
+/// The adjoint of nearest resizing along `d` from `inp` to `out` entries
+/// (`src = floor(dst inp / out)`): input position `j` sums the outputs `i` with
+/// `j out <= i inp < (j + 1) out`, that is `i` from `ceil(j out / inp)` below
+/// `ceil((j + 1) out / inp)`: at most `ceil(out / inp)` of them, one gather each
+/// (without guards when `out` is a multiple of `inp`).
+fn nearest_fold(g: &Var, d: usize, inp: usize, out: usize) -> Result<Var> {
+    let mut shape = g.shape().to_vec();
+    shape[d] = inp;
+    let (o, n) = (out as i64, inp as i64);
+    let first = |j: E| (j * o + (n - 1)).floor_div(n);
+    let mut sum: Option<Var> = None;
+    for t in 0..out.div_ceil(inp) as i64 {
+        let mut exprs = identity_exprs(shape.len());
+        let (e, conds) = if out.is_multiple_of(inp) {
+            (E::idx(d) * (o / n) + t, vec![])
+        } else {
+            let i = first(E::idx(d)) + t;
+            (i.clone(), vec![i.lt(first(E::idx(d) + 1))])
+        };
+        exprs[d] = e;
+        let part = g.reindex(&shape, exprs, 0.0, conds)?;
+        sum = Some(match sum {
+            None => part,
+            Some(s) => s.try_add(&part)?,
+        });
+    }
+    // out >= 1 here, so there is at least one slot
+    sum.ok_or_else(|| Error::shape("interpolate", "empty resize"))
 }
 
 /// Concatenates values of equal rank along `dim`; other dims must match. dtypes are

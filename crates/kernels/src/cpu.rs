@@ -164,6 +164,10 @@ struct Gen<'a, 'b> {
     /// Loop-invariant vector values (splatted constants) computed at entry, by body
     /// value id.
     hoisted: HashMap<usize, CV>,
+    /// In a vector block: each guard and index condition that varies along the
+    /// row, with its value on the whole block (1 or 0; [`block_ok`] made sure it is
+    /// the same on every lane).
+    block_conditions: HashMap<IndexExpr, CV>,
 }
 
 impl Gen<'_, '_> {
@@ -681,6 +685,7 @@ fn emit_kernel(
         input_dtypes: kernel.inputs.clone(),
         params,
         hoisted: HashMap::new(),
+        block_conditions: HashMap::new(),
     };
 
     // out indices of `start`
@@ -867,7 +872,7 @@ pub fn run_with(
     let call = |s: usize, e: usize| {
         // SAFETY: the pointers are valid for the buffers' lengths; the kernel writes
         // each dense output position in [s, e) once, and ranges are disjoint; scatter
-        // kernels run in one call.
+        // kernels run in one call, or in rows that write disjoint elements.
         unsafe {
             (compiled.func)(
                 s as i64,
@@ -882,8 +887,21 @@ pub fn run_with(
         }
     };
     let work = n.saturating_mul(1 + launch.red_shape.iter().product::<usize>());
-    if kernel.has_scatter() || work < 32 * 1024 {
+    let threads = rayon::current_num_threads();
+    if work < 32 * 1024 || threads < 2 {
         call(0, n);
+    } else if kernel.has_scatter() {
+        // rows that provably scatter to disjoint elements run concurrently, a few
+        // consecutive rows per part; otherwise the kernel runs in one piece
+        match crate::scatter_split::row_split(kernel, launch, threads * 4) {
+            Some(split) => {
+                let per = split.rows.div_ceil(threads * 4);
+                (0..split.rows.div_ceil(per)).into_par_iter().for_each(|c| {
+                    call(c * per * split.row_len, ((c + 1) * per * split.row_len).min(n));
+                });
+            }
+            None => call(0, n),
+        }
     } else {
         // a few parts per thread, each at least ~8K elements of work (so that a
         // reduction with few outputs, one per channel, still spreads over threads)
@@ -1019,13 +1037,16 @@ fn lane_gathered(offset: &IndexExpr, l: usize) -> bool {
 
 /// What the vector loop must verify at run time, per block of four lanes, before
 /// it may use vectors: loads whose offsets are only piecewise contiguous along the
-/// innermost index (a reflection, a clamp) must advance by exactly one per lane, and
-/// guards and index conditions must hold on the whole block.
+/// innermost index (a reflection, a clamp) must advance by exactly one per lane
+/// (where their guard holds), and guards and index conditions must be the same on
+/// every lane of the block: all true (guarded loads load) or all false (they give
+/// their fill value without touching memory).
 #[derive(Debug, Default)]
 struct BlockChecks {
-    /// Offsets that must satisfy `e(j + 3) - e(j) == 3`.
-    contiguous: Vec<IndexExpr>,
-    /// Conditions that must be non-zero at `j` and `j + 3`.
+    /// Offsets that must satisfy `e(j + 3) - e(j) == 3`, unless their guard (the
+    /// second element) is false on the block.
+    contiguous: Vec<(IndexExpr, Option<IndexExpr>)>,
+    /// Conditions that must be uniform on the block.
     conditions: Vec<IndexExpr>,
 }
 
@@ -1035,9 +1056,10 @@ impl BlockChecks {
         for v in vals {
             match &v.inst {
                 Inst::Load { offset, guard, .. } => {
-                    if lin_coef_expr(offset, l).is_none() && !lane_gathered(offset, l) && !c.contiguous.contains(offset)
+                    let entry = (offset.clone(), guard.clone());
+                    if lin_coef_expr(offset, l).is_none() && !lane_gathered(offset, l) && !c.contiguous.contains(&entry)
                     {
-                        c.contiguous.push(offset.clone());
+                        c.contiguous.push(entry);
                     }
                     if let Some(g) = guard {
                         if !c.conditions.contains(g) {
@@ -1054,6 +1076,22 @@ impl BlockChecks {
 
     fn is_empty(&self) -> bool {
         self.contiguous.is_empty() && self.conditions.is_empty()
+    }
+}
+
+/// The factors of an interval-shaped condition ([`interval_shaped`]): comparisons
+/// that are each monotone along the innermost index (or do not depend on it), whose
+/// product is the condition.
+fn condition_factors(g: &IndexExpr) -> Vec<&IndexExpr> {
+    use IndexExpr as E;
+    match g {
+        E::Cmp(CmpOp::Ne, a, b) if b.as_const() == Some(0) => condition_factors(a),
+        E::Mul(a, b) | E::Min(a, b) => {
+            let mut f = condition_factors(a);
+            f.extend(condition_factors(b));
+            f
+        }
+        _ => vec![g],
     }
 }
 
@@ -1232,6 +1270,78 @@ impl Gen<'_, '_> {
         picked.into_iter().map(|v| v.ok_or_else(|| "a value was not emitted".to_string())).collect()
     }
 
+    /// One f32x4 load of `input` at `offset` for lanes `i_l = j .. j + 4`: contiguous,
+    /// invariant (splat), stride 2 (two loads and a shuffle), another stride (four
+    /// loads), or lane by lane for offsets that are not affine.
+    fn vector_load(&mut self, input: usize, offset: &IndexExpr, l: usize) -> Result<CV, String> {
+        let vt = types::F32X4;
+        Ok(if lane_gathered(offset, l) {
+            // each lane's own offset: i_l = j + lane
+            let j = self.b.use_var(self.idx[l]);
+            let mut v = None;
+            for lane in 0..LANES {
+                let jl = self.b.ins().iadd_imm_s(j, lane);
+                self.b.def_var(self.idx[l], jl);
+                let off = self.iexpr(offset);
+                let x = self.load(input, DType::F32, off)?;
+                v = Some(match v {
+                    None => self.b.ins().splat(vt, x),
+                    Some(v) => self.b.ins().insertlane(v, x, lane as u8),
+                });
+            }
+            self.b.def_var(self.idx[l], j);
+            v.ok_or("no lanes")?
+        } else {
+            // guards were verified for the block; an offset that is not
+            // invariant is contiguous here (linear, or verified per block)
+            let off = self.iexpr(offset);
+            let coef = lin_coef(offset, l);
+            let stride = match coef {
+                Some(0) | Some(1) => None,
+                Some(c) => Some(self.i64c(c)),
+                None => lin_coef_expr(offset, l).map(|e| self.iexpr(&e)),
+            };
+            if coef == Some(2) {
+                // stride 2: lanes 0 and 2 of the vector at `off` and lanes 1
+                // and 3 of the one at `off + 3` (reading no element past the
+                // last lane's), picked by one shufps
+                let base = self.inputs[input];
+                let scaled = self.b.ins().imul_imm_s(off, 4);
+                let addr = self.b.ins().iadd(base, scaled);
+                let flags = MemFlagsData::new().with_notrap();
+                let lo = self.b.ins().load(vt, flags, addr, 0);
+                let hi = self.b.ins().load(vt, flags, addr, 12);
+                let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+                let (lo8, hi8) =
+                    (self.b.ins().bitcast(types::I8X16, le, lo), self.b.ins().bitcast(types::I8X16, le, hi));
+                let lanes: [u8; 4] = [0, 2, 4 + 1, 4 + 3];
+                let mask: Vec<u8> = lanes.iter().flat_map(|&q| (0..4).map(move |b| q * 4 + b)).collect();
+                let mask = self.b.func.dfg.immediates.push(mask.into());
+                let picked = self.b.ins().shuffle(lo8, hi8, mask);
+                self.b.ins().bitcast(vt, le, picked)
+            } else if let Some(stride) = stride {
+                // strided: gather the four lanes
+                let x = self.load(input, DType::F32, off)?;
+                let mut v = self.b.ins().splat(vt, x);
+                let mut o = off;
+                for lane in 1..LANES {
+                    o = self.b.ins().iadd(o, stride);
+                    let x = self.load(input, DType::F32, o)?;
+                    v = self.b.ins().insertlane(v, x, lane as u8);
+                }
+                v
+            } else if coef != Some(0) {
+                let base = self.inputs[input];
+                let scaled = self.b.ins().imul_imm_s(off, 4);
+                let addr = self.b.ins().iadd(base, scaled);
+                self.b.ins().load(vt, MemFlagsData::new().with_notrap(), addr, 0)
+            } else {
+                let x = self.load(input, DType::F32, off)?;
+                self.b.ins().splat(vt, x)
+            }
+        })
+    }
+
     /// [`Self::vector_values`] for the values `pick` selects (which must not use
     /// unselected ones, unless hoisted); the others are `None`.
     fn vector_values_picked(
@@ -1253,70 +1363,30 @@ impl Gen<'_, '_> {
                 continue;
             }
             let cv = match &v.inst {
-                Inst::Load { input, offset, .. } if lane_gathered(offset, l) => {
-                    // each lane's own offset: i_l = j + lane
-                    let j = self.b.use_var(self.idx[l]);
-                    let mut v = None;
-                    for lane in 0..LANES {
-                        let jl = self.b.ins().iadd_imm_s(j, lane);
-                        self.b.def_var(self.idx[l], jl);
-                        let off = self.iexpr(offset);
-                        let x = self.load(*input, DType::F32, off)?;
-                        v = Some(match v {
-                            None => self.b.ins().splat(vt, x),
-                            Some(v) => self.b.ins().insertlane(v, x, lane as u8),
-                        });
-                    }
-                    self.b.def_var(self.idx[l], j);
-                    v.ok_or("no lanes")?
-                }
-                Inst::Load { input, offset, .. } => {
-                    // guards were verified for the block; an offset that is not
-                    // invariant is contiguous here (linear, or verified per block)
-                    let off = self.iexpr(offset);
-                    let coef = lin_coef(offset, l);
-                    let stride = match coef {
-                        Some(0) | Some(1) => None,
-                        Some(c) => Some(self.i64c(c)),
-                        None => lin_coef_expr(offset, l).map(|e| self.iexpr(&e)),
-                    };
-                    if coef == Some(2) {
-                        // stride 2: lanes 0 and 2 of the vector at `off` and lanes 1
-                        // and 3 of the one at `off + 3` (reading no element past the
-                        // last lane's), picked by one shufps
-                        let base = self.inputs[*input];
-                        let scaled = self.b.ins().imul_imm_s(off, 4);
-                        let addr = self.b.ins().iadd(base, scaled);
-                        let flags = MemFlagsData::new().with_notrap();
-                        let lo = self.b.ins().load(vt, flags, addr, 0);
-                        let hi = self.b.ins().load(vt, flags, addr, 12);
-                        let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-                        let (lo8, hi8) =
-                            (self.b.ins().bitcast(types::I8X16, le, lo), self.b.ins().bitcast(types::I8X16, le, hi));
-                        let lanes: [u8; 4] = [0, 2, 4 + 1, 4 + 3];
-                        let mask: Vec<u8> = lanes.iter().flat_map(|&q| (0..4).map(move |b| q * 4 + b)).collect();
-                        let mask = self.b.func.dfg.immediates.push(mask.into());
-                        let picked = self.b.ins().shuffle(lo8, hi8, mask);
-                        self.b.ins().bitcast(vt, le, picked)
-                    } else if let Some(stride) = stride {
-                        // strided: gather the four lanes
-                        let x = self.load(*input, DType::F32, off)?;
-                        let mut v = self.b.ins().splat(vt, x);
-                        let mut o = off;
-                        for lane in 1..LANES {
-                            o = self.b.ins().iadd(o, stride);
-                            let x = self.load(*input, DType::F32, o)?;
-                            v = self.b.ins().insertlane(v, x, lane as u8);
+                Inst::Load { input, offset, guard, fill } => {
+                    let held = guard.as_ref().and_then(|g| self.block_conditions.get(g).copied());
+                    match held {
+                        None => self.vector_load(*input, offset, l)?,
+                        Some(held) => {
+                            // the guard is uniform on the block: load, or the fill
+                            // value without touching memory
+                            let (load, skip, join) =
+                                (self.b.create_block(), self.b.create_block(), self.b.create_block());
+                            self.b.append_block_param(join, vt);
+                            self.b.ins().brif(held, load, &[], skip, &[]);
+                            self.b.seal_block(load);
+                            self.b.seal_block(skip);
+                            self.b.switch_to_block(load);
+                            let x = self.vector_load(*input, offset, l)?;
+                            self.b.ins().jump(join, &[x.into()]);
+                            self.b.switch_to_block(skip);
+                            let f = self.constant(*fill, DType::F32)?;
+                            let f = self.b.ins().splat(vt, f);
+                            self.b.ins().jump(join, &[f.into()]);
+                            self.b.seal_block(join);
+                            self.b.switch_to_block(join);
+                            self.b.block_params(join)[0]
                         }
-                        v
-                    } else if coef != Some(0) {
-                        let base = self.inputs[*input];
-                        let scaled = self.b.ins().imul_imm_s(off, 4);
-                        let addr = self.b.ins().iadd(base, scaled);
-                        self.b.ins().load(vt, MemFlagsData::new().with_notrap(), addr, 0)
-                    } else {
-                        let x = self.load(*input, DType::F32, off)?;
-                        self.b.ins().splat(vt, x)
                     }
                 }
                 Inst::Const(c) => {
@@ -1380,16 +1450,17 @@ impl Gen<'_, '_> {
                 }
                 Inst::Where(c, a, b) => self.b.ins().bitselect(arg(&out, *c)?, arg(&out, *a)?, arg(&out, *b)?),
                 Inst::Index(e) => {
-                    // an interval condition verified at the block's ends holds on every
-                    // lane; one that does not depend on the lane is evaluated once
+                    // a condition along the row has one value on the block (verified
+                    // by `block_ok`); one that does not depend on the lane is
+                    // evaluated once
                     let all = self.b.ins().iconst(types::I32, -1);
-                    let mask = if e.mentions(l) {
-                        all
-                    } else {
-                        let c = self.iexpr(e);
-                        let none = self.b.ins().iconst(types::I32, 0);
-                        self.b.ins().select(c, all, none)
+                    let none = self.b.ins().iconst(types::I32, 0);
+                    let c = match self.block_conditions.get(e) {
+                        Some(&held) => held,
+                        None if !e.mentions(l) => self.iexpr(e),
+                        None => return Err("a condition along the row was not checked for the block".into()),
                     };
+                    let mask = self.b.ins().select(c, all, none);
                     let m = self.b.ins().splat(types::I32X4, mask);
                     let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
                     self.b.ins().bitcast(vt, le, m)
@@ -1509,12 +1580,14 @@ fn emit_vector_reduction(
 }
 
 /// 1 when the block of lanes `[j, j + 4)` passes `checks` (the innermost index
-/// variable is left at `j`).
+/// variable is left at `j`). Records each condition's value on the block in
+/// `g.block_conditions` for the vector body.
 fn block_ok(g: &mut Gen<'_, '_>, checks: &BlockChecks, l: usize, j: CV) -> CV {
     let j3 = g.b.ins().iadd_imm_s(j, LANES - 1);
     let at = |g: &mut Gen<'_, '_>, e: &IndexExpr, i: CV| {
         g.b.def_var(g.idx[l], i);
-        g.iexpr(e)
+        let v = g.iexpr(e);
+        g.b.ins().icmp_imm_s(IntCC::NotEqual, v, 0)
     };
     let mut ok: Option<CV> = None;
     let mut and = |g: &mut Gen<'_, '_>, c: CV| {
@@ -1523,18 +1596,57 @@ fn block_ok(g: &mut Gen<'_, '_>, checks: &BlockChecks, l: usize, j: CV) -> CV {
             Some(o) => g.b.ins().band(o, c),
         });
     };
-    for e in &checks.contiguous {
-        let (a, b) = (at(g, e, j), at(g, e, j3));
-        let d = g.b.ins().isub(b, a);
-        let c = g.b.ins().icmp_imm_s(IntCC::Equal, d, LANES - 1);
-        and(g, c);
-    }
+    g.block_conditions.clear();
+    let mut ends: HashMap<&IndexExpr, (CV, CV)> = HashMap::new();
     for e in &checks.conditions {
-        for i in [j, j3] {
-            let v = at(g, e, i);
-            let c = g.b.ins().icmp_imm_s(IntCC::NotEqual, v, 0);
-            and(g, c);
+        if !e.mentions(l) {
+            let v = at(g, e, j);
+            g.block_conditions.insert(e.clone(), v);
+            continue;
         }
+        // each factor is monotone along the row: true at both ends means true on the
+        // block, false at both ends false on the block
+        let (mut all_true, mut any_false): (Option<CV>, Option<CV>) = (None, None);
+        for f in condition_factors(e) {
+            // a factor shared by several guards is evaluated once
+            let (a, b) = match ends.get(f) {
+                Some(&v) => v,
+                None => {
+                    let v = (at(g, f, j), at(g, f, j3));
+                    ends.insert(f, v);
+                    v
+                }
+            };
+            let both = g.b.ins().band(a, b);
+            let either = g.b.ins().bor(a, b);
+            let neither = g.b.ins().bxor_imm_u(either, 1);
+            all_true = Some(match all_true {
+                None => both,
+                Some(t) => g.b.ins().band(t, both),
+            });
+            any_false = Some(match any_false {
+                None => neither,
+                Some(t) => g.b.ins().bor(t, neither),
+            });
+        }
+        let (Some(t), Some(f)) = (all_true, any_false) else { continue };
+        let uniform = g.b.ins().bor(t, f);
+        and(g, uniform);
+        g.block_conditions.insert(e.clone(), t);
+    }
+    for (e, guard) in &checks.contiguous {
+        g.b.def_var(g.idx[l], j);
+        let a = g.iexpr(e);
+        g.b.def_var(g.idx[l], j3);
+        let b = g.iexpr(e);
+        let d = g.b.ins().isub(b, a);
+        let mut c = g.b.ins().icmp_imm_s(IntCC::Equal, d, LANES - 1);
+        if let Some(held) = guard.as_ref().and_then(|gd| g.block_conditions.get(gd).copied()) {
+            // a load that does not happen need not be contiguous
+            let skipped = g.b.ins().bxor_imm_u(held, 1);
+            c = g.b.ins().bor(c, skipped);
+        }
+        and(g, c);
     }
     g.b.def_var(g.idx[l], j);
     ok.unwrap_or_else(|| g.b.ins().iconst(types::I8, 1))

@@ -322,6 +322,13 @@ impl IndexExpr {
         }
     }
 
+    /// Replaces every kernel argument `Arg(k)` by its value `args[k]`, keeping the
+    /// tree's shape (so that [`IndexExpr::bounds`] can use the launch's sizes).
+    /// Arguments beyond `args` are left as they are.
+    pub fn bind_args(&self, args: &[i64]) -> IndexExpr {
+        self.map_args(&|k| args.get(k).map_or(E::Arg(k), |&v| E::Const(v)))
+    }
+
     /// Replaces every `Idx(k)` by `vars[k]` (composition of index maps).
     /// Indices beyond `vars` are left as they are.
     pub fn substitute(&self, vars: &[IndexExpr]) -> IndexExpr {
@@ -469,9 +476,14 @@ impl IndexExpr {
 
     /// Renumbers kernel arguments: `Arg(k)` becomes `Arg(k + by)`.
     pub fn shift_args(&self, by: usize) -> IndexExpr {
-        let s = |e: &IndexExpr| Box::new(e.shift_args(by));
+        self.map_args(&|k| E::Arg(k + by))
+    }
+
+    /// The expression with every `Arg(k)` replaced by `f(k)`, same shape otherwise.
+    fn map_args(&self, f: &dyn Fn(usize) -> IndexExpr) -> IndexExpr {
+        let s = |e: &IndexExpr| Box::new(e.map_args(f));
         match self {
-            E::Arg(k) => E::Arg(k + by),
+            E::Arg(k) => f(*k),
             E::Const(_) | E::Idx(_) => self.clone(),
             E::Add(a, b) => E::Add(s(a), s(b)),
             E::Sub(a, b) => E::Sub(s(a), s(b)),

@@ -18,6 +18,7 @@
 //! * [`cpu`]: the Cranelift backend (native code, rayon, f32x4 loops).
 //! * [`cache`]: the compiled-kernel cache and its counters.
 //! * [`conv_direct`]: the direct convolution for inputs with few channels.
+//! * [`scatter_split`]: which scatter kernels may run as concurrent rows.
 //! * [`cuda`]: run-time discovery of the CUDA libraries, the CUDA C emitter, NVRTC
 //!   and the driver runtime.
 
@@ -39,6 +40,7 @@ pub mod ir;
 pub mod meta;
 pub mod random;
 pub mod reference;
+pub mod scatter_split;
 
 pub use buffer::{live_buffers, Buffer, Element, HostBuffer};
 pub use dtype::DType;
