@@ -347,7 +347,8 @@ fn const_of(c: f64, d: DType) -> String {
 }
 
 /// CUDA C for `kernel` as `extern "C" __global__ void {name}(...)`, without the
-/// prelude. Parameters: `n` (output positions), the input pointers, the output
+/// prelude. Parameters: `n` (output positions), for scatter kernels `row_len` (see
+/// [`crate::scatter_split`]), the input pointers, the output
 /// pointers, then the metadata struct `m` by value: `m.a` integer arguments, `m.o`
 /// the output shape, `m.r` the reduction shape (i64) and `m.p` parameters (f64).
 pub fn kernel_source(kernel: &Kernel, name: &str) -> String {
@@ -355,15 +356,23 @@ pub fn kernel_source(kernel: &Kernel, name: &str) -> String {
     meta_struct(&mut s, kernel);
     let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params_list(kernel));
     let _ = writeln!(s, "  (void)m;");
-    let (first, step) = if kernel.has_scatter() {
-        ("0", "1")
-    } else {
-        ("(i64)blockIdx.x * blockDim.x + threadIdx.x", "(i64)gridDim.x * blockDim.x")
-    };
     if kernel.has_scatter() {
-        let _ = writeln!(s, "  if (blockIdx.x != 0 || threadIdx.x != 0) return;");
+        // rows of `row_len` positions that write disjoint elements (one row of `n`
+        // when the launch could not prove any split), one thread per row, each row
+        // in order: deterministic, without atomics
+        let _ = writeln!(s, "  const i64 rows = (n + row_len - 1) / row_len;");
+        let _ = writeln!(
+            s,
+            "  for (i64 row = (i64)blockIdx.x * blockDim.x + threadIdx.x; row < rows; row += (i64)gridDim.x * blockDim.x) {{"
+        );
+        let _ = writeln!(s, "  const i64 row_end = row * row_len + row_len < n ? row * row_len + row_len : n;");
+        let _ = writeln!(s, "  for (i64 p = row * row_len; p < row_end; p += 1) {{");
+    } else {
+        let _ = writeln!(
+            s,
+            "  for (i64 p = (i64)blockIdx.x * blockDim.x + threadIdx.x; p < n; p += (i64)gridDim.x * blockDim.x) {{"
+        );
     }
-    let _ = writeln!(s, "  for (i64 p = {first}; p < n; p += {step}) {{");
     out_indices(&mut s, kernel);
     if kernel.red_rank > 0 {
         reduction_loop(&mut s, kernel, "0", "1");
@@ -391,6 +400,9 @@ pub fn kernel_source(kernel: &Kernel, name: &str) -> String {
         }
     }
     let _ = writeln!(s, "  }}");
+    if kernel.has_scatter() {
+        let _ = writeln!(s, "  }}");
+    }
     let _ = writeln!(s, "}}");
     s
 }
@@ -441,6 +453,9 @@ pub fn has_block_variant(kernel: &Kernel) -> bool {
 
 fn params_list(kernel: &Kernel) -> String {
     let mut params: Vec<String> = vec!["const i64 n".into()];
+    if kernel.has_scatter() {
+        params.push("const i64 row_len".into());
+    }
     for k in 0..kernel.inputs.len() {
         params.push(format!("const void* __restrict__ in{k}"));
     }

@@ -182,17 +182,27 @@ impl Runtime {
         if n > 0 {
             let threads = 256u32;
             let red_n: u64 = launch.red_shape.iter().map(|&d| d as u64).product();
+            // scatter kernels: one thread per row of a proven disjoint split (one row
+            // of everything without one)
+            let row_len: i64 =
+                crate::scatter_split::row_split(kernel, launch, 1 << 16).map_or(n, |split| split.row_len as i64).max(1);
             // a block per output when each output reduces enough elements to keep a
             // block busy; one thread per output otherwise
             let (func, blocks) = match &loaded.block {
                 Some(block) if red_n >= 128 => (block, (n as u64).min(u64::from(self.sms) * 16) as u32),
-                _ if kernel.has_scatter() => (&loaded.func, 1),
+                _ if kernel.has_scatter() => {
+                    let rows = (n as u64).div_ceil(row_len as u64);
+                    (&loaded.func, rows.div_ceil(u64::from(threads)).min(u64::from(self.sms) * 32) as u32)
+                }
                 _ => (&loaded.func, ((n as u64).div_ceil(u64::from(threads))).min(u64::from(self.sms) * 32) as u32),
             };
             let cfg = LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
             let out_ptrs: Vec<u64> = outs.iter().map(DeviceBuffer::ptr).collect();
             let mut b = self.stream.launch_builder(func);
             b.arg(&n);
+            if kernel.has_scatter() {
+                b.arg(&row_len);
+            }
             for i in &ins {
                 b.arg(i);
             }
