@@ -146,3 +146,28 @@ fn linear_is_one_library_call_with_gradients() {
         assert_values_close(c, r, 1e-4, 1e-5, &format!("linear gradient {k}"));
     }
 }
+
+/// A transposed operand (`F Fᵀ`, a Gram matrix, and `Fᵀ F`) is read transposed by
+/// the library call instead of copied: no kernel besides the product, the values
+/// against the oracle, and gradients through the transpose flags against finite
+/// differences.
+#[test]
+fn transposed_operands_are_read_in_place() {
+    let mut rng = Rng::fresh("transposed_operands_are_read_in_place");
+    let (b, r, c) = (1 + rng.below(3), 2 + rng.below(6), 3 + rng.below(40));
+    let f = rng.nd(&[b, r, c], -1.0, 1.0);
+    let fv = f.var(DType::F32);
+    // the library call behind a product (a reshape may follow it)
+    let call = |y: &Var| if matches!(y.op(), Some(jit_core::MetaOp::Extern(_))) { y.op() } else { y.inputs()[0].op() };
+    let gram = matmul(&fv, &fv.transpose(1, 2).unwrap()).unwrap();
+    assert_eq!(call(&gram), Some(jit_core::MetaOp::Extern(ExternOp::Matmul { trans_a: false, trans_b: true })));
+    assert!(jit_core::planned_kernels(std::slice::from_ref(&gram)).unwrap().is_empty(), "no transpose copy");
+    let ft = Nd::from_fn(&[b, c, r], |i| f.at(&[i[0], i[2], i[1]]));
+    assert_close(&gram, &matmul_ref(&f, &ft), 1e-5, 1e-5, "F Fᵀ");
+    let cov = matmul(&fv.transpose(1, 2).unwrap(), &fv).unwrap();
+    assert_eq!(call(&cov), Some(jit_core::MetaOp::Extern(ExternOp::Matmul { trans_a: true, trans_b: false })));
+    assert_close(&cov, &matmul_ref(&ft, &f), 1e-5, 1e-5, "Fᵀ F");
+    let small = rng.nd(&[2, 3, 4], -1.0, 1.0);
+    check("gram", &mut rng, std::slice::from_ref(&small), |v| matmul(&v[0], &v[0].transpose(1, 2)?));
+    check("transposed left", &mut rng, &[small], |v| matmul(&v[0].transpose(1, 2)?, &v[0].exp()));
+}

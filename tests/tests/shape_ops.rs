@@ -492,7 +492,17 @@ fn guarded_loads_vectorise_by_uniform_blocks() {
                     .unwrap();
                 let shifted = x.reindex(&[rows, w], vec![E::idx(0), i() * 2 - 3], 0.5, vec![]).unwrap();
                 let padded = x.narrow(1, 0, w).unwrap().pad(&[2, 0], PadMode::Constant(-2.0)).unwrap();
-                let y = (&rev + &shifted).try_add(padded.narrow(1, 0, w).unwrap()).unwrap();
+                // a nearest-upsampling read under a condition on the halved index
+                // (monotone along the row, but not contiguous)
+                let halved = x
+                    .reindex(
+                        &[rows, w],
+                        vec![E::idx(0), i().floor_div(2) + 1],
+                        0.0,
+                        vec![i().floor_div(2).ge((lo / 2) as i64)],
+                    )
+                    .unwrap();
+                let y = (&rev + &shifted).try_add(padded.narrow(1, 0, w).unwrap()).unwrap().try_add(halved).unwrap();
                 y.to_vec_f64().unwrap()
             })
         };

@@ -82,9 +82,11 @@ pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
         shape.push(n as isize);
     }
     if dt.is_float() && matmul_library() {
-        let a3 = as_batch3(&a2.cast(dt), &batch)?;
-        let b3 = as_batch3(&b2.cast(dt), &batch)?;
-        let out = Var::extern_op(ExternOp::Matmul { trans_a: false, trans_b: false }, &[a3, b3])?;
+        // an operand that is a pending transpose of a matrix batch is read
+        // transposed in place (no copy of the transpose: a Gram matrix `F Fᵀ`)
+        let (a3, trans_a) = untransposed(as_batch3(&a2.cast(dt), &batch)?);
+        let (b3, trans_b) = untransposed(as_batch3(&b2.cast(dt), &batch)?);
+        let out = Var::extern_op(ExternOp::Matmul { trans_a, trans_b }, &[a3, b3])?;
         return out.reshape(&shape);
     }
     let r = batch.len();
@@ -102,6 +104,33 @@ pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
         out = out.reshape(&shape)?;
     }
     Ok(out)
+}
+
+/// `(t, true)` when `x` (`[B, r, c]`) is a pending transpose of the last two dims of a
+/// `[B, c, r]` value `t` (possibly behind a reshape to the same shape), else
+/// `(x, false)`.
+fn untransposed(x: Var) -> (Var, bool) {
+    use jit_core::{IndexExpr as E, MetaOp};
+    let mut v = x.clone();
+    if v.op() == Some(MetaOp::Reshape) {
+        match v.inputs().first() {
+            Some(src) if src.shape() == v.shape() => v = src.clone(),
+            _ => return (x, false),
+        }
+    }
+    let swap = [E::idx(0), E::idx(2), E::idx(1)];
+    match (v.op(), v.inputs().first()) {
+        (Some(MetaOp::Reindex { exprs, conds, .. }), Some(src))
+            if conds.is_empty()
+                && exprs.as_slice() == swap.as_slice()
+                && src.ndim() == 3
+                && src.dtype() == x.dtype()
+                && [src.shape()[0], src.shape()[2], src.shape()[1]] == *x.shape() =>
+        {
+            (src.clone(), true)
+        }
+        _ => (x, false),
+    }
 }
 
 /// Adds leading size-1 dims so that the value has `batch_rank` batch dims.

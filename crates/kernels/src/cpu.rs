@@ -970,6 +970,14 @@ fn lin_coef_expr(e: &IndexExpr, l: usize) -> Option<IndexExpr> {
 /// other indices fixed), or `None` when a step can jump arbitrarily (a floor
 /// division, modulo, comparison or selection that depends on `i_l`).
 fn step_bounds(e: &IndexExpr, l: usize) -> Option<(i64, i64)> {
+    step_range(e, l, false)
+}
+
+/// [`step_bounds`]; with `floors`, also through floor divisions by positive
+/// constants (`floor((a + s) / c) - floor(a / c)` lies in `[floor(s / c), ceil(s /
+/// c)]`), which keeps the sign of a monotone step: enough for conditions, but such
+/// an offset is not contiguous.
+fn step_range(e: &IndexExpr, l: usize, floors: bool) -> Option<(i64, i64)> {
     use IndexExpr as E;
     if !e.mentions(l) {
         return Some((0, 0));
@@ -977,11 +985,11 @@ fn step_bounds(e: &IndexExpr, l: usize) -> Option<(i64, i64)> {
     match e {
         E::Idx(_) => Some((1, 1)),
         E::Add(a, b) => {
-            let ((la, ua), (lb, ub)) = (step_bounds(a, l)?, step_bounds(b, l)?);
+            let ((la, ua), (lb, ub)) = (step_range(a, l, floors)?, step_range(b, l, floors)?);
             Some((la.checked_add(lb)?, ua.checked_add(ub)?))
         }
         E::Sub(a, b) => {
-            let ((la, ua), (lb, ub)) = (step_bounds(a, l)?, step_bounds(b, l)?);
+            let ((la, ua), (lb, ub)) = (step_range(a, l, floors)?, step_range(b, l, floors)?);
             Some((la.checked_sub(ub)?, ua.checked_sub(lb)?))
         }
         E::Mul(a, b) => {
@@ -990,19 +998,24 @@ fn step_bounds(e: &IndexExpr, l: usize) -> Option<(i64, i64)> {
                 (_, Some(c)) => (c, a),
                 _ => return None,
             };
-            let (lo, hi) = step_bounds(x, l)?;
+            let (lo, hi) = step_range(x, l, floors)?;
             let (p, q) = (lo.checked_mul(c)?, hi.checked_mul(c)?);
             Some((p.min(q), p.max(q)))
         }
         // max(a', b') - max(a, b) and min(a', b') - min(a, b) lie between the two
         // operands' own steps
         E::Min(a, b) | E::Max(a, b) => {
-            let ((la, ua), (lb, ub)) = (step_bounds(a, l)?, step_bounds(b, l)?);
+            let ((la, ua), (lb, ub)) = (step_range(a, l, floors)?, step_range(b, l, floors)?);
             Some((la.min(lb), ua.max(ub)))
         }
         E::Select(c, t, o) if !c.mentions(l) => {
-            let ((lt, ut), (lo, uo)) = (step_bounds(t, l)?, step_bounds(o, l)?);
+            let ((lt, ut), (lo, uo)) = (step_range(t, l, floors)?, step_range(o, l, floors)?);
             Some((lt.min(lo), ut.max(uo)))
+        }
+        E::FloorDiv(a, c) if floors && c.as_const().is_some_and(|c| c > 0) => {
+            let c = c.as_const()?;
+            let (lo, hi) = step_range(a, l, floors)?;
+            Some((lo.div_euclid(c), -((-hi).div_euclid(c))))
         }
         _ => None,
     }
@@ -1019,7 +1032,7 @@ fn interval_shaped(g: &IndexExpr, l: usize) -> bool {
     match g {
         E::Cmp(CmpOp::Lt | CmpOp::Le, a, b) => {
             let d = E::Sub(a.clone(), b.clone());
-            step_bounds(&d, l).is_some_and(|(lo, hi)| lo >= 0 || hi <= 0)
+            step_range(&d, l, true).is_some_and(|(lo, hi)| lo >= 0 || hi <= 0)
         }
         // `c != 0` of a 0/1 condition is the condition
         E::Cmp(CmpOp::Ne, a, b) if b.as_const() == Some(0) => interval_shaped(a, l),
