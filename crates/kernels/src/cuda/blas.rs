@@ -1,8 +1,9 @@
 //! Library operations on the device: the batched matrix product through cuBLAS
 //! (f32 and f64; f32 stays exact unless TF32 is allowed with `JIT_ALLOW_TF32=1`, as
-//! PyTorch's `allow_tf32`). What this module does not cover (the shifted-gemm
-//! convolution, f16 / bf16 products, sizes beyond 32-bit, or a missing cuBLAS)
-//! answers `None` and runs on the host.
+//! PyTorch's `allow_tf32`; f16 and bf16 with f32 accumulation through
+//! `cublasGemmStridedBatchedEx`). What this module does not cover (the shifted-gemm
+//! convolution, sizes beyond 32-bit, or a missing cuBLAS) answers `None` and runs on
+//! the host.
 
 use super::memory::DeviceBuffer;
 use super::runtime::runtime;
@@ -78,7 +79,8 @@ fn matmul(
     (b, sb): (&Buffer, &[usize]),
     dtype: DType,
 ) -> Result<Option<Buffer>, KernelError> {
-    if !matches!(dtype, DType::F32 | DType::F64) || a.dtype() != dtype || b.dtype() != dtype {
+    if !matches!(dtype, DType::F32 | DType::F64 | DType::F16 | DType::BF16) || a.dtype() != dtype || b.dtype() != dtype
+    {
         return Ok(None);
     }
     let op = ExternOp::Matmul { trans_a, trans_b };
@@ -140,10 +142,40 @@ fn matmul(
     // shapes describe (checked by the planner and `out_shape`); scalars are host
     // values that outlive the call; the handle is used by this thread alone.
     let status = unsafe {
-        if dtype == DType::F32 {
-            gemm!(cudarc::cublas::result::sgemm_strided_batched, f32)
-        } else {
-            gemm!(cudarc::cublas::result::dgemm_strided_batched, f64)
+        match dtype {
+            DType::F32 => gemm!(cudarc::cublas::result::sgemm_strided_batched, f32),
+            DType::F64 => gemm!(cudarc::cublas::result::dgemm_strided_batched, f64),
+            // half storage, f32 accumulation (PyTorch's default for f16 / bf16)
+            _ => {
+                use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType};
+                let ty = if dtype == DType::F16 { cudaDataType::CUDA_R_16F } else { cudaDataType::CUDA_R_16BF };
+                let (one, zero) = (1.0f32, 0.0f32);
+                cudarc::cublas::result::gemm_strided_batched_ex(
+                    h.0,
+                    op_of(trans_b),
+                    op_of(trans_a),
+                    bm,
+                    bn,
+                    bk,
+                    (&one as *const f32).cast(),
+                    db.ptr() as *const std::ffi::c_void,
+                    ty,
+                    ldb,
+                    stride_b,
+                    da.ptr() as *const std::ffi::c_void,
+                    ty,
+                    lda,
+                    stride_a,
+                    (&zero as *const f32).cast(),
+                    c.ptr() as *mut std::ffi::c_void,
+                    ty,
+                    bm,
+                    stride_c,
+                    bb,
+                    cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+                )
+            }
         }
     };
     status.map_err(|e| KernelError::Internal {
