@@ -39,7 +39,7 @@ run() { # name seconds-cap command...
     echo "   exit $?"
 }
 cd "$root"
-run stylize-1024 90 bash -c "JIT_BACKEND=cuda '$bins/stylize_bench' 1024 10 >'$out/stylize-1024.json' 2>'$out/stylize-1024.err'; cat '$out/stylize-1024.json'"
-run style-bench 150 bash -c "python3 benches/style_bench.py --device cuda --size 512 --batch 8 --train-size 256 --reps 3 --bin '$bins/style_bench' >'$out/style-bench.txt' 2>&1; tail -12 '$out/style-bench.txt'"
-run jit-bench 150 bash -c "python3 benches/jit_bench.py --device cuda --quick --bin '$bins/jit_bench' --out '$out/jit-bench' >'$out/jit-bench.txt' 2>&1; tail -30 '$out/jit-bench.txt'"
+run stylize-1024 90 bash -c "JIT_BACKEND=cuda '$bins/stylize_bench' 1024 10 >'$out/stylize-1024.json' 2>'$out/stylize-1024.err'; rc=\$?; cat '$out/stylize-1024.json'; tail -3 '$out/stylize-1024.err'; exit \$rc"
+run style-bench 150 bash -c "python3 benches/style_bench.py --device cuda --size 512 --batch 8 --train-size 256 --reps 3 --bin '$bins/style_bench' >'$out/style-bench.txt' 2>&1; rc=\$?; tail -12 '$out/style-bench.txt'; exit \$rc"
+run jit-bench 150 bash -c "python3 benches/jit_bench.py --device cuda --quick --bin '$bins/jit_bench' --out '$out/jit-bench' >'$out/jit-bench.txt' 2>&1; rc=\$?; tail -30 '$out/jit-bench.txt'; exit \$rc"
 echo "== done in $(( $(date +%s) - began )) s; results under $out"

@@ -18,23 +18,23 @@ fn main() {
         eprintln!("stylize_bench: {e}");
         std::process::exit(1);
     }
-    let m = MultiStyle::load(&dir).expect("model");
+    let m = MultiStyle::load(&dir).unwrap_or_else(|e| fail(&e));
     let img = image::RgbImage::from_fn(size, size, |x, y| {
         image::Rgb([(x % 251) as u8, (y % 241) as u8, ((x ^ y) % 256) as u8])
     });
-    let x = from_rgb8(&img).expect("image");
-    let w = pretrained::parse_style("7").expect("style");
+    let x = from_rgb8(&img).unwrap_or_else(|e| fail(&e));
+    let w = pretrained::parse_style("7").unwrap_or_else(|e| fail(&e));
     let t = Instant::now();
-    let y = m.stylize(&x, &w).expect("graph");
-    realize(&[y]).expect("run");
+    let y = m.stylize(&x, &w).unwrap_or_else(|e| fail(&e));
+    realize(&[y]).unwrap_or_else(|e| fail(&e));
     let cold = t.elapsed().as_secs_f64() * 1e3;
     let mut times = vec![];
     let mut graph_ms = vec![];
     for _ in 0..runs {
         let t = Instant::now();
-        let y = m.stylize(&x, &w).expect("graph");
+        let y = m.stylize(&x, &w).unwrap_or_else(|e| fail(&e));
         graph_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        realize(&[y]).expect("run");
+        realize(&[y]).unwrap_or_else(|e| fail(&e));
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     let all: Vec<String> = times.iter().map(|t| format!("{t:.2}")).collect();
@@ -48,4 +48,10 @@ fn main() {
         times[times.len() - 1],
         all.join(", ")
     );
+}
+
+/// Prints the error on one line and exits with status 1.
+fn fail(e: &dyn std::fmt::Display) -> ! {
+    eprintln!("stylize_bench: {e}");
+    std::process::exit(1)
 }
