@@ -30,7 +30,8 @@ pub const DIRECT_MAX_CHANNELS: usize = 15;
 /// channels of a 3x3 stride-2 one); beyond, the weights and input rows of a tile no
 /// longer stay in the first-level cache and the shifted gemms are faster (measured
 /// on the 2-core test machine: 32->32 3x3 at 128x128 1.6 ms direct against 2.1 ms,
-/// 64->128 at 128x128 12.4 ms against 8.6 ms).
+/// 64->128 at 128x128 12.4 ms against 8.6 ms). That depends on the processor: up to
+/// [`DIRECT_MAX_TUNED_PAIRS`] the faster of the two is measured per shape.
 pub const DIRECT_MAX_PAIRS: usize = 288;
 
 /// Input columns ahead of a tile that the AVX-512 tiles prefetch (two tiles).
@@ -84,22 +85,76 @@ pub fn pack(s: &DirectConv<'_>, w: &[f32]) -> Packed {
     Packed::new(s, w)
 }
 
-/// The packed weight when the direct convolution is the faster product for these
-/// sizes and weights ([`DIRECT_MAX_CHANNELS`], [`DIRECT_MAX_PAIRS`]), else `None`
-/// (use the shifted gemms).
+/// Up to this many `(channel, tap)` pairs (256 channels of a 3x3 kernel) beyond
+/// [`DIRECT_MAX_PAIRS`], which product is faster depends on the processor: on a
+/// Zen 4 with two cores the direct convolution wins up to 256 channels (64 -> 64 at
+/// 256x256: 21.8 against 34.7 ms), on the Intel machine of earlier measurements the
+/// shifted gemms won from 64 channels. [`Choice::Measure`]: the caller times both
+/// once per shape and keeps the faster.
+pub const DIRECT_MAX_TUNED_PAIRS: usize = 2304;
+
+/// Which product runs a forward convolution ([`choose`]).
+#[derive(Debug)]
+pub enum Choice {
+    /// The direct convolution, with its packed weight.
+    Direct(Packed),
+    /// The shifted gemms.
+    Gemm,
+    /// Either may be faster: time both on the first call for this shape.
+    Measure,
+}
+
+/// The product for these sizes and weights: direct up to [`DIRECT_MAX_CHANNELS`]
+/// channels or [`DIRECT_MAX_PAIRS`] pairs, measured up to
+/// [`DIRECT_MAX_TUNED_PAIRS`] (unless `JIT_CONV_ALGO` is `direct` or `gemm`), shifted
+/// gemms beyond and for 1x1 kernels.
+///
+/// # Panics
+/// As for [`pack`].
+pub fn choose(s: &DirectConv<'_>, w: &[f32]) -> Choice {
+    let taps = s.shifts.len();
+    if s.c <= DIRECT_MAX_CHANNELS {
+        return Choice::Direct(pack(s, w));
+    }
+    if taps == 1 {
+        // a 1x1 kernel is one gemm with the channels as inner dimension
+        return Choice::Gemm;
+    }
+    let pairs = s.c * taps;
+    if pairs <= DIRECT_MAX_PAIRS {
+        return Choice::Direct(pack(s, w));
+    }
+    if pairs > DIRECT_MAX_TUNED_PAIRS {
+        return Choice::Gemm;
+    }
+    match algo_override() {
+        Some(true) => Choice::Direct(pack(s, w)),
+        Some(false) => Choice::Gemm,
+        None => Choice::Measure,
+    }
+}
+
+/// `JIT_CONV_ALGO=direct|gemm` fixes the product in the measured range; anything
+/// else (the default `auto`) measures.
+fn algo_override() -> Option<bool> {
+    static O: std::sync::OnceLock<Option<bool>> = std::sync::OnceLock::new();
+    *O.get_or_init(|| match std::env::var("JIT_CONV_ALGO").as_deref().map(str::trim) {
+        Ok("direct") => Some(true),
+        Ok("gemm") => Some(false),
+        _ => None,
+    })
+}
+
+/// The packed weight when the direct convolution runs without measuring
+/// ([`choose`] gives [`Choice::Direct`]), else `None`.
 ///
 /// # Panics
 /// As for [`pack`].
 pub fn plan(s: &DirectConv<'_>, w: &[f32]) -> Option<Packed> {
-    let taps = s.shifts.len();
-    if s.c <= DIRECT_MAX_CHANNELS {
-        return Some(pack(s, w));
+    match choose(s, w) {
+        Choice::Direct(p) => Some(p),
+        Choice::Gemm | Choice::Measure => None,
     }
-    if taps == 1 {
-        // a 1x1 kernel is one gemm with the channels as inner dimension
-        return None;
-    }
-    Some(pack(s, w)).filter(|p| p.offsets.len() <= DIRECT_MAX_PAIRS)
 }
 
 impl Packed {

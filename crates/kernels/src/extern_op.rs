@@ -364,6 +364,16 @@ fn conv_stride2(n: usize, s: &crate::conv_direct::Stride2Conv, a: &[f32], b: &[f
     Ok(out)
 }
 
+/// The shapes measured in the range where the faster forward product depends on
+/// the processor, `(c, o, plane, columns, tap shifts)` -> direct is faster (see
+/// [`crate::conv_direct::Choice::Measure`]).
+type Tuned = std::collections::HashMap<(usize, usize, usize, usize, Vec<usize>), bool>;
+
+fn tuned() -> &'static std::sync::Mutex<Tuned> {
+    static T: std::sync::OnceLock<std::sync::Mutex<Tuned>> = std::sync::OnceLock::new();
+    T.get_or_init(Default::default)
+}
+
 /// Sizes of a [`ExternOp::Conv2dShift`].
 struct ConvGeom {
     n: usize,
@@ -500,14 +510,14 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
             expected("the weight", b.len(), g.o * g.c * taps)?;
             let shifts: Vec<usize> = (0..taps).map(|t| g.tap(t)).collect();
             let direct = crate::conv_direct::DirectConv { c: g.c, o: g.o, plane, l, shifts: &shifts };
-            if let Some(packed) = crate::conv_direct::plan(&direct, b) {
-                // a thin product per tap: accumulate in registers instead
+            let run_direct = |packed: &crate::conv_direct::Packed, out: &mut [f32]| {
                 for bi in 0..g.n {
                     let xp = &a[bi * g.c * plane..(bi + 1) * g.c * plane];
                     let dst = &mut out[bi * g.o * plane..(bi + 1) * g.o * plane];
-                    crate::conv_direct::forward(&direct, &packed, xp, dst);
+                    crate::conv_direct::forward(&direct, packed, xp, dst);
                 }
-            } else {
+            };
+            let run_gemms = |out: &mut [f32]| {
                 for bi in 0..g.n {
                     let dst = &mut out[bi * g.o * plane..(bi + 1) * g.o * plane];
                     for t in 0..taps {
@@ -523,6 +533,37 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
                                 (a.as_ptr().add(bi * g.c * plane + g.tap(t)), 1, plane as isize),
                                 gemm::Parallelism::Rayon(0),
                             );
+                        }
+                    }
+                }
+            };
+            match crate::conv_direct::choose(&direct, b) {
+                // a thin product per tap: accumulate in registers instead
+                crate::conv_direct::Choice::Direct(packed) => run_direct(&packed, &mut out),
+                crate::conv_direct::Choice::Gemm => run_gemms(&mut out),
+                crate::conv_direct::Choice::Measure => {
+                    let key = (g.c, g.o, plane, l, shifts.clone());
+                    let known = tuned().lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
+                    match known {
+                        Some(true) => run_direct(&crate::conv_direct::pack(&direct, b), &mut out),
+                        Some(false) => run_gemms(&mut out),
+                        None => {
+                            // first call for this shape: time both and keep the faster
+                            // (its result is returned, so that later calls give the
+                            // same numbers)
+                            let started = std::time::Instant::now();
+                            run_direct(&crate::conv_direct::pack(&direct, b), &mut out);
+                            let direct_time = started.elapsed();
+                            let mut other = host_pool::take_f32(len, Fill::Overwritten, "a conv2d result")?;
+                            let started = std::time::Instant::now();
+                            run_gemms(&mut other);
+                            let gemm_time = started.elapsed();
+                            let direct_wins = direct_time <= gemm_time;
+                            tuned().lock().unwrap_or_else(|e| e.into_inner()).insert(key, direct_wins);
+                            if !direct_wins {
+                                std::mem::swap(&mut out, &mut other);
+                            }
+                            host_pool::give(HostBuffer::F32(other));
                         }
                     }
                 }
@@ -655,4 +696,34 @@ fn conv_shift_reference(g: &ConvGeom, pass: ConvPass, a: &[f64], b: &[f64]) -> V
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// In the range where the forward product is measured per shape, the first call
+    /// (which runs both) and the later ones (the chosen product only) give the same
+    /// numbers, and they match the f64 definition.
+    #[test]
+    fn measured_forward_products_are_stable_and_correct() {
+        let (n, c, o, hp, wp) = (2, 40, 9, 7, 11);
+        let x: Vec<f32> = (0..n * c * hp * wp).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        let w: Vec<f32> = (0..o * c * 9).map(|i| ((i * 53 % 89) as f32 - 44.0) / 44.0).collect();
+        let op = ExternOp::Conv2dShift { pass: ConvPass::Forward, kernel: [3, 3], dilation: [1, 1] };
+        let (xb, wb) = (HostBuffer::F32(x.clone()), HostBuffer::F32(w.clone()));
+        let run = || {
+            let out = op.run_cpu(&[(&xb, &[n, c, hp, wp]), (&wb, &[o, c, 3, 3])], DType::F32).unwrap();
+            out.as_slice::<f32>().unwrap().to_vec()
+        };
+        let first = run();
+        assert_eq!(run(), first, "the second call computes the same numbers");
+        let g = ConvGeom::new(ConvPass::Forward, &[n, c, hp, wp], &[o, c, 3, 3], [3, 3], [1, 1]).unwrap();
+        let (xd, wd): (Vec<f64>, Vec<f64>) =
+            (x.iter().map(|&v| v as f64).collect(), w.iter().map(|&v| v as f64).collect());
+        let want = conv_shift_reference(&g, ConvPass::Forward, &xd, &wd);
+        for (i, (a, b)) in first.iter().zip(&want).enumerate() {
+            assert!((*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()), "element {i}: {a} vs {b}");
+        }
+    }
 }
