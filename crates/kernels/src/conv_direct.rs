@@ -120,7 +120,10 @@ pub fn choose(s: &DirectConv<'_>, w: &[f32]) -> Choice {
         // a 1x1 kernel is one gemm with the channels as inner dimension
         return Choice::Gemm;
     }
-    let pairs = s.c * taps;
+    // pairs whose weights are all zero are dropped (the zero taps of a space-to-
+    // depth weight): count the kept ones without packing
+    assert!(w.len() >= s.o * s.c * taps, "the weight holds {} of {} values", w.len(), s.o * s.c * taps);
+    let pairs = (0..s.c * taps).filter(|&p| (0..s.o).any(|o| w[o * s.c * taps + p] != 0.0)).count();
     if pairs <= DIRECT_MAX_PAIRS {
         return Choice::Direct(pack(s, w));
     }
@@ -806,12 +809,27 @@ mod tests {
         let dense = |_: usize, _: usize| false;
         assert!(decide(3, 32, 81, &dense), "few channels, any kernel");
         assert!(decide(32, 32, 9, &dense), "32 channels of a 3x3 kernel");
-        assert!(!decide(64, 64, 9, &dense), "576 pairs");
+        assert!(!decide(64, 64, 9, &dense), "576 pairs: measured, not chosen outright");
+        assert!(!decide(512, 8, 9, &dense), "4608 pairs");
         assert!(!decide(32, 32, 1, &dense), "a 1x1 kernel is one gemm");
         // space-to-depth of a 3x3 stride-2 kernel: 7 of each phase group's 16 taps are zero
         let s2d_zero = |ch: usize, t: usize| 2 * (t / 2) + (ch % 4) / 2 > 2 || 2 * (t % 2) + ch % 2 > 2;
         assert!(decide(128, 32, 4, &s2d_zero), "288 kept of 512 pairs");
         assert!(!decide(128, 32, 4, &dense), "512 pairs");
+        let choice = |c: usize, taps: usize| {
+            let shifts: Vec<usize> = (0..taps).collect();
+            let w = vec![1.0f32; 4 * c * taps];
+            match choose(&DirectConv { c, o: 4, plane: 64, l: 1, shifts: &shifts }, &w) {
+                Choice::Direct(_) => "direct",
+                Choice::Gemm => "gemm",
+                Choice::Measure => "measure",
+            }
+        };
+        // (JIT_CONV_ALGO is not set in the tests)
+        assert_eq!(choice(64, 9), "measure");
+        assert_eq!(choice(256, 9), "measure");
+        assert_eq!(choice(257, 9), "gemm");
+        assert_eq!(choice(512, 1), "gemm");
     }
 
     #[test]
