@@ -434,20 +434,13 @@ struct Graph {
 /// indices to one). Along every other edge the index map is injective, so a value
 /// reached twice with one index has an ancestor in this set reached twice with one
 /// index, and the lookup there covers it.
-fn reused(order: &[Var]) -> HashSet<u64> {
-    let mut consumers: HashMap<u64, usize> = HashMap::default();
-    let mut set = HashSet::default();
+fn reused(order: &[Var], consumers: &HashMap<u64, usize>, ops: &HashMap<u64, MetaOp>) -> HashSet<u64> {
+    let mut set: HashSet<u64> = consumers.iter().filter(|&(_, &n)| n > 1).map(|(&id, _)| id).collect();
     for v in order {
-        if let Some((op, inputs)) = op_and_inputs(v) {
-            for i in &inputs {
-                *consumers.entry(i.id()).or_insert(0) += 1;
-            }
-            if matches!(op, MetaOp::BroadcastTo { .. } | MetaOp::Reindex { .. }) {
-                set.extend(inputs.iter().map(Var::id));
-            }
+        if matches!(ops.get(&v.id()), Some(MetaOp::BroadcastTo { .. } | MetaOp::Reindex { .. })) {
+            set.extend(v.inputs().iter().map(Var::id));
         }
     }
-    set.extend(consumers.into_iter().filter(|&(_, n)| n > 1).map(|(id, _)| id));
     set
 }
 
@@ -556,7 +549,7 @@ pub(crate) fn plan(order: &[Var], targets: &std::collections::HashSet<u64>, fuse
     // before it cannot read it (`order` puts inputs before consumers), the ones after
     // may have inlined it and are rebuilt. The set only grows, so this ends.
     let position: HashMap<u64, usize> = order.iter().enumerate().map(|(k, v)| (v.id(), k)).collect();
-    let mut graph = Graph { materialised: m, reused: reused(order) };
+    let mut graph = Graph { materialised: m, reused: reused(order, &consumers, &ops) };
     let mut steps: Vec<(usize, Step)> = Vec::new();
     let mut k = 0;
     while k < order.len() {

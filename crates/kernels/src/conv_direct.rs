@@ -148,18 +148,6 @@ fn algo_override() -> Option<bool> {
     })
 }
 
-/// The packed weight when the direct convolution runs without measuring
-/// ([`choose`] gives [`Choice::Direct`]), else `None`.
-///
-/// # Panics
-/// As for [`pack`].
-pub fn plan(s: &DirectConv<'_>, w: &[f32]) -> Option<Packed> {
-    match choose(s, w) {
-        Choice::Direct(p) => Some(p),
-        Choice::Gemm | Choice::Measure => None,
-    }
-}
-
 impl Packed {
     fn new(s: &DirectConv<'_>, w: &[f32]) -> Packed {
         let taps = s.shifts.len();
@@ -804,7 +792,7 @@ mod tests {
             let shifts: Vec<usize> = (0..taps).collect();
             let w: Vec<f32> =
                 (0..o * c * taps).map(|i| if zero((i / taps) % c, i % taps) { 0.0 } else { 1.0 }).collect();
-            plan(&DirectConv { c, o, plane: 64, l: 1, shifts: &shifts }, &w).is_some()
+            matches!(choose(&DirectConv { c, o, plane: 64, l: 1, shifts: &shifts }, &w), Choice::Direct(_))
         };
         let dense = |_: usize, _: usize| false;
         assert!(decide(3, 32, 81, &dense), "few channels, any kernel");

@@ -17,7 +17,7 @@ use crate::ir::{Kernel, Launch, Store};
 
 /// Most rows whose intervals are computed one by one (beyond that the kernel runs in
 /// one piece).
-const MAX_ROWS: usize = 1 << 16;
+pub const MAX_ROWS: usize = 1 << 16;
 
 /// A split of a scatter kernel's loop domain (`launch.out_shape`, row-major) into
 /// `rows` consecutive ranges of `row_len` positions whose scatter targets are
