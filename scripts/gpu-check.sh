@@ -2,7 +2,8 @@
 # On a machine with an NVIDIA GPU (driver, CUDA 13 NVRTC on the loader path), from
 # the unpacked bins.tar.xz: runs the numeric test suites with every kernel on the
 # CUDA backend, the differential test across reference / CPU / CUDA, and the MLP
-# example, and prints a summary table. Logs go to $LOGS (default ./gpu-check-logs).
+# example, and prints a summary table. Fixture files come from $JIT_FIXTURES_DIR
+# (gpu-session.sh points it at the checkout's tests/fixtures). Logs go to $LOGS (default ./gpu-check-logs).
 # The kernel cache's disk level goes to a fresh $JIT_CACHE_DIR; the first suite is
 # run again at the end with that cache warm (its time is printed beside).
 # BUDGET_S (default 1800) bounds the whole run: suites run in order of how much
@@ -17,8 +18,12 @@ budget=${BUDGET_S:-1800}
 began=$(date +%s)
 printf '%-16s %-6s %s\n' suite status result
 fail=0
-suites="elementwise conv_paths linalg fusion reductions shape_ops differential gradients layers activations meta_ops mlp transcendentals memory properties errors autograd optim training kernel_cache cuda_disk_cache"
-for t in $suites elementwise; do
+# NAME or NAME:FILTER (only the tests whose names contain FILTER)
+suites="elementwise heavy_ops_parity:cuda conv_paths linalg fusion reductions shape_ops differential gradients layers activations meta_ops mlp transcendentals memory properties errors autograd optim training kernel_cache cuda_disk_cache"
+for entry in $suites elementwise; do
+    t=${entry%%:*}
+    filter=""
+    [ "$entry" != "$t" ] && filter=${entry#*:}
     [ -x "./$t" ] || continue
     [ -f "$logs/$t.log" ] && t_log="$logs/$t.warm.log" || t_log="$logs/$t.log"
     left=$((budget - ($(date +%s) - began)))
@@ -27,7 +32,7 @@ for t in $suites elementwise; do
         continue
     fi
     start=$(date +%s%N)
-    JIT_BACKEND=cuda JIT_DIFF_GRAPHS=${JIT_DIFF_GRAPHS:-500} timeout $((left < 300 ? left : 300)) "./$t" --test-threads=8 --nocapture >"$t_log" 2>&1
+    JIT_BACKEND=cuda JIT_DIFF_GRAPHS=${JIT_DIFF_GRAPHS:-500} timeout $((left < 300 ? left : 300)) "./$t" $filter --test-threads=8 --nocapture >"$t_log" 2>&1
     rc=$?
     secs=$(awk -v a="$start" -v b="$(date +%s%N)" 'BEGIN{print (b-a)/1e9}')
     res=$(grep -E '^test result' "$t_log" | tail -1)

@@ -22,6 +22,7 @@ bins=$(mktemp -d)
 tar -C "$bins" -xJf "$root/.device-bin/bins.tar.xz" || { echo "no .device-bin/bins.tar.xz: run scripts/pack-gpu-check.sh and carry .device-bin"; exit 2; }
 export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export STYLIZE_MODELS="$root/.device-bin/models"
+export JIT_FIXTURES_DIR="$root/tests/fixtures"
 nvidia-smi >"$out/nvidia-smi.txt" 2>&1
 echo "== suites (CUDA backend)"
 (cd "$bins" && LOGS="$out/gpu-check-logs" BUDGET_S=$((budget / 2)) JIT_DIFF_GRAPHS=${JIT_DIFF_GRAPHS:-150} ./gpu-check.sh) | tee "$out/gpu-check.txt"

@@ -272,3 +272,13 @@ pub fn formula_init(m: &(dyn jit_nn::Module + 'static)) {
         }
     });
 }
+
+/// The path of the committed fixture `name`: under `$JIT_FIXTURES_DIR` when set (a
+/// GPU machine runs the test binaries away from the source tree they were built
+/// in), else `tests/fixtures` of this checkout.
+pub fn fixture(name: &str) -> std::path::PathBuf {
+    match std::env::var_os("JIT_FIXTURES_DIR") {
+        Some(dir) => std::path::PathBuf::from(dir).join(name),
+        None => std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name),
+    }
+}

@@ -8,7 +8,7 @@
 //! `JIT_TEST_SEED=<seed>`.
 
 use integration_tests::Rng;
-use jit_core::{grad_with, planned_externs, realize, with_flags, Backend, ExternOp, Flags, GradOptions};
+use jit_core::{grad_with, planned_externs, realize, with_flags, Backend, ConvPass, ExternOp, Flags, GradOptions};
 use jit_ops::prelude::*;
 
 /// One configuration: input `[n, c, h, w]`, weight `[o, c / groups, kh, kw]`.
@@ -125,8 +125,13 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
 fn run(flags: Flags, case: &Case, data: &[Vec<f64>], gy: &[f64]) -> Vec<Vec<f64>> {
     let dtype = if flags.backend == Backend::Reference { DType::F64 } else { DType::F32 };
     let all = build(flags, dtype, case, data, gy);
+    realized(flags, &all)
+}
+
+/// `all` realised with `flags` in force, as f64 vectors.
+fn realized(flags: Flags, all: &[Var]) -> Vec<Vec<f64>> {
     with_flags(flags, || {
-        realize(&all).unwrap();
+        realize(all).unwrap();
         all.iter().map(|v| v.to_vec_f64().unwrap()).collect()
     })
 }
@@ -134,6 +139,14 @@ fn run(flags: Flags, case: &Case, data: &[Vec<f64>], gy: &[f64]) -> Vec<Vec<f64>
 /// The graph of [`run`] in `dtype`, built with `flags` in force (which chooses the
 /// path), not realised.
 fn build(flags: Flags, dtype: DType, case: &Case, data: &[Vec<f64>], gy: &[f64]) -> Vec<Var> {
+    build_with(conv2d, flags, dtype, case, data, gy)
+}
+
+/// The convolution's signature, to build with [`conv2d`] or [`conv2d_library`].
+type ConvFn = fn(&Var, &Var, Option<&Var>, &Conv2dOptions) -> jit_core::Result<Var>;
+
+/// [`build`] with the convolution `conv`.
+fn build_with(conv: ConvFn, flags: Flags, dtype: DType, case: &Case, data: &[Vec<f64>], gy: &[f64]) -> Vec<Var> {
     with_flags(flags, || {
         let [n, c, h, w] = case.x;
         let shapes: Vec<Vec<usize>> =
@@ -144,7 +157,7 @@ fn build(flags: Flags, dtype: DType, case: &Case, data: &[Vec<f64>], gy: &[f64])
             .map(|(d, s)| Var::from_vec(d.clone(), s).unwrap().cast(dtype).requires_grad_(true).unwrap())
             .collect();
         let b = if case.bias { Some(&params[2]) } else { None };
-        let y = conv2d(&params[0], &params[1], b, &case.opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let y = conv(&params[0], &params[1], b, &case.opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
         let seed = Var::from_vec(gy.to_vec(), y.shape()).unwrap().cast(dtype);
         let used = if case.bias { 3 } else { 2 };
         let grads = grad_with(&y, &params[..used], GradOptions { seed: Some(seed), create_graph: false })
@@ -214,9 +227,20 @@ fn convolutions_built_for_cuda_use_device_products_only() {
         let for_cuda = build(cuda, DType::F32, &case, &data, &gy);
         let externs = with_flags(cuda, || planned_externs(&for_cuda)).unwrap();
         assert!(!externs.is_empty(), "{}: no matrix product planned", case.name);
+        // cuDNN's passes where it is usable (a GPU machine), matrix products otherwise
         for op in &externs {
-            assert!(matches!(op, ExternOp::Matmul { .. }), "{}: {op:?} has no device implementation", case.name);
+            assert!(
+                matches!(op, ExternOp::Matmul { .. } | ExternOp::Conv2d { .. }),
+                "{}: {op:?} has no device implementation",
+                case.name
+            );
         }
+        assert_eq!(
+            externs.iter().any(|op| matches!(op, ExternOp::Conv2d { .. })),
+            jit_core::cudnn_usable(),
+            "{}: cuDNN's passes are planned exactly when cuDNN is usable: {externs:?}",
+            case.name
+        );
         let host = build(cpu, DType::F32, &case, &data, &gy);
         let host_externs = with_flags(cpu, || planned_externs(&host)).unwrap();
         if case.name.starts_with("direct") || case.name.starts_with("shifted") {
@@ -263,6 +287,89 @@ fn f64_convolutions_keep_f64_precision() {
                     "{} (f64), {}: element {i}: cpu {a}, reference {b}",
                     case.name,
                     ["output", "d input", "d weight", "d bias"][k]
+                );
+            }
+        }
+    }
+}
+
+/// `conv2d_library` (cuDNN's three passes on the CUDA backend; here their host
+/// loops) against `conv2d` on the reference backend (im2col and matrix products, an
+/// independent formulation), forward and backward, fused and unfused, every case
+/// (groups, strides, dilation, reflect padding, 1x1): only library passes are
+/// planned, one per product.
+#[test]
+fn library_convolution_passes_match_the_reference_backend() {
+    let mut rng = Rng::fresh("library_convolution_passes_match_the_reference_backend");
+    let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
+    for fusion in [true, false] {
+        let cpu = Flags { backend: Backend::Cpu, fusion, dump: false };
+        for case in cases(&mut rng) {
+            let (data, gy) = data_for(&mut rng, &case);
+            let all = build_with(conv2d_library, cpu, DType::F32, &case, &data, &gy);
+            let externs = with_flags(cpu, || planned_externs(&all)).unwrap();
+            let passes: Vec<ConvPass> = externs
+                .iter()
+                .map(|op| match op {
+                    ExternOp::Conv2d { pass, .. } => *pass,
+                    other => panic!("{}: {other:?} planned besides the library passes", case.name),
+                })
+                .collect();
+            for pass in [ConvPass::Forward, ConvPass::BackwardData, ConvPass::BackwardFilter] {
+                assert_eq!(passes.iter().filter(|p| **p == pass).count(), 1, "{}: {passes:?}", case.name);
+            }
+            let got = realized(cpu, &all);
+            let want = run(reference, &case, &data, &gy);
+            let ctx = format!("{} library ({}), x {:?}", case.name, if fusion { "fused" } else { "unfused" }, case.x);
+            check(&ctx, &got, &want);
+        }
+    }
+}
+
+/// Gradients of gradients through the library passes (each pass's gradient is
+/// made of the other two) against the im2col formulation on the reference
+/// backend: `d/d(x, w, gy) <r, d<gy, conv(x, w)>/dx>` and the same through `dw`.
+#[test]
+fn library_convolution_second_derivatives_match_the_reference() {
+    let mut rng = Rng::fresh("library_convolution_second_derivatives_match_the_reference");
+    let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
+    let cpu = Flags { backend: Backend::Cpu, fusion: true, dump: false };
+    for case in cases(&mut rng).into_iter().filter(|c| c.opts.padding_mode == ConvPadding::Zeros) {
+        let (data, gy) = data_for(&mut rng, &case);
+        let [n, c, h, w] = case.x;
+        let wshape = [case.o, c / case.opts.groups, case.kernel[0], case.kernel[1]];
+        let rx = rng.nd(&[n, c, h, w], -1.0, 1.0).rounded(DType::F32).data;
+        let rw = rng.nd(&wshape, -1.0, 1.0).rounded(DType::F32).data;
+        let second = |conv: ConvFn, flags: Flags, dtype: DType| -> Vec<Vec<f64>> {
+            with_flags(flags, || {
+                let v = |d: &[f64], s: &[usize]| Var::from_vec(d.to_vec(), s).unwrap().cast(dtype);
+                let x = v(&data[0], &case.x).requires_grad_(true).unwrap();
+                let wt = v(&data[1], &wshape).requires_grad_(true).unwrap();
+                let y = conv(&x, &wt, None, &case.opts).unwrap();
+                let g = v(&gy, y.shape()).requires_grad_(true).unwrap();
+                let inner = (&y * &g).sum_all().unwrap();
+                let opts = GradOptions { seed: None, create_graph: true };
+                let first = grad_with(&inner, &[x.clone(), wt.clone()], opts).unwrap();
+                let outer = (&first[0] * &v(&rx, &case.x))
+                    .sum_all()
+                    .unwrap()
+                    .try_add((&first[1] * &v(&rw, &wshape)).sum_all().unwrap())
+                    .unwrap();
+                let all = grad_with(&outer, &[x, wt, g], GradOptions::default()).unwrap();
+                realize(&all).unwrap();
+                all.iter().map(|t| t.to_vec_f64().unwrap()).collect()
+            })
+        };
+        let got = second(conv2d_library, cpu, DType::F32);
+        let want = second(conv2d, reference, DType::F64);
+        for (k, (g, r)) in got.iter().zip(&want).enumerate() {
+            let scale = r.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in g.iter().zip(r).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * scale,
+                    "{}: second derivative {}: element {i}: library {a}, reference {b}",
+                    case.name,
+                    ["d x", "d w", "d gy"][k]
                 );
             }
         }

@@ -94,7 +94,7 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>, Case)> {
 }
 
 fn load() -> HashMap<String, Var> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/heavy_ops.safetensors");
+    let path = integration_tests::fixture("heavy_ops.safetensors");
     let (tensors, _) = jit_nn::safetensors_io::load(path).expect("fixture file");
     tensors.into_iter().collect()
 }
@@ -152,6 +152,27 @@ fn match_pytorch_on_the_compiled_backend_unfused() {
 #[test]
 fn match_pytorch_on_the_reference_backend() {
     run_all(Flags { backend: Backend::Reference, fusion: false, dump: false }, "reference");
+}
+
+/// On a GPU machine, the same fixtures with CUDA as the backend: convolutions
+/// through cuDNN where it loads, then with cuDNN turned off (the fallback: an im2col
+/// kernel feeding cuBLAS), both within the same bounds (TF32 stays off unless
+/// `JIT_ALLOW_TF32=1`). Without a usable GPU the test says why and passes.
+#[test]
+fn match_pytorch_on_cuda_with_and_without_cudnn() {
+    if let Err(e) = kernels::cuda::runtime::runtime() {
+        println!("skipped: no usable CUDA device ({e})");
+        return;
+    }
+    let cuda = Flags { backend: Backend::Cuda, fusion: true, dump: false };
+    let with = if jit_core::cudnn_usable() { "cuda + cuDNN" } else { "cuda (cuDNN not usable)" };
+    run_all(cuda, with);
+    kernels::cuda::dnn::set_enabled(false);
+    let fallback = std::panic::catch_unwind(|| run_all(cuda, "cuda im2col + cuBLAS"));
+    kernels::cuda::dnn::set_enabled(true);
+    if let Err(p) = fallback {
+        std::panic::resume_unwind(p);
+    }
 }
 
 /// Batch norm in training mode normalises with the batch statistics and updates the

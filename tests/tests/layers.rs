@@ -75,7 +75,7 @@ fn net() -> Net {
 }
 
 fn fixture() -> HashMap<String, Var> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/layers.safetensors");
+    let path = integration_tests::fixture("layers.safetensors");
     jit_nn::safetensors_io::load(path).expect("fixture").0.into_iter().collect()
 }
 

@@ -22,7 +22,7 @@ use style_models::pretrained::{self, ArbitraryStyle, MultiStyle};
 fn fixture() -> &'static HashMap<String, Var> {
     static F: OnceLock<HashMap<String, Var>> = OnceLock::new();
     F.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/onnx_models.safetensors");
+        let path = integration_tests::fixture("onnx_models.safetensors");
         jit_nn::safetensors_io::load(path).expect("fixture").0.into_iter().collect()
     })
 }

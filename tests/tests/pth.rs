@@ -7,7 +7,7 @@ use jit_ops::prelude::*;
 use std::collections::HashMap;
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    integration_tests::fixture(name)
 }
 
 #[test]

@@ -24,7 +24,7 @@ type Fixture = (HashMap<String, Var>, HashMap<String, String>);
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/style_models.safetensors");
+        let path = integration_tests::fixture("style_models.safetensors");
         let (t, m) = jit_nn::safetensors_io::load(path).expect("fixture");
         (t.into_iter().collect(), m)
     })

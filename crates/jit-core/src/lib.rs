@@ -37,7 +37,9 @@ pub use error::{Error, Result};
 pub use flags::{flags, set_flags, with_flags, Backend, Flags};
 pub use half::{bf16, f16};
 pub use kernels::cache::CacheStats;
+pub use kernels::conv2d::Conv2dSpec;
 pub use kernels::conv_direct::DIRECT_MAX_PAIRS;
+pub use kernels::cuda::dnn::usable as cudnn_usable;
 pub use kernels::cuda::{probe as cuda_probe, CudaInfo};
 pub use kernels::{
     BinaryOp, ConvPass, DType, Distribution, Element, ExternOp, HostBuffer, IndexExpr, MetaOp, ReduceOp, UnaryOp,

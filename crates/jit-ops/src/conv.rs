@@ -9,7 +9,7 @@
 //! has its own.
 
 use crate::shape::{PadMode, ShapeOps};
-use jit_core::{ConvPass, DType, Error, ExternOp, IndexExpr as E, ReduceOp, Result, Var, DIRECT_MAX_PAIRS};
+use jit_core::{Conv2dSpec, ConvPass, DType, Error, ExternOp, IndexExpr as E, ReduceOp, Result, Var, DIRECT_MAX_PAIRS};
 use std::sync::Arc;
 
 /// How `conv2d` pads its input.
@@ -345,9 +345,48 @@ fn im2col_only() -> bool {
         || *FORCED.get_or_init(|| std::env::var("JIT_CONV_IM2COL").is_ok_and(|v| v.trim() == "1"))
 }
 
+/// Whether `conv2d` hands convolutions to cuDNN: on the CUDA backend when cuDNN is
+/// usable (and not turned off with `JIT_CUDNN=0`). Read when the graph is built.
+fn cudnn_convolutions() -> bool {
+    jit_core::flags().backend == jit_core::Backend::Cuda && jit_core::cudnn_usable()
+}
+
 /// `torch.nn.functional.conv2d` (with `padding_mode` of `nn.Conv2d`): `x` is
 /// `[N, C, H, W]`, `w` is `[O, C / groups, kh, kw]`, `b` is `[O]`.
+///
+/// On the CUDA backend with cuDNN this is [`conv2d_library`]; otherwise (the CPU
+/// backend, or CUDA without cuDNN) a generated im2col kernel feeding matrix
+/// products, or on the CPU the direct, shifted-gemm and stride-2 products.
 pub fn conv2d(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions) -> Result<Var> {
+    conv2d_with(x, w, b, o, cudnn_convolutions())
+}
+
+/// `conv2d` as one library call per pass ([`ExternOp::Conv2d`]: forward,
+/// backward-data and backward-filter, each differentiable again, so gradients of
+/// gradients work): what [`conv2d`] builds on the CUDA backend when cuDNN is
+/// usable. Off the device (the CPU and reference backends) each pass runs as a
+/// plain loop that sums in f64: correct, not fast; it is there so that this path
+/// can be checked, and run, anywhere. Reflect padding is materialised first.
+pub fn conv2d_library(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions) -> Result<Var> {
+    conv2d_with(x, w, b, o, true)
+}
+
+/// The forward pass as one library call; reflect padding is materialised first
+/// (a library cannot index it), zero padding is the library's own.
+fn library_conv(x: &Var, w: &Var, o: &Conv2dOptions) -> Result<Var> {
+    let [_, _, h, wd] = dims4("conv2d", "input", x)?;
+    let [_, _, kh, kw] = dims4("conv2d", "weight", w)?;
+    let [ph, pw] = o.padding;
+    let (src, input, padding) = match o.padding_mode {
+        ConvPadding::Zeros => (x.clone(), [h, wd], o.padding),
+        ConvPadding::Reflect => (x.pad(&[pw, pw, ph, ph], PadMode::Reflect)?, [h + 2 * ph, wd + 2 * pw], [0, 0]),
+    };
+    let spec =
+        Conv2dSpec { input, kernel: [kh, kw], stride: o.stride, padding, dilation: o.dilation, groups: o.groups };
+    Var::extern_op(ExternOp::Conv2d { pass: ConvPass::Forward, spec }, &[src, w.clone()])
+}
+
+fn conv2d_with(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions, library: bool) -> Result<Var> {
     let op = "conv2d";
     let [n, c, h, wd] = dims4(op, "input", x)?;
     let [oc, cg, kh, kw] = dims4(op, "weight", w)?;
@@ -398,6 +437,9 @@ pub fn conv2d(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions) -> Result<Va
             op,
             format!("reflect padding {:?} must be smaller than the input's height and width ({h}, {wd})", o.padding),
         ));
+    }
+    if library {
+        return add_bias(library_conv(x, w, o)?, b);
     }
     let k = cg * kh * kw;
     let pointwise = kh == 1 && kw == 1 && o.stride == [1, 1] && o.padding == [0, 0];

@@ -30,7 +30,7 @@ pub mod shape;
 pub mod upsample;
 
 pub use activation::Activations;
-pub use conv::{conv2d, conv_transpose2d, Conv2dOptions, ConvPadding, ConvTranspose2dOptions};
+pub use conv::{conv2d, conv2d_library, conv_transpose2d, Conv2dOptions, ConvPadding, ConvTranspose2dOptions};
 pub use jit_core::{DType, Device, Error, Result, Var};
 pub use linalg::{linear, matmul};
 pub use loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_loss, Reduction};
@@ -43,7 +43,9 @@ pub use upsample::{upsample_bilinear2d, Resize};
 /// Everything a user needs: `Var`, dtypes, devices, errors and every operator trait.
 pub mod prelude {
     pub use crate::activation::Activations;
-    pub use crate::conv::{conv2d, conv_transpose2d, Conv2dOptions, ConvPadding, ConvTranspose2dOptions};
+    pub use crate::conv::{
+        conv2d, conv2d_library, conv_transpose2d, Conv2dOptions, ConvPadding, ConvTranspose2dOptions,
+    };
     pub use crate::linalg::{linear, matmul};
     pub use crate::loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_loss, Reduction};
     pub use crate::norm::{batch_norm, group_norm, instance_norm, layer_norm, RunningStats};

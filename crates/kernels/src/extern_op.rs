@@ -2,6 +2,7 @@
 //! (the `gemm` crate on the CPU). Inputs arrive materialised and contiguous; the
 //! graph layer differentiates them with their own rules.
 
+use crate::conv2d::Conv2dSpec;
 use crate::host_pool::{self, Fill};
 use crate::{DType, HostBuffer, KernelError};
 use rayon::prelude::*;
@@ -39,6 +40,18 @@ pub enum ExternOp {
         /// Kernel height and width.
         kernel: [usize; 2],
     },
+    /// One pass of a convolution with PyTorch's geometry (stride, zero padding,
+    /// dilation, groups) on the unpadded input, as a library computes it (cuDNN on
+    /// the CUDA backend; [`crate::conv2d`]'s loops elsewhere):
+    /// `Forward (x [N, C, H, W], w [O, C/g, kh, kw]) -> y [N, O, OH, OW]`,
+    /// `BackwardData (dy, w) -> dx [N, C, H, W]`, `BackwardFilter (dy, x) -> dw`.
+    /// Differentiable to any order: each pass's gradients are the other two.
+    Conv2d {
+        /// Which product.
+        pass: ConvPass,
+        /// The convolution's geometry.
+        spec: Conv2dSpec,
+    },
 }
 
 /// The three products of a convolution.
@@ -57,7 +70,7 @@ impl ExternOp {
     pub fn name(&self) -> &'static str {
         match self {
             ExternOp::Matmul { .. } => "matmul",
-            ExternOp::Conv2dShift { .. } | ExternOp::Conv2dStride2 { .. } => "conv2d",
+            ExternOp::Conv2dShift { .. } | ExternOp::Conv2dStride2 { .. } | ExternOp::Conv2d { .. } => "conv2d",
         }
     }
 
@@ -99,6 +112,10 @@ impl ExternOp {
                 let [oh, ow] = s.out();
                 Ok(vec![n, s.o, oh, ow])
             }
+            ExternOp::Conv2d { pass, spec } => {
+                let [a, b] = shapes else { return Err(format!("needs 2 inputs, got {}", shapes.len())) };
+                spec.out_shape(pass, a, b)
+            }
         }
     }
 
@@ -137,6 +154,8 @@ impl ExternOp {
                 let out = conv_stride2(n, &s, slice_f32(a)?.as_ref(), slice_f32(b)?.as_ref())?;
                 Ok(HostBuffer::F32(out).into_dtype(dtype))
             }
+            // off the device: the f64 loops, one rounding per output
+            ExternOp::Conv2d { .. } => self.run_reference(inputs, dtype),
         }
     }
 
@@ -186,6 +205,13 @@ impl ExternOp {
                         }
                     }
                 }
+                Ok(HostBuffer::from_f64s(dtype, out))
+            }
+            ExternOp::Conv2d { pass, spec } => {
+                let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
+                let dims = spec.dims(pass, sa, sb).map_err(|e| self.bad(e))?;
+                let out = crate::conv2d::run_f64(&spec, pass, dims, &a.to_f64_vec(), &b.to_f64_vec())
+                    .map_err(|e| self.bad(e))?;
                 Ok(HostBuffer::from_f64s(dtype, out))
             }
         }

@@ -26,6 +26,7 @@
 
 pub mod buffer;
 pub mod cache;
+pub mod conv2d;
 pub mod conv_direct;
 pub mod cpu;
 pub mod cuda;

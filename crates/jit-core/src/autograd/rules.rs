@@ -15,7 +15,7 @@
 use super::Ctx;
 use crate::error::Result;
 use crate::var::Var;
-use kernels::{BinaryOp, ExternOp, MetaOp, ReduceOp, UnaryOp};
+use kernels::{BinaryOp, ConvPass, ExternOp, MetaOp, ReduceOp, UnaryOp};
 
 /// False for ops whose output carries no gradient at all.
 pub(super) fn differentiable(op: &MetaOp) -> bool {
@@ -146,6 +146,33 @@ fn extern_rule(ctx: &Ctx<'_>, op: ExternOp, g: &Var) -> Result<Vec<Option<Var>>>
                 None
             };
             Ok(vec![da, db])
+        }
+        // Each pass is bilinear in its two inputs and the three are adjoints of one
+        // another (<dy, fwd(x, w)> = <bd(dy, w), x> = <bf(dy, x), w>), so each one's
+        // gradients are the other two, to any order.
+        ExternOp::Conv2d { pass, spec } => {
+            let call = |p: ConvPass, a: &Var, b: &Var| {
+                Var::extern_op(ExternOp::Conv2d { pass: p, spec }, &[a.clone(), b.clone()])
+            };
+            let (a, b) = (ctx.input(0)?, ctx.input(1)?);
+            let (da, db) = match pass {
+                // y = fwd(x, w): dx = bd(g, w), dw = bf(g, x)
+                ConvPass::Forward => (
+                    ctx.wants(0).then(|| call(ConvPass::BackwardData, g, &b)),
+                    ctx.wants(1).then(|| call(ConvPass::BackwardFilter, g, &a)),
+                ),
+                // dx = bd(dy, w): d dy = fwd(g, w), dw = bf(dy, g)
+                ConvPass::BackwardData => (
+                    ctx.wants(0).then(|| call(ConvPass::Forward, g, &b)),
+                    ctx.wants(1).then(|| call(ConvPass::BackwardFilter, &a, g)),
+                ),
+                // dw = bf(dy, x): d dy = fwd(x, g), dx = bd(dy, g)
+                ConvPass::BackwardFilter => (
+                    ctx.wants(0).then(|| call(ConvPass::Forward, &b, g)),
+                    ctx.wants(1).then(|| call(ConvPass::BackwardData, &a, g)),
+                ),
+            };
+            Ok(vec![da.transpose()?, db.transpose()?])
         }
         // the convolution passes are differentiated by conv2d's own rule; their own
         // gradients (second derivatives of a convolution) are not provided

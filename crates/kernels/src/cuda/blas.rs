@@ -60,14 +60,15 @@ fn handle() -> Option<&'static Mutex<Handle>> {
     .as_ref()
 }
 
-/// Runs `op` on the device when this module covers it: `Ok(None)` means "not here,
-/// run it on the host".
+/// Runs `op` on the device when this module (or cuDNN, [`super::dnn`], for
+/// [`ExternOp::Conv2d`]) covers it: `Ok(None)` means "not here, run it on the host".
 pub fn run_extern(op: &ExternOp, inputs: &[(&Buffer, &[usize])], dtype: DType) -> Result<Option<Buffer>, KernelError> {
     match *op {
         ExternOp::Matmul { trans_a, trans_b } => {
             let [(a, sa), (b, sb)] = inputs else { return Ok(None) };
             matmul(trans_a, trans_b, (a, sa), (b, sb), dtype)
         }
+        ExternOp::Conv2d { pass, spec } => super::dnn::conv2d(pass, &spec, inputs, dtype),
         ExternOp::Conv2dShift { .. } | ExternOp::Conv2dStride2 { .. } => Ok(None),
     }
 }

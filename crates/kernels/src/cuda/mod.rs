@@ -7,6 +7,7 @@
 
 pub mod allocator;
 pub mod blas;
+pub mod dnn;
 pub mod emit;
 pub mod memory;
 pub mod nvrtc;
