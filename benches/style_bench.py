@@ -202,12 +202,16 @@ def main():
     head = "| workload | size | batch | ours f32 (ms) | " + " | ".join(f"PyTorch {m} (ms)" for m in modes)
     print(head + " | ours / PyTorch f32 | kernels per step |")
     print("|" + "---|" * (head.count("|") + 2))
+    peaks = {}
     for w, size, batch in [("adain", a.size, 1), ("adain-train", T, a.batch), ("gatys", a.size, 1)]:
         o = ours(a, w, size, batch)
+        peaks[w] = o.get("peak_gpu_mib")
         cells = " | ".join(f"{theirs[m][w][0]:.1f}" for m in modes)
         print(f"| {w} | {size} | {batch} | {o['median_ms']:.1f} | {cells} | {o['median_ms'] / theirs['f32'][w][0]:.2f} | {o['kernels_per_step']} |")
     if a.device == "cuda":
-        print("\nPyTorch peak GPU memory (MiB): " + ", ".join(f"{w} {theirs['f32'][w][1]:.0f}" for w in ["adain", "adain-train", "gatys"]))
+        print("\nPeak GPU memory, f32 (MiB, ours / PyTorch's max_memory_allocated): " + ", ".join(
+            f"{w} {peaks[w] if peaks[w] is not None else float('nan'):.0f} / {theirs['f32'][w][1]:.0f}"
+            for w in ["adain", "adain-train", "gatys"]))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the integration-test binaries, the MLP example and the bench programs
-# (jit_bench, style_bench, stylize_bench) in release mode, strips them and packs them
+# (jit_bench, style_bench, stylize_bench, vgg_bench) in release mode, strips them and packs them
 # into .device-bin/bins.tar.xz (git-ignored), and copies the pretrained style models
 # into .device-bin/models (git-ignored, never committed; fetched first if needed),
 # ready for a GPU machine that has no Rust toolchain and no network: run
@@ -15,11 +15,11 @@ for line in sys.stdin:
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
         print(m["executable"])')
 cargo build --release -p jit-ops --example mlp
-cargo build --release -p benches --bin jit_bench --bin style_bench --bin stylize_bench
+cargo build --release -p benches --bin jit_bench --bin style_bench --bin stylize_bench --bin vgg_bench
 stage=$(mktemp -d)
 for b in $bins; do cp "$b" "$stage/$(basename "$b" | sed 's/-[0-9a-f]*$//')"; done
 cp target/release/examples/mlp "$stage/mlp-example"
-for b in jit_bench style_bench stylize_bench; do cp "target/release/$b" "$stage/"; done
+for b in jit_bench style_bench stylize_bench vgg_bench; do cp "target/release/$b" "$stage/"; done
 strip "$stage"/*
 cp scripts/gpu-check.sh "$stage/"
 mkdir -p .device-bin

@@ -8,7 +8,8 @@
 //!
 //! For each workload and each of fused / unfused: one warm-up step (compiles),
 //! then `reps` timed steps; median and range, kernels launched per step, achieved
-//! GB/s against the copy bandwidth it measures itself, GFLOP/s, compile time and
+//! GB/s against the copy bandwidth it measures itself (a parallel host copy on the
+//! CPU, a device-to-device copy on CUDA), GFLOP/s, compile time and
 //! kernel-cache hits. Writes `results.json`, `results.csv` and `chart.svg` to the
 //! output directory (default `target/jit-bench`) and prints the table.
 //! `benches/jit_bench.py` runs the same workloads in PyTorch (eager and
@@ -107,6 +108,7 @@ fn matmul_rate(quick: bool) -> Result<f64> {
     for _ in 0..4 {
         let t = Instant::now();
         matmul(&a, &b)?.sync()?;
+        jit_core::sync_all()?;
         best = best.min(t.elapsed().as_secs_f64());
     }
     Ok(2.0 * (n * n * n) as f64 / best / 1e9)
@@ -142,7 +144,13 @@ fn run(a: &Args) -> Result<()> {
     } else {
         Backend::Cpu
     };
-    let copy_gbps = copy_bandwidth(a.quick);
+    let copy_gbps = if backend == Backend::Cuda {
+        let bytes = if a.quick { 64 << 20 } else { 512 << 20 };
+        kernels::cuda::memory::copy_bandwidth_gbps(bytes, 10)
+            .map_err(|e| Error::argument("jit_bench", e.to_string()))?
+    } else {
+        copy_bandwidth(a.quick)
+    };
     let matmul_gflops = with_flags(Flags { backend, fusion: true, dump: false }, || matmul_rate(a.quick))?;
     let mut rows = Vec::new();
     for w in workloads.iter().filter(|w| {
@@ -158,12 +166,14 @@ fn run(a: &Args) -> Result<()> {
             let s0 = jit_core::cpu_cache_stats();
             let k0 = jit_core::kernel_launches();
             with_flags(flags, &mut p.step)?; // warm-up: compiles
+            jit_core::sync_all()?;
             let s1 = jit_core::cpu_cache_stats();
             let k1 = jit_core::kernel_launches();
             let mut times = Vec::with_capacity(a.reps);
             for _ in 0..a.reps {
                 let t = Instant::now();
                 with_flags(flags, &mut p.step)?;
+                jit_core::sync_all()?; // the GPU's queued work is part of the time
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
             let s2 = jit_core::cpu_cache_stats();

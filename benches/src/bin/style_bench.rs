@@ -50,14 +50,19 @@ fn time(name: &str, size: usize, batch: usize, reps: usize, mut step: impl FnMut
     for rep in 0..=reps {
         let t = Instant::now();
         step()?;
+        jit_core::sync_all()?; // the GPU's queued work is part of the time
         if rep > 0 {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
     let kernels = (jit_core::kernel_launches() - k0) / (reps as u64 + 1);
     let (lo, hi) = (times.iter().cloned().fold(f64::INFINITY, f64::min), times.iter().cloned().fold(0.0, f64::max));
+    // the device allocator's peak over the process (one workload per process when
+    // run by style_bench.py), in MiB; null on the host
+    let peak = kernels::cuda::memory::stats()
+        .map_or("null".to_string(), |s| format!("{:.1}", s.peak_in_use as f64 / 1048576.0));
     println!(
-        "{{\"impl\":\"jit\",\"workload\":\"{name}\",\"size\":{size},\"batch\":{batch},\"reps\":{reps},\"median_ms\":{:.2},\"min_ms\":{lo:.2},\"max_ms\":{hi:.2},\"kernels_per_step\":{kernels},\"threads\":{}}}",
+        "{{\"impl\":\"jit\",\"workload\":\"{name}\",\"size\":{size},\"batch\":{batch},\"reps\":{reps},\"median_ms\":{:.2},\"min_ms\":{lo:.2},\"max_ms\":{hi:.2},\"kernels_per_step\":{kernels},\"threads\":{},\"peak_gpu_mib\":{peak}}}",
         median(times),
         rayon::current_num_threads()
     );

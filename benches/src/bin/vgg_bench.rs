@@ -1,7 +1,8 @@
 //! Times the VGG19 convolution stack (conv1_1 to relu5_1) forward, and forward with
 //! backward (gradients of the input and every weight and bias), on the current
-//! backend; prints one JSON object per measurement. `benches/vgg_cpu.py` runs it
-//! next to PyTorch and prints the side-by-side table.
+//! backend (`JIT_BACKEND=cuda` for the GPU; `JIT_ALLOW_TF32=1` for TF32); prints one
+//! JSON object per measurement. `benches/vgg_bench.py` runs it next to PyTorch and
+//! prints the side-by-side table.
 //!
 //! `vgg_bench [--size 256] [--batch 1] [--reps 5]`
 
@@ -51,6 +52,7 @@ fn run() -> Result<()> {
                 all.push(loss);
                 realize(&all)?;
             }
+            jit_core::sync_all()?; // the GPU's queued work is part of the time
             let ms = t.elapsed().as_secs_f64() * 1e3;
             if rep > 0 {
                 times.push(ms); // rep 0 warms up (compiles the kernels)

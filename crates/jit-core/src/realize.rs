@@ -269,6 +269,10 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
             }
         };
         if profile {
+            // a launch only queues the work: wait for it, so that each step is timed
+            if f.backend == Backend::Cuda {
+                kernels::cuda::runtime::synchronize_if_started()?;
+            }
             timings.push((started.elapsed().as_secs_f64() * 1e3, label));
         }
         for i in read {
@@ -284,6 +288,15 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
         report_profile(order.len(), plan_ms, timings);
     }
     Ok(())
+}
+
+/// Waits until every computation queued on the GPU has finished, like
+/// `torch.cuda.synchronize()` (Jittor: `jt.sync_all(True)`). On the CUDA backend a
+/// realisation only queues its kernels and library calls (reading a value to the
+/// host waits for them), so a timing must call this before it stops the clock.
+/// Returns at once on the host backends and when no GPU was used.
+pub fn sync_all() -> Result<()> {
+    Ok(kernels::cuda::runtime::synchronize_if_started()?)
 }
 
 /// `JIT_PROFILE=1`: after each realisation, print the time of every step (kernel,

@@ -100,6 +100,26 @@ impl DeviceBuffer {
         Ok(())
     }
 
+    /// Copies `self` into `dst` on the device (queued on the stream); the two hold
+    /// the same number of bytes.
+    pub fn copy_to(&self, dst: &DeviceBuffer) -> Result<(), KernelError> {
+        let n = self.len * self.dtype.size_in_bytes();
+        if dst.len * dst.dtype.size_in_bytes() != n {
+            return Err(KernelError::Internal {
+                op: "device copy".into(),
+                reason: format!("{self:?} and {dst:?} differ in size"),
+            });
+        }
+        let rt = runtime()?;
+        rt.bind()?;
+        if n > 0 {
+            // SAFETY: both blocks hold at least `n` bytes.
+            unsafe { cudarc::driver::result::memcpy_dtod_async(dst.ptr(), self.ptr(), n, rt.cu_stream()) }
+                .map_err(|e| copy_err("device-to-device copy", self, e))?;
+        }
+        Ok(())
+    }
+
     /// A host copy (waits for the work queued before it).
     pub fn download(&self) -> Result<HostBuffer, KernelError> {
         let rt = runtime()?;
@@ -165,4 +185,24 @@ impl std::fmt::Debug for DeviceBuffer {
 
 fn copy_err(op: &str, d: &DeviceBuffer, e: cudarc::driver::DriverError) -> KernelError {
     KernelError::Internal { op: op.into(), reason: format!("{} elements of {}: {e}", d.len, d.dtype) }
+}
+
+/// Device-to-device copy bandwidth in GB/s (bytes read plus bytes written per
+/// second), best of `reps` copies of `bytes` bytes: the limit an element-wise
+/// kernel that reads and writes once can approach.
+pub fn copy_bandwidth_gbps(bytes: usize, reps: usize) -> Result<f64, KernelError> {
+    let a = DeviceBuffer::alloc(DType::U8, bytes, "the copy-bandwidth source")?;
+    let b = DeviceBuffer::alloc(DType::U8, bytes, "the copy-bandwidth destination")?;
+    a.memset(1)?;
+    let rt = runtime()?;
+    a.copy_to(&b)?; // warm-up
+    rt.synchronize()?;
+    let mut best = f64::INFINITY;
+    for _ in 0..reps.max(1) {
+        let t = std::time::Instant::now();
+        a.copy_to(&b)?;
+        rt.synchronize()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(2.0 * bytes as f64 / best / 1e9)
 }

@@ -78,6 +78,19 @@ pub fn runtime() -> Result<&'static Runtime, KernelError> {
         .map_err(Clone::clone)
 }
 
+/// Waits until the work queued on device 0's stream has finished; returns at once
+/// when the runtime was never started (nothing can be queued then). Launches and
+/// library calls only queue work, so timing needs this.
+pub fn synchronize_if_started() -> Result<(), KernelError> {
+    match RUNTIME.get() {
+        Some(Ok(rt)) => {
+            rt.bind()?;
+            rt.synchronize()
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The CUDA backend's compiled-kernel cache.
 pub fn cache() -> &'static KernelCache<Loaded> {
     crate::cache::global(&CACHE)
