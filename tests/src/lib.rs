@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod cuda_emu;
 pub mod gradcheck;
 pub mod graphgen;
 pub mod workloads;

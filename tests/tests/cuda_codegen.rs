@@ -4,44 +4,12 @@
 //! fails. Without libnvrtc the test reports itself skipped, unless
 //! `JIT_REQUIRE_NVRTC=1` (set by `.ci/run`, which installs NVRTC) makes that an error.
 
-use integration_tests::graphgen::{grad_graph, random_graph};
+use integration_tests::graphgen::{dtype_graphs, grad_graph, random_graph};
 use integration_tests::Rng;
 use jit_core::{planned_kernel_ir, with_flags, Backend, Flags};
-use jit_ops::prelude::*;
 use kernels::cuda::{emit, nvrtc};
 use kernels::ir::Kernel;
 use std::collections::BTreeMap;
-
-/// Graphs touching every dtype: loads, stores, casts, comparisons, reductions,
-/// scatters and random numbers.
-fn dtype_graphs() -> Vec<Var> {
-    let mut out = vec![];
-    for dt in DType::ALL {
-        let x = Var::ones(&[3, 5], DType::F32).cast(dt);
-        x.sync().expect("leaf");
-        let f = x.cast(DType::F32);
-        let y = ((&f * 2.0).exp() + 1.0).cast(dt);
-        out.push(y.clone());
-        out.push(x.eq(&y).unwrap());
-        out.push(Var::where_(&x.gt(&y).unwrap(), &x, &y).unwrap());
-        if dt != DType::Bool {
-            out.push(x.sum(&[1], false).unwrap());
-            out.push(x.max(&[0], true).unwrap());
-            out.push(cat(&[x.clone(), y.clone()], 0).unwrap());
-            out.push(&x * &y);
-        }
-        out.push(x.pad(&[1, 1], PadMode::Reflect).unwrap());
-        if dt.is_float() {
-            out.push(Var::randn(&[4, 3], dt).unwrap());
-            out.push(x.softmax(-1).unwrap());
-            out.push(x.pow(&y).unwrap().remainder(1.5).unwrap());
-        } else {
-            out.push(x.floor_divide(&y).unwrap());
-            out.push(Var::arange(6).cast(dt).reshape(&[2, 3]).unwrap());
-        }
-    }
-    out
-}
 
 #[test]
 fn every_planned_kernel_compiles_with_nvrtc() {

@@ -45,7 +45,8 @@ pub use kernels::{
     BinaryOp, ConvPass, DType, Distribution, Element, ExternOp, HostBuffer, IndexExpr, MetaOp, ReduceOp, UnaryOp,
 };
 pub use realize::{
-    extern_calls, kernel_launches, live_buffers, planned_externs, planned_kernel_ir, planned_kernels, realize, sync_all,
+    capture_kernels, extern_calls, kernel_launches, live_buffers, planned_externs, planned_kernel_ir, planned_kernels,
+    realize, sync_all, CapturedKernel,
 };
 pub use shape::{broadcast_shapes, normalize_dim, normalize_dims, numel};
 pub use var::{manual_seed, Var};

@@ -224,6 +224,16 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
                     if f.backend != Backend::Interpreter && crosscheck() {
                         crosscheck_kernel(kernel, launch, &hosts, &outs)?;
                     }
+                    CAPTURE.with(|c| {
+                        if let Some(runs) = c.borrow_mut().as_mut() {
+                            runs.push(CapturedKernel {
+                                kernel: (**kernel).clone(),
+                                launch: launch.clone(),
+                                inputs: hosts.iter().map(|h| (*h).clone()).collect(),
+                                outputs: outs.clone(),
+                            });
+                        }
+                    });
                     outs.into_iter().map(Buffer::new).collect()
                 };
                 KERNEL_LAUNCHES.fetch_add(1, Ordering::Relaxed);
@@ -357,6 +367,36 @@ fn report_profile(nodes: usize, plan_ms: f64, mut t: Vec<(f64, String)>) {
 
 /// `JIT_CROSSCHECK=1`: every compiled kernel is also run on the portable IR
 /// executor and the results compared (a debugging aid for code-generator bugs).
+/// One kernel run on a host backend, as [`capture_kernels`] records it: the kernel,
+/// its launch sizes, and copies of its input and output buffers.
+#[derive(Debug, Clone)]
+pub struct CapturedKernel {
+    /// The kernel's IR.
+    pub kernel: kernels::ir::Kernel,
+    /// Sizes, arguments and parameters of the run.
+    pub launch: kernels::ir::Launch,
+    /// The input buffers, in the kernel's order.
+    pub inputs: Vec<HostBuffer>,
+    /// The output buffers the backend produced.
+    pub outputs: Vec<HostBuffer>,
+}
+
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Vec<CapturedKernel>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` and returns, with its result, every kernel that realisations on this
+/// thread ran on the CPU or interpreter backend meanwhile, with copies of their
+/// inputs and outputs: material to check another code generator against (the
+/// tests run the CUDA source of each on a host emulation of the grid). Memory grows
+/// with every buffer copied; meant for small graphs.
+pub fn capture_kernels<R>(f: impl FnOnce() -> R) -> (R, Vec<CapturedKernel>) {
+    let outer = CAPTURE.with(|c| c.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let runs = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer)).unwrap_or_default();
+    (r, runs)
+}
+
 fn crosscheck() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ON.get_or_init(|| std::env::var("JIT_CROSSCHECK").is_ok_and(|v| v == "1"))

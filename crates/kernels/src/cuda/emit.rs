@@ -111,7 +111,8 @@ fn ctype(d: DType) -> &'static str {
     }
 }
 
-fn storage(d: DType) -> &'static str {
+/// The C type a value of `d` is stored as in device memory.
+pub fn storage(d: DType) -> &'static str {
     match d {
         DType::Bool | DType::U8 => "u8",
         DType::I32 => "int",

@@ -1,0 +1,113 @@
+//! The generated CUDA C, run without a GPU: every kernel the CPU backend runs for
+//! random differential graphs (forward and backward, fused and unfused), for graphs
+//! over every dtype and for the heavy operators (convolution as im2col, pooling,
+//! normalisation, resizing) is captured with its inputs and outputs
+//! (`jit_core::capture_kernels`); its CUDA source is compiled by the host C++
+//! compiler against an emulation of the CUDA built-ins
+//! (`integration_tests::cuda_emu`) and run on emulated grids: the grid-stride (or
+//! scatter-row) kernel with 2 blocks of 3 threads, and reduction kernels also as
+//! their block-per-output variant with 2 blocks of 64 threads (two warps: shuffles,
+//! shared memory, barriers). Every output must match the CPU backend's: floats to
+//! 1e-4 relative (1e-2 for f16 / bf16 storage: one rounding apart), integers and
+//! booleans exactly, and no element left unwritten.
+//!
+//! Needs no GPU. Without a C++ compiler the test says it is skipped, unless
+//! `JIT_REQUIRE_CXX=1`. `JIT_EMU_GRAPHS` sets the number of random graphs (default
+//! 120); seeds are printed (`JIT_TEST_SEED`).
+
+use integration_tests::cuda_emu::{BuildError, Emulator};
+use integration_tests::graphgen::{dtype_graphs, grad_graph, random_graph};
+use integration_tests::Rng;
+use jit_core::{capture_kernels, realize, with_flags, Backend, CapturedKernel, Flags};
+use jit_ops::prelude::*;
+
+/// Small graphs of the heavy operators, forward and backward, on the im2col path
+/// (the one the CUDA backend takes without cuDNN).
+fn heavy_graphs(rng: &mut Rng) -> Vec<Var> {
+    let x = rng.nd(&[2, 3, 7, 9], -1.0, 1.0).var(DType::F32).requires_grad_(true).unwrap();
+    let w = rng.nd(&[4, 3, 3, 3], -1.0, 1.0).var(DType::F32).requires_grad_(true).unwrap();
+    let o = Conv2dOptions { stride: [2, 1], padding: [1, 1], ..Default::default() };
+    let y = conv2d(&x, &w, None, &o).unwrap();
+    let p = max_pool2d(&y, &Pool2dOptions::new(2).stride(2).ceil_mode(true)).unwrap();
+    let n = instance_norm(&p, None, None, None, true, 1e-5).unwrap();
+    let u = n.upsample_nearest2d(2).unwrap();
+    let loss = (&u * &u).mean_all().unwrap();
+    let mut all = jit_core::grad(&loss, &[x, w]).unwrap();
+    all.push(loss);
+    all.push(u.softmax(-1).unwrap());
+    all
+}
+
+fn close(a: f64, b: f64, tol: f64) -> bool {
+    a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * b.abs().max(1.0)
+}
+
+fn check(emu: &Emulator, run: &CapturedKernel, blocks: u32, threads: u32, block: bool) {
+    let got = emu.run(run, blocks, threads, block).unwrap_or_else(|e| panic!("{e}\n{}", run.kernel));
+    for (k, (g, want)) in got.iter().zip(&run.outputs).enumerate() {
+        let tol = match want.dtype() {
+            DType::F32 | DType::F64 => 1e-4,
+            DType::F16 | DType::BF16 => 1e-2,
+            _ => 0.0,
+        };
+        let (g, w) = (g.to_f64_vec(), want.to_f64_vec());
+        if let Some(i) = (0..w.len()).find(|&i| !close(g[i], w[i], tol)) {
+            panic!(
+                "{} variant, {blocks}x{threads} threads: output {k} ({}) element {i}: emulated CUDA {}, CPU {}\nlaunch {:?}\n{}",
+                if block { "block-reduction" } else { "grid-stride" },
+                want.dtype(),
+                g[i],
+                w[i],
+                run.launch,
+                run.kernel
+            );
+        }
+    }
+}
+
+#[test]
+fn generated_cuda_matches_the_cpu_backend_on_an_emulated_grid() {
+    let mut rng = Rng::fresh("generated_cuda_matches_the_cpu_backend_on_an_emulated_grid");
+    let base = rng.next_u64();
+    let graphs: u64 = std::env::var("JIT_EMU_GRAPHS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let mut runs: Vec<CapturedKernel> = vec![];
+    for fusion in [true, false] {
+        let f = Flags { backend: Backend::Cpu, fusion, dump: false };
+        let ((), captured) = capture_kernels(|| {
+            with_flags(f, || {
+                for i in 0..graphs {
+                    let g = random_graph(base.wrapping_add(i)).expect("graph");
+                    realize(&g.outputs).expect("realise");
+                    if i % 2 == 0 {
+                        realize(&grad_graph(base.wrapping_add(i)).expect("backward graph")).expect("realise");
+                    }
+                }
+                realize(&dtype_graphs()).expect("realise");
+                realize(&heavy_graphs(&mut rng)).expect("realise");
+            })
+        });
+        runs.extend(captured);
+    }
+    assert!(runs.len() > 100, "only {} kernels captured", runs.len());
+    let dir = std::env::temp_dir().join(format!("jit-cuda-emu-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let emu = match Emulator::build(&runs, &dir) {
+        Ok(e) => e,
+        Err(BuildError::NoCompiler(why)) => {
+            assert!(std::env::var("JIT_REQUIRE_CXX").is_err(), "JIT_REQUIRE_CXX is set but {why}");
+            println!("SKIPPED: {why}");
+            return;
+        }
+        Err(BuildError::Compile(e)) => panic!("{e}"),
+    };
+    let mut blocks_checked = 0;
+    for run in &runs {
+        check(&emu, run, 2, 3, false);
+        if kernels::cuda::emit::has_block_variant(&run.kernel) {
+            check(&emu, run, 2, 64, true);
+            blocks_checked += 1;
+        }
+    }
+    println!("{} kernel runs emulated ({blocks_checked} also as block reductions)", runs.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
