@@ -54,6 +54,8 @@ static inline long long __float2ll_rz(float x) { return j_emu_ll((double)x); }
 static inline long long __double2ll_rz(double x) { return j_emu_ll(x); }
 static inline long long max(long long a, long long b) { return a > b ? a : b; }
 static inline long long min(long long a, long long b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
+static inline int min(int a, int b) { return a < b ? a : b; }
 static std::barrier<>* j_bar_block;
 static std::barrier<>* j_bar_warp[32];
 static inline void __syncthreads() { j_bar_block->arrive_and_wait(); }
@@ -120,11 +122,12 @@ static inline float j_cpu_expf(float x) {
 static inline float j_sigmoidf(float x) { return 1.0f / (1.0f + j_cpu_expf(-x)); }
 "#;
 
-/// The distinct kernels of a set of captured runs, compiled into one shared
-/// library by the host C++ compiler.
+/// The distinct kernels of a set of captured runs, compiled by the host C++
+/// compiler into shared libraries (several, compiled in parallel).
 pub struct Emulator {
-    lib: libloading::Library,
-    index: HashMap<String, usize>,
+    libs: Vec<libloading::Library>,
+    /// Kernel structure -> (library, entry number).
+    index: HashMap<String, (usize, usize)>,
 }
 
 type Entry = unsafe extern "C" fn(*const i64, *const *const u8, *const *mut u8, *const u64, u32, u32, i32);
@@ -203,65 +206,103 @@ extern "C" fn cpu_binary(op: i32, a: f64, b: f64) -> f64 {
     BinaryOp::ALL[op as usize].eval_f64(a, b)
 }
 
+/// One translation unit of `kernels` (entries `emu_k{i}` and `emu_k{i}_i32`),
+/// compiled and loaded, its CPU math hooked up.
+fn compile_unit(cxx: &str, kernels: &[&Kernel], base: &Path) -> Result<libloading::Library, BuildError> {
+    let prelude = emit::PRELUDE
+        .replace("float j_sigmoidf(", "float j_sigmoidf_device(")
+        .replace("double j_sigmoidd(", "double j_sigmoidd_device(");
+    let mut tu = format!("{HEADER}\n{prelude}\n{CPU_MATH}\n{}\n", math_macros());
+    for (i, kernel) in kernels.iter().enumerate() {
+        let name = format!("k{i}");
+        let narrow = format!("{name}_i32");
+        tu.push_str(&emit::kernel_source(kernel, &name));
+        tu.push_str(&emit::kernel_source_narrow(kernel, &narrow));
+        if emit::has_block_variant(kernel) {
+            tu.push_str(&emit::block_reduction_source(kernel, &format!("{name}_block")));
+            tu.push_str(&emit::block_reduction_source_narrow(kernel, &format!("{narrow}_block")));
+        }
+        tu.push_str(&entry(kernel, &name));
+        tu.push_str(&entry(kernel, &narrow));
+    }
+    let (src, lib) = (base.with_extension("cpp"), base.with_extension("so"));
+    std::fs::write(&src, &tu).map_err(|e| BuildError::Compile(format!("writing {}: {e}", src.display())))?;
+    let out = Command::new(cxx)
+        .args(["-std=c++20", "-O1", "-w", "-shared", "-fPIC", "-pthread", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .output()
+        .map_err(|e| BuildError::NoCompiler(format!("{cxx}: {e}")))?;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let head: String = err.lines().take(40).collect::<Vec<_>>().join("\n");
+        return Err(BuildError::Compile(format!("{cxx} rejected {}:\n{head}", src.display())));
+    }
+    // SAFETY: the library was just built from our own source; loading it runs no
+    // initialisers besides the C++ runtime's.
+    let lib = unsafe { libloading::Library::new(&lib) }
+        .map_err(|e| BuildError::Compile(format!("loading {}: {e}", lib.display())))?;
+    type Init = unsafe extern "C" fn(extern "C" fn(i32, f64) -> f64, extern "C" fn(i32, f64, f64) -> f64);
+    // SAFETY: `emu_init` is defined by CPU_MATH with this signature.
+    unsafe {
+        let init: libloading::Symbol<Init> =
+            lib.get(b"emu_init\0").map_err(|e| BuildError::Compile(format!("emu_init: {e}")))?;
+        init(cpu_unary, cpu_binary);
+    }
+    Ok(lib)
+}
+
 impl Emulator {
-    /// Compiles every distinct kernel of `runs` (by structure) into one library in
-    /// `dir`.
+    /// Compiles every distinct kernel of `runs` (by structure), both index widths,
+    /// into libraries in `dir`, one translation unit per core.
     pub fn build(runs: &[CapturedKernel], dir: &Path) -> Result<Emulator, BuildError> {
         let cxx = compiler().ok_or_else(|| BuildError::NoCompiler("no g++ or c++ on the PATH".into()))?;
-        let mut index = HashMap::new();
-        let prelude = emit::PRELUDE
-            .replace("float j_sigmoidf(", "float j_sigmoidf_device(")
-            .replace("double j_sigmoidd(", "double j_sigmoidd_device(");
-        let mut tu = format!("{HEADER}\n{prelude}\n{CPU_MATH}\n{}\n", math_macros());
+        let mut distinct: Vec<&Kernel> = vec![];
+        let mut seen = std::collections::HashSet::new();
         for run in runs {
-            let hash = run.kernel.structural_hash();
-            if index.contains_key(&hash) {
-                continue;
+            if seen.insert(run.kernel.structural_hash()) {
+                distinct.push(&run.kernel);
             }
-            let name = format!("k{}", index.len());
-            tu.push_str(&emit::kernel_source(&run.kernel, &name));
-            if emit::has_block_variant(&run.kernel) {
-                tu.push_str(&emit::block_reduction_source(&run.kernel, &format!("{name}_block")));
+        }
+        let units = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 8);
+        let per_unit = distinct.len().div_ceil(units).max(1);
+        let chunks: Vec<&[&Kernel]> = distinct.chunks(per_unit).collect();
+        let built: Vec<Result<libloading::Library, BuildError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = chunks
+                .iter()
+                .enumerate()
+                .map(|(u, chunk)| {
+                    let cxx = &cxx;
+                    scope.spawn(move || compile_unit(cxx, chunk, &dir.join(format!("emulated{u}"))))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("compiler thread")).collect()
+        });
+        let libs = built.into_iter().collect::<Result<Vec<_>, _>>()?;
+        let mut index = HashMap::new();
+        for (u, chunk) in chunks.iter().enumerate() {
+            for (k, kernel) in chunk.iter().enumerate() {
+                index.insert(kernel.structural_hash(), (u, k));
             }
-            tu.push_str(&entry(&run.kernel, &name));
-            index.insert(hash, index.len());
         }
-        let src = dir.join("emulated.cpp");
-        let lib = dir.join("libemulated.so");
-        std::fs::write(&src, &tu).map_err(|e| BuildError::Compile(format!("writing {}: {e}", src.display())))?;
-        let out = Command::new(&cxx)
-            .args(["-std=c++20", "-O1", "-w", "-shared", "-fPIC", "-pthread", "-o"])
-            .arg(&lib)
-            .arg(&src)
-            .output()
-            .map_err(|e| BuildError::NoCompiler(format!("{cxx}: {e}")))?;
-        if !out.status.success() {
-            let err = String::from_utf8_lossy(&out.stderr);
-            let head: String = err.lines().take(40).collect::<Vec<_>>().join("\n");
-            return Err(BuildError::Compile(format!("{cxx} rejected {}:\n{head}", src.display())));
-        }
-        // SAFETY: the library was just built from our own source; loading it runs no
-        // initialisers besides the C++ runtime's.
-        let lib = unsafe { libloading::Library::new(&lib) }
-            .map_err(|e| BuildError::Compile(format!("loading {}: {e}", lib.display())))?;
-        type Init = unsafe extern "C" fn(extern "C" fn(i32, f64) -> f64, extern "C" fn(i32, f64, f64) -> f64);
-        // SAFETY: `emu_init` is defined by CPU_MATH with this signature.
-        unsafe {
-            let init: libloading::Symbol<Init> =
-                lib.get(b"emu_init\0").map_err(|e| BuildError::Compile(format!("emu_init: {e}")))?;
-            init(cpu_unary, cpu_binary);
-        }
-        Ok(Emulator { lib, index })
+        Ok(Emulator { libs, index })
     }
 
     /// Runs `run`'s kernel on its inputs on an emulated grid of `blocks` x `threads`
-    /// (the block-reduction variant when `block` is set and the kernel has one) and
-    /// returns its outputs. Dense outputs start filled with a poison byte, so an
+    /// (the block-reduction variant when `block` is set and the kernel has one; the
+    /// 32-bit-index variant when `narrow` is) and returns its outputs. Dense outputs start filled with a poison byte, so an
     /// element the kernel never writes shows; scatter outputs start at their
     /// combine op's identity, as on the device.
-    pub fn run(&self, run: &CapturedKernel, blocks: u32, threads: u32, block: bool) -> Result<Vec<HostBuffer>, String> {
+    pub fn run(
+        &self,
+        run: &CapturedKernel,
+        blocks: u32,
+        threads: u32,
+        block: bool,
+        narrow: bool,
+    ) -> Result<Vec<HostBuffer>, String> {
         let (kernel, launch) = (&run.kernel, &run.launch);
-        let k = self.index.get(&kernel.structural_hash()).ok_or("kernel not in this emulator")?;
+        let &(u, k) = self.index.get(&kernel.structural_hash()).ok_or("kernel not in this emulator")?;
         let n: usize = launch.out_shape.iter().product();
         let row_len = kernels::scatter_split::row_split(kernel, launch, 2).map_or(n, |s| s.row_len).max(1);
         let scalars = [n as i64, row_len as i64];
@@ -298,8 +339,8 @@ impl Emulator {
         // signature; the buffers have the lengths the launch describes (the CPU
         // backend ran the same launch on them).
         unsafe {
-            let f: libloading::Symbol<Entry> =
-                self.lib.get(format!("emu_k{k}\0").as_bytes()).map_err(|e| format!("emu_k{k}: {e}"))?;
+            let name = format!("emu_k{k}{}\0", if narrow { "_i32" } else { "" });
+            let f: libloading::Symbol<Entry> = self.libs[u].get(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
             if n > 0 {
                 f(scalars.as_ptr(), ins.as_ptr(), out_ptrs.as_ptr(), words.as_ptr(), blocks, threads, block as i32);
             }

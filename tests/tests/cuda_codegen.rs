@@ -73,8 +73,10 @@ fn compile_batch(batch: &[&Kernel]) {
     let mut tu = String::from(emit::PRELUDE);
     for (i, k) in batch.iter().enumerate() {
         tu.push_str(&emit::kernel_source(k, &format!("k{i}")));
+        tu.push_str(&emit::kernel_source_narrow(k, &format!("kn{i}")));
         if emit::has_block_variant(k) {
             tu.push_str(&emit::block_reduction_source(k, &format!("kb{i}")));
+            tu.push_str(&emit::block_reduction_source_narrow(k, &format!("kbn{i}")));
         }
     }
     if nvrtc::compile_cubin(&tu, "sm_90").is_err() {

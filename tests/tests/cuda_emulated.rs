@@ -7,22 +7,25 @@
 //! (`integration_tests::cuda_emu`) and run on emulated grids: the grid-stride (or
 //! scatter-row) kernel with 2 blocks of 3 threads, and reduction kernels also as
 //! their block-per-output variant with 2 blocks of 64 threads (two warps: shuffles,
-//! shared memory, barriers). Every output must match the CPU backend's: floats to
+//! shared memory, barriers), each with 64-bit and (where the launch allows it, as
+//! the runtime decides) 32-bit index arithmetic. Every output must match the CPU
+//! backend's: floats to
 //! 1e-4 relative (1e-2 for f16 / bf16 storage: one rounding apart), integers and
 //! booleans exactly, and no element left unwritten.
 //!
 //! Needs no GPU. Without a C++ compiler the test says it is skipped, unless
 //! `JIT_REQUIRE_CXX=1`. `JIT_EMU_GRAPHS` sets the number of random graphs (default
-//! 120); seeds are printed (`JIT_TEST_SEED`).
+//! 80); seeds are printed (`JIT_TEST_SEED`).
 
 use integration_tests::cuda_emu::{BuildError, Emulator};
 use integration_tests::graphgen::{dtype_graphs, grad_graph, random_graph};
 use integration_tests::Rng;
-use jit_core::{capture_kernels, realize, with_flags, Backend, CapturedKernel, Flags};
+use jit_core::{capture_kernels, realize, with_flags, Backend, CapturedKernel, Flags, IndexExpr as E};
 use jit_ops::prelude::*;
 
 /// Small graphs of the heavy operators, forward and backward, on the im2col path
-/// (the one the CUDA backend takes without cuDNN).
+/// (the one the CUDA backend takes without cuDNN), and reindexes whose index
+/// arithmetic works on negative values.
 fn heavy_graphs(rng: &mut Rng) -> Vec<Var> {
     let x = rng.nd(&[2, 3, 7, 9], -1.0, 1.0).var(DType::F32).requires_grad_(true).unwrap();
     let w = rng.nd(&[4, 3, 3, 3], -1.0, 1.0).var(DType::F32).requires_grad_(true).unwrap();
@@ -35,6 +38,14 @@ fn heavy_graphs(rng: &mut Rng) -> Vec<Var> {
     let mut all = jit_core::grad(&loss, &[x, w]).unwrap();
     all.push(loss);
     all.push(u.softmax(-1).unwrap());
+    // index arithmetic on negative values: floor division and modulo round toward
+    // negative infinity (truncation would read other elements), min / max / select
+    let v = rng.nd(&[4, 5], -1.0, 1.0).var(DType::F32);
+    let (i, j) = (E::idx(0) - 3, E::idx(1) - 4);
+    let exprs = vec![i.clone().floor_div(2) + 2, j.clone().modulo(3) + (E::idx(1) - 2).max(E::c(0)).min(E::c(1))];
+    all.push(v.reindex(&[7, 9], exprs, 0.0, vec![]).unwrap());
+    let picked = vec![i.clone().lt(0).select(i.clone().abs(), i).min(E::c(3)), j.floor_div(-3).modulo(5)];
+    all.push(v.reindex(&[7, 9], picked, 0.0, vec![]).unwrap());
     all
 }
 
@@ -42,8 +53,8 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
     a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * b.abs().max(1.0)
 }
 
-fn check(emu: &Emulator, run: &CapturedKernel, blocks: u32, threads: u32, block: bool) {
-    let got = emu.run(run, blocks, threads, block).unwrap_or_else(|e| panic!("{e}\n{}", run.kernel));
+fn check(emu: &Emulator, run: &CapturedKernel, blocks: u32, threads: u32, block: bool, narrow: bool) {
+    let got = emu.run(run, blocks, threads, block, narrow).unwrap_or_else(|e| panic!("{e}\n{}", run.kernel));
     for (k, (g, want)) in got.iter().zip(&run.outputs).enumerate() {
         let tol = match want.dtype() {
             DType::F32 | DType::F64 => 1e-4,
@@ -53,8 +64,9 @@ fn check(emu: &Emulator, run: &CapturedKernel, blocks: u32, threads: u32, block:
         let (g, w) = (g.to_f64_vec(), want.to_f64_vec());
         if let Some(i) = (0..w.len()).find(|&i| !close(g[i], w[i], tol)) {
             panic!(
-                "{} variant, {blocks}x{threads} threads: output {k} ({}) element {i}: emulated CUDA {}, CPU {}\nlaunch {:?}\n{}",
+                "{} variant ({}-bit indices), {blocks}x{threads} threads: output {k} ({}) element {i}: emulated CUDA {}, CPU {}\nlaunch {:?}\n{}",
                 if block { "block-reduction" } else { "grid-stride" },
+                if narrow { 32 } else { 64 },
                 want.dtype(),
                 g[i],
                 w[i],
@@ -69,7 +81,7 @@ fn check(emu: &Emulator, run: &CapturedKernel, blocks: u32, threads: u32, block:
 fn generated_cuda_matches_the_cpu_backend_on_an_emulated_grid() {
     let mut rng = Rng::fresh("generated_cuda_matches_the_cpu_backend_on_an_emulated_grid");
     let base = rng.next_u64();
-    let graphs: u64 = std::env::var("JIT_EMU_GRAPHS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let graphs: u64 = std::env::var("JIT_EMU_GRAPHS").ok().and_then(|s| s.parse().ok()).unwrap_or(80);
     let mut runs: Vec<CapturedKernel> = vec![];
     for fusion in [true, false] {
         let f = Flags { backend: Backend::Cpu, fusion, dump: false };
@@ -100,14 +112,30 @@ fn generated_cuda_matches_the_cpu_backend_on_an_emulated_grid() {
         }
         Err(BuildError::Compile(e)) => panic!("{e}"),
     };
-    let mut blocks_checked = 0;
+    let (mut blocks_checked, mut narrow_checked) = (0, 0);
     for run in &runs {
-        check(&emu, run, 2, 3, false);
-        if kernels::cuda::emit::has_block_variant(&run.kernel) {
-            check(&emu, run, 2, 64, true);
-            blocks_checked += 1;
+        // the 64-bit variant always; the 32-bit one where the launch allows it (as
+        // the runtime chooses), both as grid-stride and as block reductions
+        let narrow = kernels::cuda::emit::narrow_fits(&run.kernel, &run.launch);
+        for wide_or_narrow in [false, true].into_iter().filter(|&w| !w || narrow) {
+            check(&emu, run, 2, 3, false, wide_or_narrow);
+            if kernels::cuda::emit::has_block_variant(&run.kernel) {
+                // two blocks (a block strides over outputs) once, one for the other width
+                let blocks = if wide_or_narrow == narrow { 2 } else { 1 };
+                check(&emu, run, blocks, 64, true, wide_or_narrow);
+                blocks_checked += 1;
+            }
         }
+        narrow_checked += usize::from(narrow);
     }
-    println!("{} kernel runs emulated ({blocks_checked} also as block reductions)", runs.len());
+    assert!(
+        narrow_checked * 10 >= runs.len() * 9,
+        "only {narrow_checked} of {} launches fit 32-bit indices",
+        runs.len()
+    );
+    println!(
+        "{} kernel runs emulated with 64-bit indices, {narrow_checked} also with 32-bit ones ({blocks_checked} block reductions)",
+        runs.len()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

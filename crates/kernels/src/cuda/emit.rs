@@ -9,6 +9,11 @@
 //! are written out in the prelude. Integer arithmetic wraps (done in unsigned), float
 //! to integer conversion truncates and saturates with NaN to 0, max / min propagate
 //! NaN: the semantics of the CPU backends.
+//!
+//! Positions, loop indices and index expressions have the type `IX`, defined per
+//! module: 64-bit, or 32-bit for launches where [`narrow_fits`] proves that every
+//! index value (each sub-expression, over the launch's ranges) fits, which makes
+//! the divisions and modulos that decompose positions several times cheaper.
 
 use crate::dtype::DType;
 use crate::expr::IndexExpr;
@@ -37,6 +42,21 @@ __device__ __forceinline__ i64 j_fdiv(i64 a, i64 b) {
 __device__ __forceinline__ i64 j_fmod(i64 a, i64 b) {
   if (b == 0 || b == -1) return 0;
   i64 r = a % b;
+  return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+/* 32-bit index arithmetic (the narrow variants, used when every index value of a
+   launch provably fits in 31 bits, so nothing wraps) */
+__device__ __forceinline__ int j_add(int a, int b) { return a + b; }
+__device__ __forceinline__ int j_sub(int a, int b) { return a - b; }
+__device__ __forceinline__ int j_mul(int a, int b) { return a * b; }
+__device__ __forceinline__ int j_fdiv(int a, int b) {
+  if (b == 0) return 0;
+  int q = a / b, r = a % b;
+  return (r != 0 && ((r < 0) != (b < 0))) ? q - 1 : q;
+}
+__device__ __forceinline__ int j_fmod(int a, int b) {
+  if (b == 0) return 0;
+  int r = a % b;
   return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
 __device__ __forceinline__ i64 j_powi(i64 a, i64 b) {
@@ -126,9 +146,9 @@ pub fn storage(d: DType) -> &'static str {
 fn iexpr(e: &IndexExpr) -> String {
     use IndexExpr as E;
     match e {
-        E::Const(v) => format!("{v}LL"),
+        E::Const(v) => format!("((IX){v}LL)"),
         E::Idx(k) => format!("i{k}"),
-        E::Arg(k) => format!("m.a[{k}]"),
+        E::Arg(k) => format!("((IX)m.a[{k}])"),
         E::Add(a, b) => format!("j_add({}, {})", iexpr(a), iexpr(b)),
         E::Sub(a, b) => format!("j_sub({}, {})", iexpr(a), iexpr(b)),
         E::Mul(a, b) => format!("j_mul({}, {})", iexpr(a), iexpr(b)),
@@ -136,7 +156,7 @@ fn iexpr(e: &IndexExpr) -> String {
         E::Mod(a, b) => format!("j_fmod({}, {})", iexpr(a), iexpr(b)),
         E::Min(a, b) => format!("min({}, {})", iexpr(a), iexpr(b)),
         E::Max(a, b) => format!("max({}, {})", iexpr(a), iexpr(b)),
-        E::Cmp(op, a, b) => format!("(i64)({} {} {})", iexpr(a), op.symbol(), iexpr(b)),
+        E::Cmp(op, a, b) => format!("(IX)({} {} {})", iexpr(a), op.symbol(), iexpr(b)),
         E::Select(c, t, o) => format!("(({}) != 0 ? {} : {})", iexpr(c), iexpr(t), iexpr(o)),
     }
 }
@@ -226,8 +246,8 @@ fn unary(op: UnaryOp, x: &str, d: DType) -> String {
     let c = ctype(d);
     if c == "i64" {
         return match op {
-            UnaryOp::Neg => wrap(&format!("j_sub(0, {x})"), d),
-            UnaryOp::Abs => wrap(&format!("({x} < 0 ? j_sub(0, {x}) : {x})"), d),
+            UnaryOp::Neg => wrap(&format!("j_sub((i64)0, {x})"), d),
+            UnaryOp::Abs => wrap(&format!("({x} < 0 ? j_sub((i64)0, {x}) : {x})"), d),
             UnaryOp::Not => format!("(i64)({x} == 0)"),
             _ => x.to_string(),
         };
@@ -353,25 +373,54 @@ fn const_of(c: f64, d: DType) -> String {
 /// pointers, then the metadata struct `m` by value: `m.a` integer arguments, `m.o`
 /// the output shape, `m.r` the reduction shape (i64) and `m.p` parameters (f64).
 pub fn kernel_source(kernel: &Kernel, name: &str) -> String {
+    with_index_type(IndexWidth::Wide, grid_kernel(kernel, name))
+}
+
+/// [`kernel_source`] with 32-bit index arithmetic, for launches where
+/// [`narrow_fits`] holds.
+pub fn kernel_source_narrow(kernel: &Kernel, name: &str) -> String {
+    with_index_type(IndexWidth::Narrow, grid_kernel(kernel, name))
+}
+
+/// The integer type of a kernel variant's positions, loop indices and index
+/// expressions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum IndexWidth {
+    /// 64-bit (`i64`): any size.
+    Wide,
+    /// 32-bit (`int`): every index value of the launch fits (cheaper division and
+    /// modulo, fewer registers).
+    Narrow,
+}
+
+/// `body` (written with the index type `IX`) with `IX` defined as `width`'s type.
+fn with_index_type(width: IndexWidth, body: String) -> String {
+    let ty = if width == IndexWidth::Narrow { "int" } else { "i64" };
+    format!("#define IX {ty}\n{body}#undef IX\n")
+}
+
+/// The grid-stride (or scatter-row) kernel, with index type `IX`.
+fn grid_kernel(kernel: &Kernel, name: &str) -> String {
     let mut s = String::new();
     meta_struct(&mut s, kernel);
     let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params_list(kernel));
     let _ = writeln!(s, "  (void)m;");
+    index_params(&mut s, kernel);
     if kernel.has_scatter() {
         // rows of `row_len` positions that write disjoint elements (one row of `n`
         // when the launch could not prove any split), one thread per row, each row
         // in order: deterministic, without atomics
-        let _ = writeln!(s, "  const i64 rows = (n + row_len - 1) / row_len;");
+        let _ = writeln!(s, "  const IX rows = (n + row_len - 1) / row_len;");
         let _ = writeln!(
             s,
-            "  for (i64 row = (i64)blockIdx.x * blockDim.x + threadIdx.x; row < rows; row += (i64)gridDim.x * blockDim.x) {{"
+            "  for (IX row = (IX)blockIdx.x * (IX)blockDim.x + (IX)threadIdx.x; row < rows; row += (IX)gridDim.x * (IX)blockDim.x) {{"
         );
-        let _ = writeln!(s, "  const i64 row_end = row * row_len + row_len < n ? row * row_len + row_len : n;");
-        let _ = writeln!(s, "  for (i64 p = row * row_len; p < row_end; p += 1) {{");
+        let _ = writeln!(s, "  const IX row_end = row * row_len + row_len < n ? row * row_len + row_len : n;");
+        let _ = writeln!(s, "  for (IX p = row * row_len; p < row_end; p += 1) {{");
     } else {
         let _ = writeln!(
             s,
-            "  for (i64 p = (i64)blockIdx.x * blockDim.x + threadIdx.x; p < n; p += (i64)gridDim.x * blockDim.x) {{"
+            "  for (IX p = (IX)blockIdx.x * (IX)blockDim.x + (IX)threadIdx.x; p < n; p += (IX)gridDim.x * (IX)blockDim.x) {{"
         );
     }
     out_indices(&mut s, kernel);
@@ -387,7 +436,7 @@ pub fn kernel_source(kernel: &Kernel, name: &str) -> String {
             }
             Store::Scatter { op, offset, guard } => {
                 let _ = writeln!(s, "    if (({}) != 0) {{", iexpr(guard));
-                let _ = writeln!(s, "      const i64 t = {};", iexpr(offset));
+                let _ = writeln!(s, "      const IX t = {};", iexpr(offset));
                 let old = match o.dtype {
                     DType::F16 => format!("j_f16_to_f32(out{k}[t])"),
                     DType::BF16 => format!("j_bf16_to_f32(out{k}[t])"),
@@ -419,9 +468,9 @@ fn identity_lit(r: &crate::ir::Reduction) -> String {
 
 /// Decomposes the output position `p` into the output indices `i0..`.
 fn out_indices(s: &mut String, kernel: &Kernel) {
-    let _ = writeln!(s, "    i64 rem = p;");
+    let _ = writeln!(s, "    IX rem = p;");
     for d in (0..kernel.out_rank).rev() {
-        let _ = writeln!(s, "    const i64 i{d} = rem % m.o[{d}]; rem /= m.o[{d}];");
+        let _ = writeln!(s, "    const IX i{d} = rem % (IX)m.o[{d}]; rem /= (IX)m.o[{d}];");
     }
 }
 
@@ -431,13 +480,13 @@ fn reduction_loop(s: &mut String, kernel: &Kernel, q_start: &str, q_step: &str) 
     for (k, r) in kernel.reductions.iter().enumerate() {
         let _ = writeln!(s, "    {} acc{k} = {};", ctype(r.dtype), identity_lit(r));
     }
-    let rn: Vec<String> = (0..kernel.red_rank).map(|d| format!("m.r[{d}]")).collect();
-    let _ = writeln!(s, "    const i64 rn = {};", rn.join(" * "));
-    let _ = writeln!(s, "    for (i64 q = {q_start}; q < rn; q += {q_step}) {{");
-    let _ = writeln!(s, "      i64 rq = q;");
+    let rn: Vec<String> = (0..kernel.red_rank).map(|d| format!("(IX)m.r[{d}]")).collect();
+    let _ = writeln!(s, "    const IX rn = {};", rn.join(" * "));
+    let _ = writeln!(s, "    for (IX q = {q_start}; q < rn; q += {q_step}) {{");
+    let _ = writeln!(s, "      IX rq = q;");
     for d in (0..kernel.red_rank).rev() {
         let i = kernel.out_rank + d;
-        let _ = writeln!(s, "      const i64 i{i} = rq % m.r[{d}]; rq /= m.r[{d}];");
+        let _ = writeln!(s, "      const IX i{i} = rq % (IX)m.r[{d}]; rq /= (IX)m.r[{d}];");
     }
     values(s, &kernel.inner, &kernel.inputs, "v", "      ");
     for (k, r) in kernel.reductions.iter().enumerate() {
@@ -452,10 +501,18 @@ pub fn has_block_variant(kernel: &Kernel) -> bool {
     kernel.red_rank > 0 && !kernel.has_scatter()
 }
 
-fn params_list(kernel: &Kernel) -> String {
-    let mut params: Vec<String> = vec!["const i64 n".into()];
+/// The launch sizes as locals of the variant's index type.
+fn index_params(s: &mut String, kernel: &Kernel) {
+    let _ = writeln!(s, "  const IX n = (IX)n_arg;");
     if kernel.has_scatter() {
-        params.push("const i64 row_len".into());
+        let _ = writeln!(s, "  const IX row_len = (IX)row_len_arg;");
+    }
+}
+
+fn params_list(kernel: &Kernel) -> String {
+    let mut params: Vec<String> = vec!["const i64 n_arg".into()];
+    if kernel.has_scatter() {
+        params.push("const i64 row_len_arg".into());
     }
     for k in 0..kernel.inputs.len() {
         params.push(format!("const void* __restrict__ in{k}"));
@@ -497,17 +554,28 @@ fn meta_struct(s: &mut String, kernel: &Kernel) {
 /// shuffles and shared memory, without atomics. Launch with a block size that is a
 /// multiple of 32 (at most 1024).
 pub fn block_reduction_source(kernel: &Kernel, name: &str) -> String {
+    with_index_type(IndexWidth::Wide, block_kernel(kernel, name))
+}
+
+/// [`block_reduction_source`] with 32-bit index arithmetic, for launches where
+/// [`narrow_fits`] holds.
+pub fn block_reduction_source_narrow(kernel: &Kernel, name: &str) -> String {
+    with_index_type(IndexWidth::Narrow, block_kernel(kernel, name))
+}
+
+fn block_kernel(kernel: &Kernel, name: &str) -> String {
     let mut s = String::new();
     meta_struct(&mut s, kernel);
     let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params_list(kernel));
     let _ = writeln!(s, "  (void)m;");
+    index_params(&mut s, kernel);
     for (k, r) in kernel.reductions.iter().enumerate() {
         let _ = writeln!(s, "  __shared__ {} sm{k}[32];", ctype(r.dtype));
     }
     let _ = writeln!(s, "  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;");
-    let _ = writeln!(s, "  for (i64 p = blockIdx.x; p < n; p += gridDim.x) {{");
+    let _ = writeln!(s, "  for (IX p = (IX)blockIdx.x; p < n; p += (IX)gridDim.x) {{");
     out_indices(&mut s, kernel);
-    reduction_loop(&mut s, kernel, "threadIdx.x", "blockDim.x");
+    reduction_loop(&mut s, kernel, "(IX)threadIdx.x", "(IX)blockDim.x");
     let shuffle = |s: &mut String, indent: &str| {
         for (k, r) in kernel.reductions.iter().enumerate() {
             let _ = writeln!(
@@ -542,11 +610,125 @@ pub fn block_reduction_source(kernel: &Kernel, name: &str) -> String {
 }
 
 /// A whole translation unit: the prelude, the kernel named `name`, and for reduction
-/// kernels its block variant named `{name}_block`.
+/// kernels its block variant named `{name}_block`, with 64-bit index arithmetic.
 pub fn translation_unit(kernel: &Kernel, name: &str) -> String {
-    let mut tu = format!("{PRELUDE}\n{}", kernel_source(kernel, name));
+    translation_unit_with(kernel, name, IndexWidth::Wide)
+}
+
+/// [`translation_unit`] with the index arithmetic of `width` (the runtime compiles
+/// the 32-bit module for launches where [`narrow_fits`] holds, the 64-bit one on
+/// the first launch that needs it).
+pub fn translation_unit_with(kernel: &Kernel, name: &str, width: IndexWidth) -> String {
+    let mut tu = format!("{PRELUDE}\n{}", with_index_type(width, grid_kernel(kernel, name)));
     if has_block_variant(kernel) {
-        tu.push_str(&block_reduction_source(kernel, &format!("{name}_block")));
+        tu.push_str(&with_index_type(width, block_kernel(kernel, &format!("{name}_block"))));
     }
     tu
+}
+
+/// Positions and loop trip counts up to this run the 32-bit variants (room for the
+/// grid-stride step past the end without overflow).
+const NARROW_MAX_COUNT: usize = 1 << 30;
+
+/// Whether `launch` of `kernel` may run the 32-bit-index variants: the output and
+/// reduction domains have at most 2^30 positions, and every index expression of
+/// the kernel, and each of its sub-expressions, stays within 32-bit integers over
+/// the launch's index ranges with its arguments bound (interval arithmetic, so a
+/// `true` is a proof; an expression it cannot bound answers `false`).
+pub fn narrow_fits(kernel: &Kernel, launch: &crate::ir::Launch) -> bool {
+    let (n, rn): (usize, usize) = (launch.out_shape.iter().product(), launch.red_shape.iter().product());
+    if n > NARROW_MAX_COUNT || rn > NARROW_MAX_COUNT {
+        return false;
+    }
+    let ranges: Vec<(i64, i64)> =
+        launch.out_shape.iter().chain(&launch.red_shape).map(|&d| (0, (d as i64 - 1).max(0))).collect();
+    let fits = |e: &IndexExpr| all_within_i32(&e.bind_args(&launch.args), &ranges);
+    let value_fits = |v: &Value| match &v.inst {
+        Inst::Load { offset, guard, .. } => fits(offset) && guard.as_ref().is_none_or(fits),
+        Inst::Index(ix) => fits(ix),
+        Inst::Random { counter, .. } => fits(counter),
+        _ => true,
+    };
+    kernel.body.iter().chain(&kernel.inner).all(value_fits)
+        && kernel.outputs.iter().all(|o| match &o.store {
+            Store::Dense => true,
+            Store::Scatter { offset, guard, .. } => fits(offset) && fits(guard),
+        })
+}
+
+/// True when `e` and every sub-expression of it provably lie within `i32` over
+/// `ranges`.
+fn all_within_i32(e: &IndexExpr, ranges: &[(i64, i64)]) -> bool {
+    use IndexExpr as E;
+    let within =
+        |x: &IndexExpr| x.bounds(ranges).is_some_and(|(lo, hi)| lo >= i64::from(i32::MIN) && hi <= i64::from(i32::MAX));
+    within(e)
+        && match e {
+            E::Const(_) | E::Idx(_) | E::Arg(_) => true,
+            E::Add(a, b)
+            | E::Sub(a, b)
+            | E::Mul(a, b)
+            | E::FloorDiv(a, b)
+            | E::Mod(a, b)
+            | E::Min(a, b)
+            | E::Max(a, b)
+            | E::Cmp(_, a, b) => all_within_i32(a, ranges) && all_within_i32(b, ranges),
+            E::Select(c, t, o) => all_within_i32(c, ranges) && all_within_i32(t, ranges) && all_within_i32(o, ranges),
+        }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ir::{Launch, Output};
+    use IndexExpr as E;
+
+    /// A kernel that copies its input at `offset` over `shape`.
+    fn gather(offset: E, shape: &[usize], args: Vec<i64>) -> (Kernel, Launch) {
+        let body = vec![Value { inst: Inst::Load { input: 0, offset, guard: None, fill: 0.0 }, dtype: DType::F32 }];
+        let kernel = Kernel {
+            inputs: vec![DType::F32],
+            out_rank: shape.len(),
+            body,
+            outputs: vec![Output { dtype: DType::F32, value: 0, store: Store::Dense }],
+            n_args: args.len(),
+            ..Kernel::default()
+        };
+        let launch = Launch {
+            out_shape: shape.to_vec(),
+            red_shape: vec![],
+            args,
+            params: vec![],
+            output_lens: vec![shape.iter().product()],
+        };
+        (kernel, launch)
+    }
+
+    #[test]
+    fn narrow_indices_only_where_every_value_fits() {
+        // a transpose of [3000, 5000]: offsets below 15M
+        let (k, l) = gather(E::idx(1) * E::Arg(0) + E::idx(0), &[3000, 5000], vec![3000]);
+        assert!(narrow_fits(&k, &l));
+        // the same sizes with a stride past 2^31 in an intermediate product
+        let offset = E::idx(1) * E::Arg(0) - E::idx(1) * E::Arg(1) + E::idx(0);
+        let (k, l) = gather(offset, &[3000, 5000], vec![1 << 20, 1 << 20]);
+        assert!(!narrow_fits(&k, &l), "an intermediate product exceeds 32 bits");
+        // more than 2^30 positions
+        let (k, l) = gather(E::idx(0), &[1 << 31], vec![]);
+        assert!(!narrow_fits(&k, &l));
+        // an argument large enough to overflow on its own
+        let (k, l) = gather(E::idx(0) + E::Arg(0), &[16], vec![1 << 40]);
+        assert!(!narrow_fits(&k, &l));
+    }
+
+    #[test]
+    fn both_index_widths_are_emitted() {
+        let (k, _) = gather(E::idx(0).floor_div(3), &[16], vec![]);
+        for (width, ty) in [(IndexWidth::Wide, "i64"), (IndexWidth::Narrow, "int")] {
+            let tu = translation_unit_with(&k, "kernel", width);
+            assert!(tu.contains("void kernel("));
+            assert!(tu.contains(&format!("#define IX {ty}\n")), "{width:?}");
+            assert_eq!(tu.matches("#define IX").count(), tu.matches("#undef IX").count());
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! NVRTC: CUDA C to a cubin for the device's exact architecture (so that a newer
 //! NVRTC never hands the driver a PTX it cannot load).
 
+use super::emit::IndexWidth;
 use crate::cache::FRAMEWORK_VERSION;
 use crate::disk_cache::DiskCache;
 use crate::error::KernelError;
@@ -47,11 +48,25 @@ pub struct Cubin {
 /// NVRTC and stored. A compile error names the kernel's IR and where its CUDA source
 /// was written (or shows the source when there is no disk cache).
 pub fn cubin_for(kernel: &Kernel, arch: &str, disk: Option<&DiskCache>) -> Result<Cubin, KernelError> {
-    let key = kernel_key(kernel, arch)?;
+    cubin_for_width(kernel, IndexWidth::Wide, arch, disk)
+}
+
+/// [`cubin_for`] with the index arithmetic of `width`; the 32-bit module has its
+/// own key (the 64-bit one keeps the key it always had).
+pub fn cubin_for_width(
+    kernel: &Kernel,
+    width: IndexWidth,
+    arch: &str,
+    disk: Option<&DiskCache>,
+) -> Result<Cubin, KernelError> {
+    let mut key = kernel_key(kernel, arch)?;
+    if width == IndexWidth::Narrow {
+        key = crate::ir::fnv128(format!("{key}|idx32").as_bytes());
+    }
     if let Some(binary) = disk.and_then(|d| d.load(&key)) {
         return Ok(Cubin { binary, key, from_disk: true });
     }
-    let source = super::emit::translation_unit(kernel, "kernel");
+    let source = super::emit::translation_unit_with(kernel, "kernel", width);
     let binary = match compile_cubin(&source, arch) {
         Ok(b) => b,
         Err(KernelError::Compile { backend, message, .. }) => {

@@ -6,6 +6,7 @@
 //! as one struct passed by value, so a launch needs no allocation or copy besides
 //! its outputs. Everything is queued on one stream.
 
+use super::emit::IndexWidth;
 use super::memory::DeviceBuffer;
 use super::{emit, nvrtc, probe};
 use crate::buffer::{Buffer, HostBuffer};
@@ -139,12 +140,15 @@ impl Runtime {
         self.stream.cu_stream()
     }
 
-    fn load(&self, kernel: &Kernel) -> Result<Arc<Loaded>, KernelError> {
-        // level 1: loaded modules by structure (the key of the disk level adds the
-        // compiler's version, fixed for the process)
-        let mem_key = kernel.structural_hash();
+    fn load(&self, kernel: &Kernel, width: IndexWidth) -> Result<Arc<Loaded>, KernelError> {
+        // level 1: loaded modules by structure and index width (the key of the disk
+        // level adds the compiler's version, fixed for the process)
+        let mut mem_key = kernel.structural_hash();
+        if width == IndexWidth::Narrow {
+            mem_key.push_str("|idx32");
+        }
         cache().get_or_compile(&mem_key, || {
-            let cubin = nvrtc::cubin_for(kernel, &self.arch, nvrtc::disk_cache())?;
+            let cubin = nvrtc::cubin_for_width(kernel, width, &self.arch, nvrtc::disk_cache())?;
             self.bind()?;
             let module = self
                 ._ctx
@@ -165,7 +169,10 @@ impl Runtime {
     /// until the host reads them.
     pub fn run(&self, kernel: &Kernel, launch: &Launch, inputs: &[&Buffer]) -> Result<Vec<Buffer>, KernelError> {
         launch.check_dtypes(kernel, inputs.iter().map(|b| b.dtype()))?;
-        let loaded = self.load(kernel)?;
+        // 32-bit index arithmetic when every index value of this launch fits (the
+        // common case: cheaper division and modulo); the 64-bit module otherwise
+        let width = if emit::narrow_fits(kernel, launch) { IndexWidth::Narrow } else { IndexWidth::Wide };
+        let loaded = self.load(kernel, width)?;
         self.bind()?;
         let ins: Vec<u64> = inputs.iter().map(|b| b.device().map(DeviceBuffer::ptr)).collect::<Result<_, _>>()?;
         let outs: Vec<DeviceBuffer> = kernel
@@ -201,13 +208,14 @@ impl Runtime {
                 crate::scatter_split::row_split(kernel, launch, 1 << 16).map_or(n, |split| split.row_len as i64).max(1);
             // a block per output when each output reduces enough elements to keep a
             // block busy; one thread per output otherwise
+            let plain = &loaded.func;
             let (func, blocks) = match &loaded.block {
                 Some(block) if red_n >= 128 => (block, (n as u64).min(u64::from(self.sms) * 16) as u32),
                 _ if kernel.has_scatter() => {
                     let rows = (n as u64).div_ceil(row_len as u64);
-                    (&loaded.func, rows.div_ceil(u64::from(threads)).min(u64::from(self.sms) * 32) as u32)
+                    (plain, rows.div_ceil(u64::from(threads)).min(u64::from(self.sms) * 32) as u32)
                 }
-                _ => (&loaded.func, ((n as u64).div_ceil(u64::from(threads))).min(u64::from(self.sms) * 32) as u32),
+                _ => (plain, ((n as u64).div_ceil(u64::from(threads))).min(u64::from(self.sms) * 32) as u32),
             };
             let cfg = LaunchConfig { grid_dim: (blocks.max(1), 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 };
             let out_ptrs: Vec<u64> = outs.iter().map(DeviceBuffer::ptr).collect();
