@@ -18,6 +18,7 @@
 
 use jit_core::{CapturedKernel, HostBuffer};
 use kernels::cuda::emit;
+use kernels::cuda::emit::{IndexWidth, Variant};
 use kernels::ir::{Kernel, Store};
 use kernels::{BinaryOp, UnaryOp};
 use std::collections::HashMap;
@@ -38,6 +39,10 @@ const HEADER: &str = r#"
 #define __global__
 #define __shared__ static
 struct JDim { unsigned x; };
+struct float4 { float x, y, z, w; };
+struct int4 { int x, y, z, w; };
+static inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+static inline int4 make_int4(int x, int y, int z, int w) { return int4{x, y, z, w}; }
 static thread_local JDim threadIdx, blockIdx;
 static JDim blockDim, gridDim;
 static inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
@@ -161,15 +166,19 @@ fn entry(kernel: &Kernel, name: &str) -> String {
     args.extend(kernel.outputs.iter().enumerate().map(|(k, o)| format!("({}*)outs[{k}]", emit::storage(o.dtype))));
     args.push("m".into());
     let args = args.join(", ");
-    let block = if emit::has_block_variant(kernel) {
-        format!("if (block) {{ j_run_par(blocks, threads, [&] {{ {name}_block({args}); }}); return; }}")
-    } else {
-        String::new()
-    };
+    let mut variants = String::new();
+    if emit::has_block_variant(kernel) {
+        variants +=
+            &format!("if (variant == 1) {{ j_run_par(blocks, threads, [&] {{ {name}_block({args}); }}); return; }}");
+    }
+    if emit::has_vector_variant(kernel) {
+        variants +=
+            &format!("if (variant == 2) {{ j_run_seq(blocks, threads, [&] {{ {name}_v4({args}); }}); return; }}");
+    }
     format!(
         "extern \"C\" void emu_{name}(const long long* sc, const unsigned char* const* ins, unsigned char* const* outs, \
-         const unsigned long long* words, unsigned blocks, unsigned threads, int block) {{\n  {meta} m;\n  \
-         memcpy(&m, words, sizeof m);\n  (void)ins; (void)outs;\n  {block}\n  j_run_seq(blocks, threads, [&] {{ {name}({args}); }});\n}}\n"
+         const unsigned long long* words, unsigned blocks, unsigned threads, int variant) {{\n  {meta} m;\n  \
+         memcpy(&m, words, sizeof m);\n  (void)ins; (void)outs;\n  {variants}\n  j_run_seq(blocks, threads, [&] {{ {name}({args}); }});\n}}\n"
     )
 }
 
@@ -216,11 +225,14 @@ fn compile_unit(cxx: &str, kernels: &[&Kernel], base: &Path) -> Result<libloadin
     for (i, kernel) in kernels.iter().enumerate() {
         let name = format!("k{i}");
         let narrow = format!("{name}_i32");
-        tu.push_str(&emit::kernel_source(kernel, &name));
-        tu.push_str(&emit::kernel_source_narrow(kernel, &narrow));
-        if emit::has_block_variant(kernel) {
-            tu.push_str(&emit::block_reduction_source(kernel, &format!("{name}_block")));
-            tu.push_str(&emit::block_reduction_source_narrow(kernel, &format!("{narrow}_block")));
+        for (base, width) in [(&name, IndexWidth::Wide), (&narrow, IndexWidth::Narrow)] {
+            tu.push_str(&emit::variant_source(kernel, base, Variant::Grid, width));
+            if emit::has_block_variant(kernel) {
+                tu.push_str(&emit::variant_source(kernel, &format!("{base}_block"), Variant::Block, width));
+            }
+            if emit::has_vector_variant(kernel) {
+                tu.push_str(&emit::variant_source(kernel, &format!("{base}_v4"), Variant::Vector, width));
+            }
         }
         tu.push_str(&entry(kernel, &name));
         tu.push_str(&entry(kernel, &narrow));
@@ -289,8 +301,8 @@ impl Emulator {
     }
 
     /// Runs `run`'s kernel on its inputs on an emulated grid of `blocks` x `threads`
-    /// (the block-reduction variant when `block` is set and the kernel has one; the
-    /// 32-bit-index variant when `narrow` is) and returns its outputs. Dense outputs start filled with a poison byte, so an
+    /// (the `variant` asked for, which the kernel must have; 32-bit indices when
+    /// `narrow` is set) and returns its outputs. Dense outputs start filled with a poison byte, so an
     /// element the kernel never writes shows; scatter outputs start at their
     /// combine op's identity, as on the device.
     pub fn run(
@@ -298,7 +310,7 @@ impl Emulator {
         run: &CapturedKernel,
         blocks: u32,
         threads: u32,
-        block: bool,
+        variant: Variant,
         narrow: bool,
     ) -> Result<Vec<HostBuffer>, String> {
         let (kernel, launch) = (&run.kernel, &run.launch);
@@ -342,7 +354,12 @@ impl Emulator {
             let name = format!("emu_k{k}{}\0", if narrow { "_i32" } else { "" });
             let f: libloading::Symbol<Entry> = self.libs[u].get(name.as_bytes()).map_err(|e| format!("{name}: {e}"))?;
             if n > 0 {
-                f(scalars.as_ptr(), ins.as_ptr(), out_ptrs.as_ptr(), words.as_ptr(), blocks, threads, block as i32);
+                let which = match variant {
+                    Variant::Grid => 0,
+                    Variant::Block => 1,
+                    Variant::Vector => 2,
+                };
+                f(scalars.as_ptr(), ins.as_ptr(), out_ptrs.as_ptr(), words.as_ptr(), blocks, threads, which);
             }
         }
         kernel

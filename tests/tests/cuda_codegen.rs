@@ -7,6 +7,7 @@
 use integration_tests::graphgen::{dtype_graphs, grad_graph, random_graph};
 use integration_tests::Rng;
 use jit_core::{planned_kernel_ir, with_flags, Backend, Flags};
+use kernels::cuda::emit::{IndexWidth, Variant};
 use kernels::cuda::{emit, nvrtc};
 use kernels::ir::Kernel;
 use std::collections::BTreeMap;
@@ -72,11 +73,17 @@ fn every_planned_kernel_compiles_with_nvrtc() {
 fn compile_batch(batch: &[&Kernel]) {
     let mut tu = String::from(emit::PRELUDE);
     for (i, k) in batch.iter().enumerate() {
-        tu.push_str(&emit::kernel_source(k, &format!("k{i}")));
-        tu.push_str(&emit::kernel_source_narrow(k, &format!("kn{i}")));
-        if emit::has_block_variant(k) {
-            tu.push_str(&emit::block_reduction_source(k, &format!("kb{i}")));
-            tu.push_str(&emit::block_reduction_source_narrow(k, &format!("kbn{i}")));
+        // every variant the kernel has, with 64-bit and 32-bit indices
+        for (v, has) in [
+            (Variant::Grid, true),
+            (Variant::Block, emit::has_block_variant(k)),
+            (Variant::Vector, emit::has_vector_variant(k)),
+        ] {
+            for (w, width) in [IndexWidth::Wide, IndexWidth::Narrow].into_iter().enumerate() {
+                if has {
+                    tu.push_str(&emit::variant_source(k, &format!("k{i}_{v:?}_{w}"), v, width));
+                }
+            }
         }
     }
     if nvrtc::compile_cubin(&tu, "sm_90").is_err() {

@@ -7,8 +7,9 @@
 //! (`integration_tests::cuda_emu`) and run on emulated grids: the grid-stride (or
 //! scatter-row) kernel with 2 blocks of 3 threads, and reduction kernels also as
 //! their block-per-output variant with 2 blocks of 64 threads (two warps: shuffles,
-//! shared memory, barriers), each with 64-bit and (where the launch allows it, as
-//! the runtime decides) 32-bit index arithmetic. Every output must match the CPU
+//! shared memory, barriers), element-wise kernels also as their 16-byte variant
+//! (four positions per thread) where the launch allows it, each with 64-bit and
+//! (where the launch allows it, as the runtime decides) 32-bit index arithmetic. Every output must match the CPU
 //! backend's: floats to
 //! 1e-4 relative (1e-2 for f16 / bf16 storage: one rounding apart), integers and
 //! booleans exactly, and no element left unwritten.
@@ -22,6 +23,7 @@ use integration_tests::graphgen::{dtype_graphs, grad_graph, random_graph};
 use integration_tests::Rng;
 use jit_core::{capture_kernels, realize, with_flags, Backend, CapturedKernel, Flags, IndexExpr as E};
 use jit_ops::prelude::*;
+use kernels::cuda::emit::Variant;
 
 /// Small graphs of the heavy operators, forward and backward, on the im2col path
 /// (the one the CUDA backend takes without cuDNN), and reindexes whose index
@@ -46,6 +48,17 @@ fn heavy_graphs(rng: &mut Rng) -> Vec<Var> {
     all.push(v.reindex(&[7, 9], exprs, 0.0, vec![]).unwrap());
     let picked = vec![i.clone().lt(0).select(i.clone().abs(), i).min(E::c(3)), j.floor_div(-3).modulo(5)];
     all.push(v.reindex(&[7, 9], picked, 0.0, vec![]).unwrap());
+    // element-wise kernels with a last dimension that is a multiple of 4 (the
+    // 16-byte variant): contiguous, broadcast and transposed reads, f32 and i32
+    // outputs, a reflection pad (piecewise contiguous: read lane by lane)
+    let a = rng.nd(&[6, 8], -2.0, 2.0).var(DType::F32);
+    let b = rng.nd(&[8], -2.0, 2.0).var(DType::F32);
+    let c = rng.nd(&[8, 6], -2.0, 2.0).var(DType::F32);
+    let e = (&(&a * &b).exp() + &c.transpose(0, 1).unwrap()).sigmoid();
+    all.push(e.clone());
+    all.push((&e * 100.0).cast(DType::I32));
+    all.push(a.pad(&[2, 2], PadMode::Reflect).unwrap().tanh());
+    all.push(a.narrow(1, 4, 4).unwrap().relu().unwrap());
     all
 }
 
@@ -53,8 +66,8 @@ fn close(a: f64, b: f64, tol: f64) -> bool {
     a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= tol * b.abs().max(1.0)
 }
 
-fn check(emu: &Emulator, run: &CapturedKernel, blocks: u32, threads: u32, block: bool, narrow: bool) {
-    let got = emu.run(run, blocks, threads, block, narrow).unwrap_or_else(|e| panic!("{e}\n{}", run.kernel));
+fn check(emu: &Emulator, run: &CapturedKernel, blocks: u32, threads: u32, variant: Variant, narrow: bool) {
+    let got = emu.run(run, blocks, threads, variant, narrow).unwrap_or_else(|e| panic!("{e}\n{}", run.kernel));
     for (k, (g, want)) in got.iter().zip(&run.outputs).enumerate() {
         let tol = match want.dtype() {
             DType::F32 | DType::F64 => 1e-4,
@@ -64,8 +77,7 @@ fn check(emu: &Emulator, run: &CapturedKernel, blocks: u32, threads: u32, block:
         let (g, w) = (g.to_f64_vec(), want.to_f64_vec());
         if let Some(i) = (0..w.len()).find(|&i| !close(g[i], w[i], tol)) {
             panic!(
-                "{} variant ({}-bit indices), {blocks}x{threads} threads: output {k} ({}) element {i}: emulated CUDA {}, CPU {}\nlaunch {:?}\n{}",
-                if block { "block-reduction" } else { "grid-stride" },
+                "{variant:?} variant ({}-bit indices), {blocks}x{threads} threads: output {k} ({}) element {i}: emulated CUDA {}, CPU {}\nlaunch {:?}\n{}",
                 if narrow { 32 } else { 64 },
                 want.dtype(),
                 g[i],
@@ -112,18 +124,22 @@ fn generated_cuda_matches_the_cpu_backend_on_an_emulated_grid() {
         }
         Err(BuildError::Compile(e)) => panic!("{e}"),
     };
-    let (mut blocks_checked, mut narrow_checked) = (0, 0);
+    let (mut blocks_checked, mut narrow_checked, mut vectors_checked) = (0, 0, 0);
     for run in &runs {
         // the 64-bit variant always; the 32-bit one where the launch allows it (as
         // the runtime chooses), both as grid-stride and as block reductions
         let narrow = kernels::cuda::emit::narrow_fits(&run.kernel, &run.launch);
         for wide_or_narrow in [false, true].into_iter().filter(|&w| !w || narrow) {
-            check(&emu, run, 2, 3, false, wide_or_narrow);
+            check(&emu, run, 2, 3, Variant::Grid, wide_or_narrow);
             if kernels::cuda::emit::has_block_variant(&run.kernel) {
                 // two blocks (a block strides over outputs) once, one for the other width
                 let blocks = if wide_or_narrow == narrow { 2 } else { 1 };
-                check(&emu, run, blocks, 64, true, wide_or_narrow);
+                check(&emu, run, blocks, 64, Variant::Block, wide_or_narrow);
                 blocks_checked += 1;
+            }
+            if kernels::cuda::emit::vector_fits(&run.kernel, &run.launch) {
+                check(&emu, run, 2, 3, Variant::Vector, wide_or_narrow);
+                vectors_checked += 1;
             }
         }
         narrow_checked += usize::from(narrow);
@@ -134,7 +150,7 @@ fn generated_cuda_matches_the_cpu_backend_on_an_emulated_grid() {
         runs.len()
     );
     println!(
-        "{} kernel runs emulated with 64-bit indices, {narrow_checked} also with 32-bit ones ({blocks_checked} block reductions)",
+        "{} kernel runs emulated with 64-bit indices, {narrow_checked} also with 32-bit ones ({blocks_checked} block reductions, {vectors_checked} 16-byte element-wise)",
         runs.len()
     );
     let _ = std::fs::remove_dir_all(&dir);

@@ -929,26 +929,6 @@ const LANES: i64 = 4;
 /// Independent vector accumulators per reduction in the vector reduction loop.
 const UNROLL: usize = 4;
 
-/// The coefficient of `i_l` in `e` when `e` is affine in `i_l` with a constant
-/// coefficient.
-fn lin_coef(e: &IndexExpr, l: usize) -> Option<i64> {
-    use IndexExpr as E;
-    if !e.mentions(l) {
-        return Some(0);
-    }
-    match e {
-        E::Idx(k) if *k == l => Some(1),
-        E::Add(a, b) => Some(lin_coef(a, l)? + lin_coef(b, l)?),
-        E::Sub(a, b) => Some(lin_coef(a, l)? - lin_coef(b, l)?),
-        E::Mul(a, b) => match (a.as_const(), b.as_const()) {
-            (Some(c), _) => Some(c * lin_coef(b, l)?),
-            (_, Some(c)) => Some(c * lin_coef(a, l)?),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
 /// The coefficient of `i_l` in `e` as an expression that does not mention `i_l`
 /// (a kernel argument, say), when `e` is affine in `i_l`.
 fn lin_coef_expr(e: &IndexExpr, l: usize) -> Option<IndexExpr> {
@@ -1141,7 +1121,7 @@ fn values_vectorizable(vals: &[Value], inputs: &[DType], l: usize, used: &[usize
     let f32s = |id: usize| vals[id].dtype == DType::F32;
     let ok = vals.iter().all(|v| match &v.inst {
         Inst::Load { input, offset, guard, .. } => {
-            let offset_ok = match lin_coef(offset, l) {
+            let offset_ok = match offset.linear_coefficient(l) {
                 Some(0) | Some(1) => true,
                 // a constant stride: four scalar loads gathered into a vector
                 Some(_) => checked,
@@ -1308,7 +1288,7 @@ impl Gen<'_, '_> {
             // guards were verified for the block; an offset that is not
             // invariant is contiguous here (linear, or verified per block)
             let off = self.iexpr(offset);
-            let coef = lin_coef(offset, l);
+            let coef = offset.linear_coefficient(l);
             let stride = match coef {
                 Some(0) | Some(1) => None,
                 Some(c) => Some(self.i64c(c)),

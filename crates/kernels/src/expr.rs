@@ -373,11 +373,10 @@ impl IndexExpr {
         }
     }
 
-    /// True when the expression mentions loop index `k`.
-    pub fn mentions(&self, k: usize) -> bool {
-        match self {
-            E::Idx(i) => *i == k,
-            E::Const(_) | E::Arg(_) => false,
+    /// The expression's direct operands (none for a constant, index or argument).
+    pub fn operands(&self) -> impl Iterator<Item = &IndexExpr> {
+        let ops: [Option<&IndexExpr>; 3] = match self {
+            E::Const(_) | E::Idx(_) | E::Arg(_) => [None, None, None],
             E::Add(a, b)
             | E::Sub(a, b)
             | E::Mul(a, b)
@@ -385,25 +384,44 @@ impl IndexExpr {
             | E::Mod(a, b)
             | E::Min(a, b)
             | E::Max(a, b)
-            | E::Cmp(_, a, b) => a.mentions(k) || b.mentions(k),
-            E::Select(c, t, o) => c.mentions(k) || t.mentions(k) || o.mentions(k),
+            | E::Cmp(_, a, b) => [Some(a), Some(b), None],
+            E::Select(c, t, o) => [Some(c), Some(t), Some(o)],
+        };
+        ops.into_iter().flatten()
+    }
+
+    /// True when the expression mentions loop index `k`.
+    pub fn mentions(&self, k: usize) -> bool {
+        match self {
+            E::Idx(i) => *i == k,
+            _ => self.operands().any(|x| x.mentions(k)),
+        }
+    }
+
+    /// The coefficient of loop index `k` when the expression is affine in it with a
+    /// constant coefficient (`Some(0)` when it does not mention `k`).
+    pub fn linear_coefficient(&self, k: usize) -> Option<i64> {
+        if !self.mentions(k) {
+            return Some(0);
+        }
+        match self {
+            E::Idx(i) if *i == k => Some(1),
+            E::Add(a, b) => Some(a.linear_coefficient(k)? + b.linear_coefficient(k)?),
+            E::Sub(a, b) => Some(a.linear_coefficient(k)? - b.linear_coefficient(k)?),
+            E::Mul(a, b) => match (a.as_const(), b.as_const()) {
+                (Some(c), _) => Some(c * b.linear_coefficient(k)?),
+                (_, Some(c)) => Some(c * a.linear_coefficient(k)?),
+                _ => None,
+            },
+            _ => None,
         }
     }
 
     /// The largest loop index the expression mentions, if any.
     pub fn max_index(&self) -> Option<usize> {
         match self {
-            E::Const(_) | E::Arg(_) => None,
             E::Idx(k) => Some(*k),
-            E::Add(a, b)
-            | E::Sub(a, b)
-            | E::Mul(a, b)
-            | E::FloorDiv(a, b)
-            | E::Mod(a, b)
-            | E::Min(a, b)
-            | E::Max(a, b)
-            | E::Cmp(_, a, b) => a.max_index().max(b.max_index()),
-            E::Select(c, t, o) => c.max_index().max(t.max_index()).max(o.max_index()),
+            _ => self.operands().filter_map(IndexExpr::max_index).max(),
         }
     }
 

@@ -327,10 +327,31 @@ fn combine(op: ReduceOp, acc: &str, v: &str, d: DType) -> String {
 }
 
 fn values(out: &mut String, vals: &[Value], inputs: &[DType], prefix: &str, indent: &str) {
+    values_with(out, vals, inputs, prefix, indent, &|_| None);
+}
+
+/// [`values`], where `lane_load(k)` may give the expression of load `k` (one lane
+/// of a 16-byte vector load) instead of a load of its own.
+fn values_with(
+    out: &mut String,
+    vals: &[Value],
+    inputs: &[DType],
+    prefix: &str,
+    indent: &str,
+    lane_load: &dyn Fn(usize) -> Option<String>,
+) {
     for (k, v) in vals.iter().enumerate() {
         let d = v.dtype;
         let r = |id: &usize| format!("{prefix}{id}");
         let e = match &v.inst {
+            Inst::Load { input, .. } if lane_load(k).is_some() => {
+                let lane = lane_load(k).unwrap_or_default();
+                if inputs[*input] == DType::F32 {
+                    lane
+                } else {
+                    format!("(i64){lane}")
+                }
+            }
             Inst::Load { input, offset, guard, fill } => {
                 let l = load(*input, inputs[*input], &iexpr(offset));
                 match guard {
@@ -376,12 +397,6 @@ pub fn kernel_source(kernel: &Kernel, name: &str) -> String {
     with_index_type(IndexWidth::Wide, grid_kernel(kernel, name))
 }
 
-/// [`kernel_source`] with 32-bit index arithmetic, for launches where
-/// [`narrow_fits`] holds.
-pub fn kernel_source_narrow(kernel: &Kernel, name: &str) -> String {
-    with_index_type(IndexWidth::Narrow, grid_kernel(kernel, name))
-}
-
 /// The integer type of a kernel variant's positions, loop indices and index
 /// expressions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -401,11 +416,7 @@ fn with_index_type(width: IndexWidth, body: String) -> String {
 
 /// The grid-stride (or scatter-row) kernel, with index type `IX`.
 fn grid_kernel(kernel: &Kernel, name: &str) -> String {
-    let mut s = String::new();
-    meta_struct(&mut s, kernel);
-    let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params_list(kernel));
-    let _ = writeln!(s, "  (void)m;");
-    index_params(&mut s, kernel);
+    let mut s = kernel_head(kernel, name);
     if kernel.has_scatter() {
         // rows of `row_len` positions that write disjoint elements (one row of `n`
         // when the launch could not prove any split), one thread per row, each row
@@ -501,6 +512,17 @@ pub fn has_block_variant(kernel: &Kernel) -> bool {
     kernel.red_rank > 0 && !kernel.has_scatter()
 }
 
+/// The metadata struct and the opening of kernel `name` up to its launch sizes,
+/// as locals of the variant's index type.
+fn kernel_head(kernel: &Kernel, name: &str) -> String {
+    let mut s = String::new();
+    meta_struct(&mut s, kernel);
+    let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params_list(kernel));
+    let _ = writeln!(s, "  (void)m;");
+    index_params(&mut s, kernel);
+    s
+}
+
 /// The launch sizes as locals of the variant's index type.
 fn index_params(s: &mut String, kernel: &Kernel) {
     let _ = writeln!(s, "  const IX n = (IX)n_arg;");
@@ -557,18 +579,8 @@ pub fn block_reduction_source(kernel: &Kernel, name: &str) -> String {
     with_index_type(IndexWidth::Wide, block_kernel(kernel, name))
 }
 
-/// [`block_reduction_source`] with 32-bit index arithmetic, for launches where
-/// [`narrow_fits`] holds.
-pub fn block_reduction_source_narrow(kernel: &Kernel, name: &str) -> String {
-    with_index_type(IndexWidth::Narrow, block_kernel(kernel, name))
-}
-
 fn block_kernel(kernel: &Kernel, name: &str) -> String {
-    let mut s = String::new();
-    meta_struct(&mut s, kernel);
-    let _ = writeln!(s, "extern \"C\" __global__ void {name}({}) {{", params_list(kernel));
-    let _ = writeln!(s, "  (void)m;");
-    index_params(&mut s, kernel);
+    let mut s = kernel_head(kernel, name);
     for (k, r) in kernel.reductions.iter().enumerate() {
         let _ = writeln!(s, "  __shared__ {} sm{k}[32];", ctype(r.dtype));
     }
@@ -609,8 +621,9 @@ fn block_kernel(kernel: &Kernel, name: &str) -> String {
     s
 }
 
-/// A whole translation unit: the prelude, the kernel named `name`, and for reduction
-/// kernels its block variant named `{name}_block`, with 64-bit index arithmetic.
+/// A whole translation unit: the prelude, the kernel named `name`, for reduction
+/// kernels its block variant named `{name}_block`, for element-wise kernels with
+/// 4-byte outputs its 16-byte variant `{name}_v4`, with 64-bit index arithmetic.
 pub fn translation_unit(kernel: &Kernel, name: &str) -> String {
     translation_unit_with(kernel, name, IndexWidth::Wide)
 }
@@ -623,7 +636,136 @@ pub fn translation_unit_with(kernel: &Kernel, name: &str, width: IndexWidth) -> 
     if has_block_variant(kernel) {
         tu.push_str(&with_index_type(width, block_kernel(kernel, &format!("{name}_block"))));
     }
+    if has_vector_variant(kernel) {
+        tu.push_str(&with_index_type(width, vector_kernel(kernel, &format!("{name}_v4"))));
+    }
     tu
+}
+
+/// Whether `kernel` gets a 16-byte variant (`{name}_v4`): an element-wise kernel
+/// (no reduction, no scatter) whose outputs are 4-byte values (f32, i32). Each
+/// thread of it computes four consecutive positions along the last output
+/// dimension and stores them with one 16-byte store; loads of 4-byte values whose
+/// offset advances by exactly one along that dimension ([`vector_loads`]) are one
+/// 16-byte load, the others are read lane by lane. [`vector_fits`] says whether a
+/// launch may use it.
+pub fn has_vector_variant(kernel: &Kernel) -> bool {
+    kernel.red_rank == 0
+        && kernel.out_rank > 0
+        && !kernel.has_scatter()
+        && kernel.outputs.iter().all(|o| matches!(o.dtype, DType::F32 | DType::I32))
+}
+
+/// The body values of `kernel` that its 16-byte variant reads as one vector: loads
+/// of f32 or i32 without a guard, at offsets affine in the last output index with
+/// coefficient 1.
+pub fn vector_loads(kernel: &Kernel) -> Vec<bool> {
+    let last = kernel.out_rank.saturating_sub(1);
+    kernel
+        .body
+        .iter()
+        .map(|v| match &v.inst {
+            Inst::Load { input, offset, guard: None, .. } => {
+                matches!(kernel.inputs[*input], DType::F32 | DType::I32) && offset.linear_coefficient(last) == Some(1)
+            }
+            _ => false,
+        })
+        .collect()
+}
+
+/// Whether `launch` may run the 16-byte variant: the last output dimension is a
+/// multiple of 4 (four lanes never cross a row) and every vector load's offset at
+/// a multiple of 4 along it is provably a multiple of 4 (16-byte aligned, device
+/// blocks being 256-byte aligned).
+pub fn vector_fits(kernel: &Kernel, launch: &crate::ir::Launch) -> bool {
+    if !has_vector_variant(kernel) || launch.out_shape.last().is_none_or(|&d| d % 4 != 0) {
+        return false;
+    }
+    let last = kernel.out_rank - 1;
+    let zero_last: Vec<IndexExpr> =
+        (0..kernel.out_rank).map(|k| if k == last { IndexExpr::c(0) } else { IndexExpr::idx(k) }).collect();
+    vector_loads(kernel).iter().zip(&kernel.body).filter(|(v, _)| **v).all(|(_, v)| match &v.inst {
+        Inst::Load { offset, .. } => multiple_of(&offset.bind_args(&launch.args).substitute(&zero_last), 4),
+        _ => true,
+    })
+}
+
+/// True when every value of `e` is provably a multiple of `m` (whatever its loop
+/// indices).
+fn multiple_of(e: &IndexExpr, m: i64) -> bool {
+    use IndexExpr as E;
+    match e {
+        E::Const(c) => c % m == 0,
+        E::Add(a, b) | E::Sub(a, b) | E::Min(a, b) | E::Max(a, b) => multiple_of(a, m) && multiple_of(b, m),
+        E::Mul(a, b) => multiple_of(a, m) || multiple_of(b, m),
+        E::Select(_, t, o) => multiple_of(t, m) && multiple_of(o, m),
+        _ => false,
+    }
+}
+
+/// The 16-byte variant of an element-wise kernel (see [`has_vector_variant`]),
+/// with index type `IX`; `n` counts positions (a multiple of 4).
+fn vector_kernel(kernel: &Kernel, name: &str) -> String {
+    let mut s = kernel_head(kernel, name);
+    let _ = writeln!(s, "  const IX n4 = n / 4;");
+    let _ = writeln!(
+        s,
+        "  for (IX p4 = (IX)blockIdx.x * (IX)blockDim.x + (IX)threadIdx.x; p4 < n4; p4 += (IX)gridDim.x * (IX)blockDim.x) {{"
+    );
+    let _ = writeln!(s, "    const IX p = p4 * 4;");
+    out_indices(&mut s, kernel);
+    let last = kernel.out_rank - 1;
+    let vec = vector_loads(kernel);
+    for (k, v) in kernel.body.iter().enumerate() {
+        if let (true, Inst::Load { input, offset, .. }) = (vec[k], &v.inst) {
+            let ty = if kernel.inputs[*input] == DType::F32 { "float4" } else { "int4" };
+            let st = storage(kernel.inputs[*input]);
+            let _ = writeln!(s, "    const {ty} L{k} = *(const {ty}*)&((const {st}*)in{input})[{}];", iexpr(offset));
+        }
+    }
+    for (k, o) in kernel.outputs.iter().enumerate() {
+        let _ = writeln!(s, "    {} r{k}[4];", storage(o.dtype));
+    }
+    let _ = writeln!(s, "    const IX base = i{last};");
+    for (lane, field) in ["x", "y", "z", "w"].into_iter().enumerate() {
+        let _ = writeln!(s, "    {{");
+        let _ = writeln!(s, "      const IX i{last} = base + {lane};");
+        let lane_load = |k: usize| vec[k].then(|| format!("L{k}.{field}"));
+        values_with(&mut s, &kernel.body, &kernel.inputs, "b", "      ", &lane_load);
+        for (k, o) in kernel.outputs.iter().enumerate() {
+            let _ = writeln!(s, "      r{k}[{lane}] = {};", store_expr(o.dtype, &format!("b{}", o.value)));
+        }
+        let _ = writeln!(s, "    }}");
+    }
+    for (k, o) in kernel.outputs.iter().enumerate() {
+        let (ty, make) = if o.dtype == DType::F32 { ("float4", "make_float4") } else { ("int4", "make_int4") };
+        let _ = writeln!(s, "    *({ty}*)&out{k}[p] = {make}(r{k}[0], r{k}[1], r{k}[2], r{k}[3]);");
+    }
+    let _ = writeln!(s, "  }}");
+    let _ = writeln!(s, "}}");
+    s
+}
+
+/// The functions a kernel's module may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Variant {
+    /// The grid-stride (or scatter-row) kernel; every kernel has it.
+    Grid,
+    /// The block-per-output reduction ([`has_block_variant`]).
+    Block,
+    /// The 16-byte element-wise variant ([`has_vector_variant`]).
+    Vector,
+}
+
+/// The source of one variant of `kernel` named `name` with the index arithmetic of
+/// `width` (the kernel must have that variant), without the prelude.
+pub fn variant_source(kernel: &Kernel, name: &str, variant: Variant, width: IndexWidth) -> String {
+    let body = match variant {
+        Variant::Grid => grid_kernel(kernel, name),
+        Variant::Block => block_kernel(kernel, name),
+        Variant::Vector => vector_kernel(kernel, name),
+    };
+    with_index_type(width, body)
 }
 
 /// Positions and loop trip counts up to this run the 32-bit variants (room for the
@@ -659,22 +801,8 @@ pub fn narrow_fits(kernel: &Kernel, launch: &crate::ir::Launch) -> bool {
 /// True when `e` and every sub-expression of it provably lie within `i32` over
 /// `ranges`.
 fn all_within_i32(e: &IndexExpr, ranges: &[(i64, i64)]) -> bool {
-    use IndexExpr as E;
-    let within =
-        |x: &IndexExpr| x.bounds(ranges).is_some_and(|(lo, hi)| lo >= i64::from(i32::MIN) && hi <= i64::from(i32::MAX));
-    within(e)
-        && match e {
-            E::Const(_) | E::Idx(_) | E::Arg(_) => true,
-            E::Add(a, b)
-            | E::Sub(a, b)
-            | E::Mul(a, b)
-            | E::FloorDiv(a, b)
-            | E::Mod(a, b)
-            | E::Min(a, b)
-            | E::Max(a, b)
-            | E::Cmp(_, a, b) => all_within_i32(a, ranges) && all_within_i32(b, ranges),
-            E::Select(c, t, o) => all_within_i32(c, ranges) && all_within_i32(t, ranges) && all_within_i32(o, ranges),
-        }
+    let within = e.bounds(ranges).is_some_and(|(lo, hi)| lo >= i64::from(i32::MIN) && hi <= i64::from(i32::MAX));
+    within && e.operands().all(|x| all_within_i32(x, ranges))
 }
 
 #[cfg(test)]
@@ -730,5 +858,30 @@ mod tests {
             assert!(tu.contains(&format!("#define IX {ty}\n")), "{width:?}");
             assert_eq!(tu.matches("#define IX").count(), tu.matches("#undef IX").count());
         }
+    }
+
+    #[test]
+    fn sixteen_byte_access_only_where_rows_and_offsets_are_aligned() {
+        // a contiguous [6, 8] read: one vector load per four lanes
+        let (k, l) = gather(E::idx(0) * E::Arg(0) + E::idx(1), &[6, 8], vec![8]);
+        assert_eq!(vector_loads(&k), vec![true]);
+        assert!(vector_fits(&k, &l));
+        // rows of 12 starting 4 elements in: still aligned
+        let (k, l) = gather(E::idx(0) * E::Arg(0) + E::idx(1) + 4, &[6, 8], vec![12]);
+        assert!(vector_fits(&k, &l));
+        // starting 2 elements in: not 16-byte aligned
+        let (k, l) = gather(E::idx(0) * E::Arg(0) + E::idx(1) + 2, &[6, 8], vec![12]);
+        assert!(!vector_fits(&k, &l));
+        // a row stride that is not a multiple of 4
+        let (k, l) = gather(E::idx(0) * E::Arg(0) + E::idx(1), &[6, 8], vec![10]);
+        assert!(!vector_fits(&k, &l));
+        // a last dimension of 6: four lanes would cross rows
+        let (k, l) = gather(E::idx(0) * E::Arg(0) + E::idx(1), &[6, 6], vec![6]);
+        assert!(!vector_fits(&k, &l));
+        // a transposed read is gathered lane by lane: the variant still applies
+        let (k, l) = gather(E::idx(1) * E::Arg(0) + E::idx(0), &[6, 8], vec![6]);
+        assert_eq!(vector_loads(&k), vec![false]);
+        assert!(vector_fits(&k, &l));
+        assert!(translation_unit(&k, "kernel").contains("void kernel_v4("));
     }
 }

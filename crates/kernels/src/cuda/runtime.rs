@@ -32,6 +32,8 @@ pub struct Loaded {
     func: CudaFunction,
     /// The block-per-output variant of a reduction kernel.
     block: Option<CudaFunction>,
+    /// The 16-byte variant of an element-wise kernel (see [`emit::has_vector_variant`]).
+    vector: Option<CudaFunction>,
 }
 
 // SAFETY: CUDA functions and modules may be used from any thread of the process; the
@@ -160,7 +162,12 @@ impl Runtime {
             } else {
                 None
             };
-            Ok(Loaded { func, block })
+            let vector = if emit::has_vector_variant(kernel) {
+                Some(module.load_function("kernel_v4").map_err(driver_err("cuModuleGetFunction"))?)
+            } else {
+                None
+            };
+            Ok(Loaded { func, block, vector })
         })
     }
 
@@ -209,8 +216,14 @@ impl Runtime {
             // a block per output when each output reduces enough elements to keep a
             // block busy; one thread per output otherwise
             let plain = &loaded.func;
-            let (func, blocks) = match &loaded.block {
-                Some(block) if red_n >= 128 => (block, (n as u64).min(u64::from(self.sms) * 16) as u32),
+            let vector = loaded.vector.as_ref().filter(|_| emit::vector_fits(kernel, launch));
+            let (func, blocks) = match (&loaded.block, vector) {
+                (Some(block), _) if red_n >= 128 => (block, (n as u64).min(u64::from(self.sms) * 16) as u32),
+                // four positions per thread, 16-byte loads and stores
+                (_, Some(v)) => {
+                    let quads = (n as u64) / 4;
+                    (v, quads.div_ceil(u64::from(threads)).min(u64::from(self.sms) * 32) as u32)
+                }
                 _ if kernel.has_scatter() => {
                     let rows = (n as u64).div_ceil(row_len as u64);
                     (plain, rows.div_ceil(u64::from(threads)).min(u64::from(self.sms) * 32) as u32)
