@@ -418,3 +418,67 @@ fn strided_convolutions_equal_subsampled_unit_stride_ones() {
         });
     }
 }
+
+/// `conv_transpose2d_library` (cuDNN's backward-data pass on the CUDA backend; here
+/// its host loop) against `conv_transpose2d` on the reference backend (a matrix
+/// product and a scatter-add), forward and backward (input, weight, bias), for
+/// strides with output padding, groups and dilation.
+#[test]
+fn library_transposed_convolutions_match_the_reference_backend() {
+    let mut rng = Rng::fresh("library_transposed_convolutions_match_the_reference_backend");
+    let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
+    let cpu = Flags { backend: Backend::Cpu, fusion: true, dump: false };
+    let cases = [
+        (
+            [2, 4, 5, 6],
+            [4, 3, 3, 3],
+            ConvTranspose2dOptions { stride: [2, 2], padding: [1, 1], output_padding: [1, 0], ..Default::default() },
+        ),
+        ([1, 6, 4, 5], [6, 2, 3, 2], ConvTranspose2dOptions { stride: [1, 2], groups: 3, ..Default::default() }),
+        (
+            [1, 2, 5, 4],
+            [2, 3, 3, 3],
+            ConvTranspose2dOptions { dilation: [2, 1], padding: [2, 1], ..Default::default() },
+        ),
+    ];
+    for (xs, ws, o) in cases {
+        let x = rng.nd(&xs, -1.0, 1.0).rounded(DType::F32).data;
+        let w = rng.nd(&ws, -1.0, 1.0).rounded(DType::F32).data;
+        let cout = ws[1] * o.groups;
+        let b = rng.nd(&[cout], -1.0, 1.0).rounded(DType::F32).data;
+        type TConv = fn(&Var, &Var, Option<&Var>, &ConvTranspose2dOptions) -> jit_core::Result<Var>;
+        let eval = |conv: TConv, flags: Flags, dtype: DType, gy: Option<&[f64]>| -> (Vec<Vec<f64>>, Vec<usize>) {
+            with_flags(flags, || {
+                let v = |d: &[f64], s: &[usize]| {
+                    Var::from_vec(d.to_vec(), s).unwrap().cast(dtype).requires_grad_(true).unwrap()
+                };
+                let (xv, wv, bv) = (v(&x, &xs), v(&w, &ws), v(&b, &[cout]));
+                let y = conv(&xv, &wv, Some(&bv), &o).unwrap();
+                let shape = y.shape().to_vec();
+                let Some(gy) = gy else { return (vec![], shape) };
+                let seed = Var::from_vec(gy.to_vec(), &shape).unwrap().cast(dtype);
+                let grads =
+                    grad_with(&y, &[xv, wv, bv], GradOptions { seed: Some(seed), create_graph: false }).unwrap();
+                let mut all = vec![y];
+                all.extend(grads);
+                realize(&all).unwrap();
+                (all.iter().map(|t| t.to_vec_f64().unwrap()).collect(), shape)
+            })
+        };
+        let (_, shape) = eval(conv_transpose2d, reference, DType::F64, None);
+        let gy = rng.nd(&shape, -1.0, 1.0).rounded(DType::F32).data;
+        let (want, _) = eval(conv_transpose2d, reference, DType::F64, Some(&gy));
+        let (got, got_shape) = eval(conv_transpose2d_library, cpu, DType::F32, Some(&gy));
+        assert_eq!(got_shape, shape, "{o:?}");
+        check(&format!("transposed {o:?}"), &got, &want);
+        let planned = with_flags(cpu, || {
+            let xv = Var::from_vec(x.clone(), &xs).unwrap();
+            let wv = Var::from_vec(w.clone(), &ws).unwrap();
+            planned_externs(&[conv_transpose2d_library(&xv, &wv, None, &o).unwrap()]).unwrap()
+        });
+        assert!(
+            matches!(planned.as_slice(), [ExternOp::Conv2d { pass: ConvPass::BackwardData, .. }]),
+            "{o:?}: {planned:?}"
+        );
+    }
+}

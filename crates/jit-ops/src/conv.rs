@@ -491,7 +491,23 @@ fn conv2d_with(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions, library: bo
 
 /// `torch.nn.functional.conv_transpose2d`: `x` is `[N, Cin, H, W]`, `w` is
 /// `[Cin, Cout / groups, kh, kw]`, `b` is `[Cout]`.
+///
+/// On the CUDA backend with cuDNN (and `output_padding` smaller than the stride)
+/// this is [`conv_transpose2d_library`]; otherwise a matrix product followed by a
+/// scatter-add.
 pub fn conv_transpose2d(x: &Var, w: &Var, b: Option<&Var>, o: &ConvTranspose2dOptions) -> Result<Var> {
+    conv_transpose2d_with(x, w, b, o, cudnn_convolutions())
+}
+
+/// `conv_transpose2d` as the data gradient of the convolution it is the adjoint
+/// of: one library call ([`ExternOp::Conv2d`]'s backward-data pass, cuDNN on the
+/// CUDA backend, host loops elsewhere), differentiable like [`conv2d_library`].
+/// Needs `output_padding` smaller than the stride (else the matrix-product path).
+pub fn conv_transpose2d_library(x: &Var, w: &Var, b: Option<&Var>, o: &ConvTranspose2dOptions) -> Result<Var> {
+    conv_transpose2d_with(x, w, b, o, true)
+}
+
+fn conv_transpose2d_with(x: &Var, w: &Var, b: Option<&Var>, o: &ConvTranspose2dOptions, library: bool) -> Result<Var> {
     let op = "conv_transpose2d";
     let [n, cin, h, wd] = dims4(op, "input", x)?;
     let [wcin, cog, kh, kw] = dims4(op, "weight", w)?;
@@ -525,6 +541,20 @@ pub fn conv_transpose2d(x: &Var, w: &Var, b: Option<&Var>, o: &ConvTranspose2dOp
         })
     };
     let (oh, ow) = (size(h, kh, 0)?, size(wd, kw, 1)?);
+    // the convolution of an [oh, ow] input with these options has an [h, wd] output
+    // exactly when the output padding is below the stride
+    if library && o.output_padding[0] < o.stride[0] && o.output_padding[1] < o.stride[1] {
+        let spec = Conv2dSpec {
+            input: [oh, ow],
+            kernel: [kh, kw],
+            stride: o.stride,
+            padding: o.padding,
+            dilation: o.dilation,
+            groups: g,
+        };
+        let y = Var::extern_op(ExternOp::Conv2d { pass: ConvPass::BackwardData, spec }, &[x.clone(), w.clone()])?;
+        return add_bias(y, b);
+    }
     let cig = cin / g;
     let kk = cog * kh * kw;
     let xm = x.reshape(&[(n * g) as isize, cig as isize, (h * wd) as isize])?;

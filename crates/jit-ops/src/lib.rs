@@ -30,7 +30,10 @@ pub mod shape;
 pub mod upsample;
 
 pub use activation::Activations;
-pub use conv::{conv2d, conv2d_library, conv_transpose2d, Conv2dOptions, ConvPadding, ConvTranspose2dOptions};
+pub use conv::{
+    conv2d, conv2d_library, conv_transpose2d, conv_transpose2d_library, Conv2dOptions, ConvPadding,
+    ConvTranspose2dOptions,
+};
 pub use jit_core::{DType, Device, Error, Result, Var};
 pub use linalg::{linear, matmul};
 pub use loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_loss, Reduction};
@@ -44,7 +47,8 @@ pub use upsample::{upsample_bilinear2d, Resize};
 pub mod prelude {
     pub use crate::activation::Activations;
     pub use crate::conv::{
-        conv2d, conv2d_library, conv_transpose2d, Conv2dOptions, ConvPadding, ConvTranspose2dOptions,
+        conv2d, conv2d_library, conv_transpose2d, conv_transpose2d_library, Conv2dOptions, ConvPadding,
+        ConvTranspose2dOptions,
     };
     pub use crate::linalg::{linear, matmul};
     pub use crate::loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_loss, Reduction};
