@@ -37,8 +37,11 @@ fn handle() -> Option<&'static Mutex<Handle>> {
             // SAFETY: `h` is a live handle; the stream belongs to the bound context.
             unsafe { cudarc::cublas::result::set_stream(h, rt.cu_stream().cast()) }
                 .map_err(|e| format!("cublasSetStream: {e}"))?;
-            let tf32 = std::env::var("JIT_ALLOW_TF32").is_ok_and(|v| v.trim() == "1");
-            let mode = if tf32 { cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH } else { cublasMath_t::CUBLAS_DEFAULT_MATH };
+            let mode = if super::tf32_allowed() {
+                cublasMath_t::CUBLAS_TF32_TENSOR_OP_MATH
+            } else {
+                cublasMath_t::CUBLAS_DEFAULT_MATH
+            };
             // SAFETY: `h` is a live handle.
             unsafe { cudarc::cublas::sys::cublasSetMathMode(h, mode) }
                 .result()

@@ -19,6 +19,7 @@
 
 use super::memory::DeviceBuffer;
 use super::runtime::runtime;
+use super::tf32_allowed;
 use crate::buffer::Buffer;
 use crate::conv2d::{Conv2dDims, Conv2dSpec};
 use crate::dtype::DType;
@@ -121,10 +122,6 @@ type Key = (ConvPass, Conv2dSpec, [usize; 3], DType);
 fn chosen() -> &'static Mutex<HashMap<Key, Option<Choice>>> {
     static C: OnceLock<Mutex<HashMap<Key, Option<Choice>>>> = OnceLock::new();
     C.get_or_init(Default::default)
-}
-
-fn tf32_allowed() -> bool {
-    std::env::var("JIT_ALLOW_TF32").is_ok_and(|v| v.trim() == "1")
 }
 
 fn benchmark() -> bool {

@@ -35,6 +35,13 @@ fn candidates(lib: &str) -> String {
     format!("tried {} and {} more names on the loader path", shown.join(", "), names.len().saturating_sub(4))
 }
 
+/// Whether f32 matrix products and convolutions may use TF32 tensor cores
+/// (`JIT_ALLOW_TF32=1`, PyTorch's `allow_tf32`); read once per process.
+pub fn tf32_allowed() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("JIT_ALLOW_TF32").is_ok_and(|v| v.trim() == "1"))
+}
+
 /// True when libnvrtc can be loaded (no GPU needed).
 pub fn nvrtc_present() -> bool {
     // SAFETY: only tries to open the library by name; no symbol is called.
