@@ -8,12 +8,7 @@
 # and run ./gpu-check.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bins=$(cargo test --release -p integration-tests --no-run --message-format=json 2>/dev/null |
-    python3 -c 'import json,sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
-        print(m["executable"])')
+bins=$(bash scripts/test-executables.sh)
 cargo build --release -p jit-ops --example mlp
 cargo build --release -p benches --bin jit_bench --bin style_bench --bin stylize_bench --bin vgg_bench
 stage=$(mktemp -d)

@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 pub mod cuda_emu;
+pub mod fake_device;
 pub mod gradcheck;
 pub mod graphgen;
 pub mod workloads;
