@@ -151,8 +151,15 @@ fn arbitrary_transform_int8_matches_onnxruntime() {
     // for single-step flips from f32 summation order (first at contract/conv1:
     // a handful of the 1.2M values); 13 quantised instance norms amplify them to
     // max 0.18 of the output range, 36% of values beyond 1e-4 but few beyond 5e-2.
-    assert!(worst <= 0.25, "max {worst:e}");
-    assert!(frac5 <= 0.05, "fraction beyond 5e-2: {frac5}");
+    // Another summation order flips other steps, and they grow the same way: the
+    // reference backend (sums in f64) gives max 0.265 and 16.5% beyond 5e-2, the
+    // mean within 5e-4, and so does the CUDA backend on the emulated device
+    // (`cuda_device_emulated.rs`, whose cuDNN and cuBLAS sum in f64), to the same
+    // digits. Off the CPU backend the bound is that order's, with a margin.
+    let (max_worst, max_frac5) =
+        if jit_core::flags().backend == jit_core::Backend::Cpu { (0.25, 0.05) } else { (0.35, 0.25) };
+    assert!(worst <= max_worst, "max {worst:e}");
+    assert!(frac5 <= max_frac5, "fraction beyond 5e-2: {frac5}");
     assert!((mean - want).abs() < 3e-3, "mean {mean} vs {want}");
 }
 
