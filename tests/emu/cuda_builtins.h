@@ -56,7 +56,18 @@ static void j_run_seq(unsigned blocks, unsigned threads, const std::function<voi
   for (unsigned b = 0; b < blocks; ++b)
     for (unsigned t = 0; t < threads; ++t) { blockIdx.x = b; threadIdx.x = t; body(); }
 }
-/* cooperating threads: one OS thread each, a block at a time */
+/* cooperating threads: one OS thread each, a block at a time. A host that keeps a
+   pool of threads (the emulated device) attaches it with jemu_attach; without one,
+   each block starts and joins its own threads. */
+typedef void (*j_pool_fn)(unsigned threads, void (*run)(void*, unsigned), void* ctx);
+static j_pool_fn j_pool = nullptr;
+extern "C" __attribute__((visibility("default"))) void jemu_attach(j_pool_fn pool) { j_pool = pool; }
+struct JBlock { const std::function<void()>* body; unsigned b, blocks, threads; };
+static void j_block_thread(void* ctx, unsigned t) {
+  const JBlock* k = (const JBlock*)ctx;
+  gridDim.x = k->blocks; blockDim.x = k->threads; blockIdx.x = k->b; threadIdx.x = t;
+  (*k->body)();
+}
 static void j_run_par(unsigned blocks, unsigned threads, const std::function<void()>& body) {
   for (unsigned b = 0; b < blocks; ++b) {
     std::barrier<> block((std::ptrdiff_t)threads);
@@ -67,12 +78,14 @@ static void j_run_par(unsigned blocks, unsigned threads, const std::function<voi
       warps.push_back(new std::barrier<>((std::ptrdiff_t)k));
       j_bar_warp[w] = warps.back();
     }
-    std::vector<std::thread> ts;
-    for (unsigned t = 0; t < threads; ++t)
-      ts.emplace_back([&body, b, t, blocks, threads] {
-        gridDim.x = blocks; blockDim.x = threads; blockIdx.x = b; threadIdx.x = t; body();
-      });
-    for (auto& t : ts) t.join();
+    JBlock ctx{&body, b, blocks, threads};
+    if (j_pool) {
+      j_pool(threads, j_block_thread, &ctx);
+    } else {
+      std::vector<std::thread> ts;
+      for (unsigned t = 0; t < threads; ++t) ts.emplace_back([&ctx, t] { j_block_thread(&ctx, t); });
+      for (auto& t : ts) t.join();
+    }
     for (auto* w : warps) delete w;
   }
 }
