@@ -1,11 +1,11 @@
 //! The CUDA backend end to end without a GPU: a child process runs its work with
 //! `JIT_BACKEND=cuda` on the emulated device of `integration_tests::fake_device`
-//! (the driver, NVRTC and cuBLAS answered on the host; kernels are the emitted CUDA
-//! C compiled by g++). What runs is the real runtime: device-resident values, the
+//! (the driver, NVRTC, cuBLAS and cuDNN answered on the host; kernels are the
+//! emitted CUDA C compiled by g++). What runs is the real runtime: device-resident values, the
 //! caching allocator, host/device copies, module loading from NVRTC's output and
 //! from the disk cache, the launch parameter packing, the choice of grid, block,
-//! 16-byte and 32-bit variants, and cuBLAS's argument marshalling (every transpose
-//! flag and dtype). Device memory is guarded (an access past a block faults, a copy
+//! 16-byte and 32-bit variants, and the cuBLAS and cuDNN argument marshalling
+//! (every transpose flag and dtype; convolutions with cuDNN and without). Device memory is guarded (an access past a block faults, a copy
 //! outside a live block is an error) and starts as NaN bytes, so an unwritten
 //! output shows.
 //!
@@ -67,6 +67,15 @@ fn the_cuda_backend_runs_on_an_emulated_device() {
     let _ = std::fs::remove_dir_all(&root);
 }
 
+/// Each output's shape equal and values close (the graph tests' tolerance).
+fn assert_outputs_close(got: &[(Vec<usize>, Vec<f64>)], want: &[(Vec<usize>, Vec<f64>)], what: &str) {
+    for (k, ((gs, g), (ws, w))) in got.iter().zip(want).enumerate() {
+        let ctx = format!("{what}, output {k}");
+        assert_eq!(gs, ws, "{ctx}");
+        assert_values_close(g, w, 2e-4, 2e-5, &ctx);
+    }
+}
+
 /// Random meta-op graphs (fixed seeds, so that the warm phase needs the same
 /// kernels): values and gradients on CUDA, fused and unfused, against the reference.
 fn graphs() {
@@ -75,21 +84,13 @@ fn graphs() {
         let want = evaluate(seed, reference).unwrap_or_else(|e| panic!("graph {seed} on the reference: {e}"));
         for fusion in [true, false] {
             let got = evaluate(seed, cuda(fusion)).unwrap_or_else(|e| panic!("graph {seed} on cuda: {e}"));
-            for (k, ((gs, g), (ws, w))) in got.iter().zip(&want).enumerate() {
-                let ctx = format!("graph seed {seed} output {k} cuda (fusion {fusion}) vs reference");
-                assert_eq!(gs, ws, "{ctx}");
-                assert_values_close(g, w, 2e-4, 2e-5, &ctx);
-            }
+            assert_outputs_close(&got, &want, &format!("graph seed {seed} cuda (fusion {fusion}) vs reference"));
         }
     }
     for seed in 100..108u64 {
         let want = evaluate_grads(seed, reference).unwrap_or_else(|e| panic!("gradients {seed} on the reference: {e}"));
         let got = evaluate_grads(seed, cuda(true)).unwrap_or_else(|e| panic!("gradients {seed} on cuda: {e}"));
-        for (k, ((gs, g), (ws, w))) in got.iter().zip(&want).enumerate() {
-            let ctx = format!("gradient graph seed {seed} input {k} cuda vs reference");
-            assert_eq!(gs, ws, "{ctx}");
-            assert_values_close(g, w, 2e-4, 2e-5, &ctx);
-        }
+        assert_outputs_close(&got, &want, &format!("gradient graph seed {seed} cuda vs reference"));
     }
 }
 
