@@ -5,8 +5,8 @@
 # kernels compiled by g++) and runs gpu-check.sh's suites with every kernel on the
 # CUDA backend, on that device. What this checks: the CUDA runtime, allocator,
 # copies, launches, disk cache and library calls as the GPU session runs them; not
-# the device's speed, its own math functions or races between threads. Slow where a
-# suite launches many block reductions (one OS thread per emulated CUDA thread).
+# the device's speed, its own math functions or races between threads (a block's
+# threads run as fibers on one OS thread, switching at barriers).
 #
 #   bash scripts/emulated-gpu-check.sh            # BUDGET_S (default 3600) bounds the run
 # Logs: target/emulated-gpu-check/logs. Needs g++ (or $CXX).

@@ -39,8 +39,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <condition_variable>
-#include <thread>
 #include <map>
 #include <mutex>
 #include <string>
@@ -350,52 +348,6 @@ static std::string temp_dir() {
   return d ? d : "/tmp";
 }
 
-/* The threads of a cooperating block (see j_run_par in cuda_builtins.h): started
-   once and kept, so that a launch of a block reduction wakes threads instead of
-   creating hundreds. One run at a time (launches are serialised). */
-struct Pool {
-  std::mutex m;
-  std::condition_variable start, done;
-  unsigned generation = 0, active = 0, remaining = 0, started = 0;
-  void (*run)(void*, unsigned) = nullptr;
-  void* ctx = nullptr;
-
-  void worker(unsigned id) {
-    unsigned seen = 0;
-    for (;;) {
-      std::unique_lock<std::mutex> l(m);
-      start.wait(l, [&] { return generation != seen; });
-      seen = generation;
-      if (id >= active) continue;
-      auto fn = run;
-      void* c = ctx;
-      l.unlock();
-      fn(c, id);
-      l.lock();
-      if (--remaining == 0) done.notify_all();
-    }
-  }
-
-  void dispatch(unsigned threads, void (*fn)(void*, unsigned), void* c) {
-    std::unique_lock<std::mutex> l(m);
-    while (started < threads) {
-      unsigned id = started++;
-      std::thread([this, id] { worker(id); }).detach();
-    }
-    run = fn, ctx = c, active = threads, remaining = threads;
-    generation++;
-    start.notify_all();
-    done.wait(l, [&] { return remaining == 0; });
-  }
-};
-
-/* never destroyed: its threads wait on it until the process ends */
-static Pool* g_pool = new Pool();
-
-static void pool_dispatch(unsigned threads, void (*fn)(void*, unsigned), void* ctx) {
-  g_pool->dispatch(threads, fn, ctx);
-}
-
 CUresult cuModuleLoadData(void** module, const void* image) {
   const unsigned char* p = (const unsigned char*)image;
   if (memcmp(p, MAGIC, 8) != 0) {
@@ -420,8 +372,6 @@ CUresult cuModuleLoadData(void** module, const void* image) {
   if (!lib) jemu_say("cuModuleLoadData: %s", dlerror() ? dlerror() : "short write");
   unlink(name.data());
   if (!lib) return CUDA_ERROR_INVALID_IMAGE;
-  typedef void (*Attach)(void (*)(unsigned, void (*)(void*, unsigned), void*));
-  if (Attach attach = (Attach)dlsym(lib, "jemu_attach")) attach(pool_dispatch);
   *module = new Module{lib};
   return CUDA_SUCCESS;
 }

@@ -4,8 +4,8 @@
 //! `__shfl_down_sync`, `__shared__`, the bit casts and the saturating float to
 //! integer conversions), and launched on an emulated grid: the grid-stride and
 //! scatter kernels one thread after another, the block-reduction variant with one
-//! OS thread per CUDA thread (barriers for `__syncthreads` and for each warp's
-//! shuffles). Without a GPU this checks what the generated code computes, not only
+//! fiber per CUDA thread (switching at `__syncthreads` and at each warp's
+//! shuffles; `the_emulated_block_scheduler_keeps_barrier_semantics` checks it). Without a GPU this checks what the generated code computes, not only
 //! that it compiles; it cannot see what only hardware shows (races between threads,
 //! memory coalescing, the device's own `expf`).
 //!

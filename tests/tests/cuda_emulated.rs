@@ -181,3 +181,43 @@ fn the_stylize_network_runs_on_an_emulated_grid() {
     assert!(runs.len() > 20, "only {} kernels captured", runs.len());
     emulate_all(&runs, "multistyle26");
 }
+
+/// The emulated block scheduler itself (`j_run_par` in `tests/emu/cuda_builtins.h`,
+/// which the block-reduction kernels above and the emulated device run on): shared
+/// memory across `__syncthreads`, warp shuffles and a reduction across warps come
+/// out right, and a `__syncthreads` that one thread skips is reported as a
+/// deadlock, with the x86-64 stack switch and with ucontext
+/// (`tests/emu/block_scheduler_check.cpp`).
+#[test]
+fn the_emulated_block_scheduler_keeps_barrier_semantics() {
+    let Some(cxx) = integration_tests::cuda_emu::compiler() else {
+        assert!(std::env::var("JIT_REQUIRE_CXX").is_err(), "JIT_REQUIRE_CXX is set but there is no C++ compiler");
+        println!("SKIPPED: no g++ or c++ on the PATH");
+        return;
+    };
+    let emu = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("emu");
+    let dir = std::env::temp_dir().join(format!("jit-block-scheduler-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    for (mode, define) in [("stack switch", None), ("ucontext", Some("-DJEMU_UCONTEXT"))] {
+        let exe = dir.join(format!("check{}", if define.is_some() { "_ucontext" } else { "" }));
+        let built = std::process::Command::new(&cxx)
+            .args(["-std=c++20", "-O1", "-w", "-pthread"])
+            .args(define)
+            .arg("-include")
+            .arg(emu.join("cuda_builtins.h"))
+            .arg(emu.join("block_scheduler_check.cpp"))
+            .arg("-o")
+            .arg(&exe)
+            .output()
+            .expect("run the C++ compiler");
+        assert!(built.status.success(), "{mode}: {}", String::from_utf8_lossy(&built.stderr));
+        let run = std::process::Command::new(&exe).arg("run").output().expect("run the check");
+        let said = String::from_utf8_lossy(&run.stdout);
+        assert!(run.status.success() && said.trim() == "ok", "{mode}: {said}");
+        let stuck = std::process::Command::new(&exe).arg("deadlock").output().expect("run the check");
+        let err = String::from_utf8_lossy(&stuck.stderr);
+        assert!(!stuck.status.success(), "{mode}: the divergent barrier was not reported");
+        assert!(err.contains("block 0 of 1 deadlocks: 1 of 64 threads finished"), "{mode}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
