@@ -23,4 +23,4 @@ cp scripts/gpu-check.sh "$work/bin/"
 lib=$(cargo run --release -q -p integration-tests --example fake_device -- "$work/lib")
 echo "emulated device in $lib"
 LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" JEMU_TMPDIR="$work/tmp" JIT_FIXTURES_DIR="$PWD/tests/fixtures" \
-    LOGS="$work/logs" BUDGET_S=${BUDGET_S:-3600} JIT_DIFF_GRAPHS=${JIT_DIFF_GRAPHS:-100} bash "$work/bin/gpu-check.sh"
+    LOGS="$work/logs" BUDGET_S=${BUDGET_S:-3600} SUITE_CAP_S=${SUITE_CAP_S:-900} JIT_DIFF_GRAPHS=${JIT_DIFF_GRAPHS:-100} bash "$work/bin/gpu-check.sh"
