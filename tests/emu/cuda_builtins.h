@@ -68,6 +68,9 @@ static void j_run_seq(unsigned blocks, unsigned threads, const std::function<voi
    __syncthreads inside divergent code) would hang a GPU: reported and aborted.
    On x86-64 a switch is a few instructions (j_switch); elsewhere ucontext. */
 #if defined(__x86_64__) && !defined(JEMU_UCONTEXT)
+#define J_STACK_SWITCH 1
+#endif
+#ifdef J_STACK_SWITCH
 /* Saves the callee-saved registers, MXCSR and the x87 control word on the current
    stack, stores its pointer in *from and resumes the stack `to` (System V ABI). */
 __attribute__((naked, noinline)) static void j_switch(void** from, void* to) {
@@ -81,7 +84,7 @@ __attribute__((naked, noinline)) static void j_switch(void** from, void* to) {
 #endif
 struct JFibers {
   static constexpr size_t STACK = 128 * 1024, GUARD = 4096;
-#if defined(__x86_64__) && !defined(JEMU_UCONTEXT)
+#ifdef J_STACK_SWITCH
   void* scheduler = nullptr;
   std::vector<void*> sp;
 #else
@@ -93,7 +96,7 @@ struct JFibers {
   char* stacks = nullptr;
   const std::function<void()>* body = nullptr;
   explicit JFibers(unsigned n) : state(n), threads(n) {
-#if defined(__x86_64__) && !defined(JEMU_UCONTEXT)
+#ifdef J_STACK_SWITCH
     sp.resize(n);
 #else
     ctx.resize(n);
@@ -110,7 +113,7 @@ struct JFibers {
   void resume(unsigned t);
   void yield();
 };
-#if defined(__x86_64__) && !defined(JEMU_UCONTEXT)
+#ifdef J_STACK_SWITCH
 /* a stack that j_switch resumes into entry() as if it had been called */
 inline void JFibers::start(unsigned t, void (*entry)()) {
   void** top = (void**)(stack(t) + STACK);  // 16-byte aligned
@@ -154,9 +157,7 @@ static void j_fiber_entry() {
   f->yield();  // never resumed (ucontext: uc_link would return to the scheduler too)
 }
 static void j_run_par(unsigned blocks, unsigned threads, const std::function<void()>& body) {
-  JFibers fibers(threads);
-  JFibers* f = &fibers;
-  JFibers* outer = j_fibers;
+  JFibers fibers(threads), *f = &fibers, *outer = j_fibers;
   j_fibers = f;
   f->body = &body;
   gridDim.x = blocks; blockDim.x = threads;
