@@ -429,6 +429,18 @@ fn bad_inputs_and_files_give_one_clear_error() {
         .n(node("Add", &["x", "w"], &["y"], vec![]))
         .err();
     assert!(e.contains("initializer \"w\"") && e.contains("does not fit shape [3]"), "{e}");
+    // dims whose product overflows (once a panic; found by malformed_files.rs), and
+    // a huge shape with a few bytes of data
+    let e = G::new(vec![vi("x", dt::FLOAT, &["2"])], &["y"])
+        .init(f32_tensor("w", &[4, i64::MAX], &[1.0, 2.0]))
+        .n(node("Add", &["x", "w"], &["y"], vec![]))
+        .err();
+    assert!(e.contains("initializer \"w\"") && e.contains("more elements than this machine can address"), "{e}");
+    let e = G::new(vec![vi("x", dt::FLOAT, &["2"])], &["y"])
+        .init(f32_tensor("w", &[1 << 62, 2], &[1.0, 2.0]))
+        .n(node("Add", &["x", "w"], &["y"], vec![]))
+        .err();
+    assert!(e.contains("raw data of 8 bytes does not fit shape [4611686018427387904, 2]"), "{e}");
 }
 
 #[test]

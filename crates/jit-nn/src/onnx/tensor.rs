@@ -60,7 +60,10 @@ pub(crate) fn to_value(t: &TensorProto, dir: Option<&Path>) -> std::result::Resu
         }
         shape.push(d as usize);
     }
-    let n: usize = shape.iter().product();
+    let n = shape
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| format!("shape {:?} has more elements than this machine can address", t.dims))?;
     if dtype_of(t.data_type).is_none() {
         return Err(format!("element type {} is not supported", dt::name(t.data_type)));
     };
@@ -79,12 +82,11 @@ pub(crate) fn to_value(t: &TensorProto, dir: Option<&Path>) -> std::result::Resu
             dt::FLOAT16 | dt::BFLOAT16 | dt::INT16 | dt::UINT16 => 2,
             _ => 1,
         };
-        if raw.len() != n * size {
+        if n.checked_mul(size) != Some(raw.len()) {
             return Err(format!(
-                "raw data of {} bytes does not fit shape {shape:?} of {} ({} bytes)",
+                "raw data of {} bytes does not fit shape {shape:?} of {} ({n} values of {size} bytes)",
                 raw.len(),
                 dt::name(t.data_type),
-                n * size
             ));
         }
         match t.data_type {
