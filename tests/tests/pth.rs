@@ -96,3 +96,63 @@ fn modules_load_pth_checkpoints() {
     let e = conv.load_pth(&fixture("checkpoint.pth"), true, &|k| Some(k.to_string())).unwrap_err().to_string();
     assert!(e.contains("checkpoint.pth: missing keys: bias, weight; unexpected keys:"), "{e}");
 }
+
+/// A checkpoint `{"w": tensor}` over one storage of four f32 values, with the view's
+/// size and stride written into the pickle by hand (BININT1 or LONG1 integers).
+fn view_checkpoint(path: &std::path::Path, size: &[i64], stride: &[i64]) {
+    let int = |v: i64| -> Vec<u8> {
+        let mut b = vec![0x8a, 8]; // LONG1, 8 bytes
+        b.extend_from_slice(&v.to_le_bytes());
+        b
+    };
+    let tuple = |vs: &[i64]| -> Vec<u8> {
+        let mut b = vec![b'('];
+        for &v in vs {
+            b.extend(int(v));
+        }
+        b.push(b't');
+        b
+    };
+    let mut p = b"\x80\x02}X\x01\x00\x00\x00wctorch._utils\n_rebuild_tensor_v2\n(".to_vec();
+    p.extend_from_slice(
+        b"(X\x07\x00\x00\x00storagectorch\nFloatStorage\nX\x01\x00\x00\x000X\x03\x00\x00\x00cpuK\x04tQ",
+    );
+    p.extend_from_slice(b"K\x00");
+    p.extend(tuple(size));
+    p.extend(tuple(stride));
+    p.extend_from_slice(b"\x89ccollections\nOrderedDict\n)RtRs.");
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let opts = zip::write::SimpleFileOptions::default();
+    z.start_file("view/data.pkl", opts).unwrap();
+    std::io::Write::write_all(&mut z, &p).unwrap();
+    z.start_file("view/data/0", opts).unwrap();
+    std::io::Write::write_all(&mut z, &[0u8; 16]).unwrap();
+    z.finish().unwrap();
+}
+
+/// Views whose size and stride do not fit their storage are refused with the
+/// numbers, before anything is allocated (a size of 2^40 once aborted the process
+/// on an 8 TiB allocation; found by `malformed_files.rs`).
+#[test]
+fn views_past_their_storage_are_refused() {
+    let dir = std::env::temp_dir().join(format!("jit-pth-views-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("view.pth");
+    let load = |size: &[i64], stride: &[i64]| {
+        view_checkpoint(&p, size, stride);
+        pth::load(&p).map(|t| t.into_iter().map(|(k, v)| (k, v.to_vec::<f32>().unwrap())).collect::<Vec<_>>())
+    };
+    // the hand-written pickle itself is a valid checkpoint
+    assert_eq!(load(&[2, 2], &[2, 1]).unwrap(), vec![("w".to_string(), vec![0.0; 4])]);
+    assert_eq!(load(&[3, 2], &[0, 1]).unwrap()[0].1.len(), 6, "a broadcast view (stride 0) is read");
+    let err = |size: &[i64], stride: &[i64]| load(size, stride).unwrap_err().to_string();
+    let e = err(&[1 << 40], &[1]);
+    assert!(e.contains("view.pth") && e.contains("reads element 1099511627775, past the end of its 4 elements"), "{e}");
+    let e = err(&[1 << 62, 1 << 62], &[1, 1]);
+    assert!(e.contains("view.pth") && e.contains("overflows"), "{e}");
+    let e = err(&[1 << 60], &[0]);
+    assert!(e.contains("view.pth") && e.contains("does not fit in memory"), "{e}");
+    let e = err(&[2, 2], &[1]);
+    assert!(e.contains("has size [2, 2] but stride [1] (one stride per dimension)"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

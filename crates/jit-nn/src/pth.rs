@@ -380,14 +380,36 @@ impl Unpickler<'_> {
             .ok_or_else(|| self.err(format!("storage {key} holds {} bytes, too few for {numel} {dtype}", raw.len())))?;
         let offset = usize::try_from(*offset).map_err(|_| self.err("negative storage offset"))?;
         // gather through offset and strides (views and non-contiguous tensors)
-        let n: usize = size.iter().product();
-        let mut flat = Vec::with_capacity(n);
+        if stride.len() != size.len() {
+            return Err(self.err(format!(
+                "tensor in storage {key} has size {size:?} but stride {stride:?} (one stride per dimension)"
+            )));
+        }
+        let n = size.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        // the last element the view reads; every other element comes before it
+        let last = size
+            .iter()
+            .zip(&stride)
+            .try_fold(offset, |at, (&d, &s)| at.checked_add(d.saturating_sub(1).checked_mul(s)?));
+        let (Some(n), Some(last)) = (n, last) else {
+            return Err(self.err(format!(
+                "tensor in storage {key} with size {size:?}, stride {stride:?} and offset {offset} overflows"
+            )));
+        };
+        if n > 0 && last >= data.len() {
+            return Err(self.err(format!(
+                "tensor in storage {key} (size {size:?}, stride {stride:?}, offset {offset}) reads element {last}, \
+                 past the end of its {} elements",
+                data.len()
+            )));
+        }
+        let mut flat = Vec::new();
+        flat.try_reserve_exact(n).map_err(|_| {
+            self.err(format!("tensor in storage {key} of size {size:?} ({n} elements) does not fit in memory"))
+        })?;
         let mut idx = vec![0usize; size.len()];
         for _ in 0..n {
             let at = offset + idx.iter().zip(&stride).map(|(i, s)| i * s).sum::<usize>();
-            if at >= data.len() {
-                return Err(self.err(format!("tensor in storage {key} reads past its end")));
-            }
             flat.push(at);
             for d in (0..size.len()).rev() {
                 idx[d] += 1;
