@@ -141,6 +141,12 @@ pub fn parse_style(spec: &str) -> Result<[f32; NUM_STYLES]> {
     if !any || sum <= 0.0 {
         return Err(Error::argument(op, format!("style weights must not all be zero ({spec:?})")));
     }
+    if !sum.is_finite() {
+        return Err(Error::argument(
+            op,
+            format!("style weights are too large to blend ({spec:?} sums past {})", f32::MAX),
+        ));
+    }
     for v in &mut w {
         *v /= sum;
     }

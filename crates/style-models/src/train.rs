@@ -260,14 +260,18 @@ pub fn latest_checkpoint(dir: &Path, net: &dyn TrainNet) -> Option<u64> {
 
 /// Trains `net`, calling `report` after each step. Returns the step reached.
 pub fn train(net: &dyn TrainNet, o: &TrainOptions, report: &mut dyn FnMut(&StepReport)) -> Result<u64> {
-    if o.batch_size == 0 || o.crop == 0 || o.crop > o.image_size || o.lr <= 0.0 {
+    let finite_positive = |v: f64| v.is_finite() && v > 0.0;
+    if o.batch_size == 0 || o.crop == 0 || o.crop > o.image_size || !finite_positive(o.lr) {
         return Err(Error::argument(
             "train",
             format!(
-                "needs batch_size > 0, 0 < crop <= image_size and lr > 0 (got {}, {}, {}, {})",
+                "needs batch_size > 0, 0 < crop <= image_size and a finite lr > 0 (got {}, {}, {}, {})",
                 o.batch_size, o.crop, o.image_size, o.lr
             ),
         ));
+    }
+    if !(o.lr_decay.is_finite() && o.lr_decay >= 0.0) {
+        return Err(Error::argument("train", format!("lr_decay must be a finite number >= 0, got {}", o.lr_decay)));
     }
     let content = ImageFolder::new(&o.content_dir)?;
     let style = ImageFolder::new(&o.style_dir)?;

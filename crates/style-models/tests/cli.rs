@@ -48,6 +48,8 @@ fn argument_errors_are_one_line() {
     fails_with(&stylize(&[p, "--style", "3:0.5,x"]), "bad style");
     fails_with(&stylize(&[p, "--style", "3:-1"]), "non-negative");
     fails_with(&stylize(&[p, "--style", "3:0"]), "must not all be zero");
+    fails_with(&stylize(&[p, "--style", "3:3e38,4:3e38"]), "too large to blend");
+    fails_with(&stylize(&[p, "--strength", "NaN"]), "--strength must be between 0 and 1, got NaN");
     fails_with(&stylize(&[p, "--strength", "1.5"]), "--strength must be between 0 and 1, got 1.5");
     fails_with(&stylize(&[p, "--device", "tpu"]), "unknown device \"tpu\"");
     fails_with(&stylize(&[p, "--style-image", "/no/painting.jpg"]), "--style-image /no/painting.jpg: no such file");
@@ -179,8 +181,18 @@ fn network_commands_name_what_is_wrong() {
     let mut a = vec!["gatys".to_string(), p(&d.join("nope.jpg")), "--style".into(), p(&img), "--vgg".into(), p(&vgg)];
     fails_with(&run(a.clone()), "nope.jpg: no such file");
     a[1] = p(&img);
+    let gatys = a.clone();
     a.extend(["--steps".into(), "0".into()]);
     fails_with(&run(a), "--steps must be positive");
+    let mut a = gatys.clone();
+    a.extend(["--lr".into(), "NaN".into()]);
+    fails_with(&run(a), "--lr and --steps must be positive, got NaN");
+    let mut a = gatys.clone();
+    a.extend(["--style-weight=-1".into()]);
+    fails_with(&run(a), "--style-weight must be a finite number >= 0, got -1");
+    let mut a = gatys;
+    a.extend(["--tv-weight".into(), "inf".into()]);
+    fails_with(&run(a), "--tv-weight must be a finite number >= 0, got inf");
     let a = vec![
         "mccnet".to_string(),
         p(&img),
@@ -194,6 +206,16 @@ fn network_commands_name_what_is_wrong() {
         p(&dec),
     ];
     fails_with(&run(a), "MCC_Module");
+    let train = |extra: &[&str]| {
+        let mut a: Vec<String> =
+            ["train-adain", "--content-dir", "c", "--style-dir", "s", "--vgg"].iter().map(|x| x.to_string()).collect();
+        a.push(p(&vgg));
+        a.extend(extra.iter().map(|x| x.to_string()));
+        run(a)
+    };
+    fails_with(&train(&["--lr", "NaN"]), "a finite lr > 0 (got 8, 256, 512, NaN)");
+    fails_with(&train(&["--lr-decay=-1"]), "lr_decay must be a finite number >= 0, got -1");
+    fails_with(&train(&["--style-weight", "inf"]), "--style-weight must be a finite number >= 0, got inf");
     let text = d.join("not-an-image.png");
     std::fs::write(&text, "hello").unwrap();
     let mut a = base("adain");

@@ -355,8 +355,15 @@ fn run(cmd: Cmd) -> Res<()> {
         Cmd::Gatys { common: c, steps, optimizer, lr, content_weight, style_weight, tv_weight } => {
             check_inputs(&c)?;
             one_style(&c, "gatys")?;
-            if lr <= 0.0 || steps == 0 {
+            if !(lr.is_finite() && lr > 0.0) || steps == 0 {
                 return Err(format!("--lr and --steps must be positive, got {lr} and {steps}"));
+            }
+            for (flag, v) in
+                [("--content-weight", content_weight), ("--style-weight", style_weight), ("--tv-weight", tv_weight)]
+            {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(format!("{flag} must be a finite number >= 0, got {v}"));
+                }
             }
             let vgg = Vgg19::load(&c.vgg).map_err(s)?;
             let t = Instant::now();
@@ -406,6 +413,11 @@ fn run(cmd: Cmd) -> Res<()> {
             resume,
             quiet,
         } => {
+            for (flag, v) in [("--content-weight", content_weight), ("--style-weight", style_weight)] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(format!("{flag} must be a finite number >= 0, got {v}"));
+                }
+            }
             if crop % 8 != 0 {
                 return Err(format!("--crop must be a multiple of 8 (the decoder's), got {crop}"));
             }
