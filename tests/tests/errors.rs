@@ -137,6 +137,21 @@ fn huge_values_are_errors_not_crashes() {
         )),
         "{e}"
     );
+    // window parameters and paddings past what the size arithmetic holds
+    let x = Var::zeros(&[1, 2, 6, 6], DType::F32);
+    let w = Var::zeros(&[2, 2, 3, 3], DType::F32);
+    let huge = 1usize << 40;
+    let o = Conv2dOptions { dilation: [1, huge], ..Default::default() };
+    assert_eq!(msg(conv2d(&x, &w, None, &o)), "conv2d: dilation [1, 1099511627776] is too large (at most 2147483647)");
+    let o = ConvTranspose2dOptions { stride: [huge, 1], ..Default::default() };
+    assert!(msg(conv_transpose2d(&x, &w, None, &o)).contains("stride [1099511627776, 1] is too large"));
+    let o =
+        Pool2dOptions { kernel: [2, 2], stride: [2, 2], padding: [usize::MAX, 0], dilation: [1, 1], ceil_mode: false };
+    assert!(msg(max_pool2d(&x, &o)).contains("padding [18446744073709551615, 0] is too large"));
+    let e = msg(x.pad(&[usize::MAX, 1], PadMode::Constant(0.0)));
+    assert!(e.contains("padding (18446744073709551615, 1) of dim 3 (size 6) is too large"), "{e}");
+    let empty = Var::zeros(&[2, 2, 0, 3], DType::F32);
+    assert!(msg(conv2d(&x, &empty, None, &Conv2dOptions::default())).contains("has an empty kernel"));
 }
 
 #[test]

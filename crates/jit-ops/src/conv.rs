@@ -81,6 +81,21 @@ fn dims4(op: &str, what: &str, x: &Var) -> Result<[usize; 4]> {
     }
 }
 
+/// The largest stride, padding, dilation or kernel size the convolution and pooling
+/// operators accept: nothing real comes near it, and below it their size arithmetic
+/// cannot overflow (a value from a damaged model file is refused, not wrapped).
+pub(crate) const MAX_WINDOW_PARAM: usize = i32::MAX as usize;
+
+/// Refuses options above [`MAX_WINDOW_PARAM`], naming the option.
+pub(crate) fn check_window_params(op: &str, params: &[(&str, [usize; 2])]) -> Result<()> {
+    for (name, v) in params {
+        if v.iter().any(|&p| p > MAX_WINDOW_PARAM) {
+            return Err(Error::argument(op, format!("{name} {v:?} is too large (at most {MAX_WINDOW_PARAM})")));
+        }
+    }
+    Ok(())
+}
+
 fn check_bias(op: &str, b: Option<&Var>, channels: usize) -> Result<()> {
     if let Some(b) = b {
         if b.shape() != [channels] {
@@ -414,21 +429,28 @@ fn conv2d_with(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions, library: bo
             format!("stride {:?} and dilation {:?} must be positive", o.stride, o.dilation),
         ));
     }
+    check_window_params(op, &[("stride", o.stride), ("padding", o.padding), ("dilation", o.dilation)])?;
+    if kh == 0 || kw == 0 {
+        return Err(Error::shape(op, format!("the weight {:?} has an empty kernel", w.shape())));
+    }
     check_bias(op, b, oc)?;
     let out_size = |len: usize, k: usize, s: usize, p: usize, d: usize| -> Result<usize> {
-        let span = d * (k - 1) + 1;
-        if len + 2 * p < span {
+        let span = d.checked_mul(k - 1).map_or(usize::MAX, |v| v.saturating_add(1));
+        if len.saturating_add(2 * p) < span {
             return Err(Error::shape(
                 op,
                 format!(
                     "the input {:?} padded by {:?} is smaller than the dilated kernel {:?}",
                     x.shape(),
                     o.padding,
-                    [d * (kh - 1) + 1, o.dilation[1] * (kw - 1) + 1]
+                    [
+                        o.dilation[0].saturating_mul(kh - 1).saturating_add(1),
+                        o.dilation[1].saturating_mul(kw - 1).saturating_add(1)
+                    ]
                 ),
             ));
         }
-        Ok((len + 2 * p - span) / s + 1)
+        Ok((len.saturating_add(2 * p) - span) / s + 1)
     };
     let oh = out_size(h, kh, o.stride[0], o.padding[0], o.dilation[0])?;
     let ow = out_size(wd, kw, o.stride[1], o.padding[1], o.dilation[1])?;
@@ -524,6 +546,16 @@ fn conv_transpose2d_with(x: &Var, w: &Var, b: Option<&Var>, o: &ConvTranspose2dO
             format!("stride {:?} and dilation {:?} must be positive", o.stride, o.dilation),
         ));
     }
+    check_window_params(
+        op,
+        &[("stride", o.stride), ("padding", o.padding), ("dilation", o.dilation), ("output_padding", o.output_padding)],
+    )?;
+    if kh == 0 || kw == 0 || h == 0 || wd == 0 {
+        return Err(Error::shape(
+            op,
+            format!("the input {:?} and the weight {:?} must not be empty in space", x.shape(), w.shape()),
+        ));
+    }
     for d in 0..2 {
         if o.output_padding[d] >= o.stride[d].max(o.dilation[d]) {
             return Err(Error::argument(
@@ -535,7 +567,16 @@ fn conv_transpose2d_with(x: &Var, w: &Var, b: Option<&Var>, o: &ConvTranspose2dO
     let cout = cog * g;
     check_bias(op, b, cout)?;
     let size = |len: usize, k: usize, d: usize| -> Result<usize> {
-        let full = (len - 1) * o.stride[d] + o.dilation[d] * (k - 1) + o.output_padding[d] + 1;
+        let full = (len - 1)
+            .checked_mul(o.stride[d])
+            .zip(o.dilation[d].checked_mul(k - 1))
+            .and_then(|(a, b)| a.checked_add(b)?.checked_add(o.output_padding[d] + 1))
+            .ok_or_else(|| {
+                Error::shape(
+                    op,
+                    format!("the output size of input {:?} with weight {:?} overflows", x.shape(), w.shape()),
+                )
+            })?;
         full.checked_sub(2 * o.padding[d]).filter(|&s| s > 0).ok_or_else(|| {
             Error::shape(op, format!("padding {:?} leaves no output for input {:?}", o.padding, x.shape()))
         })

@@ -63,6 +63,10 @@ fn out_size(op: &str, len: usize, o: &Pool2dOptions, d: usize) -> Result<usize> 
             format!("kernel {:?}, stride {:?} and dilation must be positive", o.kernel, o.stride),
         ));
     }
+    crate::conv::check_window_params(
+        op,
+        &[("kernel", o.kernel), ("stride", o.stride), ("padding", o.padding), ("dilation", o.dilation)],
+    )?;
     if 2 * p > k {
         return Err(Error::argument(
             op,

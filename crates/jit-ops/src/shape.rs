@@ -203,6 +203,14 @@ impl ShapeOps for Var {
             let d = self.ndim() - 1 - k;
             let (lo, hi) = (pair[0], pair[1]);
             let n = self.shape()[d];
+            // sizes and index arithmetic are i64 in the kernels
+            let size = n.checked_add(lo).and_then(|s| s.checked_add(hi)).filter(|&s| s <= i64::MAX as usize);
+            let Some(size) = size else {
+                return Err(Error::Shape {
+                    op: "pad".into(),
+                    msg: format!("padding ({lo}, {hi}) of dim {d} (size {n}) is too large (shape {:?})", self.shape()),
+                });
+            };
             let j = E::idx(d) - lo as i64;
             exprs[d] = match mode {
                 PadMode::Constant(_) => j,
@@ -220,7 +228,7 @@ impl ShapeOps for Var {
                     E::c(m) - (E::c(m) - j.abs()).abs()
                 }
                 PadMode::Replicate => {
-                    if n == 0 && lo + hi > 0 {
+                    if n == 0 && (lo > 0 || hi > 0) {
                         return Err(Error::Shape {
                             op: "pad".into(),
                             msg: format!("cannot replicate-pad the empty dim {d} (shape {:?})", self.shape()),
@@ -229,7 +237,7 @@ impl ShapeOps for Var {
                     j.clamp(0, n as i64 - 1)
                 }
             };
-            shape[d] = n + lo + hi;
+            shape[d] = size;
         }
         let fill = if let PadMode::Constant(v) = mode { v } else { 0.0 };
         // the gradient as gathers (the reindex's own rule is a scatter-add, which
@@ -238,7 +246,7 @@ impl ShapeOps for Var {
             .chunks(2)
             .enumerate()
             .map(|(k, pair)| (self.ndim() - 1 - k, pair[0], pair[1]))
-            .filter(|&(_, lo, hi)| lo + hi > 0)
+            .filter(|&(_, lo, hi)| lo > 0 || hi > 0)
             .collect();
         if matches!(mode, PadMode::Replicate) || padded.is_empty() {
             return self.reindex(&shape, exprs, fill, vec![]);

@@ -286,12 +286,12 @@ impl IndexExpr {
             f(Box::new(a), Box::new(b))
         };
         match self {
-            E::Const(v) if v.abs() > 1 => {
+            E::Const(v) if v.unsigned_abs() > 1 => {
                 args.push(*v);
                 E::Arg(args.len() - 1)
             }
             E::Const(_) | E::Idx(_) | E::Arg(_) => self.clone(),
-            E::Mul(a, b) if matches!((&**a, &**b), (E::Idx(_), E::Const(c)) | (E::Const(c), E::Idx(_)) if c.abs() <= LITERAL_STRIDE) => {
+            E::Mul(a, b) if matches!((&**a, &**b), (E::Idx(_), E::Const(c)) | (E::Const(c), E::Idx(_)) if c.unsigned_abs() <= LITERAL_STRIDE as u64) => {
                 self.clone()
             }
             E::Add(a, b) => bin(a, b, E::Add),
