@@ -744,3 +744,78 @@ fn remaining_reductions_layer_norm_log_softmax_and_global_max() {
     close(&out[6], &x.max(&[2, 3], true).unwrap(), 0.0);
     assert_eq!(out[7].to_vec::<i64>().unwrap(), x.argmin(3, true).unwrap().to_vec::<i64>().unwrap());
 }
+
+/// Values a damaged model can hold where a real one never does: extreme slice
+/// steps, axes of scalars, short `output_shape`, huge dilations and pads. Each once
+/// panicked (found by `malformed_files.rs`); now a result or an error naming the
+/// model and the node.
+#[test]
+fn extreme_attributes_and_constants_give_results_or_errors() {
+    let x = rand(&[4, 5], seed());
+    let run = |g: G, input: &Var| g.model().run(&[("x", input.clone())]).map_err(|e| e.to_string());
+    let slice = |st: i64, en: i64, step: i64| {
+        let g = G::new(vec![vi("x", dt::FLOAT, &["4", "5"])], &["y"])
+            .init(i64_tensor("st", &[st]))
+            .init(i64_tensor("en", &[en]))
+            .init(i64_tensor("ax", &[0]))
+            .init(i64_tensor("sp", &[step]))
+            .n(node("Slice", &["x", "st", "en", "ax", "sp"], &["y"], vec![]));
+        run(g, &x).unwrap().remove(0)
+    };
+    // a step of i64::MIN takes one row from the start, or none
+    assert_eq!(slice(3, -10, i64::MIN).to_vec::<f32>().unwrap(), x.narrow(0, 3, 1).unwrap().to_vec::<f32>().unwrap());
+    assert_eq!(slice(0, 4, i64::MIN).shape(), &[0, 5]);
+    assert_eq!(slice(0, 4, i64::MAX).to_vec::<f32>().unwrap(), x.narrow(0, 0, 1).unwrap().to_vec::<f32>().unwrap());
+    // a Slice naming more axes than the input has
+    let g = G::new(vec![vi("x", dt::FLOAT, &["4", "5"])], &["y"])
+        .init(i64_tensor("st", &[0, 0, 0]))
+        .init(i64_tensor("en", &[1, 1, 1]))
+        .n(node("Slice", &["x", "st", "en"], &["y"], vec![]));
+    let e = run(g, &x).unwrap_err();
+    assert!(e.contains("test.onnx") && e.contains("axis 2 is out of range for the input of shape [4, 5]"), "{e}");
+    // axes of a scalar
+    let s = Var::scalar(2.0f32);
+    for op in ["Split", "Gather", "Softmax"] {
+        let inputs: &[&str] = if op == "Gather" { &["x", "i"] } else { &["x"] };
+        let g = G::new(vec![vi("x", dt::FLOAT, &[])], &["y"]).init(i64_tensor("i", &[0])).n(node(
+            op,
+            inputs,
+            &["y"],
+            vec![int("axis", 0)],
+        ));
+        let e = run(g, &s).unwrap_err();
+        assert!(e.contains("test.onnx") && e.contains("axis 0 is out of range for rank 0"), "{op}: {e}");
+    }
+    // ConvTranspose with an output_shape of one value, Conv with a huge dilation
+    let img = rand(&[1, 2, 6, 6], seed() + 1);
+    let w = rand(&[2, 2, 3, 3], seed() + 2);
+    let conv = |op: &str, attrs: Vec<AttributeProto>| {
+        let g = G::new(vec![vi("x", dt::FLOAT, &["1", "2", "6", "6"])], &["y"])
+            .init(f32_tensor("w", &[2, 2, 3, 3], &w.to_vec::<f32>().unwrap()))
+            .n(node(op, &["x", "w"], &["y"], attrs));
+        run(g, &img).map(|mut v| v.remove(0).shape().to_vec())
+    };
+    let e = conv("ConvTranspose", vec![ints("output_shape", &[5])]).unwrap_err();
+    assert!(e.contains("\"output_shape\" = [5] must hold the 2 spatial sizes"), "{e}");
+    assert_eq!(conv("ConvTranspose", vec![ints("output_shape", &[6, 8])]).unwrap(), vec![1, 2, 6, 8]);
+    let e = conv("ConvTranspose", vec![ints("output_shape", &[8, 1 << 40])]).unwrap_err();
+    assert!(e.contains("= [8, 1099511627776]: each size must be 1 to the unpadded output [8, 8]"), "{e}");
+    let e = conv("Conv", vec![ints("dilations", &[1 << 40, 1])]).unwrap_err();
+    assert!(e.contains("test.onnx") && e.contains("dilation [1099511627776, 1] is too large"), "{e}");
+    let e = conv("Conv", vec![string("auto_pad", "SAME_UPPER"), ints("dilations", &[i64::MAX, 1])]).unwrap_err();
+    assert!(e.contains("auto_pad SAME_UPPER") && e.contains("do not fit the input [6, 6]"), "{e}");
+    // pads that crop everything twice over, or grow past i64
+    let pad = |pads: &[i64]| {
+        let g = G::new(vec![vi("x", dt::FLOAT, &["4", "5"])], &["y"]).init(i64_tensor("p", pads)).n(node(
+            "Pad",
+            &["x", "p"],
+            &["y"],
+            vec![],
+        ));
+        run(g, &x).unwrap_err()
+    };
+    let e = pad(&[0, i64::MIN, 0, i64::MIN]);
+    assert!(e.contains("crop more than axis 1 of size 5"), "{e}");
+    let e = pad(&[0, 1 << 62, 0, 1 << 62]);
+    assert!(e.contains("test.onnx") && e.contains("is too large"), "{e}");
+}

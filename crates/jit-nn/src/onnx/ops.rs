@@ -376,10 +376,18 @@ impl Ctx<'_> {
 
     fn axis(&self, axis: i64, rank: usize) -> Result<usize> {
         let r = rank as i64;
-        if axis < -r || axis >= r.max(1) {
+        if axis < -r || axis >= r {
             return Err(self.err(format!("axis {axis} is out of range for rank {rank}")));
         }
         Ok(if axis < 0 { (axis + r) as usize } else { axis as usize })
+    }
+
+    /// The size of axis `a` of `x`; an error (not a panic) where `x` has no such
+    /// axis (a Slice without `axes` names axes 0.. of as many as it has starts).
+    fn size(&self, x: &Var, a: usize) -> Result<usize> {
+        x.shape().get(a).copied().ok_or_else(|| {
+            self.err(format!("axis {a} is out of range for the input of shape {:?} (rank {})", x.shape(), x.ndim()))
+        })
     }
 }
 
@@ -554,7 +562,7 @@ pub(crate) fn eval(node: &NodeProto, opset: i64, ins: &[Option<Value>]) -> Resul
                 Some(axes) => {
                     let axes: Vec<usize> = axes.iter().map(|&a| c.axis(a, x.ndim())).collect::<Result<_>>()?;
                     for &a in &axes {
-                        if x.shape()[a] != 1 {
+                        if c.size(x, a)? != 1 {
                             return Err(c.err(format!(
                                 "cannot squeeze axis {a} of size {} (shape {:?})",
                                 x.shape()[a],
@@ -846,7 +854,7 @@ fn slice(c: &Ctx) -> Result<Var> {
         if step == 0 {
             return Err(c.err("a step of 0 is not allowed"));
         }
-        let dim = x.shape()[a] as i64;
+        let dim = c.size(x, a)? as i64;
         let fix = |v: i64| if v < 0 { v.saturating_add(dim) } else { v };
         let (mut s, mut e) = (fix(starts[k]), fix(ends[k]));
         if step > 0 {
@@ -856,9 +864,16 @@ fn slice(c: &Ctx) -> Result<Var> {
             s = s.clamp(0, (dim - 1).max(0));
             e = e.clamp(-1, dim - 1);
         }
-        let len = if step > 0 { (e - s + step - 1).div_euclid(step) } else { (s - e + (-step) - 1).div_euclid(-step) };
+        // in i128: a step of i64::MIN or near i64::MAX must not overflow
+        let (s128, e128, step128) = (i128::from(s), i128::from(e), i128::from(step));
+        let len = if step > 0 {
+            (e128 - s128 + step128 - 1).div_euclid(step128)
+        } else {
+            (s128 - e128 - step128 - 1).div_euclid(-step128)
+        };
         shape[a] = len.max(0) as usize;
-        exprs[a] = E::idx(a) * step + s;
+        // at most one element when |step| >= dim: the step is then never taken
+        exprs[a] = E::idx(a) * if len > 1 { step } else { 1 } + s;
     }
     x.reindex(&shape, exprs, 0.0, vec![])
 }
@@ -867,7 +882,7 @@ fn gather(c: &Ctx) -> Result<Var> {
     let x = c.x(0)?;
     let iv = c.val(1)?;
     let a = c.axis(c.int("axis", 0)?, x.ndim())?;
-    let dim = x.shape()[a] as i64;
+    let dim = c.size(x, a)? as i64;
     let mut out_shape: Vec<usize> = x.shape()[..a].to_vec();
     out_shape.extend(iv.var.shape());
     out_shape.extend(&x.shape()[a + 1..]);
@@ -903,7 +918,7 @@ fn gather(c: &Ctx) -> Result<Var> {
 fn split(c: &Ctx) -> Result<Vec<Value>> {
     let x = c.x(0)?;
     let a = c.axis(c.int("axis", 0)?, x.ndim())?;
-    let dim = x.shape()[a];
+    let dim = c.size(x, a)?;
     let parts = c.node.output.len();
     let sizes: Vec<usize> = match c.ints("split")? {
         Some(s) => to_usize(c, &s, "split")?,
@@ -952,9 +967,9 @@ fn pad(c: &Ctx) -> Result<Var> {
     let mut y = x.clone();
     for a in 0..r {
         let (l, h) = (lo[a].min(0).unsigned_abs() as usize, hi[a].min(0).unsigned_abs() as usize);
-        if l + h > 0 {
+        if l > 0 || h > 0 {
             let n = y.shape()[a];
-            if l + h > n {
+            if l.saturating_add(h) > n {
                 return Err(c.err(format!("negative pads {pads:?} crop more than axis {a} of size {n}")));
             }
             y = y.narrow(a as isize, l, n - l - h)?;
@@ -1024,18 +1039,22 @@ fn spatial_pads(
     let n = input.len();
     let auto = c.string("auto_pad", "NOTSET")?;
     match auto.as_str() {
-        "SAME_UPPER" | "SAME_LOWER" => Ok((0..n)
+        "SAME_UPPER" | "SAME_LOWER" => (0..n)
             .map(|k| {
-                let keff = (kernel[k] - 1) * dilations[k] + 1;
-                let outn = input[k].div_ceil(strides[k]);
-                let total = ((outn - 1) * strides[k] + keff).saturating_sub(input[k]);
-                if auto == "SAME_UPPER" {
-                    (total / 2, total - total / 2)
-                } else {
-                    (total - total / 2, total / 2)
-                }
+                // (ceil(input / stride) - 1) * stride + (kernel - 1) * dilation + 1 - input
+                let span = || {
+                    let keff = kernel[k].checked_sub(1)?.checked_mul(dilations[k])?.checked_add(1)?;
+                    input[k].div_ceil(strides[k]).checked_sub(1)?.checked_mul(strides[k])?.checked_add(keff)
+                };
+                let total = span().map(|t| t.saturating_sub(input[k])).ok_or_else(|| {
+                    c.err(format!(
+                        "auto_pad {auto}: kernel {kernel:?}, strides {strides:?} and dilations {dilations:?} \
+                         do not fit the input {input:?}"
+                    ))
+                })?;
+                Ok(if auto == "SAME_UPPER" { (total / 2, total - total / 2) } else { (total - total / 2, total / 2) })
             })
-            .collect()),
+            .collect(),
         "VALID" => Ok(vec![(0, 0); n]),
         _ => {
             let pads = c.ints("pads")?.unwrap_or_else(|| vec![0; 2 * n]);
@@ -1125,32 +1144,45 @@ fn conv_transpose(c: &Ctx) -> Result<Var> {
         None => vec![0, 0],
     };
     let auto = c.string("auto_pad", "NOTSET")?;
+    // the unpadded output size: (input - 1) * stride + (kernel - 1) * dilation + output_padding + 1
+    let full = |k: usize| -> Result<usize> {
+        let f = || {
+            let span = kernel[k].checked_sub(1)?.checked_mul(dilations[k])?;
+            x.shape()[2 + k].checked_sub(1)?.checked_mul(strides[k])?.checked_add(span)?.checked_add(out_pad[k] + 1)
+        };
+        f().ok_or_else(|| {
+            c.err(format!(
+                "input {:?}, weight {:?}, strides {strides:?}, dilations {dilations:?} and output_padding {out_pad:?} \
+                 give no output size",
+                x.shape(),
+                w.shape()
+            ))
+        })
+    };
+    let split = |total: usize| {
+        if auto == "SAME_UPPER" {
+            (total / 2, total - total / 2)
+        } else {
+            (total - total / 2, total / 2)
+        }
+    };
     let pads: Vec<(usize, usize)> = if let Some(os) = c.ints("output_shape")? {
-        let os: Vec<i64> = os[os.len().saturating_sub(2)..].to_vec();
-        (0..2)
-            .map(|k| {
-                let full =
-                    (strides[k] * (x.shape()[2 + k] - 1) + out_pad[k] + (kernel[k] - 1) * dilations[k] + 1) as i64;
-                let total = (full - os[k]).max(0) as usize;
-                if auto == "SAME_UPPER" {
-                    (total / 2, total - total / 2)
-                } else {
-                    (total - total / 2, total / 2)
-                }
-            })
-            .collect()
+        if os.len() < 2 {
+            return Err(c.err(format!("attribute \"output_shape\" = {os:?} must hold the 2 spatial sizes")));
+        }
+        let os: Vec<i64> = os[os.len() - 2..].to_vec();
+        let fulls = [full(0)?, full(1)?];
+        if (0..2).any(|k| os[k] < 1 || os[k] as u64 > fulls[k] as u64) {
+            return Err(c.err(format!(
+                "attribute \"output_shape\" = {os:?}: each size must be 1 to the unpadded output {fulls:?} \
+                 (a larger output needs output_padding)"
+            )));
+        }
+        (0..2).map(|k| split(fulls[k] - os[k] as usize)).collect()
     } else if auto == "SAME_UPPER" || auto == "SAME_LOWER" {
         (0..2)
-            .map(|k| {
-                let full = strides[k] * (x.shape()[2 + k] - 1) + out_pad[k] + (kernel[k] - 1) * dilations[k] + 1;
-                let total = full.saturating_sub(x.shape()[2 + k] * strides[k]);
-                if auto == "SAME_UPPER" {
-                    (total / 2, total - total / 2)
-                } else {
-                    (total - total / 2, total / 2)
-                }
-            })
-            .collect()
+            .map(|k| Ok(split(full(k)?.saturating_sub(x.shape()[2 + k].saturating_mul(strides[k])))))
+            .collect::<Result<_>>()?
     } else {
         spatial_pads(c, &x.shape()[2..], &kernel, &strides, &dilations)?
     };
@@ -1208,7 +1240,7 @@ fn per_axis(c: &Ctx, scale: &Var, x: &Var, axis: i64) -> Result<Var> {
         return scale.reshape(&[]);
     }
     let a = c.axis(axis, x.ndim())?;
-    if scale.ndim() != 1 || scale.shape()[0] != x.shape()[a] {
+    if scale.ndim() != 1 || scale.shape()[0] != c.size(x, a)? {
         return Err(c.err(format!(
             "per-axis scale or zero point of shape {:?} must have {} values for axis {a} of the input {:?}",
             scale.shape(),
