@@ -213,7 +213,36 @@ fn mutate_model(rng: &mut Rng, m: &mut ModelProto) -> String {
     let g = m.graph.as_mut().unwrap();
     let n_nodes = g.node.len();
     let all_values: Vec<String> = g.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
-    match rng.below(11) {
+    match rng.below(12) {
+        11 => {
+            // an integer constant (a shape, pads, axes, slice bounds, sizes) to an
+            // edge value: initializers and Constant nodes of int64
+            let mut ints: Vec<&mut proto::TensorProto> =
+                g.initializer.iter_mut().filter(|t| t.data_type == proto::data_type::INT64).collect();
+            for n in g.node.iter_mut().filter(|n| n.op_type == "Constant") {
+                ints.extend(
+                    n.attribute
+                        .iter_mut()
+                        .filter_map(|a| a.t.as_mut())
+                        .filter(|t| t.data_type == proto::data_type::INT64),
+                );
+            }
+            let k = rng.below(ints.len().max(1));
+            let Some(t) = ints.into_iter().nth(k) else { return "no int64 constants".into() };
+            let v = edge_i64(rng);
+            let what = format!("int64 constant {:?} {:?}", t.name, t.dims);
+            if t.raw_data.len() >= 8 {
+                let i = rng.below(t.raw_data.len() / 8);
+                t.raw_data[8 * i..8 * i + 8].copy_from_slice(&v.to_le_bytes());
+                format!("{what}: value {i} -> {v}")
+            } else if !t.int64_data.is_empty() {
+                let i = rng.below(t.int64_data.len());
+                t.int64_data[i] = v;
+                format!("{what}: value {i} -> {v}")
+            } else {
+                format!("{what}: empty")
+            }
+        }
         0 => {
             // an attribute to an edge value, a new type, or gone
             let with_attr: Vec<usize> = (0..n_nodes).filter(|&i| !g.node[i].attribute.is_empty()).collect();
