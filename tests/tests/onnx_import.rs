@@ -818,4 +818,14 @@ fn extreme_attributes_and_constants_give_results_or_errors() {
     assert!(e.contains("crop more than axis 1 of size 5"), "{e}");
     let e = pad(&[0, 1 << 62, 0, 1 << 62]);
     assert!(e.contains("test.onnx") && e.contains("is too large"), "{e}");
+    // Resize to 2^40 columns (its index table, one i64 per output column, was
+    // allocated before any size check: 8 TiB), or by an infinite scale
+    let resize = |init: TensorProto, inputs: &[&str]| {
+        let g = G::new(vec![vi("x", dt::FLOAT, &["4", "5"])], &["y"]).init(init);
+        run(g.n(node("Resize", inputs, &["y"], vec![])), &x).unwrap_err()
+    };
+    let e = resize(i64_tensor("sz", &[4, 1 << 40]), &["x", "", "", "sz"]);
+    assert!(e.contains("the output size [4, 1099511627776] (from [4, 5]) is too large"), "{e}");
+    let e = resize(f32_tensor("sc", &[2], &[1.0, f32::INFINITY]), &["x", "", "sc"]);
+    assert!(e.contains("scales [1.0, inf] must be positive and finite"), "{e}");
 }

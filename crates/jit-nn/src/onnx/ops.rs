@@ -1427,14 +1427,22 @@ fn resize(c: &Ctx) -> Result<Var> {
             }
             for (k, &a) in axes.iter().enumerate() {
                 let s = sc[k] as f32;
-                if s <= 0.0 {
-                    return Err(c.err(format!("scales {sc:?} must be positive")));
+                if !(s > 0.0 && s.is_finite()) {
+                    return Err(c.err(format!("scales {sc:?} must be positive and finite")));
                 }
                 scales[a] = s;
                 out_shape[a] = (x.shape()[a] as f32 * s).floor() as usize;
             }
         }
         (None, None) => return Err(c.err("needs scales or sizes")),
+    }
+    // the nearest-neighbour tables hold one entry per output position of an axis
+    if out_shape.iter().any(|&n| n > i32::MAX as usize) {
+        return Err(c.err(format!(
+            "the output size {out_shape:?} (from {:?}) is too large: at most {} per axis",
+            x.shape(),
+            i32::MAX
+        )));
     }
     let changed: Vec<usize> = (0..r).filter(|&a| out_shape[a] != x.shape()[a] || scales[a] != 1.0).collect();
     if changed.is_empty() {
