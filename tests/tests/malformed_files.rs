@@ -213,7 +213,23 @@ fn mutate_model(rng: &mut Rng, m: &mut ModelProto) -> String {
     let g = m.graph.as_mut().unwrap();
     let n_nodes = g.node.len();
     let all_values: Vec<String> = g.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
-    match rng.below(12) {
+    match rng.below(13) {
+        12 => {
+            // a small float constant (Resize scales, clip bounds, epsilons) to an
+            // edge value
+            let small =
+                |t: &proto::TensorProto| t.data_type == proto::data_type::FLOAT && (4..=32).contains(&t.raw_data.len());
+            let mut fs: Vec<&mut proto::TensorProto> = g.initializer.iter_mut().filter(|t| small(t)).collect();
+            for n in g.node.iter_mut().filter(|n| n.op_type == "Constant") {
+                fs.extend(n.attribute.iter_mut().filter_map(|a| a.t.as_mut()).filter(|t| small(t)));
+            }
+            let k = rng.below(fs.len().max(1));
+            let Some(t) = fs.into_iter().nth(k) else { return "no small float constants".into() };
+            let v = [f32::INFINITY, f32::NAN, 1e30, -1.0, 0.0, 1e-30, 1e6][rng.below(7)];
+            let i = rng.below(t.raw_data.len() / 4);
+            t.raw_data[4 * i..4 * i + 4].copy_from_slice(&v.to_le_bytes());
+            format!("float constant {:?} {:?}: value {i} -> {v}", t.name, t.dims)
+        }
         11 => {
             // an integer constant (a shape, pads, axes, slice bounds, sizes) to an
             // edge value: initializers and Constant nodes of int64
