@@ -216,6 +216,13 @@ fn network_commands_name_what_is_wrong() {
     fails_with(&train(&["--lr", "NaN"]), "a finite lr > 0 (got 8, 256, 512, NaN)");
     fails_with(&train(&["--lr-decay=-1"]), "lr_decay must be a finite number >= 0, got -1");
     fails_with(&train(&["--style-weight", "inf"]), "--style-weight must be a finite number >= 0, got inf");
+    // a picture too thin to reflect-pad names the picture
+    let thin = d.join("thin.png");
+    photo(&thin, 1, 20);
+    let mut a = base("adain");
+    a[1] = p(&thin);
+    a.extend([p(&vgg), "--decoder".into(), p(&dec)]);
+    fails_with(&run(a), "thin.png: reflect_pad_to: cannot reflect-pad an image of 20x1");
     let text = d.join("not-an-image.png");
     std::fs::write(&text, "hello").unwrap();
     let mut a = base("adain");

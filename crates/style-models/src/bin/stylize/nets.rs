@@ -242,10 +242,12 @@ fn out_path(c: &Common, tag: &str) -> PathBuf {
     })
 }
 
-/// Runs `f` on the content reflect-padded to a multiple of `m`, and crops back.
-fn padded(content: &Var, m: usize, f: impl FnOnce(&Var) -> Result<Var>) -> Res<Var> {
+/// Runs `f` on the content (read from `path`) reflect-padded to a multiple of `m`,
+/// and crops back.
+fn padded(content: &Var, path: &Path, m: usize, f: impl FnOnce(&Var) -> Result<Var>) -> Res<Var> {
     let (h, w) = (content.shape()[2], content.shape()[3]);
-    let x = reflect_pad_to(content, h.div_ceil(m) * m, w.div_ceil(m) * m).map_err(s)?;
+    let x = reflect_pad_to(content, h.div_ceil(m) * m, w.div_ceil(m) * m)
+        .map_err(|e| format!("{}: {e} (both sides need at least 2 pixels)", path.display()))?;
     let y = f(&x).map_err(s)?;
     y.narrow(2, 0, h).and_then(|y| y.narrow(3, 0, w)).map_err(s)
 }
@@ -317,7 +319,7 @@ fn run(cmd: Cmd) -> Res<()> {
             let t = Instant::now();
             let content = picture(&c.content, c.max_size)?;
             let st = styles(&c, &content)?;
-            let y = padded(&content, 8, |x| net.stylize(x, &st, w.as_deref(), alpha))?;
+            let y = padded(&content, &c.content, 8, |x| net.stylize(x, &st, w.as_deref(), alpha))?;
             let dest = out_path(&c, "adain");
             save(&y, &dest)?;
             report(&c, &dest, &y, t, "adain");
@@ -333,7 +335,7 @@ fn run(cmd: Cmd) -> Res<()> {
             let t = Instant::now();
             let content = picture(&c.content, c.max_size)?;
             let st = styles(&c, &content)?;
-            let y = padded(&content, 8, |x| net.stylize(x, &st[0], alpha))?;
+            let y = padded(&content, &c.content, 8, |x| net.stylize(x, &st[0], alpha))?;
             let dest = out_path(&c, "mccnet");
             save(&y, &dest)?;
             report(&c, &dest, &y, t, "mccnet");
@@ -346,7 +348,7 @@ fn run(cmd: Cmd) -> Res<()> {
             let t = Instant::now();
             let content = picture(&c.content, c.max_size)?;
             let st = styles(&c, &content)?;
-            let y = padded(&content, 16, |x| net.stylize(x, &st[0]))?;
+            let y = padded(&content, &c.content, 16, |x| net.stylize(x, &st[0]))?;
             let dest = out_path(&c, "sanet");
             save(&y, &dest)?;
             report(&c, &dest, &y, t, "sanet");
