@@ -385,7 +385,7 @@ impl Unpickler<'_> {
                 "tensor in storage {key} has size {size:?} but stride {stride:?} (one stride per dimension)"
             )));
         }
-        let n = size.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        let n = jit_core::numel(&size);
         // the last element the view reads; every other element comes before it
         let last = size
             .iter()

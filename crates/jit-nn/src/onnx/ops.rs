@@ -383,7 +383,8 @@ impl Ctx<'_> {
     }
 
     /// The size of axis `a` of `x`; an error (not a panic) where `x` has no such
-    /// axis (a Slice without `axes` names axes 0.. of as many as it has starts).
+    /// axis. [`Ctx::axis`] already checks named axes; a Slice without `axes` names
+    /// axes 0.. of as many as it has starts, unchecked.
     fn size(&self, x: &Var, a: usize) -> Result<usize> {
         x.shape().get(a).copied().ok_or_else(|| {
             self.err(format!("axis {a} is out of range for the input of shape {:?} (rank {})", x.shape(), x.ndim()))
@@ -562,7 +563,7 @@ pub(crate) fn eval(node: &NodeProto, opset: i64, ins: &[Option<Value>]) -> Resul
                 Some(axes) => {
                     let axes: Vec<usize> = axes.iter().map(|&a| c.axis(a, x.ndim())).collect::<Result<_>>()?;
                     for &a in &axes {
-                        if c.size(x, a)? != 1 {
+                        if x.shape()[a] != 1 {
                             return Err(c.err(format!(
                                 "cannot squeeze axis {a} of size {} (shape {:?})",
                                 x.shape()[a],
@@ -882,7 +883,7 @@ fn gather(c: &Ctx) -> Result<Var> {
     let x = c.x(0)?;
     let iv = c.val(1)?;
     let a = c.axis(c.int("axis", 0)?, x.ndim())?;
-    let dim = c.size(x, a)? as i64;
+    let dim = x.shape()[a] as i64;
     let mut out_shape: Vec<usize> = x.shape()[..a].to_vec();
     out_shape.extend(iv.var.shape());
     out_shape.extend(&x.shape()[a + 1..]);
@@ -918,7 +919,7 @@ fn gather(c: &Ctx) -> Result<Var> {
 fn split(c: &Ctx) -> Result<Vec<Value>> {
     let x = c.x(0)?;
     let a = c.axis(c.int("axis", 0)?, x.ndim())?;
-    let dim = c.size(x, a)?;
+    let dim = x.shape()[a];
     let parts = c.node.output.len();
     let sizes: Vec<usize> = match c.ints("split")? {
         Some(s) => to_usize(c, &s, "split")?,
@@ -1029,6 +1030,16 @@ fn reduce(c: &Ctx) -> Result<Var> {
 }
 
 /// Per-axis (begin, end) padding from `pads`/`auto_pad` for the spatial dims.
+/// Splits `total` padding between the two sides as `auto_pad` says: the odd one
+/// goes after for SAME_UPPER, before otherwise.
+fn same_pads(auto: &str, total: usize) -> (usize, usize) {
+    if auto == "SAME_UPPER" {
+        (total / 2, total - total / 2)
+    } else {
+        (total - total / 2, total / 2)
+    }
+}
+
 fn spatial_pads(
     c: &Ctx,
     input: &[usize],
@@ -1052,7 +1063,7 @@ fn spatial_pads(
                          do not fit the input {input:?}"
                     ))
                 })?;
-                Ok(if auto == "SAME_UPPER" { (total / 2, total - total / 2) } else { (total - total / 2, total / 2) })
+                Ok(same_pads(&auto, total))
             })
             .collect(),
         "VALID" => Ok(vec![(0, 0); n]),
@@ -1159,13 +1170,6 @@ fn conv_transpose(c: &Ctx) -> Result<Var> {
             ))
         })
     };
-    let split = |total: usize| {
-        if auto == "SAME_UPPER" {
-            (total / 2, total - total / 2)
-        } else {
-            (total - total / 2, total / 2)
-        }
-    };
     let pads: Vec<(usize, usize)> = if let Some(os) = c.ints("output_shape")? {
         if os.len() < 2 {
             return Err(c.err(format!("attribute \"output_shape\" = {os:?} must hold the 2 spatial sizes")));
@@ -1178,10 +1182,10 @@ fn conv_transpose(c: &Ctx) -> Result<Var> {
                  (a larger output needs output_padding)"
             )));
         }
-        (0..2).map(|k| split(fulls[k] - os[k] as usize)).collect()
+        (0..2).map(|k| same_pads(&auto, fulls[k] - os[k] as usize)).collect()
     } else if auto == "SAME_UPPER" || auto == "SAME_LOWER" {
         (0..2)
-            .map(|k| Ok(split(full(k)?.saturating_sub(x.shape()[2 + k].saturating_mul(strides[k])))))
+            .map(|k| Ok(same_pads(&auto, full(k)?.saturating_sub(x.shape()[2 + k].saturating_mul(strides[k])))))
             .collect::<Result<_>>()?
     } else {
         spatial_pads(c, &x.shape()[2..], &kernel, &strides, &dilations)?
@@ -1240,7 +1244,7 @@ fn per_axis(c: &Ctx, scale: &Var, x: &Var, axis: i64) -> Result<Var> {
         return scale.reshape(&[]);
     }
     let a = c.axis(axis, x.ndim())?;
-    if scale.ndim() != 1 || scale.shape()[0] != c.size(x, a)? {
+    if scale.ndim() != 1 || scale.shape()[0] != x.shape()[a] {
         return Err(c.err(format!(
             "per-axis scale or zero point of shape {:?} must have {} values for axis {a} of the input {:?}",
             scale.shape(),

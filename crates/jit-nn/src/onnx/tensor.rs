@@ -60,9 +60,7 @@ pub(crate) fn to_value(t: &TensorProto, dir: Option<&Path>) -> std::result::Resu
         }
         shape.push(d as usize);
     }
-    let n = shape
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d))
+    let n = jit_core::numel(&shape)
         .ok_or_else(|| format!("shape {:?} has more elements than this machine can address", t.dims))?;
     if dtype_of(t.data_type).is_none() {
         return Err(format!("element type {} is not supported", dt::name(t.data_type)));

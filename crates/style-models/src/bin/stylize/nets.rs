@@ -289,6 +289,16 @@ fn report(c: &Common, dest: &Path, y: &Var, t: Instant, what: &str) {
     }
 }
 
+/// Loss weights must be finite and non-negative; the error names the flag.
+fn check_weights(weights: &[(&str, f64)]) -> Res<()> {
+    for (flag, v) in weights {
+        if !(v.is_finite() && *v >= 0.0) {
+            return Err(format!("{flag} must be a finite number >= 0, got {v}"));
+        }
+    }
+    Ok(())
+}
+
 fn one_style(c: &Common, cmd: &str) -> Res<()> {
     if c.style.len() != 1 {
         return Err(format!("{cmd} takes one --style picture, got {}", c.style.len()));
@@ -360,13 +370,11 @@ fn run(cmd: Cmd) -> Res<()> {
             if !(lr.is_finite() && lr > 0.0) || steps == 0 {
                 return Err(format!("--lr and --steps must be positive, got {lr} and {steps}"));
             }
-            for (flag, v) in
-                [("--content-weight", content_weight), ("--style-weight", style_weight), ("--tv-weight", tv_weight)]
-            {
-                if !(v.is_finite() && v >= 0.0) {
-                    return Err(format!("{flag} must be a finite number >= 0, got {v}"));
-                }
-            }
+            check_weights(&[
+                ("--content-weight", content_weight),
+                ("--style-weight", style_weight),
+                ("--tv-weight", tv_weight),
+            ])?;
             let vgg = Vgg19::load(&c.vgg).map_err(s)?;
             let t = Instant::now();
             let content = picture(&c.content, c.max_size)?;
@@ -415,11 +423,7 @@ fn run(cmd: Cmd) -> Res<()> {
             resume,
             quiet,
         } => {
-            for (flag, v) in [("--content-weight", content_weight), ("--style-weight", style_weight)] {
-                if !(v.is_finite() && v >= 0.0) {
-                    return Err(format!("{flag} must be a finite number >= 0, got {v}"));
-                }
-            }
+            check_weights(&[("--content-weight", content_weight), ("--style-weight", style_weight)])?;
             if crop % 8 != 0 {
                 return Err(format!("--crop must be a multiple of 8 (the decoder's), got {crop}"));
             }
