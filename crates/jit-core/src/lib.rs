@@ -41,12 +41,13 @@ pub use kernels::conv2d::Conv2dSpec;
 pub use kernels::conv_direct::DIRECT_MAX_PAIRS;
 pub use kernels::cuda::dnn::usable as cudnn_usable;
 pub use kernels::cuda::{probe as cuda_probe, CudaInfo};
+pub use kernels::host_pool::{memory_limit as host_memory_limit, set_memory_limit as set_host_memory_limit};
 pub use kernels::{
     BinaryOp, ConvPass, DType, Distribution, Element, ExternOp, HostBuffer, IndexExpr, MetaOp, ReduceOp, UnaryOp,
 };
 pub use realize::{
-    capture_kernels, extern_calls, kernel_launches, live_buffers, planned_externs, planned_kernel_ir, planned_kernels,
-    realize, sync_all, CapturedKernel,
+    capture_kernels, extern_calls, kernel_launches, live_buffers, live_bytes, planned_externs, planned_kernel_ir,
+    planned_kernels, realize, sync_all, CapturedKernel,
 };
 pub use shape::{broadcast_shapes, normalize_dim, normalize_dims, numel};
 pub use var::{manual_seed, Var};

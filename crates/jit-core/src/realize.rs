@@ -68,6 +68,13 @@ pub fn live_buffers() -> usize {
     kernels::live_buffers()
 }
 
+/// Bytes held by the data buffers alive in the process (see
+/// [`kernels::live_bytes`]); what the [host memory limit](crate::set_host_memory_limit)
+/// counts.
+pub fn live_bytes() -> usize {
+    kernels::live_bytes()
+}
+
 /// The pending nodes behind `targets`, inputs before consumers.
 fn schedule(targets: &[Var]) -> Vec<Var> {
     let mut order = Vec::new();

@@ -856,7 +856,10 @@ pub fn run_with(
         .iter()
         .zip(&launch.output_lens)
         .map(|(o, &n)| match &o.store {
-            Store::Scatter { op, .. } => Ok(scatter_init(*op, o.dtype, n)),
+            Store::Scatter { op, .. } => {
+                crate::host_pool::check(o.dtype, n, "a kernel output")?;
+                Ok(scatter_init(*op, o.dtype, n))
+            }
             // the kernel writes every dense output element
             Store::Dense => crate::host_pool::take(o.dtype, n, crate::host_pool::Fill::Overwritten, "a kernel output"),
         })

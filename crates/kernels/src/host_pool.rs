@@ -12,15 +12,133 @@
 //! megabytes (default 1024; `0` turns pooling off), and drops the least recently
 //! released buffer first. When an allocation fails the pool is emptied and the
 //! allocation tried once more before the out-of-memory error.
+//!
+//! Every host allocation for a value goes through [`take`], which also keeps the
+//! process inside the host memory it may use, so that running out of memory is an
+//! error naming the allocation rather than the operating system killing the process
+//! (Linux grants a request for more memory than is free, and kills the process when
+//! the pages are written):
+//! - an allocation of at least [`CHECKED_BYTES`] larger than the memory the system
+//!   reports available (`MemAvailable` plus free swap, read from `/proc/meminfo`) is
+//!   refused;
+//! - `JIT_HOST_MEMORY_MB` (or [`set_memory_limit`]) caps the bytes the framework's
+//!   live buffers may hold; an allocation that would take them past it is refused.
 
 use crate::dtype::DType;
 use crate::{HostBuffer, KernelError};
 use half::{bf16, f16};
 use rayon::prelude::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 /// Buffers smaller than this many bytes are not pooled.
 pub const MIN_POOLED_BYTES: usize = 1 << 20;
+
+/// Allocations of at least this many bytes are checked against the memory the
+/// system reports available.
+pub const CHECKED_BYTES: usize = 64 << 20;
+
+/// The cap of [`set_memory_limit`]; `usize::MAX` for none, `NOT_READ` before the
+/// environment variable is read.
+static LIMIT: AtomicUsize = AtomicUsize::new(NOT_READ);
+const NOT_READ: usize = usize::MAX - 1;
+
+/// The cap on the bytes held by live [`Buffer`](crate::Buffer)s, if one is set (by
+/// [`set_memory_limit`], or else by `JIT_HOST_MEMORY_MB`).
+pub fn memory_limit() -> Option<usize> {
+    let mut l = LIMIT.load(Ordering::Relaxed);
+    if l == NOT_READ {
+        let from_env = std::env::var("JIT_HOST_MEMORY_MB")
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .map_or(usize::MAX, |mb| mb.saturating_mul(1 << 20).min(NOT_READ - 1));
+        // a concurrent set_memory_limit wins over the environment
+        l = match LIMIT.compare_exchange(NOT_READ, from_env, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => from_env,
+            Err(now) => now,
+        };
+    }
+    (l != usize::MAX).then_some(l)
+}
+
+/// Caps the bytes the framework's live buffers may hold (`None`: no cap, the
+/// default unless `JIT_HOST_MEMORY_MB` is set); an allocation that would take them
+/// past the cap is an out-of-memory error. Returns the previous cap. The cap is
+/// process-wide.
+pub fn set_memory_limit(bytes: Option<usize>) -> Option<usize> {
+    let old = memory_limit();
+    LIMIT.store(bytes.map_or(usize::MAX, |b| b.min(NOT_READ - 1)), Ordering::Relaxed);
+    old
+}
+
+/// Bytes the system can still give this process without killing it: `MemAvailable`
+/// plus `SwapFree` from `/proc/meminfo`; `None` where that is not readable.
+pub fn system_available_bytes() -> Option<usize> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let field = |name: &str| -> Option<usize> {
+        let line = text.lines().find(|l| l.starts_with(name))?;
+        let kb: usize = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb.saturating_mul(1024))
+    };
+    Some(field("MemAvailable:")?.saturating_add(field("SwapFree:").unwrap_or(0)))
+}
+
+/// The checks [`take`] makes before it allocates, for a buffer of `n` elements of
+/// `dtype` that its caller allocates itself: an out-of-memory error naming `what`
+/// when the buffer would pass the [memory limit](memory_limit) or the memory the
+/// system has available.
+pub fn check(dtype: DType, n: usize, what: &str) -> Result<(), KernelError> {
+    let bytes = n.saturating_mul(dtype.size_in_bytes());
+    check_limit(dtype, n, bytes, what)?;
+    check_system(dtype, n, bytes, what)
+}
+
+/// Refuses a buffer of `bytes` that would take the live buffers past the
+/// [memory limit](memory_limit).
+fn check_limit(dtype: DType, n: usize, bytes: usize, what: &str) -> Result<(), KernelError> {
+    let Some(limit) = memory_limit() else { return Ok(()) };
+    let live = crate::buffer::live_bytes();
+    if live.saturating_add(bytes) <= limit {
+        return Ok(());
+    }
+    Err(oom_because(
+        dtype,
+        n,
+        bytes,
+        what,
+        &format!(
+            "the framework's live buffers hold {live} bytes and the host memory limit is {limit} bytes \
+             (JIT_HOST_MEMORY_MB or jit_core::set_host_memory_limit)"
+        ),
+    ))
+}
+
+/// Refuses a fresh allocation of `bytes` (at least [`CHECKED_BYTES`]) that is larger
+/// than the memory the system has available, after emptying the pool to make room.
+fn check_system(dtype: DType, n: usize, bytes: usize, what: &str) -> Result<(), KernelError> {
+    if bytes < CHECKED_BYTES {
+        return Ok(());
+    }
+    let Some(mut avail) = system_available_bytes() else { return Ok(()) };
+    // pooled buffers count as available once the pool is emptied
+    if bytes > avail && release() > 0 {
+        avail = system_available_bytes().unwrap_or(avail);
+    }
+    if bytes <= avail {
+        return Ok(());
+    }
+    Err(oom_because(
+        dtype,
+        n,
+        bytes,
+        what,
+        &format!(
+            "the system has {avail} bytes available (MemAvailable plus SwapFree in /proc/meminfo) and the \
+             framework's live buffers hold {} bytes",
+            crate::buffer::live_bytes()
+        ),
+    ))
+}
 
 /// What the caller needs in a buffer it takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,9 +266,12 @@ fn reuse(dtype: DType, n: usize) -> Option<HostBuffer> {
 /// A buffer of `n` elements of `dtype` with the contents `fill` asks for: a pooled
 /// one when a released buffer of that dtype and length is there, else a fresh one
 /// (zeroed by the system without touching its pages); an out-of-memory error naming
-/// `what` and the size when the system has no room even after the pool is emptied.
+/// `what` and the size when the system has no room even after the pool is emptied,
+/// or when the buffer would pass the [memory limit](memory_limit) (see the module
+/// documentation).
 pub fn take(dtype: DType, n: usize, fill: Fill, what: &str) -> Result<HostBuffer, KernelError> {
     let bytes = n.saturating_mul(dtype.size_in_bytes());
+    check_limit(dtype, n, bytes, what)?;
     if bytes >= MIN_POOLED_BYTES {
         if let Some(mut b) = reuse(dtype, n) {
             if fill == Fill::Zeroed {
@@ -159,6 +280,7 @@ pub fn take(dtype: DType, n: usize, fill: Fill, what: &str) -> Result<HostBuffer
             return Ok(b);
         }
     }
+    check_system(dtype, n, bytes, what)?;
     match zeroed(dtype, n) {
         Some(b) => Ok(b),
         None if release() > 0 => zeroed(dtype, n).ok_or_else(|| oom(dtype, n, bytes, what)),
@@ -171,6 +293,14 @@ pub fn take_f32(n: usize, fill: Fill, what: &str) -> Result<Vec<f32>, KernelErro
     match take(DType::F32, n, fill, what)? {
         HostBuffer::F32(v) => Ok(v),
         _ => unreachable!("an f32 buffer was asked for"),
+    }
+}
+
+fn oom_because(dtype: DType, n: usize, bytes: usize, what: &str, why: &str) -> KernelError {
+    KernelError::OutOfMemory {
+        device: "cpu".into(),
+        bytes: bytes as u128,
+        what: format!("{what}: {n} elements of {dtype}; {why}"),
     }
 }
 

@@ -43,7 +43,7 @@ pub mod random;
 pub mod reference;
 pub mod scatter_split;
 
-pub use buffer::{live_buffers, Buffer, Element, HostBuffer};
+pub use buffer::{live_buffers, live_bytes, Buffer, Element, HostBuffer};
 pub use dtype::DType;
 pub use error::KernelError;
 pub use expr::IndexExpr;

@@ -79,6 +79,15 @@ fn image_errors_are_one_line() {
         &stylize(&[ok.to_str().unwrap(), "--models", m, "-o", d.join("out.xyz").to_str().unwrap()]),
         "unknown image type",
     );
+    // out of memory (here: past a 1 MiB host memory limit) names the picture and
+    // the allocation
+    let out = Command::new(env!("CARGO_BIN_EXE_stylize"))
+        .args([ok.to_str().unwrap(), "--models", m, "--quiet"])
+        .env("JIT_HOST_MEMORY_MB", "1")
+        .output()
+        .expect("run stylize");
+    fails_with(&out, "ok.png: out of memory on cpu: could not allocate ");
+    fails_with(&out, "the host memory limit is 1048576 bytes (JIT_HOST_MEMORY_MB");
 }
 
 #[test]
