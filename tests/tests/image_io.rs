@@ -60,11 +60,52 @@ fn bad_images_and_shapes_give_clear_errors() {
     let p = d.join("notes.png");
     std::fs::write(&p, "not an image").unwrap();
     let e = load_image(&p).unwrap_err().to_string();
-    assert!(e.contains("notes.png: cannot decode the image"), "{e}");
-    assert!(load_image(d.join("missing.png")).unwrap_err().to_string().contains("cannot read"));
+    assert!(e.contains("notes.png: not a readable image"), "{e}");
+    assert!(load_image(d.join("missing.png")).unwrap_err().to_string().contains("missing.png: cannot read"));
+    // a PNG whose header promises 2^30 x 2^30 pixels (3 EiB of RGB): refused before
+    // the decoder allocates, with the size
+    let huge = d.join("huge.png");
+    std::fs::write(&huge, png_header_only(1 << 30, 1 << 30)).unwrap();
+    let e = load_image(&huge).unwrap_err().to_string();
+    assert!(
+        e.contains("huge.png: not a readable image: decoding the picture of 1073741824x1073741824 pixels needs more memory than the "),
+        "{e}"
+    );
+    assert!(e.contains("scale it down first"), "{e}");
     let e = save_image(&Var::rand(&[2, 3, 4, 4], DType::F32).unwrap(), d.join("x.png")).unwrap_err().to_string();
     assert!(e.contains("expected an image of shape [3, H, W] or [1, 3, H, W], got [2, 3, 4, 4]"), "{e}");
     let e = save_image(&Var::rand(&[3, 4, 4], DType::F32).unwrap(), d.join("x.tiff")).unwrap_err().to_string();
     assert!(e.contains("unknown image extension"), "{e}");
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A PNG of `w` x `h` 8-bit RGB pixels with a valid header and an empty data stream.
+fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        let crc = crc32(&out[start..]);
+        out.extend_from_slice(&crc.to_be_bytes());
+    }
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut c = !0u32;
+        for &b in bytes {
+            c ^= u32::from(b);
+            for _ in 0..8 {
+                c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = vec![];
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB, deflate, no filter, no interlace
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(&mut out, b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]); // an empty zlib stream
+    chunk(&mut out, b"IEND", &[]);
+    out
 }

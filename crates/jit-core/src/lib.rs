@@ -41,7 +41,9 @@ pub use kernels::conv2d::Conv2dSpec;
 pub use kernels::conv_direct::DIRECT_MAX_PAIRS;
 pub use kernels::cuda::dnn::usable as cudnn_usable;
 pub use kernels::cuda::{probe as cuda_probe, CudaInfo};
-pub use kernels::host_pool::{memory_limit as host_memory_limit, set_memory_limit as set_host_memory_limit};
+pub use kernels::host_pool::{
+    memory_limit as host_memory_limit, set_memory_limit as set_host_memory_limit, system_available_bytes,
+};
 pub use kernels::{
     BinaryOp, ConvPass, DType, Distribution, Element, ExternOp, HostBuffer, IndexExpr, MetaOp, ReduceOp, UnaryOp,
 };

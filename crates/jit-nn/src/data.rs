@@ -274,14 +274,11 @@ fn decode_batch(
                         .iter()
                         .map(|&(epoch, i)| {
                             let path = &files[i];
-                            let img = match image::open(path) {
-                                Ok(img) => img.to_rgb8(),
+                            let img = match crate::image_io::read_rgb8(path) {
+                                Ok(img) => img,
                                 Err(e) => {
                                     if skipped.fetch_add(1, Ordering::Relaxed) == 0 {
-                                        eprintln!(
-                                            "warning: skipping {}: {e} (further skips are only counted)",
-                                            path.display()
-                                        );
+                                        eprintln!("warning: skipping {e} (further skips are only counted)");
                                     }
                                     return None;
                                 }

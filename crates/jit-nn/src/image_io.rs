@@ -9,11 +9,55 @@ use std::path::{Path, PathBuf};
 
 /// The image at `path` as `[1, 3, H, W]` f32 in `0..=1`.
 pub fn load_image(path: impl AsRef<Path>) -> Result<Var> {
+    from_rgb8(&read_rgb8(path)?)
+}
+
+/// The memory the image decoder may allocate: three quarters of what the system has
+/// available, and at least the `image` crate's default of 512 MiB.
+fn decode_budget() -> u64 {
+    let avail = jit_core::system_available_bytes().unwrap_or(0) as u64;
+    (avail / 4 * 3).max(512 << 20)
+}
+
+/// Decodes the image file at `path` (PNG, JPEG, BMP or WebP, told by its content)
+/// as 8-bit RGB: grey is repeated, alpha dropped, 16-bit channels rounded. Errors
+/// name the file; a picture whose decoding needs more memory than the system has
+/// available says so with its size, instead of failing part-way or being killed.
+pub fn read_rgb8(path: impl AsRef<Path>) -> Result<image::RgbImage> {
     let path = path.as_ref();
-    let bytes = std::fs::read(path).map_err(|e| Error::file(path, format!("cannot read: {e}")))?;
-    let img =
-        image::load_from_memory(&bytes).map_err(|e| Error::file(path, format!("cannot decode the image: {e}")))?;
-    from_rgb8(&img.to_rgb8())
+    let open = || -> Result<image::ImageReader<std::io::BufReader<std::fs::File>>> {
+        image::ImageReader::open(path)
+            .map_err(|e| Error::file(path, format!("cannot read: {e}")))?
+            .with_guessed_format()
+            .map_err(|e| Error::file(path, format!("cannot read: {e}")))
+    };
+    let mut reader = open()?;
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(decode_budget());
+    reader.limits(limits);
+    match reader.decode() {
+        Ok(img) => Ok(img.to_rgb8()),
+        Err(image::ImageError::Limits(e)) => {
+            // the header alone, read without limits (they would refuse it too)
+            let dims = open().map(|mut r| {
+                r.no_limits();
+                r.into_dimensions()
+            });
+            let size = match dims {
+                Ok(Ok((w, h))) => format!(" of {w}x{h} pixels"),
+                _ => String::new(),
+            };
+            Err(Error::file(
+                path,
+                format!(
+                    "not a readable image: decoding the picture{size} needs more memory than the {} bytes this \
+                     machine has available for it ({e}); scale it down first",
+                    decode_budget()
+                ),
+            ))
+        }
+        Err(e) => Err(Error::file(path, format!("not a readable image: {e}"))),
+    }
 }
 
 /// An 8-bit RGB image as `[1, 3, H, W]` f32 in `0..=1`.

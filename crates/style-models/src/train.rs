@@ -218,7 +218,7 @@ pub fn batch(folder: &ImageFolder, o: &TrainOptions, seed: u64, step: u64, skipp
         for attempt in 0..8u64 {
             let r = mix(seed ^ mix(step.wrapping_mul(0x1_0000_0001) ^ mix(i ^ (attempt << 32))));
             let path = &folder.files[(r % n) as usize];
-            let img = image::open(path).map(|i| i.to_rgb8()).map_err(|e| format!("{}: {e}", path.display()));
+            let img = jit_nn::image_io::read_rgb8(path).map_err(|e| e.to_string());
             match img.and_then(|img| apply(img, &transforms, mix(r))) {
                 Ok(img) => {
                     got = Some(img);

@@ -123,13 +123,7 @@ enum Engine {
 }
 
 fn load_rgb(path: &Path) -> Res<image::RgbImage> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| format!("{}: cannot open: {e}", path.display()))?
-        .with_guessed_format()
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?
-        .decode()
-        .map_err(|e| format!("{}: not a readable image: {e}", path.display()))?;
-    Ok(img.to_rgb8())
+    jit_nn::image_io::read_rgb8(path).map_err(|e| e.to_string())
 }
 
 fn fit(img: image::RgbImage, max_size: usize, path: &Path) -> Res<image::RgbImage> {

@@ -208,13 +208,7 @@ pub fn main() -> ExitCode {
 
 /// A picture as `[1, 3, H, W]` in 0..1, scaled so its longer side is at most `max`.
 fn picture(path: &Path, max: u32) -> Res<Var> {
-    let img = image::ImageReader::open(path)
-        .map_err(|e| format!("{}: cannot open: {e}", path.display()))?
-        .with_guessed_format()
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?
-        .decode()
-        .map_err(|e| format!("{}: not a readable image: {e}", path.display()))?
-        .to_rgb8();
+    let img = jit_nn::image_io::read_rgb8(path).map_err(|e| e.to_string())?;
     let (w, h) = img.dimensions();
     let img = if max > 0 && w.max(h) > max {
         let k = f64::from(max) / f64::from(w.max(h));
