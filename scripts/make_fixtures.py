@@ -139,6 +139,23 @@ case("ce", lambda x, t: F.cross_entropy(x, t, label_smoothing=0.1), dict(x=r(5, 
 case("ce_spatial", lambda x, t: F.cross_entropy(x, t), dict(x=r(2, 3, 4, 5), t=torch.randint(0, 3, (2, 4, 5))))
 case("nll", lambda x, t: F.nll_loss(F.log_softmax(x, 1), t, reduction="sum"), dict(x=r(5, 4), t=torch.randint(0, 4, (5,))))
 
+# sliding windows (added after the cases above, so that their random inputs stay as
+# they were)
+case(
+    "unfold",
+    lambda x: F.unfold(x, kernel_size=(3, 2), dilation=(1, 2), padding=(1, 0), stride=(2, 1)),
+    dict(x=r(2, 3, 7, 6)),
+)
+case("unfold_3d", lambda x: F.unfold(x, kernel_size=2, stride=2), dict(x=r(2, 5, 7)))
+case(
+    "fold",
+    lambda c: F.fold(c, output_size=(7, 6), kernel_size=(3, 2), dilation=(1, 2), padding=(1, 0), stride=(2, 1)),
+    dict(c=r(2, 18, 16)),
+)
+case("fold_overlap", lambda c: F.fold(c, output_size=(5, 4), kernel_size=3, padding=1), dict(c=r(1, 18, 20)))
+case("pixel_shuffle", lambda x: F.pixel_shuffle(x, 3), dict(x=r(2, 18, 3, 2)))
+case("pixel_unshuffle", lambda x: F.pixel_unshuffle(x, 2), dict(x=r(1, 3, 4, 6)))
+
 
 def write_safetensors(path, named):
     dt = {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16", torch.float64: "F64"}

@@ -1,6 +1,6 @@
 //! Parity with PyTorch: `tests/fixtures/heavy_ops.safetensors` holds inputs, outputs,
 //! an upstream gradient and the input gradients of convolutions, pooling, resizing,
-//! normalisation and losses, computed by PyTorch 2.15 on the CPU in f32 (written by
+//! normalisation, losses, unfold/fold and pixel shuffles, computed by PyTorch 2.15 on the CPU in f32 (written by
 //! `scripts/make_fixtures.py`; the options of each case are repeated here). Every
 //! output and gradient must match to a relative error of 1e-5 (per element
 //! `|ours - torch| <= 1e-5 |torch| + 1e-6 max|torch|`), on the compiled CPU backend
@@ -90,8 +90,17 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>, Case)> {
         c("ce", vec!["x"], |m| cross_entropy(v(m, "x"), v(m, "t"), 0.1, -100, Reduction::Mean)),
         c("ce_spatial", vec!["x"], |m| cross_entropy(v(m, "x"), v(m, "t"), 0.0, -100, Reduction::Mean)),
         c("nll", vec!["x"], |m| nll_loss(&v(m, "x").log_softmax(1)?, v(m, "t"), -100, Reduction::Sum)),
+        c("unfold", vec!["x"], |m| unfold(v(m, "x"), &WINDOWS)),
+        c("unfold_3d", vec!["x"], |m| unfold(v(m, "x"), &FoldOptions::new(2).stride(2))),
+        c("fold", vec!["c"], |m| fold(v(m, "c"), [7, 6], &WINDOWS)),
+        c("fold_overlap", vec!["c"], |m| fold(v(m, "c"), [5, 4], &FoldOptions::new(3).padding(1))),
+        c("pixel_shuffle", vec!["x"], |m| pixel_shuffle(v(m, "x"), 3)),
+        c("pixel_unshuffle", vec!["x"], |m| pixel_unshuffle(v(m, "x"), 2)),
     ]
 }
+
+/// The windows of the `unfold` and `fold` cases.
+const WINDOWS: FoldOptions = FoldOptions { kernel: [3, 2], dilation: [1, 2], padding: [1, 0], stride: [2, 1] };
 
 fn load() -> HashMap<String, Var> {
     let path = integration_tests::fixture("heavy_ops.safetensors");

@@ -217,3 +217,28 @@ fn default_initialisation_follows_pytorch_bounds() {
     assert!(Dropout::new(1.0).is_err());
     assert!(GroupNorm::new(3, 8).is_err());
 }
+
+#[test]
+fn window_and_shuffle_modules_run_their_ops() {
+    let x = Var::rand(&[2, 8, 4, 6], DType::F32).unwrap();
+    let o = FoldOptions::new(3).padding(1).stride(2);
+    fn same(m: &(dyn Module + 'static), x: &Var, name: &str, want: Var) {
+        assert_eq!(m.type_name(), name);
+        assert!(m.named_parameters().is_empty(), "{name} has no parameters");
+        let got = m.forward(x).unwrap();
+        assert_eq!(got.shape(), want.shape(), "{name}");
+        assert_eq!(got.to_vec::<f32>().unwrap(), want.to_vec::<f32>().unwrap(), "{name}");
+    }
+    same(&PixelShuffle { upscale_factor: 2 }, &x, "PixelShuffle", pixel_shuffle(&x, 2).unwrap());
+    same(&PixelUnshuffle { downscale_factor: 2 }, &x, "PixelUnshuffle", pixel_unshuffle(&x, 2).unwrap());
+    same(&Unfold { options: o }, &x, "Unfold", unfold(&x, &o).unwrap());
+    // Fold reads columns: [2, 8 * 9, 2 * 3] are the windows of a 4x6 plane
+    let cols = unfold(&x, &o).unwrap();
+    let f = Fold { output_size: [4, 6], options: o };
+    assert_eq!(f.type_name(), "Fold");
+    assert_eq!(
+        f.forward(&cols).unwrap().to_vec::<f32>().unwrap(),
+        fold(&cols, [4, 6], &o).unwrap().to_vec::<f32>().unwrap()
+    );
+    assert!(f.forward(&x).unwrap_err().to_string().starts_with("fold: input must be 2-D or 3-D"));
+}

@@ -201,6 +201,22 @@ stateless!(
     /// `nn.Flatten` (from dim 1 to the last, as PyTorch's default).
     Flatten, "Flatten", |_s, x| x.flatten(1, -1)
 );
+stateless!(
+    /// `nn.PixelShuffle`.
+    PixelShuffle(upscale_factor: usize), "PixelShuffle", |s, x| pixel_shuffle(x, s.upscale_factor)
+);
+stateless!(
+    /// `nn.PixelUnshuffle`.
+    PixelUnshuffle(downscale_factor: usize), "PixelUnshuffle", |s, x| pixel_unshuffle(x, s.downscale_factor)
+);
+stateless!(
+    /// `nn.Unfold`.
+    Unfold(options: FoldOptions), "Unfold", |s, x| unfold(x, &s.options)
+);
+stateless!(
+    /// `nn.Fold`.
+    Fold(output_size: [usize; 2], options: FoldOptions), "Fold", |s, x| fold(x, s.output_size, &s.options)
+);
 
 /// How [`Upsample`] resizes.
 #[derive(Debug, Clone, Copy, PartialEq)]

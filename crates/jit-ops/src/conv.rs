@@ -114,20 +114,20 @@ fn add_bias(y: Var, b: Option<&Var>) -> Result<Var> {
 
 /// The geometry of one im2col.
 #[derive(Debug, Clone, Copy)]
-struct Im2col {
-    groups: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-    dilation: [usize; 2],
-    out: [usize; 2],
+pub(crate) struct Im2col {
+    pub(crate) groups: usize,
+    pub(crate) kernel: [usize; 2],
+    pub(crate) stride: [usize; 2],
+    pub(crate) padding: [usize; 2],
+    pub(crate) dilation: [usize; 2],
+    pub(crate) out: [usize; 2],
 }
 
 /// `[N, C, H, W]` -> `[N, G, C/G, kh, kw, OH, OW]`: every window's taps, zeros outside.
 /// Its gradient (col2im) is written as a gather: each input pixel sums the taps that
 /// read it, found by inverting the window arithmetic, so it is a parallel reduction
 /// rather than a scatter.
-fn im2col(x: &Var, s: Im2col) -> Result<Var> {
+pub(crate) fn im2col(x: &Var, s: Im2col) -> Result<Var> {
     let [n, c, h, w] = dims4("conv2d", "input", x)?;
     let cg = c / s.groups;
     let [kh, kw] = s.kernel;
@@ -144,32 +144,38 @@ fn im2col(x: &Var, s: Im2col) -> Result<Var> {
         let exprs = vec![E::idx(0), E::idx(1) * cg as i64 + E::idx(2), unpadded(5, 3, 0), unpadded(6, 4, 1)];
         Ok((src.reindex(&[n, s.groups, cg, kh, kw, oh, ow], exprs, 0.0, vec![])?, vec![]))
     };
-    let backward = move |_: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
-        if s.stride == [1, 1] {
-            return Ok(vec![Some(col2im_unit_stride(g, s, [n, c, h, w])?)]);
-        }
-        // over [N, C, H, W, kh, kw]: the output position whose tap (ki, kj) read (h, w)
-        let inv =
-            |pos: usize, tap: usize, d: usize| E::idx(pos) + s.padding[d] as i64 - E::idx(tap) * s.dilation[d] as i64;
-        let exprs = vec![
-            E::idx(0),
-            E::idx(1).floor_div(cg as i64),
-            E::idx(1).modulo(cg as i64),
-            E::idx(4),
-            E::idx(5),
-            inv(2, 4, 0).floor_div(s.stride[0] as i64),
-            inv(3, 5, 1).floor_div(s.stride[1] as i64),
-        ];
-        let mut conds = vec![];
-        for (d, (pos, tap)) in [(2, 4), (3, 5)].into_iter().enumerate() {
-            if s.stride[d] > 1 {
-                conds.push(inv(pos, tap, d).modulo(s.stride[d] as i64).eq_(0));
-            }
-        }
-        let taps = g.reindex(&[n, c, h, w, kh, kw], exprs, 0.0, conds)?;
-        Ok(vec![Some(taps.reduce(ReduceOp::Sum, &[4, 5], false)?)])
-    };
+    let backward =
+        move |_: &[Var], g: &Var| -> Result<Vec<Option<Var>>> { Ok(vec![Some(col2im(g, s, [n, c, h, w])?)]) };
     jit_core::custom_op("im2col", std::slice::from_ref(x), forward, Arc::new(backward))
+}
+
+/// The adjoint of [`im2col`]: `[N, G, C/G, kh, kw, OH, OW]` -> `[N, C, H, W]`, each
+/// pixel the sum of the taps that read it.
+pub(crate) fn col2im(g: &Var, s: Im2col, [n, c, h, w]: [usize; 4]) -> Result<Var> {
+    if s.stride == [1, 1] {
+        return col2im_unit_stride(g, s, [n, c, h, w]);
+    }
+    let cg = c / s.groups;
+    let [kh, kw] = s.kernel;
+    // over [N, C, H, W, kh, kw]: the output position whose tap (ki, kj) read (h, w)
+    let inv = |pos: usize, tap: usize, d: usize| E::idx(pos) + s.padding[d] as i64 - E::idx(tap) * s.dilation[d] as i64;
+    let exprs = vec![
+        E::idx(0),
+        E::idx(1).floor_div(cg as i64),
+        E::idx(1).modulo(cg as i64),
+        E::idx(4),
+        E::idx(5),
+        inv(2, 4, 0).floor_div(s.stride[0] as i64),
+        inv(3, 5, 1).floor_div(s.stride[1] as i64),
+    ];
+    let mut conds = vec![];
+    for (d, (pos, tap)) in [(2, 4), (3, 5)].into_iter().enumerate() {
+        if s.stride[d] > 1 {
+            conds.push(inv(pos, tap, d).modulo(s.stride[d] as i64).eq_(0));
+        }
+    }
+    let taps = g.reindex(&[n, c, h, w, kh, kw], exprs, 0.0, conds)?;
+    taps.reduce(ReduceOp::Sum, &[4, 5], false)
 }
 
 /// col2im for unit strides: `dx[h, w] = sum over taps of dcols[tap, h + p - ki d,

@@ -9,6 +9,7 @@
 //! * [`linalg`]: `matmul` and `linear` (gemm library, meta-op fallback).
 //! * [`conv`]: `conv2d` (im2col reindex + gemm; zeros or reflect padding, stride,
 //!   dilation, groups) and `conv_transpose2d`.
+//! * [`fold`]: `unfold` (im2col), `fold` (col2im), `pixel_shuffle`, `pixel_unshuffle`.
 //! * [`pool`]: `max_pool2d`, `avg_pool2d`, `adaptive_avg_pool2d`, global pooling.
 //! * [`norm`]: `batch_norm`, `instance_norm`, `layer_norm`, `group_norm`.
 //! * [`upsample`]: bilinear resizing (nearest is in [`shape`]).
@@ -21,6 +22,7 @@
 
 pub mod activation;
 pub mod conv;
+pub mod fold;
 pub mod linalg;
 pub mod loss;
 pub mod norm;
@@ -34,6 +36,7 @@ pub use conv::{
     conv2d, conv2d_library, conv_transpose2d, conv_transpose2d_library, Conv2dOptions, ConvPadding,
     ConvTranspose2dOptions,
 };
+pub use fold::{fold, pixel_shuffle, pixel_unshuffle, unfold, FoldOptions};
 pub use jit_core::{DType, Device, Error, Result, Var};
 pub use linalg::{linear, matmul};
 pub use loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_loss, Reduction};
@@ -50,6 +53,7 @@ pub mod prelude {
         conv2d, conv2d_library, conv_transpose2d, conv_transpose2d_library, Conv2dOptions, ConvPadding,
         ConvTranspose2dOptions,
     };
+    pub use crate::fold::{fold, pixel_shuffle, pixel_unshuffle, unfold, FoldOptions};
     pub use crate::linalg::{linear, matmul};
     pub use crate::loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_loss, Reduction};
     pub use crate::norm::{batch_norm, group_norm, instance_norm, layer_norm, RunningStats};
