@@ -829,3 +829,62 @@ fn extreme_attributes_and_constants_give_results_or_errors() {
     let e = resize(f32_tensor("sc", &[2], &[1.0, f32::INFINITY]), &["x", "", "sc"]);
     assert!(e.contains("scales [1.0, inf] must be positive and finite"), "{e}");
 }
+
+#[test]
+fn depth_to_space_and_space_to_depth_match_onnxruntime() {
+    // expected values: onnxruntime 1.x on these graphs (opset 13), inputs 0..48
+    let iota = |shape: &[usize]| Var::from_vec((0..48).map(|v| v as f32).collect(), shape).unwrap();
+    let dcr = [
+        0, 12, 1, 13, 2, 14, 24, 36, 25, 37, 26, 38, 3, 15, 4, 16, 5, 17, 27, 39, 28, 40, 29, 41, 6, 18, 7, 19, 8, 20,
+        30, 42, 31, 43, 32, 44, 9, 21, 10, 22, 11, 23, 33, 45, 34, 46, 35, 47,
+    ];
+    let crd = [
+        0, 6, 1, 7, 2, 8, 12, 18, 13, 19, 14, 20, 3, 9, 4, 10, 5, 11, 15, 21, 16, 22, 17, 23, 24, 30, 25, 31, 26, 32,
+        36, 42, 37, 43, 38, 44, 27, 33, 28, 34, 29, 35, 39, 45, 40, 46, 41, 47,
+    ];
+    let s2d = [
+        0, 2, 4, 12, 14, 16, 24, 26, 28, 36, 38, 40, 1, 3, 5, 13, 15, 17, 25, 27, 29, 37, 39, 41, 6, 8, 10, 18, 20, 22,
+        30, 32, 34, 42, 44, 46, 7, 9, 11, 19, 21, 23, 31, 33, 35, 43, 45, 47,
+    ];
+    let d2s = |mode: Option<&str>| {
+        let mut attrs = vec![int("blocksize", 2)];
+        attrs.extend(mode.map(|m| string("mode", m)));
+        G::new(vec![vi("x", dt::FLOAT, &["1", "c", "h", "w"])], &["y"]).n(node("DepthToSpace", &["x"], &["y"], attrs))
+    };
+    let values = |v: &Var| v.to_vec::<f32>().unwrap().iter().map(|&f| f as i64).collect::<Vec<_>>();
+    for (mode, want) in [(None, dcr), (Some("DCR"), dcr), (Some("CRD"), crd)] {
+        let y = d2s(mode).model().run(&[("x", iota(&[1, 8, 2, 3]))]).unwrap().remove(0);
+        assert_eq!(y.shape(), &[1, 2, 4, 6], "{mode:?}");
+        assert_eq!(values(&y), want, "DepthToSpace {mode:?}");
+    }
+    let g = G::new(vec![vi("x", dt::FLOAT, &["1", "c", "h", "w"])], &["y"]).n(node(
+        "SpaceToDepth",
+        &["x"],
+        &["y"],
+        vec![int("blocksize", 2)],
+    ));
+    let y = g.model().run(&[("x", iota(&[1, 2, 4, 6]))]).unwrap().remove(0);
+    assert_eq!(y.shape(), &[1, 8, 2, 3]);
+    assert_eq!(values(&y), s2d);
+    // SpaceToDepth undoes DepthToSpace in DCR mode
+    let back = g.model().run(&[("x", Var::from_vec(dcr.iter().map(|&v| v as f32).collect(), &[1, 2, 4, 6]).unwrap())]);
+    assert_eq!(values(&back.unwrap()[0]), (0..48).collect::<Vec<i64>>());
+    // errors name the node and the shapes
+    let e = g.model().run(&[("x", iota(&[1, 2, 3, 8]))]).unwrap_err().to_string();
+    assert!(e.contains("SpaceToDepth_0") && e.contains("[1, 2, 3, 8] is not divisible into 2x2 blocks"), "{e}");
+    let e = d2s(None).model().run(&[("x", iota(&[1, 6, 2, 4]))]).unwrap_err().to_string();
+    assert!(
+        e.contains("DepthToSpace_0")
+            && e.contains("the 6 channels of [1, 6, 2, 4] are not divisible by blocksize² = 4"),
+        "{e}"
+    );
+    let e = d2s(Some("XYZ")).err();
+    assert!(e.contains("DepthToSpace_0") && e.contains("\"mode\" = \"XYZ\""), "{e}");
+    let e = G::new(vec![vi("x", dt::FLOAT, &["1", "c", "h", "w"])], &["y"])
+        .n(node("DepthToSpace", &["x"], &["y"], vec![]))
+        .model()
+        .run(&[("x", iota(&[1, 8, 2, 3]))])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("DepthToSpace_0") && e.contains("the attribute blocksize is required"), "{e}");
+}

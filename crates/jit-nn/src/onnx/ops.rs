@@ -26,6 +26,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Conv",
     "ConvTranspose",
     "Cos",
+    "DepthToSpace",
     "DequantizeLinear",
     "Div",
     "Dropout",
@@ -84,6 +85,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Size",
     "Slice",
     "Softmax",
+    "SpaceToDepth",
     "Softplus",
     "Split",
     "Sqrt",
@@ -128,6 +130,8 @@ fn known_attributes(op: &str) -> Option<&'static [&'static str]> {
         "ConvTranspose" => {
             &["auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape", "pads", "strides"]
         }
+        "DepthToSpace" => &["blocksize", "mode"],
+        "SpaceToDepth" => &["blocksize"],
         "DequantizeLinear" => &["axis", "block_size"],
         "QuantizeLinear" => &["axis", "block_size", "saturate", "output_dtype"],
         "Dropout" => &["ratio", "seed"],
@@ -183,6 +187,7 @@ const STRING_VALUES: &[(&str, &str, &[&str])] = &[
     ("MaxPool", "auto_pad", &["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
     ("AveragePool", "auto_pad", &["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
     ("Gelu", "approximate", &["none", "tanh"]),
+    ("DepthToSpace", "mode", &["DCR", "CRD"]),
 ];
 
 /// Integer attributes that must have one value: (op, attribute, the value).
@@ -544,6 +549,7 @@ pub(crate) fn eval(node: &NodeProto, opset: i64, ins: &[Option<Value>]) -> Resul
             let rest: usize = x.shape()[a as usize..].iter().product();
             one(x.reshape(&[lead as isize, rest as isize])?)
         }
+        "DepthToSpace" | "SpaceToDepth" => one(depth_space(&c, &node.op_type)?),
         "Transpose" => {
             let x = c.x(0)?;
             let perm: Vec<isize> = match c.ints("perm")? {
@@ -1510,4 +1516,39 @@ fn resize(c: &Ctx) -> Result<Var> {
         }
     }
     upsample_bilinear2d(x, Resize::Size([out_shape[2], out_shape[3]]), align)
+}
+
+/// `DepthToSpace` (modes DCR and CRD, the latter PyTorch's `pixel_shuffle`) and
+/// `SpaceToDepth` on `[N, C, H, W]`.
+fn depth_space(c: &Ctx, op: &str) -> Result<Var> {
+    let x = c.x(0)?;
+    let Some(b) = c.typed("blocksize", at::INT)?.map(|a| a.i) else {
+        return Err(c.err("the attribute blocksize is required"));
+    };
+    let [n, ch, h, w] = match *x.shape() {
+        [n, ch, h, w] => [n, ch, h, w],
+        _ => return Err(c.err(format!("the input must be 4-D, got shape {:?}", x.shape()))),
+    };
+    if b < 1 || b > i32::MAX as i64 {
+        return Err(c.err(format!("blocksize {b} must be between 1 and {}", i32::MAX)));
+    }
+    let b = b as usize;
+    let dims = |d: &[usize]| -> Vec<isize> { d.iter().map(|&v| v as isize).collect() };
+    if op == "SpaceToDepth" {
+        if h % b != 0 || w % b != 0 {
+            return Err(c.err(format!("the input {:?} is not divisible into {b}x{b} blocks", x.shape())));
+        }
+        // [n, c, h/b, b, w/b, b] -> [n, b, b, c, h/b, w/b]
+        let blocks = x.reshape(&dims(&[n, ch, h / b, b, w / b, b]))?.permute(&[0, 3, 5, 1, 2, 4])?;
+        return blocks.reshape(&dims(&[n, ch * b * b, h / b, w / b]));
+    }
+    if ch % (b * b) != 0 {
+        return Err(c.err(format!("the {ch} channels of {:?} are not divisible by blocksize² = {}", x.shape(), b * b)));
+    }
+    if c.string("mode", "DCR")? == "CRD" {
+        return pixel_shuffle(x, b);
+    }
+    // DCR: channel (i b + j) C' + c' -> [n, c', h b + i, w b + j]
+    let blocks = x.reshape(&dims(&[n, b, b, ch / (b * b), h, w]))?.permute(&[0, 3, 4, 1, 5, 2])?;
+    blocks.reshape(&dims(&[n, ch / (b * b), h * b, w * b]))
 }
