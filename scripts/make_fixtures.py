@@ -156,6 +156,17 @@ case("fold_overlap", lambda c: F.fold(c, output_size=(5, 4), kernel_size=3, padd
 case("pixel_shuffle", lambda x: F.pixel_shuffle(x, 3), dict(x=r(2, 18, 3, 2)))
 case("pixel_unshuffle", lambda x: F.pixel_unshuffle(x, 2), dict(x=r(1, 3, 4, 6)))
 
+# activations, norms and similarities (appended, as above)
+case("elu", lambda x: F.elu(x, alpha=0.7), dict(x=r(3, 4, 5) * 3))
+case("softplus", lambda x: F.softplus(x, beta=2.0, threshold=5.0), dict(x=r(3, 4, 5) * 3))
+case("hardswish", lambda x: F.hardswish(x), dict(x=r(3, 4, 5) * 3))
+case("mish", lambda x: F.mish(x), dict(x=r(3, 4, 5) * 3))
+case("logsumexp", lambda x: torch.logsumexp(x, dim=(0, 2)), dict(x=r(3, 4, 5) * 3))
+case("norm2", lambda x: torch.linalg.vector_norm(x, 2, dim=1, keepdim=True), dict(x=r(3, 4, 5)))
+case("norm3", lambda x: torch.linalg.vector_norm(x, 3, dim=(0, 2)), dict(x=r(3, 4, 5)))
+case("normalize", lambda x: F.normalize(x, p=2.0, dim=1), dict(x=r(2, 6, 3, 4)))
+case("cosine", lambda a, b: F.cosine_similarity(a, b, dim=1), dict(a=r(2, 6, 3, 4), b=r(1, 6, 3, 4)))
+
 
 def write_safetensors(path, named):
     dt = {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16", torch.float64: "F64"}

@@ -63,6 +63,23 @@ fn activations_match_formulas() {
             let gt = x.map(|z| 0.5 * z * (1.0 + (k * (z + 0.044715 * z * z * z)).tanh()));
             assert_close(&v.gelu_tanh().unwrap(), &gt, t * 4.0, ca, &format!("gelu_tanh {ctx}"));
             assert_close(&v.silu().unwrap(), &x.map(|z| z / (1.0 + (-z).exp())), t * 4.0, ca, &format!("silu {ctx}"));
+            let softplus = |z: f64, beta: f64, threshold: f64| {
+                if beta * z > threshold {
+                    z
+                } else {
+                    (1.0 + (beta * z).exp()).ln() / beta
+                }
+            };
+            let elu = x.map(|z| if z > 0.0 { z } else { 0.7 * (z.exp() - 1.0) });
+            assert_close(&v.elu(0.7).unwrap(), &elu, t * 4.0, ca, &format!("elu {ctx}"));
+            // beta 2, threshold 5: both branches are taken on [-6, 6]
+            let sp = x.map(|z| softplus(z, 2.0, 5.0));
+            assert_close(&v.softplus(2.0, 5.0).unwrap(), &sp, t * 4.0, ca, &format!("softplus {ctx}"));
+            let hs = |z: f64| (z / 6.0 + 0.5).clamp(0.0, 1.0);
+            assert_close(&v.hardsigmoid().unwrap(), &x.map(hs), t * 4.0, a, &format!("hardsigmoid {ctx}"));
+            assert_close(&v.hardswish().unwrap(), &x.map(|z| z * hs(z)), t * 4.0, ca, &format!("hardswish {ctx}"));
+            let mish = x.map(|z| z * softplus(z, 1.0, 20.0).tanh());
+            assert_close(&v.mish().unwrap(), &mish, t * 4.0, ca, &format!("mish {ctx}"));
             if !shape.is_empty() {
                 let d = rng.below(shape.len());
                 let di = d as isize - if rng.chance(0.5) { shape.len() as isize } else { 0 };
@@ -106,4 +123,22 @@ fn nan_propagates_through_relu_and_clamp() {
     assert!(x.clamp(Some(0.0), Some(1.0)).unwrap().to_vec::<f32>().unwrap()[0].is_nan());
     let ints = Var::from_vec(vec![-3i32, 4], &[2]).unwrap();
     assert_eq!(ints.relu().unwrap().to_vec::<i32>().unwrap(), vec![0, 4]);
+}
+
+#[test]
+fn softplus_elu_and_mish_stay_finite_at_the_extremes() {
+    let x = Var::from_vec(vec![-1000.0f32, -88.0, 0.0, 88.0, 1000.0, f32::NAN], &[6]).unwrap();
+    let sp = x.softplus(1.0, f64::INFINITY).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(&sp[..5], &[0.0, (-88.0f32).exp(), std::f32::consts::LN_2, 88.0, 1000.0]);
+    assert!(sp[5].is_nan());
+    let e = x.elu(1.0).unwrap().to_vec::<f32>().unwrap();
+    assert_eq!(&e[..5], &[-1.0, -1.0, 0.0, 88.0, 1000.0]);
+    assert!(e[5].is_nan());
+    let m = x.mish().unwrap().to_vec::<f32>().unwrap();
+    assert!(m[..5].iter().all(|v| v.is_finite()), "{m:?}");
+    assert_eq!(m[4], 1000.0);
+    let msg = x.softplus(0.0, 20.0).unwrap_err().to_string();
+    assert_eq!(msg, "softplus: beta must be finite and non-zero, got 0");
+    let i = Var::from_vec(vec![1i64, 2], &[2]).unwrap();
+    assert!(i.mish().unwrap_err().to_string().starts_with("mish: needs a floating-point input, got i64"));
 }

@@ -319,3 +319,25 @@ fn convolutions_pooling_resizing_norms_and_losses() {
         cross_entropy(&v[0], &t, 0.2, -100, Reduction::Mean)
     });
 }
+
+#[test]
+fn smooth_activations_norms_and_similarities() {
+    let mut rng = Rng::fresh("smooth_activations_norms_and_similarities");
+    let s = shape(&mut rng, 3);
+    let x = nonzero(&mut rng, &s);
+    check("elu", &mut rng, &[x.clone()], |v| v[0].elu(0.7));
+    check("softplus", &mut rng, &[x.clone()], |v| v[0].softplus(2.0, 3.0));
+    check("mish", &mut rng, &[x.clone()], |v| v[0].mish());
+    // hardswish away from its kinks at -3 and 3
+    let h = input(&mut rng, &s, -2.5, 2.5);
+    check("hardswish", &mut rng, &[h], |v| v[0].hardswish());
+    let m = [2 + rng.below(3), 1 + rng.below(3), 1 + rng.below(4)];
+    let y = nonzero(&mut rng, &m);
+    check("logsumexp", &mut rng, &[y.clone()], |v| v[0].logsumexp(&[0, 2], false));
+    for p in [1.0, 2.0, 3.0] {
+        check(&format!("norm p={p}"), &mut rng, &[y.clone()], |v| v[0].norm(p, &[1], true));
+    }
+    check("normalize", &mut rng, &[y.clone()], |v| normalize(&v[0], 2.0, 0, 1e-12));
+    let b = nonzero(&mut rng, &[1, m[1], m[2]]);
+    check("cosine_similarity", &mut rng, &[y, b], |v| cosine_similarity(&v[0], &v[1], 1, 1e-8));
+}

@@ -1,6 +1,7 @@
 //! Parity with PyTorch: `tests/fixtures/heavy_ops.safetensors` holds inputs, outputs,
 //! an upstream gradient and the input gradients of convolutions, pooling, resizing,
-//! normalisation, losses, unfold/fold and pixel shuffles, computed by PyTorch 2.15 on the CPU in f32 (written by
+//! normalisation, losses, unfold/fold, pixel shuffles, activations, norms and
+//! similarities, computed by PyTorch 2.15 on the CPU in f32 (written by
 //! `scripts/make_fixtures.py`; the options of each case are repeated here). Every
 //! output and gradient must match to a relative error of 1e-5 (per element
 //! `|ours - torch| <= 1e-5 |torch| + 1e-6 max|torch|`), on the compiled CPU backend
@@ -96,6 +97,15 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>, Case)> {
         c("fold_overlap", vec!["c"], |m| fold(v(m, "c"), [5, 4], &FoldOptions::new(3).padding(1))),
         c("pixel_shuffle", vec!["x"], |m| pixel_shuffle(v(m, "x"), 3)),
         c("pixel_unshuffle", vec!["x"], |m| pixel_unshuffle(v(m, "x"), 2)),
+        c("elu", vec!["x"], |m| v(m, "x").elu(0.7)),
+        c("softplus", vec!["x"], |m| v(m, "x").softplus(2.0, 5.0)),
+        c("hardswish", vec!["x"], |m| v(m, "x").hardswish()),
+        c("mish", vec!["x"], |m| v(m, "x").mish()),
+        c("logsumexp", vec!["x"], |m| v(m, "x").logsumexp(&[0, 2], false)),
+        c("norm2", vec!["x"], |m| v(m, "x").norm(2.0, &[1], true)),
+        c("norm3", vec!["x"], |m| v(m, "x").norm(3.0, &[0, 2], false)),
+        c("normalize", vec!["x"], |m| normalize(v(m, "x"), 2.0, 1, 1e-12)),
+        c("cosine", vec!["a", "b"], |m| cosine_similarity(v(m, "a"), v(m, "b"), 1, 1e-8)),
     ]
 }
 

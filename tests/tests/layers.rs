@@ -219,7 +219,7 @@ fn default_initialisation_follows_pytorch_bounds() {
 }
 
 #[test]
-fn window_and_shuffle_modules_run_their_ops() {
+fn activation_window_and_shuffle_modules_run_their_ops() {
     let x = Var::rand(&[2, 8, 4, 6], DType::F32).unwrap();
     let o = FoldOptions::new(3).padding(1).stride(2);
     fn same(m: &(dyn Module + 'static), x: &Var, name: &str, want: Var) {
@@ -232,6 +232,14 @@ fn window_and_shuffle_modules_run_their_ops() {
     same(&PixelShuffle { upscale_factor: 2 }, &x, "PixelShuffle", pixel_shuffle(&x, 2).unwrap());
     same(&PixelUnshuffle { downscale_factor: 2 }, &x, "PixelUnshuffle", pixel_unshuffle(&x, 2).unwrap());
     same(&Unfold { options: o }, &x, "Unfold", unfold(&x, &o).unwrap());
+    same(&GELU { tanh: true }, &x, "GELU", x.gelu_tanh().unwrap());
+    same(&GELU { tanh: false }, &x, "GELU", x.gelu().unwrap());
+    same(&SiLU {}, &x, "SiLU", x.silu().unwrap());
+    same(&ELU { alpha: 0.5 }, &x, "ELU", x.elu(0.5).unwrap());
+    same(&Softplus { beta: 2.0, threshold: 3.0 }, &x, "Softplus", x.softplus(2.0, 3.0).unwrap());
+    same(&Hardsigmoid {}, &x, "Hardsigmoid", x.hardsigmoid().unwrap());
+    same(&Hardswish {}, &x, "Hardswish", x.hardswish().unwrap());
+    same(&Mish {}, &x, "Mish", x.mish().unwrap());
     // Fold reads columns: [2, 8 * 9, 2 * 3] are the windows of a 4x6 plane
     let cols = unfold(&x, &o).unwrap();
     let f = Fold { output_size: [4, 6], options: o };

@@ -193,3 +193,61 @@ fn half_precision_sums_accumulate_wide() {
     let s = y.sum_all().unwrap().cast(DType::F32).item::<f32>().unwrap();
     assert!((s - 3000.0 * bf16::from_f32(0.1).to_f32()).abs() < 8.0, "{s}");
 }
+
+#[test]
+fn logsumexp_and_norms_over_random_axes() {
+    let mut rng = Rng::fresh("logsumexp_and_norms_over_random_axes");
+    for _ in 0..40 {
+        let shape: Vec<usize> = (0..1 + rng.below(4)).map(|_| rng.dim_size(false)).collect();
+        let mut axes = random_axes(&mut rng, shape.len());
+        if axes.is_empty() {
+            axes.push(rng.below(shape.len()));
+        }
+        let keep = rng.chance(0.5);
+        let dims: Vec<isize> = axes.iter().map(|&a| a as isize).collect();
+        let dtype = [DType::F32, DType::F64][rng.below(2)];
+        let x = rng.nd(&shape, -3.0, 3.0).rounded(dtype);
+        let v = x.var(dtype);
+        let n: usize = axes.iter().map(|&a| shape[a]).product();
+        let t = tol(dtype) * (8.0 + n as f64);
+        let ctx = format!("{shape:?} axes {dims:?} keepdim {keep} {dtype}");
+        let lse = reduce_ref(&x, &axes, keep, 0.0, |acc, z| acc + z.exp()).map(f64::ln);
+        assert_close(&v.logsumexp(&dims, keep).unwrap(), &lse, t, t, &format!("logsumexp {ctx}"));
+        for p in [1.0, 2.0, 3.0, 0.5] {
+            let want = reduce_ref(&x, &axes, keep, 0.0, |acc, z| acc + z.abs().powf(p)).map(|s| s.powf(1.0 / p));
+            assert_close(&v.norm(p, &dims, keep).unwrap(), &want, t, t, &format!("norm p={p} {ctx}"));
+        }
+        let want = reduce_ref(&x, &axes, keep, 0.0, |acc, z| acc.max(z.abs()));
+        assert_close(&v.norm(f64::INFINITY, &dims, keep).unwrap(), &want, 0.0, 0.0, &format!("norm inf {ctx}"));
+    }
+}
+
+#[test]
+fn logsumexp_and_norm_edge_cases() {
+    // no overflow for large inputs, -inf rows stay -inf, NaN propagates
+    let x =
+        Var::from_vec(vec![1000.0f32, 1000.0, f32::NEG_INFINITY, f32::NEG_INFINITY, 1.0, f32::NAN], &[3, 2]).unwrap();
+    let l = x.logsumexp(&[1], false).unwrap().to_vec::<f32>().unwrap();
+    assert!((l[0] - (1000.0 + std::f32::consts::LN_2)).abs() < 1e-3, "{l:?}");
+    assert_eq!(l[1], f32::NEG_INFINITY);
+    assert!(l[2].is_nan());
+    let empty = Var::zeros(&[2, 0], DType::F32);
+    assert_eq!(empty.logsumexp(&[1], true).unwrap().to_vec::<f32>().unwrap(), vec![f32::NEG_INFINITY; 2]);
+    // the gradient of a norm at a zero vector is zero (PyTorch's choice), elsewhere x / |x|
+    let z = Var::from_vec(vec![0.0f64, 0.0, 3.0, 4.0], &[2, 2]).unwrap().requires_grad_(true).unwrap();
+    let g = jit_core::grad(&z.norm(2.0, &[1], false).unwrap().sum_all().unwrap(), std::slice::from_ref(&z)).unwrap();
+    let g = g[0].to_vec::<f64>().unwrap();
+    assert!(g[..2] == [0.0, 0.0] && (g[2] - 0.6).abs() < 1e-15 && (g[3] - 0.8).abs() < 1e-15, "{g:?}");
+    let g = jit_core::grad(&z.norm(3.0, &[1], false).unwrap().sum_all().unwrap(), std::slice::from_ref(&z)).unwrap();
+    assert!(g[0].to_vec::<f64>().unwrap()[..2].iter().all(|&v| v == 0.0));
+    // errors
+    let msg = |r: Result<Var>| r.unwrap_err().to_string();
+    assert_eq!(msg(x.norm(0.0, &[1], false)), "norm: p must be positive (or infinite), got 0");
+    assert_eq!(msg(x.norm(f64::NAN, &[1], false)), "norm: p must be positive (or infinite), got NaN");
+    assert_eq!(
+        msg(x.norm(2.0, &[2], false)),
+        "norm: dimension 2 is out of range for a tensor of rank 2 with shape [3, 2] (expected a dim in [-2, 1])"
+    );
+    let i = Var::from_vec(vec![1i64, 2], &[2]).unwrap();
+    assert!(msg(i.logsumexp(&[0], false)).starts_with("logsumexp: needs a floating-point input, got i64"));
+}

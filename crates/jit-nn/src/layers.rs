@@ -178,6 +178,34 @@ stateless!(
     Tanh, "Tanh", |_s, x| Ok(x.tanh())
 );
 stateless!(
+    /// `nn.GELU` (`approximate="tanh"` when `tanh`).
+    GELU(tanh: bool), "GELU", |s, x| if s.tanh { x.gelu_tanh() } else { x.gelu() }
+);
+stateless!(
+    /// `nn.SiLU`.
+    SiLU, "SiLU", |_s, x| x.silu()
+);
+stateless!(
+    /// `nn.ELU`.
+    ELU(alpha: f64), "ELU", |s, x| x.elu(s.alpha)
+);
+stateless!(
+    /// `nn.Softplus` (PyTorch's defaults: `beta` 1, `threshold` 20).
+    Softplus(beta: f64, threshold: f64), "Softplus", |s, x| x.softplus(s.beta, s.threshold)
+);
+stateless!(
+    /// `nn.Hardsigmoid`.
+    Hardsigmoid, "Hardsigmoid", |_s, x| x.hardsigmoid()
+);
+stateless!(
+    /// `nn.Hardswish`.
+    Hardswish, "Hardswish", |_s, x| x.hardswish()
+);
+stateless!(
+    /// `nn.Mish`.
+    Mish, "Mish", |_s, x| x.mish()
+);
+stateless!(
     /// `nn.MaxPool2d`.
     MaxPool2d(options: Pool2dOptions), "MaxPool2d", |s, x| max_pool2d(x, &s.options)
 );

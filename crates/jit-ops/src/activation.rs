@@ -21,6 +21,17 @@ pub trait Activations {
     fn softmax(&self, dim: isize) -> Result<Var>;
     /// Log-softmax along `dim`: `x - max - log(sum(exp(x - max)))`.
     fn log_softmax(&self, dim: isize) -> Result<Var>;
+    /// `x` where `x > 0`, else `alpha (exp(x) - 1)`.
+    fn elu(&self, alpha: f64) -> Result<Var>;
+    /// `log(1 + exp(beta x)) / beta`, and `x` itself where `beta x > threshold`
+    /// (PyTorch's defaults: `beta` 1, `threshold` 20).
+    fn softplus(&self, beta: f64, threshold: f64) -> Result<Var>;
+    /// `clamp(x / 6 + 1/2, 0, 1)`.
+    fn hardsigmoid(&self) -> Result<Var>;
+    /// `x * hardsigmoid(x)`.
+    fn hardswish(&self) -> Result<Var>;
+    /// `x * tanh(softplus(x))`.
+    fn mish(&self) -> Result<Var>;
 }
 
 fn float_input(op: &str, x: &Var) -> Result<Var> {
@@ -98,5 +109,41 @@ impl Activations for Var {
         let shifted = x.try_sub(&m)?;
         let lse = shifted.exp().sum(&[dim], true)?.log();
         shifted.try_sub(&lse)
+    }
+
+    fn elu(&self, alpha: f64) -> Result<Var> {
+        let x = float_input("elu", self)?;
+        // exp of the negative part only: no overflow where x is large and positive
+        let neg = x.minimum(0.0)?.exp().try_sub(1.0)?.try_mul(alpha)?;
+        Var::where_(&x.gt(0.0)?, &x, &neg)
+    }
+
+    fn softplus(&self, beta: f64, threshold: f64) -> Result<Var> {
+        let x = float_input("softplus", self)?;
+        if !beta.is_finite() || beta == 0.0 {
+            return Err(Error::argument("softplus", format!("beta must be finite and non-zero, got {beta}")));
+        }
+        // log(1 + exp(z)) = max(z, 0) + log1p(exp(-|z|)): finite for every z; log1p(e)
+        // as e - e²/2 for small e, where 1 + e would round to 1 (relative error below
+        // e²/3 < 4e-7 there)
+        let z = x.try_mul(beta)?;
+        let e = z.abs().try_neg()?.exp();
+        let log1p = Var::where_(&e.lt(1e-3)?, &e.try_sub(&e.try_mul(&e)?.try_mul(0.5)?)?, e.try_add(1.0)?.log())?;
+        let soft = z.relu()?.try_add(&log1p)?.try_div(beta)?;
+        Var::where_(&z.gt(threshold)?, &x, &soft)
+    }
+
+    fn hardsigmoid(&self) -> Result<Var> {
+        float_input("hardsigmoid", self)?.try_div(6.0)?.try_add(0.5)?.clamp(Some(0.0), Some(1.0))
+    }
+
+    fn hardswish(&self) -> Result<Var> {
+        let x = float_input("hardswish", self)?;
+        x.try_mul(&x.hardsigmoid()?)
+    }
+
+    fn mish(&self) -> Result<Var> {
+        let x = float_input("mish", self)?;
+        x.try_mul(x.softplus(1.0, 20.0)?.tanh())
     }
 }

@@ -1,11 +1,14 @@
 //! User-level operators, each lowered onto the meta-ops of `jit-core`, with
 //! PyTorch's names and semantics.
 //!
-//! * [`reduce`]: `sum`, `mean`, `max`, `min`, `prod`, `var`, `std`, `argmax`, `argmin`.
+//! * [`reduce`]: `sum`, `mean`, `max`, `min`, `prod`, `var`, `std`, `argmax`, `argmin`,
+//!   `logsumexp`, `norm`.
 //! * [`shape`]: `view`, `flatten`, `squeeze`, `unsqueeze`, `transpose`, `permute`,
 //!   `narrow`, `slice`, `pad`, `flip`, `expand`, `repeat`, `cat`, `stack`, `split`,
 //!   `chunk`, `gather`, `index_select`, nearest upsampling.
-//! * [`activation`]: `clamp`, `relu`, `leaky_relu`, `gelu`, `softmax`, `log_softmax`.
+//! * [`activation`]: `clamp`, `relu`, `leaky_relu`, `gelu`, `silu`, `elu`, `softplus`,
+//!   `hardsigmoid`, `hardswish`, `mish`, `softmax`, `log_softmax`.
+//! * [`similarity`]: `normalize`, `cosine_similarity`.
 //! * [`linalg`]: `matmul` and `linear` (gemm library, meta-op fallback).
 //! * [`conv`]: `conv2d` (im2col reindex + gemm; zeros or reflect padding, stride,
 //!   dilation, groups) and `conv_transpose2d`.
@@ -29,6 +32,7 @@ pub mod norm;
 pub mod pool;
 pub mod reduce;
 pub mod shape;
+pub mod similarity;
 pub mod upsample;
 
 pub use activation::Activations;
@@ -44,6 +48,7 @@ pub use norm::{batch_norm, group_norm, instance_norm, layer_norm, RunningStats};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d, Pool2dOptions};
 pub use reduce::ReduceOps;
 pub use shape::{cat, stack, PadMode, ShapeOps};
+pub use similarity::{cosine_similarity, normalize};
 pub use upsample::{upsample_bilinear2d, Resize};
 
 /// Everything a user needs: `Var`, dtypes, devices, errors and every operator trait.
@@ -60,6 +65,7 @@ pub mod prelude {
     pub use crate::pool::{adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d, Pool2dOptions};
     pub use crate::reduce::ReduceOps;
     pub use crate::shape::{cat, stack, PadMode, ShapeOps};
+    pub use crate::similarity::{cosine_similarity, normalize};
     pub use crate::upsample::{upsample_bilinear2d, Resize};
     pub use jit_core::{bf16, f16, manual_seed, realize, DType, Device, Error, IndexExpr, Result, Var};
 }

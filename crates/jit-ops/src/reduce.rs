@@ -27,6 +27,30 @@ pub trait ReduceOps {
     fn argmax(&self, dim: isize, keepdim: bool) -> Result<Var>;
     /// Index (i64) of the first minimum along `dim`; NaN counts as the minimum.
     fn argmin(&self, dim: isize, keepdim: bool) -> Result<Var>;
+    /// `log(sum(exp(x)))` over `dims`, computed shifted by the maximum so that it
+    /// neither overflows nor underflows (`torch.logsumexp`); `-inf` over no elements.
+    fn logsumexp(&self, dims: &[isize], keepdim: bool) -> Result<Var>;
+    /// The `p`-norm over `dims` (`torch.linalg.vector_norm`): `(sum |x|^p)^(1/p)` for
+    /// `p > 0`, the largest `|x|` for `p = inf`. The gradient of a zero vector is
+    /// zero, as in PyTorch.
+    fn norm(&self, p: f64, dims: &[isize], keepdim: bool) -> Result<Var>;
+}
+
+/// `shape` without the dims in `axes`.
+fn reduced_shape(shape: &[usize], axes: &[usize]) -> Vec<isize> {
+    shape.iter().enumerate().filter(|(i, _)| !axes.contains(i)).map(|(_, &d)| d as isize).collect()
+}
+
+/// `sign(x) |x|^(p-1)`, the derivative of `|x|^p / p`, zero where `x` is.
+fn signed_power(x: &Var, p: f64) -> Result<Var> {
+    if p == 2.0 {
+        return Ok(x.clone());
+    }
+    let sign = x.gt(0.0)?.cast(x.dtype()).try_sub(x.lt(0.0)?.cast(x.dtype()))?;
+    if p == 1.0 {
+        return Ok(sign);
+    }
+    Var::where_(&x.ne(0.0)?, &sign.try_mul(&x.abs().pow(p - 1.0)?)?, 0.0)
 }
 
 fn axes(op: &str, x: &Var, dims: &[isize]) -> Result<Vec<usize>> {
@@ -181,5 +205,55 @@ impl ReduceOps for Var {
 
     fn argmin(&self, dim: isize, keepdim: bool) -> Result<Var> {
         arg_extreme(self, ReduceOp::Min, "argmin", dim, keepdim)
+    }
+
+    fn logsumexp(&self, dims: &[isize], keepdim: bool) -> Result<Var> {
+        need_float("logsumexp", self)?;
+        let ax = axes("logsumexp", self, dims)?;
+        if count(self, &ax) == 0 {
+            return self.reduce(ReduceOp::Sum, &ax, keepdim)?.log().try_add(f64::NEG_INFINITY);
+        }
+        // shifted by the maximum (no gradient flows through the shift: it cancels),
+        // or by 0 where that is infinite or NaN
+        let m = self.reduce(ReduceOp::Max, &ax, true)?.detach();
+        let m = Var::where_(&m.abs().lt(f64::INFINITY)?, &m, 0.0)?;
+        let lse = self.try_sub(&m)?.exp().reduce(ReduceOp::Sum, &ax, true)?.log().try_add(&m)?;
+        if keepdim {
+            Ok(lse)
+        } else {
+            lse.reshape(&reduced_shape(self.shape(), &ax))
+        }
+    }
+
+    fn norm(&self, p: f64, dims: &[isize], keepdim: bool) -> Result<Var> {
+        need_float("norm", self)?;
+        if p.is_nan() || p <= 0.0 {
+            return Err(Error::argument("norm", format!("p must be positive (or infinite), got {p}")));
+        }
+        if p == f64::INFINITY {
+            return extreme(&self.abs(), ReduceOp::Max, "norm", dims, keepdim);
+        }
+        let ax = axes("norm", self, dims)?;
+        let keep_shape: Vec<isize> =
+            self.shape().iter().enumerate().map(|(i, &d)| if ax.contains(&i) { 1 } else { d as isize }).collect();
+        let forward = |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
+            let a = &xs[0];
+            let y = match p {
+                1.0 => a.abs().reduce(ReduceOp::Sum, &ax, true)?,
+                2.0 => a.try_mul(a)?.reduce(ReduceOp::Sum, &ax, true)?.sqrt(),
+                _ => a.abs().pow(p)?.reduce(ReduceOp::Sum, &ax, true)?.pow(1.0 / p)?,
+            };
+            let out = if keepdim { y.clone() } else { y.reshape(&reduced_shape(a.shape(), &ax))? };
+            Ok((out, vec![a.clone(), y]))
+        };
+        let backward = move |saved: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
+            let (x, y) = (&saved[0], &saved[1]);
+            // d y / d x = sign(x) |x|^(p-1) / y^(p-1), and 0 for a zero vector
+            let g = g.reshape(&keep_shape)?;
+            let scale = if p == 1.0 { g } else { g.try_div(&y.pow(p - 1.0)?)? };
+            let dx = Var::where_(&y.gt(0.0)?, &signed_power(x, p)?.try_mul(&scale)?, 0.0)?;
+            Ok(vec![Some(dx)])
+        };
+        jit_core::custom_op("norm", std::slice::from_ref(self), forward, std::sync::Arc::new(backward))
     }
 }

@@ -450,20 +450,16 @@ pub(crate) fn eval(node: &NodeProto, opset: i64, ins: &[Option<Value>]) -> Resul
         }
         "Elu" => {
             let x = c.x(0)?;
-            let a = c.float("alpha", 1.0)? as f64;
-            one(Var::where_(&x.gt(0.0)?, x, x.exp().try_sub(1.0)?.try_mul(a)?)?)
+            one(x.elu(c.float("alpha", 1.0)? as f64)?)
         }
         "HardSigmoid" => {
             let (a, b) = (c.float("alpha", 0.2)? as f64, c.float("beta", 0.5)? as f64);
             one(c.x(0)?.try_mul(a)?.try_add(b)?.clamp(Some(0.0), Some(1.0))?)
         }
-        "HardSwish" => {
-            let x = c.x(0)?;
-            one(x.try_mul(x.try_mul(1.0 / 6.0)?.try_add(0.5)?.clamp(Some(0.0), Some(1.0))?)?)
-        }
+        "HardSwish" => one(c.x(0)?.hardswish()?),
         "Softplus" => {
-            let x = c.x(0)?;
-            one(x.relu()?.try_add(x.abs().try_neg()?.exp().try_add(1.0)?.log())?)
+            // ONNX's Softplus has no threshold
+            one(c.x(0)?.softplus(1.0, f64::INFINITY)?)
         }
         "Gelu" => {
             let x = c.x(0)?;
