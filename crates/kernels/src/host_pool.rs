@@ -48,10 +48,18 @@ const NOT_READ: usize = usize::MAX - 1;
 pub fn memory_limit() -> Option<usize> {
     let mut l = LIMIT.load(Ordering::Relaxed);
     if l == NOT_READ {
-        let from_env = std::env::var("JIT_HOST_MEMORY_MB")
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .map_or(usize::MAX, |mb| mb.saturating_mul(1 << 20).min(NOT_READ - 1));
+        let from_env = match std::env::var("JIT_HOST_MEMORY_MB") {
+            Err(_) => usize::MAX,
+            Ok(v) => {
+                match v.trim().parse::<usize>() {
+                    Ok(mb) => mb.saturating_mul(1 << 20).min(NOT_READ - 1),
+                    Err(_) => {
+                        eprintln!("warning: JIT_HOST_MEMORY_MB={v:?} is not a whole number of MiB; no host memory limit is set");
+                        usize::MAX
+                    }
+                }
+            }
+        };
         // a concurrent set_memory_limit wins over the environment
         l = match LIMIT.compare_exchange(NOT_READ, from_env, Ordering::Relaxed, Ordering::Relaxed) {
             Ok(_) => from_env,

@@ -88,6 +88,18 @@ fn image_errors_are_one_line() {
         .expect("run stylize");
     fails_with(&out, "ok.png: out of memory on cpu: could not allocate ");
     fails_with(&out, "the host memory limit is 1048576 bytes (JIT_HOST_MEMORY_MB");
+    // a limit that is not a number is reported, and the run goes on without one
+    let out = Command::new(env!("CARGO_BIN_EXE_stylize"))
+        .args([ok.to_str().unwrap(), "--models", m, "--quiet", "-o", d.join("ok_out.png").to_str().unwrap()])
+        .env("JIT_HOST_MEMORY_MB", "2GB")
+        .output()
+        .expect("run stylize");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: JIT_HOST_MEMORY_MB=\"2GB\" is not a whole number of MiB; no host memory limit is set"),
+        "{err}"
+    );
 }
 
 #[test]
