@@ -601,6 +601,17 @@ fn every_remaining_elementwise_operator_against_its_formula() {
         ("Elu", vec![float("alpha", 1.0)], &x, |v| if v > 0.0 { v } else { v.exp() - 1.0 }),
         ("HardSigmoid", vec![float("alpha", 0.2), float("beta", 0.5)], &x, |v| (0.2 * v + 0.5).clamp(0.0, 1.0)),
         ("HardSwish", vec![], &x, |v| v * (v / 6.0 + 0.5).clamp(0.0, 1.0)),
+        ("Mish", vec![], &x, |v| v * v.exp().ln_1p().tanh()),
+        ("Softsign", vec![], &x, |v| v / (1.0 + v.abs())),
+        ("Selu", vec![float("alpha", 1.5), float("gamma", 1.1)], &x, |v| {
+            1.1 * if v > 0.0 { v } else { 1.5 * (v.exp() - 1.0) }
+        }),
+        ("Selu", vec![], &x, |v| {
+            let (a, g) = (1.673_263_192_176_818_8, 1.050_701_022_148_132_3); // the spec's f32 values
+            g * if v > 0.0 { v } else { a * (v.exp() - 1.0) }
+        }),
+        ("Celu", vec![float("alpha", 0.5)], &x, |v| v.max(0.0) + (0.5 * ((v / 0.5).exp() - 1.0)).min(0.0)),
+        ("ThresholdedRelu", vec![float("alpha", 0.3)], &x, |v| if v > 0.3 { v } else { 0.0 }),
         ("Dropout", vec![], &x, |v| v),
     ];
     for (op, attrs, input, f) in unary {
@@ -720,17 +731,23 @@ fn comparisons_logic_clip_prelu_and_size() {
 fn remaining_reductions_layer_norm_log_softmax_and_global_max() {
     let s = seed();
     let x = rand(&[2, 3, 4, 5], s);
-    let g = G::new(vec![vi("x", dt::FLOAT, &["2", "3", "4", "5"])], &["l2", "mn", "pd", "ss", "ln", "ls", "gm", "ai"])
-        .init(f32_tensor("gamma", &[5], &[1.0, 0.5, 2.0, -1.0, 0.25]))
-        .init(f32_tensor("beta", &[5], &[0.0, 0.1, -0.2, 0.3, 0.0]))
-        .n(node("ReduceL2", &["x"], &["l2"], vec![ints("axes", &[3])]))
-        .n(node("ReduceMin", &["x"], &["mn"], vec![ints("axes", &[1, 2]), int("keepdims", 0)]))
-        .n(node("ReduceProd", &["x"], &["pd"], vec![ints("axes", &[1])]))
-        .n(node("ReduceSumSquare", &["x"], &["ss"], vec![ints("axes", &[0])]))
-        .n(node("LayerNormalization", &["x", "gamma", "beta"], &["ln"], vec![int("axis", -1), float("epsilon", 1e-5)]))
-        .n(node("LogSoftmax", &["x"], &["ls"], vec![int("axis", 2)]))
-        .n(node("GlobalMaxPool", &["x"], &["gm"], vec![]))
-        .n(node("ArgMin", &["x"], &["ai"], vec![int("axis", 3), int("keepdims", 1)]));
+    let g = G::new(
+        vec![vi("x", dt::FLOAT, &["2", "3", "4", "5"])],
+        &["l2", "mn", "pd", "ss", "ln", "ls", "gm", "ai", "l1", "lse", "lsum"],
+    )
+    .init(f32_tensor("gamma", &[5], &[1.0, 0.5, 2.0, -1.0, 0.25]))
+    .init(f32_tensor("beta", &[5], &[0.0, 0.1, -0.2, 0.3, 0.0]))
+    .n(node("ReduceL2", &["x"], &["l2"], vec![ints("axes", &[3])]))
+    .n(node("ReduceMin", &["x"], &["mn"], vec![ints("axes", &[1, 2]), int("keepdims", 0)]))
+    .n(node("ReduceProd", &["x"], &["pd"], vec![ints("axes", &[1])]))
+    .n(node("ReduceSumSquare", &["x"], &["ss"], vec![ints("axes", &[0])]))
+    .n(node("LayerNormalization", &["x", "gamma", "beta"], &["ln"], vec![int("axis", -1), float("epsilon", 1e-5)]))
+    .n(node("LogSoftmax", &["x"], &["ls"], vec![int("axis", 2)]))
+    .n(node("GlobalMaxPool", &["x"], &["gm"], vec![]))
+    .n(node("ArgMin", &["x"], &["ai"], vec![int("axis", 3), int("keepdims", 1)]))
+    .n(node("ReduceL1", &["x"], &["l1"], vec![ints("axes", &[1, 3])]))
+    .n(node("ReduceLogSumExp", &["x"], &["lse"], vec![ints("axes", &[2]), int("keepdims", 0)]))
+    .n(node("ReduceLogSum", &["l1"], &["lsum"], vec![ints("axes", &[0])]));
     let out = g.model().run(&[("x", x.clone())]).unwrap();
     let sq = x.try_mul(&x).unwrap();
     close(&out[0], &sq.sum(&[3], true).unwrap().sqrt(), 1e-6);
@@ -743,6 +760,27 @@ fn remaining_reductions_layer_norm_log_softmax_and_global_max() {
     close(&out[5], &x.log_softmax(2).unwrap(), 1e-6);
     close(&out[6], &x.max(&[2, 3], true).unwrap(), 0.0);
     assert_eq!(out[7].to_vec::<i64>().unwrap(), x.argmin(3, true).unwrap().to_vec::<i64>().unwrap());
+    // against f64 loops
+    let xs = host(&x);
+    let at = |i: usize, j: usize, k: usize, l: usize| xs[((i * 3 + j) * 4 + k) * 5 + l];
+    let l1: Vec<f64> = (0..2 * 4)
+        .map(|ik| (0..3).flat_map(|j| (0..5).map(move |l| (j, l))).map(|(j, l)| at(ik / 4, j, ik % 4, l).abs()).sum())
+        .collect();
+    assert_eq!(out[8].shape(), &[2, 1, 4, 1]);
+    for (got, want) in host(&out[8]).iter().zip(&l1) {
+        assert!((got - want).abs() <= 1e-5 * want, "ReduceL1: {got} vs {want}");
+    }
+    assert_eq!(out[9].shape(), &[2, 3, 5]);
+    for (n, got) in host(&out[9]).iter().enumerate() {
+        let (i, j, l) = (n / 15, n / 5 % 3, n % 5);
+        let want = (0..4).map(|k| at(i, j, k, l).exp()).sum::<f64>().ln();
+        assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "ReduceLogSumExp: {got} vs {want}");
+    }
+    assert_eq!(out[10].shape(), &[1, 1, 4, 1]);
+    for (k, got) in host(&out[10]).iter().enumerate() {
+        let want = (l1[k] + l1[4 + k]).ln();
+        assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "ReduceLogSum: {got} vs {want}");
+    }
 }
 
 /// Values a damaged model can hold where a real one never does: extreme slice

@@ -19,6 +19,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "BatchNormalization",
     "Cast",
     "Ceil",
+    "Celu",
     "Clip",
     "Concat",
     "Constant",
@@ -59,6 +60,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "MaxPool",
     "Mean",
     "Min",
+    "Mish",
     "Mul",
     "Neg",
     "Not",
@@ -68,7 +70,10 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "PRelu",
     "QuantizeLinear",
     "Reciprocal",
+    "ReduceL1",
     "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
     "ReduceMax",
     "ReduceMean",
     "ReduceMin",
@@ -79,20 +84,23 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Reshape",
     "Resize",
     "Round",
+    "Selu",
     "Shape",
     "Sigmoid",
     "Sin",
     "Size",
     "Slice",
     "Softmax",
-    "SpaceToDepth",
     "Softplus",
+    "Softsign",
+    "SpaceToDepth",
     "Split",
     "Sqrt",
     "Squeeze",
     "Sub",
     "Sum",
     "Tanh",
+    "ThresholdedRelu",
     "Tile",
     "Transpose",
     "Unsqueeze",
@@ -106,7 +114,7 @@ fn known_attributes(op: &str) -> Option<&'static [&'static str]> {
         | "GreaterOrEqual" | "HardSwish" | "Identity" | "Less" | "LessOrEqual" | "Log" | "MatMul" | "Max" | "Mean"
         | "Min" | "Mul" | "Neg" | "Not" | "Or" | "Pow" | "PRelu" | "Reciprocal" | "Relu" | "Round" | "Sigmoid"
         | "Sin" | "Size" | "Softplus" | "Sqrt" | "Sub" | "Sum" | "Tanh" | "Tile" | "Where" | "Expand"
-        | "GlobalAveragePool" | "GlobalMaxPool" => &[],
+        | "GlobalAveragePool" | "GlobalMaxPool" | "Mish" | "Softsign" => &[],
         "ArgMax" | "ArgMin" => &["axis", "keepdims", "select_last_index"],
         "AveragePool" => {
             &["auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape", "pads", "strides"]
@@ -135,7 +143,8 @@ fn known_attributes(op: &str) -> Option<&'static [&'static str]> {
         "DequantizeLinear" => &["axis", "block_size"],
         "QuantizeLinear" => &["axis", "block_size", "saturate", "output_dtype"],
         "Dropout" => &["ratio", "seed"],
-        "Elu" => &["alpha"],
+        "Elu" | "Celu" | "ThresholdedRelu" => &["alpha"],
+        "Selu" => &["alpha", "gamma"],
         "Flatten" => &["axis"],
         "Gather" => &["axis"],
         "Gelu" => &["approximate"],
@@ -147,9 +156,8 @@ fn known_attributes(op: &str) -> Option<&'static [&'static str]> {
         "LogSoftmax" | "Softmax" => &["axis"],
         "MaxPool" => &["auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides"],
         "Pad" => &["mode", "pads", "value"],
-        "ReduceL2" | "ReduceMax" | "ReduceMean" | "ReduceMin" | "ReduceProd" | "ReduceSum" | "ReduceSumSquare" => {
-            &["axes", "keepdims", "noop_with_empty_axes"]
-        }
+        "ReduceL1" | "ReduceL2" | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceMax" | "ReduceMean" | "ReduceMin"
+        | "ReduceProd" | "ReduceSum" | "ReduceSumSquare" => &["axes", "keepdims", "noop_with_empty_axes"],
         "Reshape" => &["allowzero"],
         "Resize" => &[
             "antialias",
@@ -457,6 +465,31 @@ pub(crate) fn eval(node: &NodeProto, opset: i64, ins: &[Option<Value>]) -> Resul
             one(c.x(0)?.try_mul(a)?.try_add(b)?.clamp(Some(0.0), Some(1.0))?)
         }
         "HardSwish" => one(c.x(0)?.hardswish()?),
+        "Mish" => one(c.x(0)?.mish()?),
+        "Softsign" => {
+            let x = c.x(0)?;
+            one(x.try_div(&x.abs().try_add(1.0)?)?)
+        }
+        "Selu" => {
+            // the spec's defaults, as f32
+            let a = c.float("alpha", 1.673_263_2)? as f64;
+            let g = c.float("gamma", 1.050_701)? as f64;
+            one(c.x(0)?.elu(a)?.try_mul(g)?)
+        }
+        "Celu" => {
+            let a = c.float("alpha", 1.0)? as f64;
+            // alpha * elu(x / alpha), the spec's max(0, x) + min(0, alpha (exp(x / alpha) - 1))
+            // for the positive alphas it is used with
+            if !(a > 0.0 && a.is_finite()) {
+                return Err(c.err(format!("alpha must be positive and finite, got {a}")));
+            }
+            let x = c.x(0)?;
+            one(x.try_div(a)?.elu(1.0)?.try_mul(a)?)
+        }
+        "ThresholdedRelu" => {
+            let x = c.x(0)?;
+            one(Var::where_(&x.gt(c.float("alpha", 1.0)? as f64)?, x, 0.0)?)
+        }
         "Softplus" => {
             // ONNX's Softplus has no threshold
             one(c.x(0)?.softplus(1.0, f64::INFINITY)?)
@@ -630,9 +663,8 @@ pub(crate) fn eval(node: &NodeProto, opset: i64, ins: &[Option<Value>]) -> Resul
             Ok(vec![v])
         }
         // ---- reductions ----
-        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL2" | "ReduceSumSquare" => {
-            one(reduce(&c)?)
-        }
+        "ReduceMean" | "ReduceSum" | "ReduceMax" | "ReduceMin" | "ReduceProd" | "ReduceL1" | "ReduceL2"
+        | "ReduceLogSum" | "ReduceLogSumExp" | "ReduceSumSquare" => one(reduce(&c)?),
         "ArgMax" | "ArgMin" => {
             let x = c.x(0)?;
             let a = c.axis(c.int("axis", 0)?, x.ndim())? as isize;
@@ -1027,6 +1059,9 @@ fn reduce(c: &Ctx) -> Result<Var> {
         "ReduceMin" => x.min(&axes, keep),
         "ReduceProd" => x.prod(&axes, keep),
         "ReduceSumSquare" => x.try_mul(x)?.sum(&axes, keep),
+        "ReduceL1" => x.abs().sum(&axes, keep),
+        "ReduceLogSum" => Ok(x.sum(&axes, keep)?.log()),
+        "ReduceLogSumExp" => x.logsumexp(&axes, keep),
         _ => Ok(x.try_mul(x)?.sum(&axes, keep)?.sqrt()),
     }
 }
@@ -1547,4 +1582,19 @@ fn depth_space(c: &Ctx, op: &str) -> Result<Var> {
     // DCR: channel (i b + j) C' + c' -> [n, c', h b + i, w b + j]
     let blocks = x.reshape(&dims(&[n, b, b, ch / (b * b), h, w]))?.permute(&[0, 3, 4, 1, 5, 2])?;
     blocks.reshape(&dims(&[n, ch / (b * b), h * b, w * b]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_supported_operator_has_its_attributes_listed_once_and_in_order() {
+        for op in SUPPORTED_OPS {
+            assert!(known_attributes(op).is_some(), "{op} is listed as supported but has no attribute list");
+        }
+        for w in SUPPORTED_OPS.windows(2) {
+            assert!(w[0].to_lowercase() < w[1].to_lowercase(), "SUPPORTED_OPS out of order at {} / {}", w[0], w[1]);
+        }
+    }
 }
