@@ -68,10 +68,14 @@ fn bad_images_and_shapes_give_clear_errors() {
     std::fs::write(&huge, png_header_only(1 << 30, 1 << 30)).unwrap();
     let e = load_image(&huge).unwrap_err().to_string();
     assert!(
-        e.contains("huge.png: not a readable image: decoding the picture of 1073741824x1073741824 pixels needs more memory than the "),
+        e.contains(&format!(
+            "huge.png: not a readable image: decoding the picture of 1073741824x1073741824 pixels needs more than the \
+             536870912 bytes allowed for a {}-byte file",
+            std::fs::metadata(&huge).unwrap().len()
+        )),
         "{e}"
     );
-    assert!(e.contains("scale it down first"), "{e}");
+    assert!(e.contains("a damaged header, or a picture to scale down first"), "{e}");
     let e = save_image(&Var::rand(&[2, 3, 4, 4], DType::F32).unwrap(), d.join("x.png")).unwrap_err().to_string();
     assert!(e.contains("expected an image of shape [3, H, W] or [1, 3, H, W], got [2, 3, 4, 4]"), "{e}");
     let e = save_image(&Var::rand(&[3, 4, 4], DType::F32).unwrap(), d.join("x.tiff")).unwrap_err().to_string();

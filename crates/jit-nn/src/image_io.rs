@@ -12,11 +12,14 @@ pub fn load_image(path: impl AsRef<Path>) -> Result<Var> {
     from_rgb8(&read_rgb8(path)?)
 }
 
-/// The memory the image decoder may allocate: three quarters of what the system has
-/// available, and at least the `image` crate's default of 512 MiB.
-fn decode_budget() -> u64 {
-    let avail = jit_core::system_available_bytes().unwrap_or(0) as u64;
-    (avail / 4 * 3).max(512 << 20)
+/// The memory the image decoder may allocate for a file of `file_bytes`: 1024 times
+/// the file's size (deflate, and so PNG, compresses at most about 1032 to 1, and
+/// the other formats less), at least the `image` crate's default of 512 MiB, at
+/// most three quarters of what the system has available. A damaged header that
+/// claims a huge picture in a small file is refused before the decoder allocates.
+fn decode_budget(file_bytes: u64) -> u64 {
+    let avail = jit_core::system_available_bytes().map_or(u64::MAX, |a| a as u64 / 4 * 3);
+    file_bytes.saturating_mul(1024).max(512 << 20).min(avail.max(512 << 20))
 }
 
 /// Decodes the image file at `path` (PNG, JPEG, BMP or WebP, told by its content)
@@ -32,8 +35,10 @@ pub fn read_rgb8(path: impl AsRef<Path>) -> Result<image::RgbImage> {
             .map_err(|e| Error::file(path, format!("cannot read: {e}")))
     };
     let mut reader = open()?;
+    let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    let budget = decode_budget(file_bytes);
     let mut limits = image::Limits::default();
-    limits.max_alloc = Some(decode_budget());
+    limits.max_alloc = Some(budget);
     reader.limits(limits);
     match reader.decode() {
         Ok(img) => Ok(img.to_rgb8()),
@@ -50,9 +55,9 @@ pub fn read_rgb8(path: impl AsRef<Path>) -> Result<image::RgbImage> {
             Err(Error::file(
                 path,
                 format!(
-                    "not a readable image: decoding the picture{size} needs more memory than the {} bytes this \
-                     machine has available for it ({e}); scale it down first",
-                    decode_budget()
+                    "not a readable image: decoding the picture{size} needs more than the {budget} bytes allowed \
+                     for a {file_bytes}-byte file (1024 times its size, at least 512 MiB, at most 3/4 of the \
+                     memory available) ({e}); a damaged header, or a picture to scale down first"
                 ),
             ))
         }
