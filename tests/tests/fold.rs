@@ -1,6 +1,7 @@
 //! `unfold`, `fold`, `pixel_shuffle` and `pixel_unshuffle` against their definitions
-//! written as plain loops, on random awkward shapes and window options, on the CPU
-//! backend fused and unfused and on the reference backend; `fold` as the adjoint of
+//! written as plain loops, on random awkward shapes and window options, on the
+//! default backend (the CPU, or CUDA with `JIT_BACKEND=cuda`) fused and unfused and
+//! on the reference backend; `fold` as the adjoint of
 //! `unfold`; finite-difference gradients; clear errors. Seeds are printed; rerun
 //! with `JIT_TEST_SEED=<seed>`.
 
@@ -9,11 +10,14 @@ use integration_tests::{assert_close, Nd, Rng};
 use jit_core::{with_flags, Backend, Flags};
 use jit_ops::prelude::*;
 
-/// The three ways a graph runs: the CPU backend fused and unfused, and the oracle.
+/// The three ways a graph runs: the default backend (`JIT_BACKEND`: the CPU, or
+/// CUDA in gpu-check) fused and unfused, and the oracle.
 fn modes() -> [(Flags, DType, f64); 3] {
+    let backend = jit_core::flags().backend;
+    let backend = if backend == Backend::Reference { Backend::Cpu } else { backend };
     [
-        (Flags { backend: Backend::Cpu, fusion: true, dump: false }, DType::F32, 1e-6),
-        (Flags { backend: Backend::Cpu, fusion: false, dump: false }, DType::F32, 1e-6),
+        (Flags { backend, fusion: true, dump: false }, DType::F32, 1e-6),
+        (Flags { backend, fusion: false, dump: false }, DType::F32, 1e-6),
         (Flags { backend: Backend::Reference, fusion: false, dump: false }, DType::F64, 1e-12),
     ]
 }
