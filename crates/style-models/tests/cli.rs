@@ -88,6 +88,7 @@ fn image_errors_are_one_line() {
         .expect("run stylize");
     fails_with(&out, "ok.png: out of memory on cpu: could not allocate ");
     fails_with(&out, "the host memory limit is 1048576 bytes (JIT_HOST_MEMORY_MB");
+    fails_with(&out, "; a smaller --max-size (now 1024) needs less memory");
     // a limit that is not a number is reported, and the run goes on without one
     let out = Command::new(env!("CARGO_BIN_EXE_stylize"))
         .args([ok.to_str().unwrap(), "--models", m, "--quiet", "-o", d.join("ok_out.png").to_str().unwrap()])

@@ -144,6 +144,17 @@ fn fit(img: image::RgbImage, max_size: usize, path: &Path) -> Res<image::RgbImag
     Ok(img)
 }
 
+/// The error of stylising `path`, with a hint when it ran out of memory.
+fn run_error(path: &Path, e: &Error, max_size: usize) -> String {
+    let msg = e.to_string();
+    if msg.starts_with("out of memory") {
+        let now = if max_size == 0 { "0, no limit".to_string() } else { max_size.to_string() };
+        format!("{}: {msg}; a smaller --max-size (now {now}) needs less memory", path.display())
+    } else {
+        format!("{}: {msg}", path.display())
+    }
+}
+
 fn stylize_one(engine: &Engine, img: &image::RgbImage, args: &Args) -> Result<image::RgbImage> {
     match engine {
         Engine::Builtin(m, w) => builtin(m, w, img, args),
@@ -294,7 +305,7 @@ fn run(args: &Args) -> Res<()> {
         let t = Instant::now();
         let r = load_rgb(p)
             .and_then(|img| fit(img, args.max_size, p))
-            .and_then(|img| stylize_one(&engine, &img, args).map_err(|e| format!("{}: {e}", p.display())))
+            .and_then(|img| stylize_one(&engine, &img, args).map_err(|e| run_error(p, &e, args.max_size)))
             .and_then(|img| save(&img, &dest).map(|_| img));
         match r {
             Ok(img) => {
@@ -379,7 +390,7 @@ fn stylize_video(engine: &Engine, video: &Path, args: &Args, device: &str) -> Re
     let t = Instant::now();
     for f in &frames {
         let img = fit(load_rgb(f)?, args.max_size, f)?;
-        let y = stylize_one(engine, &img, args).map_err(|e| format!("{}: {e}", f.display()))?;
+        let y = stylize_one(engine, &img, args).map_err(|e| run_error(f, &e, args.max_size))?;
         // even sizes for yuv420p
         let y = image::imageops::crop_imm(&y, 0, 0, y.width() & !1, y.height() & !1).to_image();
         save(&y, &fout.join(f.file_name().unwrap_or_default()))?;
