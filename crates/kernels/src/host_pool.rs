@@ -97,55 +97,41 @@ pub fn system_available_bytes() -> Option<usize> {
 /// system has available.
 pub fn check(dtype: DType, n: usize, what: &str) -> Result<(), KernelError> {
     let bytes = n.saturating_mul(dtype.size_in_bytes());
-    check_limit(dtype, n, bytes, what)?;
-    check_system(dtype, n, bytes, what)
+    past_limit(bytes).or_else(|| past_system(bytes)).map_or(Ok(()), |why| Err(oom_because(dtype, n, bytes, what, &why)))
 }
 
-/// Refuses a buffer of `bytes` that would take the live buffers past the
-/// [memory limit](memory_limit).
-fn check_limit(dtype: DType, n: usize, bytes: usize, what: &str) -> Result<(), KernelError> {
-    let Some(limit) = memory_limit() else { return Ok(()) };
+/// Why a buffer of `bytes` may not be taken: it would take the live buffers past
+/// the [memory limit](memory_limit).
+fn past_limit(bytes: usize) -> Option<String> {
+    let limit = memory_limit()?;
     let live = crate::buffer::live_bytes();
-    if live.saturating_add(bytes) <= limit {
-        return Ok(());
-    }
-    Err(oom_because(
-        dtype,
-        n,
-        bytes,
-        what,
-        &format!(
+    (live.saturating_add(bytes) > limit).then(|| {
+        format!(
             "the framework's live buffers hold {live} bytes and the host memory limit is {limit} bytes \
              (JIT_HOST_MEMORY_MB or jit_core::set_host_memory_limit)"
-        ),
-    ))
+        )
+    })
 }
 
-/// Refuses a fresh allocation of `bytes` (at least [`CHECKED_BYTES`]) that is larger
-/// than the memory the system has available, after emptying the pool to make room.
-fn check_system(dtype: DType, n: usize, bytes: usize, what: &str) -> Result<(), KernelError> {
+/// Why a fresh allocation of `bytes` (at least [`CHECKED_BYTES`]) may not be made:
+/// it is larger than the memory the system has available, even after the pool is
+/// emptied to make room.
+fn past_system(bytes: usize) -> Option<String> {
     if bytes < CHECKED_BYTES {
-        return Ok(());
+        return None;
     }
-    let Some(mut avail) = system_available_bytes() else { return Ok(()) };
+    let mut avail = system_available_bytes()?;
     // pooled buffers count as available once the pool is emptied
     if bytes > avail && release() > 0 {
         avail = system_available_bytes().unwrap_or(avail);
     }
-    if bytes <= avail {
-        return Ok(());
-    }
-    Err(oom_because(
-        dtype,
-        n,
-        bytes,
-        what,
-        &format!(
+    (bytes > avail).then(|| {
+        format!(
             "the system has {avail} bytes available (MemAvailable plus SwapFree in /proc/meminfo) and the \
              framework's live buffers hold {} bytes",
             crate::buffer::live_bytes()
-        ),
-    ))
+        )
+    })
 }
 
 /// What the caller needs in a buffer it takes.
@@ -279,7 +265,10 @@ fn reuse(dtype: DType, n: usize) -> Option<HostBuffer> {
 /// documentation).
 pub fn take(dtype: DType, n: usize, fill: Fill, what: &str) -> Result<HostBuffer, KernelError> {
     let bytes = n.saturating_mul(dtype.size_in_bytes());
-    check_limit(dtype, n, bytes, what)?;
+    let refuse = |why: String| Err(oom_because(dtype, n, bytes, what, &why));
+    if let Some(why) = past_limit(bytes) {
+        return refuse(why);
+    }
     if bytes >= MIN_POOLED_BYTES {
         if let Some(mut b) = reuse(dtype, n) {
             if fill == Fill::Zeroed {
@@ -288,7 +277,9 @@ pub fn take(dtype: DType, n: usize, fill: Fill, what: &str) -> Result<HostBuffer
             return Ok(b);
         }
     }
-    check_system(dtype, n, bytes, what)?;
+    if let Some(why) = past_system(bytes) {
+        return refuse(why);
+    }
     match zeroed(dtype, n) {
         Some(b) => Ok(b),
         None if release() > 0 => zeroed(dtype, n).ok_or_else(|| oom(dtype, n, bytes, what)),

@@ -1564,14 +1564,13 @@ fn depth_space(c: &Ctx, op: &str) -> Result<Var> {
         return Err(c.err(format!("blocksize {b} must be between 1 and {}", i32::MAX)));
     }
     let b = b as usize;
-    let dims = |d: &[usize]| -> Vec<isize> { d.iter().map(|&v| v as isize).collect() };
     if op == "SpaceToDepth" {
         if h % b != 0 || w % b != 0 {
             return Err(c.err(format!("the input {:?} is not divisible into {b}x{b} blocks", x.shape())));
         }
         // [n, c, h/b, b, w/b, b] -> [n, b, b, c, h/b, w/b]
-        let blocks = x.reshape(&dims(&[n, ch, h / b, b, w / b, b]))?.permute(&[0, 3, 5, 1, 2, 4])?;
-        return blocks.reshape(&dims(&[n, ch * b * b, h / b, w / b]));
+        let blocks = x.reshape(&uz(&[n, ch, h / b, b, w / b, b]))?.permute(&[0, 3, 5, 1, 2, 4])?;
+        return blocks.reshape(&uz(&[n, ch * b * b, h / b, w / b]));
     }
     if ch % (b * b) != 0 {
         return Err(c.err(format!("the {ch} channels of {:?} are not divisible by blocksize² = {}", x.shape(), b * b)));
@@ -1580,8 +1579,8 @@ fn depth_space(c: &Ctx, op: &str) -> Result<Var> {
         return pixel_shuffle(x, b);
     }
     // DCR: channel (i b + j) C' + c' -> [n, c', h b + i, w b + j]
-    let blocks = x.reshape(&dims(&[n, b, b, ch / (b * b), h, w]))?.permute(&[0, 3, 4, 1, 5, 2])?;
-    blocks.reshape(&dims(&[n, ch / (b * b), h * b, w * b]))
+    let blocks = x.reshape(&uz(&[n, b, b, ch / (b * b), h, w]))?.permute(&[0, 3, 4, 1, 5, 2])?;
+    blocks.reshape(&uz(&[n, ch / (b * b), h * b, w * b]))
 }
 
 #[cfg(test)]
