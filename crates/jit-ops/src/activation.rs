@@ -86,6 +86,9 @@ impl Activations for Var {
     }
 
     fn softmax(&self, dim: isize) -> Result<Var> {
+        if let Some(v) = crate::autocast::widened(&[self]) {
+            return v[0].softmax(dim);
+        }
         let x = float_input("softmax", self)?;
         let d = normalize_dim("softmax", dim, x.shape())?;
         if x.shape().get(d) == Some(&0) {
@@ -99,6 +102,9 @@ impl Activations for Var {
     }
 
     fn log_softmax(&self, dim: isize) -> Result<Var> {
+        if let Some(v) = crate::autocast::widened(&[self]) {
+            return v[0].log_softmax(dim);
+        }
         let x = float_input("log_softmax", self)?;
         let d = normalize_dim("log_softmax", dim, x.shape())?;
         if x.shape().get(d) == Some(&0) {

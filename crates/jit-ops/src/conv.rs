@@ -408,6 +408,9 @@ fn library_conv(x: &Var, w: &Var, o: &Conv2dOptions) -> Result<Var> {
 }
 
 fn conv2d_with(x: &Var, w: &Var, b: Option<&Var>, o: &Conv2dOptions, library: bool) -> Result<Var> {
+    if let Some(v) = crate::autocast::lowered(&[x, w]) {
+        return conv2d_with(&v[0], &v[1], b.map(crate::autocast::lower).as_ref(), o, library);
+    }
     let op = "conv2d";
     let [n, c, h, wd] = dims4(op, "input", x)?;
     let [oc, cg, kh, kw] = dims4(op, "weight", w)?;
@@ -536,6 +539,9 @@ pub fn conv_transpose2d_library(x: &Var, w: &Var, b: Option<&Var>, o: &ConvTrans
 }
 
 fn conv_transpose2d_with(x: &Var, w: &Var, b: Option<&Var>, o: &ConvTranspose2dOptions, library: bool) -> Result<Var> {
+    if let Some(v) = crate::autocast::lowered(&[x, w]) {
+        return conv_transpose2d_with(&v[0], &v[1], b.map(crate::autocast::lower).as_ref(), o, library);
+    }
     let op = "conv_transpose2d";
     let [n, cin, h, wd] = dims4(op, "input", x)?;
     let [wcin, cog, kh, kw] = dims4(op, "weight", w)?;

@@ -18,12 +18,15 @@
 //! * [`upsample`]: bilinear resizing (nearest is in [`shape`]).
 //! * [`loss`]: `mse_loss`, `l1_loss`, `smooth_l1_loss`, `nll_loss`, `cross_entropy`,
 //!   `tv_loss`.
+//! * [`autocast`]: automatic mixed precision (`torch.autocast`): matrix products and
+//!   convolutions in f16 or bf16, reductions that need it in f32.
 //!
 //! Import the [`prelude`] to get [`Var`] together with these methods.
 
 #![warn(missing_docs)]
 
 pub mod activation;
+pub mod autocast;
 pub mod conv;
 pub mod fold;
 pub mod linalg;
@@ -36,6 +39,7 @@ pub mod similarity;
 pub mod upsample;
 
 pub use activation::Activations;
+pub use autocast::{autocast, autocast_dtype, autocast_off};
 pub use conv::{
     conv2d, conv2d_library, conv_transpose2d, conv_transpose2d_library, Conv2dOptions, ConvPadding,
     ConvTranspose2dOptions,
@@ -54,6 +58,7 @@ pub use upsample::{upsample_bilinear2d, Resize};
 /// Everything a user needs: `Var`, dtypes, devices, errors and every operator trait.
 pub mod prelude {
     pub use crate::activation::Activations;
+    pub use crate::autocast::{autocast, autocast_dtype, autocast_off};
     pub use crate::conv::{
         conv2d, conv2d_library, conv_transpose2d, conv_transpose2d_library, Conv2dOptions, ConvPadding,
         ConvTranspose2dOptions,

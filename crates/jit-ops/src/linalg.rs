@@ -59,6 +59,9 @@ pub fn matmul(a: &Var, b: &Var) -> Result<Var> {
             msg: format!("both operands need at least one dim, got shapes {:?} and {:?}", a.shape(), b.shape()),
         });
     }
+    if let Some(v) = crate::autocast::lowered(&[a, b]) {
+        return matmul(&v[0], &v[1]);
+    }
     let dt = DType::promote(a.dtype(), b.dtype());
     let (a2, squeeze_m) =
         if a.ndim() == 1 { (a.reshape(&[1, a.shape()[0] as isize])?, true) } else { (a.clone(), false) };
@@ -147,6 +150,9 @@ fn pad_batch(x: &Var, batch_rank: usize) -> Result<Var> {
 /// `x @ w^T + b` with `w` of shape `[out, in]` (PyTorch's `F.linear`).
 pub fn linear(x: &Var, w: &Var, b: Option<&Var>) -> Result<Var> {
     use crate::shape::ShapeOps;
+    if let Some(v) = crate::autocast::lowered(&[x, w]) {
+        return linear(&v[0], &v[1], b.map(crate::autocast::lower).as_ref());
+    }
     if w.ndim() != 2 {
         return Err(Error::Shape { op: "linear".into(), msg: format!("weight must be 2-D, got {:?}", w.shape()) });
     }

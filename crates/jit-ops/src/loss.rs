@@ -37,6 +37,9 @@ fn same_shape(op: &str, a: &Var, b: &Var) -> Result<()> {
 
 /// `F.mse_loss`: squared differences.
 pub fn mse_loss(x: &Var, target: &Var, r: Reduction) -> Result<Var> {
+    if let Some(v) = crate::autocast::widened(&[x, target]) {
+        return mse_loss(&v[0], &v[1], r);
+    }
     same_shape("mse_loss", x, target)?;
     let d = x.try_sub(target)?;
     reduce(d.try_mul(&d)?, r)
@@ -44,6 +47,9 @@ pub fn mse_loss(x: &Var, target: &Var, r: Reduction) -> Result<Var> {
 
 /// `F.l1_loss`: absolute differences.
 pub fn l1_loss(x: &Var, target: &Var, r: Reduction) -> Result<Var> {
+    if let Some(v) = crate::autocast::widened(&[x, target]) {
+        return l1_loss(&v[0], &v[1], r);
+    }
     same_shape("l1_loss", x, target)?;
     reduce(x.try_sub(target)?.abs(), r)
 }
@@ -51,6 +57,9 @@ pub fn l1_loss(x: &Var, target: &Var, r: Reduction) -> Result<Var> {
 /// `F.smooth_l1_loss`: `0.5 d^2 / beta` where `|d| < beta`, else `|d| - beta / 2`
 /// (`beta = 0` is the L1 loss).
 pub fn smooth_l1_loss(x: &Var, target: &Var, beta: f64, r: Reduction) -> Result<Var> {
+    if let Some(v) = crate::autocast::widened(&[x, target]) {
+        return smooth_l1_loss(&v[0], &v[1], beta, r);
+    }
     same_shape("smooth_l1_loss", x, target)?;
     if beta < 0.0 {
         return Err(Error::argument("smooth_l1_loss", format!("beta must not be negative, got {beta}")));
@@ -108,6 +117,9 @@ fn one_hot(scores: &Var, target: &Var, ignore_index: i64) -> Result<(Var, Var)> 
 /// mean is over the others. Indices out of `0..C` are not checked (they pick
 /// nothing).
 pub fn nll_loss(logp: &Var, target: &Var, ignore_index: i64, r: Reduction) -> Result<Var> {
+    if let Some(v) = crate::autocast::widened(&[logp]) {
+        return nll_loss(&v[0], target, ignore_index, r);
+    }
     let op = "nll_loss";
     class_shapes(op, logp, target)?;
     let (hot, keep) = one_hot(logp, target, ignore_index)?;
@@ -123,6 +135,9 @@ pub fn nll_loss(logp: &Var, target: &Var, ignore_index: i64, r: Reduction) -> Re
 /// label smoothing `eps` in `[0, 1]`: `(1 - eps) * nll + eps * mean over classes of
 /// -log p`.
 pub fn cross_entropy(scores: &Var, target: &Var, label_smoothing: f64, ignore_index: i64, r: Reduction) -> Result<Var> {
+    if let Some(v) = crate::autocast::widened(&[scores, target]) {
+        return cross_entropy(&v[0], &v[1], label_smoothing, ignore_index, r);
+    }
     let op = "cross_entropy";
     let c = class_shapes(op, scores, target)?;
     if !(0.0..=1.0).contains(&label_smoothing) {

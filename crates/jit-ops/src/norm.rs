@@ -88,6 +88,9 @@ pub fn batch_norm(
     training: bool,
     eps: f64,
 ) -> Result<Var> {
+    if let Some(v) = crate::autocast::widened(&[x]) {
+        return Ok(batch_norm(&v[0], running, weight, bias, training, eps)?.cast(x.dtype()));
+    }
     let op = "batch_norm";
     if x.ndim() < 2 {
         return Err(Error::shape(op, format!("input must be [N, C, ..], got shape {:?}", x.shape())));
@@ -136,6 +139,9 @@ pub fn instance_norm(
     use_input_stats: bool,
     eps: f64,
 ) -> Result<Var> {
+    if let Some(v) = crate::autocast::widened(&[x]) {
+        return Ok(instance_norm(&v[0], running, weight, bias, use_input_stats, eps)?.cast(x.dtype()));
+    }
     let op = "instance_norm";
     if x.ndim() < 3 {
         return Err(Error::shape(op, format!("input must be [N, C, spatial..], got shape {:?}", x.shape())));
@@ -172,6 +178,9 @@ pub fn layer_norm(
     bias: Option<&Var>,
     eps: f64,
 ) -> Result<Var> {
+    if let Some(v) = crate::autocast::widened(&[x]) {
+        return layer_norm(&v[0], normalized_shape, weight, bias, eps);
+    }
     let op = "layer_norm";
     let k = normalized_shape.len();
     if k == 0 || k > x.ndim() || x.shape()[x.ndim() - k..] != *normalized_shape {
@@ -205,6 +214,9 @@ pub fn layer_norm(
 /// `torch.nn.functional.group_norm` for `[N, C, ..]`: channels split into `groups`,
 /// statistics per sample and group; `weight` and `bias` are per channel.
 pub fn group_norm(x: &Var, groups: usize, weight: Option<&Var>, bias: Option<&Var>, eps: f64) -> Result<Var> {
+    if let Some(v) = crate::autocast::widened(&[x]) {
+        return group_norm(&v[0], groups, weight, bias, eps);
+    }
     let op = "group_norm";
     if x.ndim() < 2 || groups == 0 || !x.shape()[1].is_multiple_of(groups) {
         return Err(Error::shape(

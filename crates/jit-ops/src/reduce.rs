@@ -208,6 +208,9 @@ impl ReduceOps for Var {
     }
 
     fn logsumexp(&self, dims: &[isize], keepdim: bool) -> Result<Var> {
+        if let Some(v) = crate::autocast::widened(&[self]) {
+            return v[0].logsumexp(dims, keepdim);
+        }
         need_float("logsumexp", self)?;
         let ax = axes("logsumexp", self, dims)?;
         if count(self, &ax) == 0 {
@@ -226,6 +229,9 @@ impl ReduceOps for Var {
     }
 
     fn norm(&self, p: f64, dims: &[isize], keepdim: bool) -> Result<Var> {
+        if let Some(v) = crate::autocast::widened(&[self]) {
+            return v[0].norm(p, dims, keepdim);
+        }
         need_float("norm", self)?;
         if p.is_nan() || p <= 0.0 {
             return Err(Error::argument("norm", format!("p must be positive (or infinite), got {p}")));

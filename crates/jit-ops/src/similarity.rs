@@ -23,6 +23,9 @@ pub fn normalize(x: &Var, p: f64, dim: isize, eps: f64) -> Result<Var> {
 /// along `dim`, after broadcasting `a` and `b` (PyTorch's defaults: `dim` 1, `eps`
 /// 1e-8); the result has `dim` removed.
 pub fn cosine_similarity(a: &Var, b: &Var, dim: isize, eps: f64) -> Result<Var> {
+    if let Some(v) = crate::autocast::widened(&[a, b]) {
+        return cosine_similarity(&v[0], &v[1], dim, eps);
+    }
     positive_eps("cosine_similarity", eps)?;
     let shape = jit_core::broadcast_shapes("cosine_similarity", a.shape(), b.shape())?;
     let (a, b) = (a.broadcast_as(&shape)?, b.broadcast_as(&shape)?);

@@ -1,0 +1,150 @@
+//! Automatic mixed precision: PyTorch's `torch.autocast` for this thread.
+//!
+//! Inside [`autocast`]`(DType::F16, ..)` (or `BF16`), the operators that gain from
+//! half precision take their floating-point inputs in that dtype: `matmul`, `linear`,
+//! `conv2d` and `conv_transpose2d` (and their `_library` forms) cast `f32` operands to
+//! it and return it. The operators that need the range or the accuracy of `f32` take
+//! half-precision inputs in `f32`:
+//!
+//! * `softmax`, `log_softmax`, `logsumexp`, `norm`, `cosine_similarity`, `layer_norm`,
+//!   `group_norm` and the losses (`mse_loss`, `l1_loss`, `smooth_l1_loss`,
+//!   `nll_loss`, `cross_entropy`) return `f32`, as in PyTorch;
+//! * `batch_norm` and `instance_norm` compute their statistics and the normalisation in
+//!   `f32` and return the input's dtype (PyTorch runs them on half inputs with `f32`
+//!   statistics and returns the input's dtype too).
+//!
+//! Everything else runs in the dtype it is given, as outside the scope: element-wise
+//! operators on a half value stay half (their arithmetic is `f32` inside the kernel;
+//! only stores round), and `f64` values are never cast. Parameters stay `f32`: a cast
+//! is differentiable, so their gradients come back in `f32` (the "master weights" of
+//! mixed-precision training); scale the loss with `jit_nn::amp::GradScaler` so that
+//! small half-precision gradients do not flush to zero. The casts are ordinary graph
+//! nodes and fuse into the kernels that produce or consume them.
+//!
+//! These are PyTorch's CUDA autocast lists, applied on every device. PyTorch's CPU
+//! autocast keeps softmax, the norms and the normalisations in the input's dtype; on
+//! the CPU it runs the products in the half type too, but its convolution adds the
+//! bias before rounding, where ours (like PyTorch's cuDNN path) rounds the product
+//! and then the sum.
+//!
+//! The scope is per thread and nests; [`autocast_off`] turns it off inside (PyTorch's
+//! `autocast(enabled=False)`).
+
+use jit_core::{DType, Error, Result, Var};
+use std::cell::Cell;
+
+thread_local! {
+    static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
+}
+
+/// The dtype that [`autocast`] has put in force on this thread, if any.
+pub fn autocast_dtype() -> Option<DType> {
+    AUTOCAST.with(Cell::get)
+}
+
+/// Runs `body` with automatic mixed precision in `dtype` (`F16` or `BF16`) on this
+/// thread, restoring the previous setting afterwards (also when `body` panics). Any
+/// other dtype is an error and `body` does not run.
+pub fn autocast<R>(dtype: DType, body: impl FnOnce() -> R) -> Result<R> {
+    if !matches!(dtype, DType::F16 | DType::BF16) {
+        return Err(Error::dtype(
+            "autocast",
+            format!("mixed precision runs in f16 or bf16, not {dtype} (use autocast_off to turn it off)"),
+        ));
+    }
+    Ok(with_setting(Some(dtype), body))
+}
+
+/// Runs `body` with automatic mixed precision off on this thread (inside an
+/// [`autocast`] scope: the parts that must stay in full precision).
+pub fn autocast_off<R>(body: impl FnOnce() -> R) -> R {
+    with_setting(None, body)
+}
+
+fn with_setting<R>(setting: Option<DType>, body: impl FnOnce() -> R) -> R {
+    struct Restore(Option<DType>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            AUTOCAST.with(|a| a.set(self.0));
+        }
+    }
+    let _restore = Restore(AUTOCAST.with(|a| a.replace(setting)));
+    body()
+}
+
+/// `x` as an operand of a half-precision operator: cast to the autocast dtype when a
+/// scope is in force and `x` is `f32` or the other half type; unchanged otherwise.
+pub(crate) fn lower(x: &Var) -> Var {
+    match autocast_dtype() {
+        Some(dt) if matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16) => x.cast(dt),
+        _ => x.clone(),
+    }
+}
+
+/// `x` as an operand of a full-precision operator: cast to `f32` when a scope is in
+/// force and `x` is half precision; unchanged otherwise.
+pub(crate) fn full(x: &Var) -> Var {
+    match autocast_dtype() {
+        Some(_) if matches!(x.dtype(), DType::F16 | DType::BF16) => x.cast(DType::F32),
+        _ => x.clone(),
+    }
+}
+
+/// The operands through [`full`] when that changes any of them (a scope is in force
+/// and one is half precision): the operator then runs again on these.
+pub(crate) fn widened(xs: &[&Var]) -> Option<Vec<Var>> {
+    let out: Vec<Var> = xs.iter().map(|x| full(x)).collect();
+    out.iter().zip(xs).any(|(o, x)| o.dtype() != x.dtype()).then_some(out)
+}
+
+/// The operands through [`lower`] when that changes any of them.
+pub(crate) fn lowered(xs: &[&Var]) -> Option<Vec<Var>> {
+    let out: Vec<Var> = xs.iter().map(|x| lower(x)).collect();
+    out.iter().zip(xs).any(|(o, x)| o.dtype() != x.dtype()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_nest_restore_and_refuse_other_dtypes() {
+        assert_eq!(autocast_dtype(), None);
+        let inner = autocast(DType::F16, || {
+            let a = autocast_dtype();
+            let b = autocast(DType::BF16, autocast_dtype).unwrap();
+            let c = autocast_off(autocast_dtype);
+            (a, b, c, autocast_dtype())
+        })
+        .unwrap();
+        assert_eq!(inner, (Some(DType::F16), Some(DType::BF16), None, Some(DType::F16)));
+        assert_eq!(autocast_dtype(), None);
+        let err = autocast(DType::F64, || unreachable!()).unwrap_err().to_string();
+        assert!(err.contains("autocast") && err.contains("f64"), "{err}");
+        // restored after a panic inside the scope
+        let r = std::panic::catch_unwind(|| autocast(DType::F16, || panic!("inside")));
+        assert!(r.is_err());
+        assert_eq!(autocast_dtype(), None);
+    }
+
+    #[test]
+    fn casts_follow_the_lists() {
+        let x = Var::from_vec(vec![1.0f32, 2.0], &[2]).unwrap();
+        let h = x.cast(DType::F16);
+        let d = x.cast(DType::F64);
+        assert_eq!(lower(&x).dtype(), DType::F32, "no scope, no cast");
+        autocast(DType::BF16, || {
+            assert_eq!(lower(&x).dtype(), DType::BF16);
+            assert_eq!(lower(&h).dtype(), DType::BF16);
+            assert_eq!(lower(&d).dtype(), DType::F64, "f64 is never cast");
+            assert_eq!(full(&h).dtype(), DType::F32);
+            assert_eq!(full(&x).dtype(), DType::F32);
+            assert_eq!(full(&d).dtype(), DType::F64);
+            assert_eq!(widened(&[&x, &d]).map(|v| v.len()), None, "nothing to widen");
+            let v = widened(&[&h, &x]).expect("h widens");
+            assert_eq!((v[0].dtype(), v[1].dtype()), (DType::F32, DType::F32));
+            assert!(lowered(&[&x]).is_some());
+        })
+        .unwrap();
+    }
+}
