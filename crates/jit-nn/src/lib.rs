@@ -2,7 +2,8 @@
 //! (`layers`), state dicts in `.safetensors` with strict / non-strict loading and a
 //! renaming hook, PyTorch `.pth` checkpoints read without Python, optimizers and
 //! learning-rate schedules, images as tensors, image-folder datasets and a threaded
-//! loader. ONNX import is planned (see the project's issues).
+//! loader, ONNX import (`onnx`), and mixed-precision training (`amp`: autocast and
+//! a gradient scaler).
 //!
 //! It re-exports the operator prelude so that downstream crates already depend on
 //! the final layering (`style-models` -> `jit-nn` -> `jit-ops` -> `jit-core` ->
@@ -10,6 +11,7 @@
 
 #![warn(missing_docs)]
 
+pub mod amp;
 pub mod data;
 pub mod image_io;
 pub mod layers;

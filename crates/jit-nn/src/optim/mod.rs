@@ -90,7 +90,19 @@ pub trait Optimizer {
     /// One update from `grads` (one per parameter; `None` leaves that parameter and its
     /// state unchanged). `extra` values (the loss, say) are computed in the same pass.
     fn step_with_grads(&mut self, grads: &[Option<Var>], extra: &[Var]) -> Result<()> {
-        let params = self.params().to_vec();
+        let updates = self.plan_updates(grads)?;
+        let mut all: Vec<Var> = extra.to_vec();
+        all.extend(updates.values());
+        jit_core::realize(&all)?;
+        self.apply_updates(updates)
+    }
+
+    /// The first half of a step: the new parameters and states from `grads` (one
+    /// per parameter; `None` skips that parameter), built as a lazy graph and not yet
+    /// computed. Realise them (with anything else that should share the pass) and
+    /// hand them to [`Optimizer::apply_updates`], or drop them to skip the step.
+    fn plan_updates(&self, grads: &[Option<Var>]) -> Result<PlannedUpdates> {
+        let params = self.params();
         if grads.len() != params.len() {
             return Err(Error::argument("step", format!("{} gradients for {} parameters", grads.len(), params.len())));
         }
@@ -110,13 +122,14 @@ pub trait Optimizer {
             }
             Ok(())
         })?;
-        let mut all: Vec<Var> = extra.to_vec();
-        for (_, p, s) in &updates {
-            all.push(p.clone());
-            all.extend(s.iter().cloned());
-        }
-        jit_core::realize(&all)?;
-        for (i, new_p, new_s) in updates {
+        Ok(PlannedUpdates(updates))
+    }
+
+    /// The second half of a step: writes the planned parameters in place, keeps the
+    /// new states and counts the step.
+    fn apply_updates(&mut self, updates: PlannedUpdates) -> Result<()> {
+        let params = self.params().to_vec();
+        for (i, new_p, new_s) in updates.0 {
             params[i].assign(&new_p)?;
             self.set_state(i, new_s.iter().map(Var::detach).collect());
         }
@@ -128,19 +141,25 @@ pub trait Optimizer {
     /// [`jit_core::backward`], one update computed together with the loss, then the
     /// accumulated gradients are cleared.
     fn step(&mut self, loss: &Var) -> Result<()> {
-        let params = self.params().to_vec();
-        let fresh = jit_core::grad(loss, &params)?;
-        let grads: Vec<Option<Var>> = params
+        let grads = self.loss_grads(loss)?;
+        self.step_with_grads(&grads, std::slice::from_ref(loss))?;
+        self.zero_grad();
+        Ok(())
+    }
+
+    /// The gradients [`Optimizer::step`] uses: those of `loss` (lazy) plus any
+    /// accumulated by [`jit_core::backward`], one per parameter.
+    fn loss_grads(&self, loss: &Var) -> Result<Vec<Option<Var>>> {
+        let params = self.params();
+        let fresh = jit_core::grad(loss, params)?;
+        params
             .iter()
             .zip(fresh)
             .map(|(p, g)| match p.grad() {
                 Some(acc) => acc.try_add(&g).map(Some),
                 None => Ok(Some(g)),
             })
-            .collect::<Result<_>>()?;
-        self.step_with_grads(&grads, std::slice::from_ref(loss))?;
-        self.zero_grad();
-        Ok(())
+            .collect()
     }
 
     /// PyTorch's `optimizer.step()`: the gradients accumulated by
@@ -224,6 +243,27 @@ pub trait Optimizer {
         self.set_steps(steps);
         self.set_lr(lr);
         Ok(())
+    }
+}
+
+/// New parameter and state values of one step, planned by
+/// [`Optimizer::plan_updates`] and not yet written.
+pub struct PlannedUpdates(Vec<(usize, Var, Vec<Var>)>);
+
+impl PlannedUpdates {
+    /// Every new value (parameters and states), to realise in one pass.
+    pub fn values(&self) -> Vec<Var> {
+        self.0.iter().flat_map(|(_, p, s)| std::iter::once(p.clone()).chain(s.iter().cloned())).collect()
+    }
+
+    /// How many parameters the step updates.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when the step updates no parameter.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 }
 
