@@ -9,7 +9,8 @@ gradients, Adam), one Gatys iteration (S x S, Adam on the image).
 
     cargo build --release -p benches --bin style_bench
     python3 benches/style_bench.py --device cpu --size 256 --batch 2 --reps 3
-    # on a GPU machine (ours with JIT_BACKEND=cuda; PyTorch f32 with TF32 off, then TF32, then f16):
+    # on a GPU machine (ours with JIT_BACKEND=cuda; both f32 with TF32 off, then TF32,
+    # then f16 under autocast with a GradScaler for the training steps):
     python3 benches/style_bench.py --device cuda --size 512 --batch 8 --train-size 256
 
 Needs `torch` importable.
@@ -123,6 +124,8 @@ def torch_times(a, dev, mode):
 
     cb, sb = torch.rand(B, 3, T, T, device=dev), torch.rand(B, 3, T, T, device=dev)
     opt = torch.optim.Adam(dec.parameters(), lr=1e-4)
+    # f16 training is autocast + GradScaler (disabled: a plain step), as ours is
+    scaler = torch.amp.GradScaler(dev, enabled=half)
 
     def train_step():
         with torch.autocast(dev, dtype=torch.float16, enabled=half):
@@ -137,8 +140,9 @@ def torch_times(a, dev, mode):
                 ym, ys = calc_mean_std(y)
                 loss = loss + 10.0 * (mse(xm, ym) + mse(xs, ys))
         opt.zero_grad()
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
 
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -153,6 +157,7 @@ def torch_times(a, dev, mode):
             grams.append(torch.bmm(ff, ff.transpose(1, 2)) / (c * h * w))
     img = c1.clone().requires_grad_(True)
     gopt = torch.optim.Adam([img], lr=0.02)
+    gscaler = torch.amp.GradScaler(dev, enabled=half)
 
     def gatys_step():
         with torch.autocast(dev, dtype=torch.float16, enabled=half):
@@ -164,8 +169,9 @@ def torch_times(a, dev, mode):
                 loss = loss + 1e4 * mse(torch.bmm(ff, ff.transpose(1, 2)) / (c * h * w), g)
             loss = loss + 1e-3 * (((img[:, :, 1:] - img[:, :, :-1]) ** 2).sum() + ((img[:, :, :, 1:] - img[:, :, :, :-1]) ** 2).sum())
         gopt.zero_grad()
-        loss.backward()
-        gopt.step()
+        gscaler.scale(loss).backward()
+        gscaler.step(gopt)
+        gscaler.update()
 
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -173,12 +179,15 @@ def torch_times(a, dev, mode):
     return out
 
 
-def ours(a, workload, size, batch):
+def ours(a, workload, size, batch, mode="f32"):
     env = dict(os.environ)
     if a.device == "cuda":
         env["JIT_BACKEND"] = "cuda"
+    env["JIT_ALLOW_TF32"] = "1" if mode == "tf32" else "0"
+    precision = "f16" if mode == "f16" else "f32"
     r = subprocess.run(
-        [a.bin, "--workload", workload, "--size", str(size), "--batch", str(batch), "--reps", str(a.reps)],
+        [a.bin, "--workload", workload, "--size", str(size), "--batch", str(batch), "--reps", str(a.reps),
+         "--precision", precision],
         check=True, capture_output=True, text=True, env=env)
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -199,15 +208,19 @@ def main():
     theirs = {m: torch_times(a, a.device, m) for m in modes}
     name = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {threads} threads"
     print(f"{name}, torch {torch.__version__}, median of {a.reps} after one warm-up\n")
-    head = "| workload | size | batch | ours f32 (ms) | " + " | ".join(f"PyTorch {m} (ms)" for m in modes)
-    print(head + " | ours / PyTorch f32 | kernels per step |")
-    print("|" + "---|" * (head.count("|") + 2))
+    head = ("| workload | size | batch | " + " | ".join(f"ours {m} (ms)" for m in modes) + " | "
+            + " | ".join(f"PyTorch {m} (ms)" for m in modes) + " | "
+            + " | ".join(f"ours / PyTorch {m}" for m in modes))
+    print(head + " | kernels per step (f32) |")
+    print("|" + "---|" * (head.count("|") + 1))
     peaks = {}
     for w, size, batch in [("adain", a.size, 1), ("adain-train", T, a.batch), ("gatys", a.size, 1)]:
-        o = ours(a, w, size, batch)
-        peaks[w] = o.get("peak_gpu_mib")
-        cells = " | ".join(f"{theirs[m][w][0]:.1f}" for m in modes)
-        print(f"| {w} | {size} | {batch} | {o['median_ms']:.1f} | {cells} | {o['median_ms'] / theirs['f32'][w][0]:.2f} | {o['kernels_per_step']} |")
+        mine = {m: ours(a, w, size, batch, m) for m in modes}
+        peaks[w] = mine["f32"].get("peak_gpu_mib")
+        cells = " | ".join(f"{mine[m]['median_ms']:.1f}" for m in modes)
+        cells += " | " + " | ".join(f"{theirs[m][w][0]:.1f}" for m in modes)
+        cells += " | " + " | ".join(f"{mine[m]['median_ms'] / theirs[m][w][0]:.2f}" for m in modes)
+        print(f"| {w} | {size} | {batch} | {cells} | {mine['f32']['kernels_per_step']} |")
     if a.device == "cuda":
         print("\nPeak GPU memory, f32 (MiB, ours / PyTorch's max_memory_allocated): " + ", ".join(
             f"{w} {peaks[w] if peaks[w] is not None else float('nan'):.0f} / {theirs['f32'][w][1]:.0f}"

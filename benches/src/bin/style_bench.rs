@@ -11,9 +11,15 @@
 //! * `gatys`: one Gatys iteration at `S x S` (five feature levels and relu4_2, Gram
 //!   losses, image gradient, Adam update).
 //!
-//! `style_bench [--workload adain|adain-train|gatys|all] [--size 512] [--batch 8] [--reps 5]`
+//! `--precision f16` (or `bf16`) runs each workload under `autocast` (products and
+//! convolutions in half precision, f32 parameters) and the training steps with a
+//! `GradScaler`, as PyTorch's `torch.autocast` + `GradScaler` recipe does; `f32` (the
+//! default) is plain f32 (set `JIT_ALLOW_TF32=1` for TF32 on a GPU).
+//!
+//! `style_bench [--workload adain|adain-train|gatys|all] [--size 512] [--batch 8] [--reps 5] [--precision f32|f16|bf16]`
 
-use jit_nn::optim::{Adam, Optimizer};
+use jit_nn::amp::{autocast, GradScaler};
+use jit_nn::optim::Adam;
 use jit_ops::prelude::*;
 use std::time::Instant;
 use style_models::adain::AdaIn;
@@ -56,21 +62,38 @@ fn time(name: &str, size: usize, batch: usize, reps: usize, mut step: impl FnMut
         }
     }
     let kernels = (jit_core::kernel_launches() - k0) / (reps as u64 + 1);
+    let precision = arg("--precision").unwrap_or_else(|| "f32".into());
     let (lo, hi) = (times.iter().cloned().fold(f64::INFINITY, f64::min), times.iter().cloned().fold(0.0, f64::max));
     // the device allocator's peak over the process (one workload per process when
     // run by style_bench.py), in MiB; null on the host
     let peak = kernels::cuda::memory::stats()
         .map_or("null".to_string(), |s| format!("{:.1}", s.peak_in_use as f64 / 1048576.0));
     println!(
-        "{{\"impl\":\"jit\",\"workload\":\"{name}\",\"size\":{size},\"batch\":{batch},\"reps\":{reps},\"median_ms\":{:.2},\"min_ms\":{lo:.2},\"max_ms\":{hi:.2},\"kernels_per_step\":{kernels},\"threads\":{},\"peak_gpu_mib\":{peak}}}",
+        "{{\"impl\":\"jit\",\"workload\":\"{name}\",\"precision\":\"{precision}\",\"size\":{size},\"batch\":{batch},\"reps\":{reps},\"median_ms\":{:.2},\"min_ms\":{lo:.2},\"max_ms\":{hi:.2},\"kernels_per_step\":{kernels},\"threads\":{},\"peak_gpu_mib\":{peak}}}",
         median(times),
         rayon::current_num_threads()
     );
     Ok(())
 }
 
+/// Runs `body` under autocast in `half`, or as it is when `half` is `None`.
+fn maybe_autocast<R>(half: Option<DType>, body: impl FnOnce() -> Result<R>) -> Result<R> {
+    match half {
+        Some(dt) => autocast(dt, body)?,
+        None => body(),
+    }
+}
+
 fn run() -> Result<()> {
     let workload = arg("--workload").unwrap_or_else(|| "all".into());
+    let half = match arg("--precision").as_deref() {
+        None | Some("f32") => None,
+        Some("f16") => Some(DType::F16),
+        Some("bf16") => Some(DType::BF16),
+        Some(p) => return Err(Error::argument("style_bench", format!("--precision {p:?}: use f32, f16 or bf16"))),
+    };
+    // a scaler that is off in f32 steps exactly as the optimizer alone
+    let scaler = || GradScaler::new().enabled(half.is_some());
     let (size, batch, reps) = (num("--size", 512)?, num("--batch", 8)?, num("--reps", 5)?.max(1));
     let all = workload == "all";
     if !all && !["adain", "adain-train", "gatys"].contains(&workload.as_str()) {
@@ -83,7 +106,7 @@ fn run() -> Result<()> {
         let s = Var::rand(&[1, 3, size, size], DType::F32)?;
         realize(&[c.clone(), s.clone()])?;
         time("adain", size, 1, reps, || {
-            jit_core::no_grad(|| net.stylize(&c, std::slice::from_ref(&s), None, 1.0))?.sync()
+            maybe_autocast(half, || jit_core::no_grad(|| net.stylize(&c, std::slice::from_ref(&s), None, 1.0)))?.sync()
         })?;
     }
     if all || workload == "adain-train" {
@@ -91,10 +114,13 @@ fn run() -> Result<()> {
         let s = Var::rand(&[batch, 3, size, size], DType::F32)?;
         realize(&[c.clone(), s.clone()])?;
         let mut opt = Adam::new(net.trainable(), 1e-4)?;
+        let mut scaler = scaler();
         time("adain-train", size, batch, reps, || {
-            let (lc, ls) = net.losses(&c, &s, 1.0)?;
-            let loss = lc.try_add(&ls.try_mul(10.0)?)?;
-            opt.step(&loss)
+            let loss = maybe_autocast(half, || {
+                let (lc, ls) = net.losses(&c, &s, 1.0)?;
+                lc.try_add(&ls.try_mul(10.0)?)
+            })?;
+            scaler.step(&mut opt, &loss).map(|_| ())
         })?;
     }
     if all || workload == "gatys" {
@@ -106,9 +132,10 @@ fn run() -> Result<()> {
         img.sync()?;
         let img = img.requires_grad_(true)?;
         let mut opt = Adam::new(vec![img.clone()], 0.02)?;
+        let mut scaler = scaler();
         time("gatys", size, 1, reps, || {
-            let (loss, _) = g.loss(&img)?;
-            opt.step(&loss)
+            let (loss, _) = maybe_autocast(half, || g.loss(&img))?;
+            scaler.step(&mut opt, &loss).map(|_| ())
         })?;
     }
     Ok(())
