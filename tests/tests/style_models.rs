@@ -315,6 +315,59 @@ fn adain_training_lowers_the_loss_checkpoints_and_resumes_exactly() {
 }
 
 #[test]
+fn mixed_precision_adain_training_checkpoints_the_scaler_and_resumes_exactly() {
+    let root = std::env::temp_dir().join(format!("jit-train-amp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    synthetic_folder(&root.join("content"), 3, 2);
+    synthetic_folder(&root.join("style"), 2, 6);
+    let mut o = TrainOptions::new(root.join("content"), root.join("style"), root.join("ckpt"));
+    (o.max_iter, o.batch_size, o.image_size, o.crop, o.lr) = (6, 2, 48, 32, 1e-3);
+    (o.save_interval, o.sample_interval, o.seed) = (4, 0, 3);
+    // bf16: f32's range, so these formula weights (decoder gradients up to ~800,
+    // deep features in the hundreds) neither overflow forward nor in the gradients
+    o.mixed_precision = Some(DType::BF16);
+    let make = || AdaInTraining { net: adain_net(), content_weight: 1.0, style_weight: 10.0 };
+    let mut runs = Vec::new();
+    train(&make(), &o, &mut |r| runs.push((r.loss, r.scaling))).unwrap();
+    assert_eq!(runs.len(), 6);
+    for (loss, scaling) in &runs {
+        assert!(loss.is_finite());
+        assert_eq!(*scaling, Some((65536.0, false)), "{runs:?}");
+    }
+    let losses: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    assert!(losses[4] + losses[5] < losses[0] + losses[1], "loss did not fall: {runs:?}");
+    let ckpt = root.join("ckpt");
+    assert!(ckpt.join("scaler_iter_4.safetensors").is_file());
+    // resume from step 4 (the step-6 checkpoint removed): step 5 again, same loss
+    std::fs::remove_file(ckpt.join("optimizer_iter_6.safetensors")).unwrap();
+    (o.resume, o.max_iter) = (true, 5);
+    let mut resumed = Vec::new();
+    train(&make(), &o, &mut |r| resumed.push((r.step, r.loss, r.scaling))).unwrap();
+    assert_eq!(resumed.len(), 1);
+    assert_eq!((resumed[0].0, resumed[0].2), (5, runs[4].1), "same step, same scale");
+    assert!((resumed[0].1 - losses[4]).abs() <= 1e-6 * losses[4].abs(), "{} vs {}", resumed[0].1, losses[4]);
+    // the scaler's state comes from its file (the step-5 checkpoint removed again)
+    std::fs::remove_file(ckpt.join("optimizer_iter_5.safetensors")).unwrap();
+    let mut state = jit_nn::amp::GradScaler::new().with_init_scale(1024.0).unwrap().state_dict();
+    state[4].1 = 4.0; // growth tracker
+    let tensors: Vec<(String, Var)> = state.into_iter().map(|(k, v)| (k, Var::scalar(v))).collect();
+    jit_nn::safetensors_io::save(ckpt.join("scaler_iter_4.safetensors"), &tensors, Default::default()).unwrap();
+    let mut scales = Vec::new();
+    train(&make(), &o, &mut |r| scales.push(r.scaling)).unwrap();
+    assert_eq!(scales, [Some((1024.0, false))]);
+    // a damaged scaler file is named
+    std::fs::remove_file(ckpt.join("optimizer_iter_5.safetensors")).unwrap();
+    std::fs::write(ckpt.join("scaler_iter_4.safetensors"), b"garbage").unwrap();
+    let e = train(&make(), &o, &mut |_| ()).unwrap_err().to_string();
+    assert!(e.contains("scaler_iter_4.safetensors"), "{e}");
+    // only f16 and bf16
+    o.mixed_precision = Some(DType::F64);
+    let e = train(&make(), &o, &mut |_| ()).unwrap_err().to_string();
+    assert!(e.contains("autocast") && e.contains("f64"), "{e}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn bad_checkpoints_and_inputs_are_named() {
     let root = std::env::temp_dir().join(format!("jit-ckpt-{}", std::process::id()));
     std::fs::create_dir_all(&root).unwrap();

@@ -13,12 +13,18 @@
 //! network's module (`mcc_module_iter_N`, `transformer_iter_N`) and
 //! `optimizer_iter_N.safetensors`; samples go to `samples/iter_N.png` (content,
 //! style and output side by side).
+//!
+//! With [`TrainOptions::mixed_precision`] the losses are computed under
+//! [`autocast`] (convolutions in f16 or bf16, parameters f32) and each step goes
+//! through a [`GradScaler`], whose state is checkpointed as `scaler_iter_N.safetensors`
+//! so that a resumed run scales as the uninterrupted one would have.
 
 use crate::adain::AdaIn;
 use crate::mccnet::{MccNet, MccWeights};
 use crate::sanet::{SaNet, SaWeights};
 use image::RgbImage;
 use jit_core::Distribution;
+use jit_nn::amp::{autocast, GradScaler};
 use jit_nn::data::{apply, ImageFolder, Transform};
 use jit_nn::image_io::{from_rgb8, save_image};
 use jit_nn::optim::{Adam, Optimizer};
@@ -160,6 +166,13 @@ pub struct TrainOptions {
     pub seed: u64,
     /// Continue from the latest checkpoint in `save_dir`, if any.
     pub resume: bool,
+    /// `Some(F16)` or `Some(BF16)`: mixed-precision training (losses under
+    /// autocast, steps through a gradient scaler); `None`: f32.
+    pub mixed_precision: Option<DType>,
+    /// The gradient scaler's starting scale (PyTorch's `init_scale`, 65536). Steps
+    /// whose half-precision gradients overflow are skipped while the scale halves,
+    /// so a network with large gradients starts faster from a smaller one.
+    pub init_scale: f64,
 }
 
 impl TrainOptions {
@@ -179,6 +192,8 @@ impl TrainOptions {
             sample_interval: 0,
             seed: 0,
             resume: false,
+            mixed_precision: None,
+            init_scale: 65536.0,
         }
     }
 }
@@ -196,6 +211,9 @@ pub struct StepReport {
     pub terms: Vec<(&'static str, f64)>,
     /// The checkpoint written after this step, if any.
     pub checkpoint: Option<PathBuf>,
+    /// With mixed precision: the loss scale this step used, and whether its
+    /// gradients overflowed so that the update was skipped.
+    pub scaling: Option<(f64, bool)>,
 }
 
 /// splitmix64.
@@ -273,6 +291,10 @@ pub fn train(net: &dyn TrainNet, o: &TrainOptions, report: &mut dyn FnMut(&StepR
     if !(o.lr_decay.is_finite() && o.lr_decay >= 0.0) {
         return Err(Error::argument("train", format!("lr_decay must be a finite number >= 0, got {}", o.lr_decay)));
     }
+    if let Some(dt) = o.mixed_precision {
+        autocast(dt, || ())?; // only f16 and bf16
+    }
+    let mut scaler = GradScaler::new().with_init_scale(o.init_scale)?.enabled(o.mixed_precision.is_some());
     let content = ImageFolder::new(&o.content_dir)?;
     let style = ImageFolder::new(&o.style_dir)?;
     std::fs::create_dir_all(&o.save_dir)
@@ -285,6 +307,11 @@ pub fn train(net: &dyn TrainNet, o: &TrainOptions, report: &mut dyn FnMut(&StepR
                 crate::vgg::load_checkpoint(m, &checkpoint_path(&o.save_dir, stem, step), true)?;
             }
             opt.load(&checkpoint_path(&o.save_dir, "optimizer", step))?;
+            // a run that switches to mixed precision starts with a fresh scaler
+            let scaler_file = checkpoint_path(&o.save_dir, "scaler", step);
+            if scaler.is_enabled() && scaler_file.is_file() {
+                load_scaler(&mut scaler, &scaler_file)?;
+            }
             start = step;
         }
     }
@@ -294,14 +321,28 @@ pub fn train(net: &dyn TrainNet, o: &TrainOptions, report: &mut dyn FnMut(&StepR
         opt.set_lr(lr);
         let c = batch(&content, o, o.seed, step, &mut skipped_c)?;
         let s = batch(&style, o, o.seed ^ 0x5354_594c_4553, step, &mut skipped_s)?;
-        let (total, terms) = net.losses(&c, &s, mix(o.seed ^ step))?;
-        let grads = jit_core::grad(&total, opt.params())?;
+        let losses = || net.losses(&c, &s, mix(o.seed ^ step));
+        let (total, terms) = match o.mixed_precision {
+            Some(dt) => autocast(dt, losses)??,
+            None => losses()?,
+        };
+        let total = total.cast(DType::F32);
+        let grads = jit_core::grad(&scaler.scale(&total)?, opt.params())?;
         let mut extra = vec![total.clone()];
         extra.extend(terms.iter().map(|(_, v)| v.clone()));
-        opt.step_with_grads(&grads.into_iter().map(Some).collect::<Vec<_>>(), &extra)?;
+        let stepped = scaler.step_with_grads(&mut opt, &grads.into_iter().map(Some).collect::<Vec<_>>(), &extra)?;
+        let scaling = scaler.is_enabled().then_some((stepped.scale, stepped.skipped));
         let loss = total.item::<f32>()? as f64;
         if !loss.is_finite() {
-            return Err(Error::argument("train", format!("{}: the loss is {loss} at step {}", net.name(), step + 1)));
+            let hint = if o.mixed_precision == Some(DType::F16) {
+                " (f16 activations overflow above 65504: train in bf16 or f32)"
+            } else {
+                ""
+            };
+            return Err(Error::argument(
+                "train",
+                format!("{}: the loss is {loss} at step {}{hint}", net.name(), step + 1),
+            ));
         }
         let terms = terms.iter().map(|(n, v)| Ok((*n, v.item::<f32>()? as f64))).collect::<Result<Vec<_>>>()?;
         let done = step + 1;
@@ -309,6 +350,9 @@ pub fn train(net: &dyn TrainNet, o: &TrainOptions, report: &mut dyn FnMut(&StepR
         if done % o.save_interval.max(1) == 0 || done == o.max_iter {
             for (stem, m) in net.saved() {
                 m.save_safetensors(&checkpoint_path(&o.save_dir, stem, done))?;
+            }
+            if scaler.is_enabled() {
+                save_scaler(&scaler, &checkpoint_path(&o.save_dir, "scaler", done))?;
             }
             let p = checkpoint_path(&o.save_dir, "optimizer", done);
             opt.save(&p)?; // last: its presence marks a complete checkpoint
@@ -323,7 +367,29 @@ pub fn train(net: &dyn TrainNet, o: &TrainOptions, report: &mut dyn FnMut(&StepR
                 .map_err(|e| Error::file(&dir, format!("cannot create the directory: {e}")))?;
             save_image(&row, dir.join(format!("iter_{done}.png")))?;
         }
-        report(&StepReport { step: done, lr, loss, terms, checkpoint });
+        report(&StepReport { step: done, lr, loss, terms, checkpoint, scaling });
     }
     Ok(o.max_iter.max(start))
+}
+
+/// Writes a gradient scaler's state (one f64 scalar per `state_dict` entry).
+fn save_scaler(scaler: &GradScaler, path: &Path) -> Result<()> {
+    let tensors: Vec<(String, Var)> = scaler.state_dict().into_iter().map(|(k, v)| (k, Var::scalar(v))).collect();
+    jit_nn::safetensors_io::save(path, &tensors, Default::default())
+}
+
+/// Reads a state written by [`save_scaler`]; a damaged file is an error naming it.
+fn load_scaler(scaler: &mut GradScaler, path: &Path) -> Result<()> {
+    let (tensors, _) = jit_nn::safetensors_io::load(path)?;
+    let state = tensors
+        .iter()
+        .map(|(k, v)| {
+            let vals = v.to_vec_f64()?;
+            match vals[..] {
+                [x] => Ok((k.clone(), x)),
+                _ => Err(Error::file(path, format!("{k} holds {} values, not one", vals.len()))),
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+    scaler.load_state_dict(&state).map_err(|e| Error::file(path, e.to_string()))
 }

@@ -238,6 +238,9 @@ fn network_commands_name_what_is_wrong() {
     fails_with(&train(&["--lr", "NaN"]), "a finite lr > 0 (got 8, 256, 512, NaN)");
     fails_with(&train(&["--lr-decay=-1"]), "lr_decay must be a finite number >= 0, got -1");
     fails_with(&train(&["--style-weight", "inf"]), "--style-weight must be a finite number >= 0, got inf");
+    fails_with(&train(&["--precision", "f16", "--loss-scale", "0"]), "the scale must be positive and finite, got 0");
+    let r = train(&["--precision", "f8"]);
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("f8"));
     // a picture too thin to reflect-pad names the picture
     let thin = d.join("thin.png");
     photo(&thin, 1, 20);
@@ -315,9 +318,12 @@ fn adain_gatys_and_training_run_from_the_command_line() {
         "32",
         "--sample-interval",
         "2",
+        "--precision",
+        "bf16",
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(save.join("decoder_iter_2.safetensors").is_file());
+    assert!(save.join("scaler_iter_2.safetensors").is_file(), "mixed precision checkpoints its scaler");
     assert!(save.join("samples/iter_2.png").is_file());
     // the trained decoder loads back into the adain command
     let out = d.join("trained.png");

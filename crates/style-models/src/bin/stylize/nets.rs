@@ -176,10 +176,26 @@ enum Cmd {
         /// Continue from the latest checkpoint in --save-dir.
         #[arg(long)]
         resume: bool,
+        /// f32, or mixed precision: convolutions in f16 / bf16 under autocast, f32
+        /// weights, dynamic loss scaling (skipped steps are reported).
+        #[arg(long, value_enum, default_value_t = Precision::F32)]
+        precision: Precision,
+        /// Starting loss scale with --precision f16/bf16 (halved after each step
+        /// whose gradients overflow, doubled after 2000 clean steps).
+        #[arg(long, default_value_t = 65536.0)]
+        loss_scale: f64,
         /// No progress bar.
         #[arg(short, long)]
         quiet: bool,
     },
+}
+
+/// `train-adain --precision`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
+enum Precision {
+    F32,
+    F16,
+    Bf16,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -415,6 +431,8 @@ fn run(cmd: Cmd) -> Res<()> {
             sample_interval,
             seed,
             resume,
+            precision,
+            loss_scale,
             quiet,
         } => {
             check_weights(&[("--content-weight", content_weight), ("--style-weight", style_weight)])?;
@@ -438,14 +456,28 @@ fn run(cmd: Cmd) -> Res<()> {
                 sample_interval,
                 seed,
                 resume,
+                mixed_precision: match precision {
+                    Precision::F32 => None,
+                    Precision::F16 => Some(DType::F16),
+                    Precision::Bf16 => Some(DType::BF16),
+                },
+                init_scale: loss_scale,
             };
             let bar = bar(max_iter, quiet);
             let t = Instant::now();
+            let mut skipped = 0u64;
             let done = train(&job, &o, &mut |r| {
+                let scale = match r.scaling {
+                    Some((scale, skip)) => {
+                        skipped += skip as u64;
+                        format!(" scale {scale} ({skipped} skipped)")
+                    }
+                    None => String::new(),
+                };
                 if let Some(b) = &bar {
                     b.set_position(r.step);
                     let terms: Vec<String> = r.terms.iter().map(|(n, v)| format!("{n} {v:.3}")).collect();
-                    b.set_message(format!("loss {:.3} ({}) lr {:.2e}", r.loss, terms.join(", "), r.lr));
+                    b.set_message(format!("loss {:.3} ({}) lr {:.2e}{scale}", r.loss, terms.join(", "), r.lr));
                     if let Some(p) = &r.checkpoint {
                         b.println(format!("checkpoint {}", p.display()));
                     }
@@ -456,7 +488,12 @@ fn run(cmd: Cmd) -> Res<()> {
                 b.finish_and_clear();
             }
             if !quiet {
-                eprintln!("stylize: train-adain reached step {done} in {:.1}s", t.elapsed().as_secs_f64());
+                let skips = if skipped > 0 {
+                    format!("; {skipped} steps skipped (gradients overflowed)")
+                } else {
+                    String::new()
+                };
+                eprintln!("stylize: train-adain reached step {done} in {:.1}s{skips}", t.elapsed().as_secs_f64());
             }
             Ok(())
         }
