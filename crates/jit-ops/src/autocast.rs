@@ -27,14 +27,31 @@
 //! bias before rounding, where ours (like PyTorch's cuDNN path) rounds the product
 //! and then the sum.
 //!
+//! Within a scope each parameter (a leaf that requires a gradient) is cast once per
+//! dtype, value and gradient mode: later uses share that cast (a layer applied twice
+//! casts its weight once, and a realised cast is not recomputed). The cache is
+//! dropped when the outermost scope ends and an `assign` to the parameter (a new
+//! version) misses it. As in PyTorch, values that require no gradient (a frozen
+//! encoder's weights, inputs) are not cached: the cache would keep every input of
+//! a long scope alive.
+//!
 //! The scope is per thread and nests; [`autocast_off`] turns it off inside (PyTorch's
 //! `autocast(enabled=False)`).
 
 use jit_core::{DType, Error, Result, Var};
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
 thread_local! {
     static AUTOCAST: Cell<Option<DType>> = const { Cell::new(None) };
+    static CASTS: RefCell<Vec<CachedCast>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A parameter's cast made inside the current outermost scope.
+struct CachedCast {
+    param: Var,
+    version: u64,
+    grad: bool,
+    cast: Var,
 }
 
 /// The dtype that [`autocast`] has put in force on this thread, if any.
@@ -66,6 +83,10 @@ fn with_setting<R>(setting: Option<DType>, body: impl FnOnce() -> R) -> R {
     impl Drop for Restore {
         fn drop(&mut self) {
             AUTOCAST.with(|a| a.set(self.0));
+            if self.0.is_none() {
+                // the outermost scope ended (or autocast_off's body did)
+                CASTS.with(|c| c.borrow_mut().clear());
+            }
         }
     }
     let _restore = Restore(AUTOCAST.with(|a| a.replace(setting)));
@@ -76,9 +97,33 @@ fn with_setting<R>(setting: Option<DType>, body: impl FnOnce() -> R) -> R {
 /// scope is in force and `x` is `f32` or the other half type; unchanged otherwise.
 pub(crate) fn lower(x: &Var) -> Var {
     match autocast_dtype() {
-        Some(dt) if matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16) => x.cast(dt),
+        Some(dt) if x.dtype() != dt && matches!(x.dtype(), DType::F32 | DType::F16 | DType::BF16) => {
+            if x.is_leaf() && x.requires_grad() {
+                cached_cast(x, dt)
+            } else {
+                x.cast(dt)
+            }
+        }
         _ => x.clone(),
     }
+}
+
+/// The parameter `p` cast to `dt`, shared within the outermost scope while `p` keeps
+/// its value and the gradient mode is the same (a cast made under `no_grad` records
+/// no gradient).
+fn cached_cast(p: &Var, dt: DType) -> Var {
+    let (version, grad) = (p.version(), jit_core::is_grad_enabled());
+    CASTS.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(hit) =
+            c.iter().find(|e| e.param.same_node(p) && e.version == version && e.grad == grad && e.cast.dtype() == dt)
+        {
+            return hit.cast.clone();
+        }
+        let cast = p.cast(dt);
+        c.push(CachedCast { param: p.clone(), version, grad, cast: cast.clone() });
+        cast
+    })
 }
 
 /// `x` as an operand of a full-precision operator: cast to `f32` when a scope is in
@@ -125,6 +170,33 @@ mod tests {
         let r = std::panic::catch_unwind(|| autocast(DType::F16, || panic!("inside")));
         assert!(r.is_err());
         assert_eq!(autocast_dtype(), None);
+    }
+
+    #[test]
+    fn parameters_are_cast_once_per_scope_and_value() {
+        let p = Var::from_vec(vec![1.0f32, 2.0, 3.0], &[3]).unwrap().requires_grad_(true).unwrap();
+        let x = Var::from_vec(vec![1.0f32, 2.0, 3.0], &[3]).unwrap();
+        let (a, b, c, d, e) = autocast(DType::F16, || {
+            let a = lower(&p);
+            let b = lower(&p);
+            let c = jit_core::no_grad(|| lower(&p));
+            let d = autocast(DType::BF16, || lower(&p)).unwrap();
+            p.assign(&Var::from_vec(vec![4.0f32, 5.0, 6.0], &[3]).unwrap()).unwrap();
+            let e = lower(&p);
+            (a, b, c, d, e)
+        })
+        .unwrap();
+        assert!(a.same_node(&b), "the same parameter, value and mode: one cast");
+        assert!(!a.same_node(&c), "no_grad makes its own cast");
+        assert_eq!(d.dtype(), DType::BF16);
+        assert!(!a.same_node(&e), "a new value misses");
+        assert_eq!(e.to_vec_f64().unwrap(), [4.0, 5.0, 6.0]);
+        assert!(!x.is_leaf() || !x.requires_grad(), "x is data");
+        let (f, g) = autocast(DType::F16, || (lower(&x), lower(&x))).unwrap();
+        assert!(!f.same_node(&g), "data is not cached");
+        let h = autocast(DType::F16, || lower(&p)).unwrap();
+        assert!(!h.same_node(&e), "the cache ends with the outermost scope");
+        assert_eq!(CASTS.with(|c| c.borrow().len()), 0);
     }
 
     #[test]
