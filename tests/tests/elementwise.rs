@@ -185,6 +185,38 @@ fn casts_follow_pytorch_rules() {
     assert_eq!(h.to_vec::<f32>().unwrap(), vec![bf16::from_f32(0.1).to_f32()]);
 }
 
+/// f32 -> f16 / bf16 rounds once to nearest, ties to even, on every backend and
+/// both ways a kernel rounds (a cast inside a computation, and the store of a half
+/// output), including values whose last mantissa bits lie just past a half-way
+/// point (the reference once rounded those as ties) and random bit patterns.
+#[test]
+fn half_precision_casts_round_once_on_every_backend() {
+    let mut rng = Rng::fresh("half_precision_casts_round_once_on_every_backend");
+    let mut bits: Vec<u32> = vec![0xf530_8002, 0x3f80_8001, 0x3f80_8000, 0x3f81_8000, 0x7f7f_ffff, 0x0000_8001];
+    bits.extend((0..4093).map(|_| rng.next_u64() as u32).filter(|b| (b >> 23) & 0xff != 0xff));
+    let vals: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+    let x = Var::from_vec(vals.clone(), &[vals.len()]).unwrap();
+    for (dt, want) in [
+        (DType::BF16, vals.iter().map(|&v| bf16::from_f32(v).to_f32()).collect::<Vec<f32>>()),
+        (DType::F16, vals.iter().map(|&v| f16::from_f32(v).to_f32()).collect::<Vec<f32>>()),
+    ] {
+        for backend in [jit_core::Backend::Cpu, jit_core::Backend::Interpreter, jit_core::Backend::Reference] {
+            let flags = jit_core::Flags { backend, fusion: true, dump: false };
+            jit_core::with_flags(flags, || {
+                // a cast inside the kernel (x * 1 keeps it from being a plain copy)
+                let inside = x.try_mul(1.0).unwrap().cast(dt).cast(DType::F32).to_vec::<f32>().unwrap();
+                // a half-precision output, stored
+                let stored = x.try_mul(1.0).unwrap().cast(dt).to_vec_f64().unwrap();
+                for (i, w) in want.iter().enumerate() {
+                    let ctx = format!("{dt} on {backend:?}, {:#010x} (seed {})", bits[i], rng.seed);
+                    assert_eq!(inside[i].to_bits(), w.to_bits(), "cast inside: {ctx}");
+                    assert_eq!(stored[i] as f32, *w, "stored: {ctx}");
+                }
+            });
+        }
+    }
+}
+
 #[test]
 fn integer_arithmetic_wraps_and_compares_exactly() {
     let mut rng = Rng::fresh("integer_arithmetic_wraps_and_compares_exactly");

@@ -2,6 +2,7 @@
 
 use crate::cuda::memory::DeviceBuffer;
 use crate::dtype::DType;
+use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -109,8 +110,8 @@ impl HostBuffer {
             DType::U8 => HostBuffer::U8(it.map(u8::from_f64).collect()),
             DType::I32 => HostBuffer::I32(it.map(i32::from_f64).collect()),
             DType::I64 => HostBuffer::I64(it.map(i64::from_f64).collect()),
-            DType::F16 => HostBuffer::F16(it.map(f16::from_f64).collect()),
-            DType::BF16 => HostBuffer::BF16(it.map(bf16::from_f64).collect()),
+            DType::F16 => HostBuffer::F16(it.map(crate::dtype::f16_from_f64).collect()),
+            DType::BF16 => HostBuffer::BF16(it.map(crate::dtype::bf16_from_f64).collect()),
             DType::F32 => HostBuffer::F32(it.map(f32::from_f64).collect()),
             DType::F64 => HostBuffer::F64(it.collect()),
         }
@@ -175,6 +176,19 @@ impl HostBuffer {
     pub fn cast(&self, dtype: DType) -> HostBuffer {
         if dtype == self.dtype() {
             return self.clone();
+        }
+        // Between f32 and the half types (what mixed precision does around every
+        // library product): directly, in parallel, with the `half` crate's vector
+        // conversions; the general path goes through an f64 vector. Both round to
+        // nearest even once (an f32 is exact in f64).
+        match (self, dtype) {
+            (HostBuffer::F16(v), DType::F32) => return HostBuffer::F32(convert(v, |i, o| i.convert_to_f32_slice(o))),
+            (HostBuffer::BF16(v), DType::F32) => return HostBuffer::F32(convert(v, |i, o| i.convert_to_f32_slice(o))),
+            (HostBuffer::F32(v), DType::F16) => return HostBuffer::F16(convert(v, |i, o| o.convert_from_f32_slice(i))),
+            (HostBuffer::F32(v), DType::BF16) => {
+                return HostBuffer::BF16(convert(v, |i, o| o.convert_from_f32_slice(i)))
+            }
+            _ => {}
         }
         if self.dtype().is_float() {
             HostBuffer::from_f64s(dtype, self.to_f64_vec())
@@ -292,10 +306,12 @@ element!(bool, Bool, |x: bool| f64::from(u8::from(x)), |x: bool| i64::from(x), |
 element!(u8, U8, f64::from, i64::from, |v: f64| v as i64 as u8, |v: i64| v as u8);
 element!(i32, I32, f64::from, i64::from, |v: f64| v as i64 as i32, |v: i64| v as i32);
 element!(i64, I64, |x: i64| x as f64, |x: i64| x, |v: f64| v as i64, |v: i64| v);
-element!(f16, F16, |x: f16| x.to_f64(), |x: f16| x.to_f64() as i64, f16::from_f64, |v: i64| f16::from_f64(v as f64));
-element!(bf16, BF16, |x: bf16| x.to_f64(), |x: bf16| x.to_f64() as i64, bf16::from_f64, |v: i64| bf16::from_f64(
-    v as f64
-));
+element!(f16, F16, |x: f16| x.to_f64(), |x: f16| x.to_f64() as i64, crate::dtype::f16_from_f64, |v: i64| {
+    crate::dtype::f16_from_f64(v as f64)
+});
+element!(bf16, BF16, |x: bf16| x.to_f64(), |x: bf16| x.to_f64() as i64, crate::dtype::bf16_from_f64, |v: i64| {
+    crate::dtype::bf16_from_f64(v as f64)
+});
 element!(f32, F32, f64::from, |x: f32| x as i64, |v: f64| v as f32, |v: i64| v as f32);
 element!(f64, F64, |x: f64| x, |x: f64| x as i64, |v: f64| v, |v: i64| v as f64);
 
@@ -410,6 +426,20 @@ impl std::fmt::Debug for Buffer {
     }
 }
 
+/// `src` converted element by element by `f(source chunk, destination chunk)`, in
+/// parallel chunks when it is large.
+fn convert<S: Sync, D: Copy + Default + Send>(src: &[S], f: impl Fn(&[S], &mut [D]) + Sync) -> Vec<D> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    let mut out = vec![D::default(); src.len()];
+    if src.len() <= CHUNK {
+        f(src, &mut out);
+    } else {
+        out.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(o, i)| f(i, o));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,5 +453,90 @@ mod tests {
         let i = HostBuffer::from_i64s(DType::U8, [256, -1, 7]);
         assert_eq!(i.to_i64_vec(), vec![0, 255, 7]);
         assert_eq!(HostBuffer::F32(vec![-1.5, 2.5]).cast(DType::I32).to_i64_vec(), vec![-1, 2]);
+    }
+
+    /// f64 -> f16 / bf16 rounds once: a value just past a half-way point rounds away
+    /// from it even where rounding to f32 first lands on the half-way point.
+    #[test]
+    fn half_precision_rounds_f64_once() {
+        let tiny = 2f64.powi(-40);
+        let cases = [
+            (DType::BF16, 1.0 + 2f64.powi(-8) + tiny, 1.0 + 2f64.powi(-7)),
+            (DType::BF16, 1.0 + 2f64.powi(-8) - tiny, 1.0),
+            (DType::BF16, -(1.0 + 2f64.powi(-8) + tiny), -(1.0 + 2f64.powi(-7))),
+            (DType::BF16, 1.0 + 2f64.powi(-8), 1.0), // a true tie: to even
+            (DType::F16, 1.0 + 2f64.powi(-11) + tiny, 1.0 + 2f64.powi(-10)),
+            (DType::F16, 1.0 + 2f64.powi(-11), 1.0),
+            (DType::F16, 2f64.powi(-25) + tiny, 2f64.powi(-24)), // past half the smallest subnormal
+            (DType::F16, 1e300, f64::INFINITY),
+            (DType::BF16, -1e300, f64::NEG_INFINITY),
+            // an f32 whose last mantissa bits lie past a bf16 half-way point (0xf5308002)
+            (DType::BF16, f32::from_bits(0xf530_8002) as f64, f32::from_bits(0xf531_0000) as f64),
+        ];
+        for (dt, v, want) in cases {
+            assert_eq!(dt.round_f64(v), want, "{dt} {v:e}");
+            assert_eq!(HostBuffer::from_f64s(dt, [v]).get_f64(0), want, "{dt} {v:e} into a buffer");
+        }
+        assert!(DType::BF16.round_f64(f64::NAN).is_nan() && DType::F16.round_f64(f64::NAN).is_nan());
+    }
+
+    /// The direct f32 <-> half conversions give the bits of the general path (through
+    /// f64) on every kind of value, in a buffer large enough to run in parallel.
+    #[test]
+    fn half_conversions_match_the_general_path() {
+        let mut vals: Vec<f32> = vec![
+            0.0,
+            -0.0,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            65504.0,
+            65520.0, // rounds up to inf in f16
+            1e-8,    // f16 subnormal range and below
+            5.9604645e-8,
+            3.0e38,
+            1.0 + f32::EPSILON,
+            f32::from_bits(0x3f80_4000), // 1 + 2^-11, an f16 tie
+            f32::from_bits(0x3f80_8000), // 1 + 2^-8, a bf16 tie
+            f32::MIN_POSITIVE,
+        ];
+        let mut z = 0x9E37_79B9_u32;
+        while vals.len() < 200_003 {
+            z ^= z << 13;
+            z ^= z >> 17;
+            z ^= z << 5;
+            vals.push(f32::from_bits(z));
+        }
+        let src = HostBuffer::F32(vals);
+        for dt in [DType::F16, DType::BF16] {
+            let fast = src.cast(dt);
+            let general = HostBuffer::from_f64s(dt, src.to_f64_vec());
+            let bits = |b: &HostBuffer| -> Vec<u16> {
+                match b {
+                    HostBuffer::F16(v) => v.iter().map(|x| x.to_bits()).collect(),
+                    HostBuffer::BF16(v) => v.iter().map(|x| x.to_bits()).collect(),
+                    _ => unreachable!(),
+                }
+            };
+            let (a, b) = (bits(&fast), bits(&general));
+            for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+                let nan = |h: u16| match dt {
+                    DType::F16 => f16::from_bits(h).is_nan(),
+                    _ => bf16::from_bits(h).is_nan(),
+                };
+                assert!(
+                    x == y || (nan(*x) && nan(*y)),
+                    "{dt} element {i} ({:#010x}): {x:#06x} vs {y:#06x}",
+                    src.as_slice::<f32>().unwrap()[i].to_bits()
+                );
+            }
+            let back = fast.cast(DType::F32);
+            let general_back = HostBuffer::from_f64s(DType::F32, fast.to_f64_vec());
+            let (p, q) = (back.as_slice::<f32>().unwrap(), general_back.as_slice::<f32>().unwrap());
+            assert!(
+                p.iter().zip(q).all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan())),
+                "{dt} back to f32"
+            );
+        }
     }
 }

@@ -327,6 +327,12 @@ impl Gen<'_, '_> {
                 DType::F64 => widened,
                 DType::F32 if ft == types::F32 => v,
                 DType::F32 => self.b.ins().fdemote(types::F32, widened),
+                DType::BF16 if ft == types::F32 => {
+                    // one rounding from f32, inline: the bf16 bits back in the high half
+                    let bits = self.f32_to_bf16_bits(v);
+                    let high = self.b.ins().ishl_imm_u(bits, 16);
+                    self.b.ins().bitcast(types::F32, MemFlagsData::new(), high)
+                }
                 _ => {
                     // round once from the widest form to f16 / bf16
                     let code = self.i32c(dtype_code(to));
@@ -401,13 +407,31 @@ impl Gen<'_, '_> {
             DType::U8 | DType::Bool => {
                 self.b.ins().istore8(fl, v, addr, 0);
             }
-            DType::F16 | DType::BF16 => {
-                let h = if dtype == DType::F16 { "h_f32_to_f16" } else { "h_f32_to_bf16" };
-                let bits = self.call(h, &[v])?;
+            DType::F16 => {
+                let bits = self.call("h_f32_to_f16", &[v])?;
+                self.b.ins().istore16(fl, bits, addr, 0);
+            }
+            DType::BF16 => {
+                let bits = self.f32_to_bf16_bits(v);
                 self.b.ins().istore16(fl, bits, addr, 0);
             }
         }
         Ok(())
+    }
+
+    /// The f32 `v` rounded to the nearest bf16 (ties to even) as its 16 bits in an
+    /// i32, inline (a NaN stays a quiet NaN): what `h_f32_to_bf16` computes, without
+    /// a call per element.
+    fn f32_to_bf16_bits(&mut self, v: CV) -> CV {
+        let u = self.b.ins().bitcast(types::I32, MemFlagsData::new(), v);
+        let hi = self.b.ins().ushr_imm_u(u, 16);
+        let lsb = self.b.ins().band_imm_u(hi, 1);
+        let bias = self.b.ins().iadd_imm_s(lsb, 0x7fff);
+        let sum = self.b.ins().iadd(u, bias);
+        let rounded = self.b.ins().ushr_imm_u(sum, 16);
+        let quiet = self.b.ins().bor_imm_u(hi, 0x40);
+        let nan = self.b.ins().fcmp(FloatCC::Unordered, v, v);
+        self.b.ins().select(nan, quiet, rounded)
     }
 
     fn unary(&mut self, op: UnaryOp, x: CV, d: DType) -> Result<CV, String> {

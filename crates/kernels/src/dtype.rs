@@ -105,8 +105,8 @@ impl DType {
         match self {
             DType::F64 => v,
             DType::F32 => v as f32 as f64,
-            DType::F16 => half::f16::from_f64(v).to_f64(),
-            DType::BF16 => half::bf16::from_f64(v).to_f64(),
+            DType::F16 => f16_from_f64(v).to_f64(),
+            DType::BF16 => bf16_from_f64(v).to_f64(),
             DType::Bool => f64::from(u8::from(v != 0.0)),
             DType::U8 => cast_f64_to_int(v) as u8 as f64,
             DType::I32 => cast_f64_to_int(v) as i32 as f64,
@@ -136,6 +136,34 @@ impl fmt::Display for DType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// `v` as f32 rounded to odd: exact values stay, an inexact one becomes whichever
+/// of its two f32 neighbours has an odd last bit. Rounding that to a format with at
+/// least two fewer bits (f16, bf16) gives the correctly rounded (nearest, ties to
+/// even) result, where rounding to nearest twice may not: `v` just above a half-way
+/// point can land on it and then tie to even.
+fn f32_round_to_odd(v: f64) -> f32 {
+    let f = v as f32; // to nearest
+    if f.is_nan() || f.is_infinite() || f as f64 == v || f.to_bits() & 1 == 1 {
+        return f;
+    }
+    // inexact and even: the other neighbour, one step toward v, is odd
+    let toward_larger_magnitude = v.abs() > (f as f64).abs();
+    f32::from_bits(if toward_larger_magnitude { f.to_bits() + 1 } else { f.to_bits() - 1 })
+}
+
+/// `v` rounded to the nearest f16 (ties to even), once. (`half::f16::from_f64`
+/// rounds twice on some machines.)
+pub fn f16_from_f64(v: f64) -> half::f16 {
+    half::f16::from_f32(f32_round_to_odd(v))
+}
+
+/// `v` rounded to the nearest bf16 (ties to even), once. (`half::bf16::from_f64`
+/// ignores the last 32 bits of an f64's mantissa, so a value just past a half-way
+/// point, an f32 with one of its last three bits set, say, rounds as if on it.)
+pub fn bf16_from_f64(v: f64) -> half::bf16 {
+    half::bf16::from_f32(f32_round_to_odd(v))
 }
 
 #[cfg(test)]
