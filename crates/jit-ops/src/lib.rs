@@ -12,13 +12,13 @@
 //! * [`linalg`]: `matmul` and `linear` (gemm library, meta-op fallback).
 //! * [`conv`]: `conv2d` (im2col reindex + gemm; zeros or reflect padding, stride,
 //!   dilation, groups) and `conv_transpose2d`.
-//! * [`fold`]: `unfold` (im2col), `fold` (col2im), `pixel_shuffle`, `pixel_unshuffle`.
+//! * [`fold`](mod@fold): `unfold` (im2col), `fold` (col2im), `pixel_shuffle`, `pixel_unshuffle`.
 //! * [`pool`]: `max_pool2d`, `avg_pool2d`, `adaptive_avg_pool2d`, global pooling.
 //! * [`norm`]: `batch_norm`, `instance_norm`, `layer_norm`, `group_norm`.
 //! * [`upsample`]: bilinear resizing (nearest is in [`shape`]).
 //! * [`loss`]: `mse_loss`, `l1_loss`, `smooth_l1_loss`, `nll_loss`, `cross_entropy`,
 //!   `tv_loss`.
-//! * [`autocast`]: automatic mixed precision (`torch.autocast`): matrix products and
+//! * [`autocast`](mod@autocast): automatic mixed precision (`torch.autocast`): matrix products and
 //!   convolutions in f16 or bf16, reductions that need it in f32.
 //!
 //! Import the [`prelude`] to get [`Var`] together with these methods.
