@@ -85,7 +85,10 @@ def torch_times(a, dev, mode):
     layers = list(vgg.children())
     enc = [nn.Sequential(*layers[x:y]) for x, y in [(0, 4), (4, 11), (11, 18), (18, 31), (31, 44)]]
     relu4_2 = nn.Sequential(*layers[31:34])
-    half = mode == "f16"
+    # f16 and bf16 run under autocast; f16 steps go through a GradScaler (bf16 has
+    # f32's range and needs none), as ours do
+    half = mode in ("f16", "bf16")
+    hdt = torch.bfloat16 if mode == "bf16" else torch.float16
 
     def feats(x, n):
         out = [x]
@@ -114,7 +117,7 @@ def torch_times(a, dev, mode):
     c1, s1 = torch.rand(1, 3, S, S, device=dev), torch.rand(1, 3, S, S, device=dev)
 
     def net():
-        with torch.no_grad(), torch.autocast(dev, dtype=torch.float16, enabled=half):
+        with torch.no_grad(), torch.autocast(dev, dtype=hdt, enabled=half):
             cf = feats(c1, 4)[3]
             return dec(adain(cf, feats(s1, 4)[3]))
 
@@ -125,10 +128,10 @@ def torch_times(a, dev, mode):
     cb, sb = torch.rand(B, 3, T, T, device=dev), torch.rand(B, 3, T, T, device=dev)
     opt = torch.optim.Adam(dec.parameters(), lr=1e-4)
     # f16 training is autocast + GradScaler (disabled: a plain step), as ours is
-    scaler = torch.amp.GradScaler(dev, enabled=half)
+    scaler = torch.amp.GradScaler(dev, enabled=mode == "f16")
 
     def train_step():
-        with torch.autocast(dev, dtype=torch.float16, enabled=half):
+        with torch.autocast(dev, dtype=hdt, enabled=half):
             sf = feats(sb, 4)
             cf = feats(cb, 4)[3]
             t = adain(cf, sf[3])
@@ -157,10 +160,10 @@ def torch_times(a, dev, mode):
             grams.append(torch.bmm(ff, ff.transpose(1, 2)) / (c * h * w))
     img = c1.clone().requires_grad_(True)
     gopt = torch.optim.Adam([img], lr=0.02)
-    gscaler = torch.amp.GradScaler(dev, enabled=half)
+    gscaler = torch.amp.GradScaler(dev, enabled=mode == "f16")
 
     def gatys_step():
-        with torch.autocast(dev, dtype=torch.float16, enabled=half):
+        with torch.autocast(dev, dtype=hdt, enabled=half):
             fs = feats(img, 5)
             loss = mse(relu4_2(fs[3]), ct)
             for f, g in zip(fs, grams):
@@ -184,7 +187,7 @@ def ours(a, workload, size, batch, mode="f32"):
     if a.device == "cuda":
         env["JIT_BACKEND"] = "cuda"
     env["JIT_ALLOW_TF32"] = "1" if mode == "tf32" else "0"
-    precision = "f16" if mode == "f16" else "f32"
+    precision = mode if mode in ("f16", "bf16") else "f32"
     r = subprocess.run(
         [a.bin, "--workload", workload, "--size", str(size), "--batch", str(batch), "--reps", str(a.reps),
          "--precision", precision],
@@ -199,12 +202,14 @@ def main():
     ap.add_argument("--train-size", type=int, default=0, help="crop size of the training step (default: --size)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--modes", default="", help="comma-separated among f32, tf32, f16, bf16 "
+                    "(default: f32 on cpu; f32,tf32,f16 on cuda)")
     ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "style_bench"))
     a = ap.parse_args()
     threads = os.cpu_count()
     torch.set_num_threads(threads)
     T = a.train_size or a.size
-    modes = ["f32"] if a.device == "cpu" else ["f32", "tf32", "f16"]
+    modes = a.modes.split(",") if a.modes else (["f32"] if a.device == "cpu" else ["f32", "tf32", "f16"])
     theirs = {m: torch_times(a, a.device, m) for m in modes}
     name = torch.cuda.get_device_name() if a.device == "cuda" else f"CPU, {threads} threads"
     print(f"{name}, torch {torch.__version__}, median of {a.reps} after one warm-up\n")

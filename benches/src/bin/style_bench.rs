@@ -12,7 +12,7 @@
 //!   losses, image gradient, Adam update).
 //!
 //! `--precision f16` (or `bf16`) runs each workload under `autocast` (products and
-//! convolutions in half precision, f32 parameters) and the training steps with a
+//! convolutions in half precision, f32 parameters), the f16 training steps with a
 //! `GradScaler`, as PyTorch's `torch.autocast` + `GradScaler` recipe does; `f32` (the
 //! default) is plain f32 (set `JIT_ALLOW_TF32=1` for TF32 on a GPU).
 //!
@@ -92,8 +92,9 @@ fn run() -> Result<()> {
         Some("bf16") => Some(DType::BF16),
         Some(p) => return Err(Error::argument("style_bench", format!("--precision {p:?}: use f32, f16 or bf16"))),
     };
-    // a scaler that is off in f32 steps exactly as the optimizer alone
-    let scaler = || GradScaler::new().enabled(half.is_some());
+    // f16 steps go through a gradient scaler; bf16 has f32's range and needs none
+    // (a disabled scaler steps exactly as the optimizer alone)
+    let scaler = || GradScaler::new().enabled(half == Some(DType::F16));
     let (size, batch, reps) = (num("--size", 512)?, num("--batch", 8)?, num("--reps", 5)?.max(1));
     let all = workload == "all";
     if !all && !["adain", "adain-train", "gatys"].contains(&workload.as_str()) {
