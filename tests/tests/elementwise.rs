@@ -240,6 +240,75 @@ fn integer_arithmetic_wraps_and_compares_exactly() {
     assert_eq!((&i32s + 1).to_vec::<i32>().unwrap(), vec![i32::MIN], "i32 arithmetic wraps");
 }
 
+/// `isnan`, `isinf`, `isposinf`, `isneginf`, `isfinite` and `nan_to_num` against plain
+/// Rust on random values with special ones mixed in, in every float dtype and on every
+/// backend; integer inputs; the gradient of `nan_to_num`.
+#[test]
+fn special_value_tests_and_nan_to_num() {
+    let mut rng = Rng::fresh("special_value_tests_and_nan_to_num");
+    let n = 1 + rng.below(300);
+    let specials = [f64::NAN, f64::INFINITY, f64::NEG_INFINITY, 0.0, -0.0, 1e300];
+    let vals: Vec<f64> = (0..n)
+        .map(|_| if rng.chance(0.3) { specials[rng.below(specials.len())] } else { rng.uniform(-5.0, 5.0) })
+        .collect();
+    for dt in [DType::F32, DType::F64, DType::F16, DType::BF16] {
+        let x = Var::from_vec(vals.clone(), &[n]).unwrap().cast(dt);
+        let xs = x.to_vec_f64().unwrap(); // 1e300 is inf below f64
+        let big = match dt {
+            DType::F16 => 65504.0,
+            DType::BF16 => bf16::MAX.to_f64(),
+            DType::F32 => f32::MAX as f64,
+            _ => f64::MAX,
+        };
+        for backend in [jit_core::Backend::Cpu, jit_core::Backend::Interpreter, jit_core::Backend::Reference] {
+            let flags = jit_core::Flags { backend, fusion: true, dump: false };
+            jit_core::with_flags(flags, || {
+                let ctx = format!("{dt} on {backend:?} (seed {})", rng.seed);
+                let check = |got: Var, f: fn(f64) -> bool, name: &str| {
+                    let got = got.to_vec::<bool>().unwrap();
+                    let want: Vec<bool> = xs.iter().map(|&v| f(v)).collect();
+                    assert_eq!(got, want, "{name}: {ctx}");
+                };
+                check(x.isnan().unwrap(), f64::is_nan, "isnan");
+                check(x.isinf().unwrap(), f64::is_infinite, "isinf");
+                check(x.isposinf().unwrap(), |v| v == f64::INFINITY, "isposinf");
+                check(x.isneginf().unwrap(), |v| v == f64::NEG_INFINITY, "isneginf");
+                check(x.isfinite().unwrap(), f64::is_finite, "isfinite");
+                let got = x.nan_to_num(0.5, None, Some(-7.0)).unwrap();
+                assert_eq!(got.dtype(), dt);
+                let want: Vec<f64> = xs
+                    .iter()
+                    .map(|&v| {
+                        if v.is_nan() {
+                            0.5
+                        } else if v == f64::INFINITY {
+                            big
+                        } else if v == f64::NEG_INFINITY {
+                            -7.0
+                        } else {
+                            v
+                        }
+                    })
+                    .collect();
+                assert_eq!(got.to_vec_f64().unwrap(), want, "nan_to_num: {ctx}");
+            });
+        }
+    }
+    // integers have no special values
+    let i = Var::from_vec(vec![3i64, -1, 0], &[3]).unwrap();
+    assert_eq!(i.isfinite().unwrap().to_vec::<bool>().unwrap(), [true; 3]);
+    assert_eq!(i.isnan().unwrap().to_vec::<bool>().unwrap(), [false; 3]);
+    assert_eq!(i.nan_to_num(0.0, None, None).unwrap().to_vec::<i64>().unwrap(), [3, -1, 0]);
+    // the gradient passes where the input is finite
+    let x = Var::from_vec(vec![1.0f32, f32::NAN, f32::INFINITY, -2.0], &[4]).unwrap().requires_grad_(true).unwrap();
+    let g = jit_core::grad(
+        &x.nan_to_num(0.0, None, None).unwrap().try_mul(3.0).unwrap().sum(&[], false).unwrap(),
+        std::slice::from_ref(&x),
+    )
+    .unwrap();
+    assert_eq!(g[0].to_vec::<f32>().unwrap(), [3.0, 0.0, 0.0, 3.0]);
+}
+
 #[test]
 fn nan_propagates_through_max_and_min() {
     let a = Var::from_vec(vec![f32::NAN, 1.0, 2.0], &[3]).unwrap();

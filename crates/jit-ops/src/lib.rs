@@ -9,6 +9,7 @@
 //! * [`activation`]: `clamp`, `relu`, `leaky_relu`, `gelu`, `silu`, `elu`, `softplus`,
 //!   `hardsigmoid`, `hardswish`, `mish`, `softmax`, `log_softmax`.
 //! * [`similarity`]: `normalize`, `cosine_similarity`.
+//! * [`finite`]: `isnan`, `isinf`, `isposinf`, `isneginf`, `isfinite`, `nan_to_num`.
 //! * [`linalg`]: `matmul` and `linear` (gemm library, meta-op fallback).
 //! * [`conv`]: `conv2d` (im2col reindex + gemm; zeros or reflect padding, stride,
 //!   dilation, groups) and `conv_transpose2d`.
@@ -28,6 +29,7 @@
 pub mod activation;
 pub mod autocast;
 pub mod conv;
+pub mod finite;
 pub mod fold;
 pub mod linalg;
 pub mod loss;
@@ -44,6 +46,7 @@ pub use conv::{
     conv2d, conv2d_library, conv_transpose2d, conv_transpose2d_library, Conv2dOptions, ConvPadding,
     ConvTranspose2dOptions,
 };
+pub use finite::FiniteOps;
 pub use fold::{fold, pixel_shuffle, pixel_unshuffle, unfold, FoldOptions};
 pub use jit_core::{DType, Device, Error, Result, Var};
 pub use linalg::{linear, matmul};
@@ -63,6 +66,7 @@ pub mod prelude {
         conv2d, conv2d_library, conv_transpose2d, conv_transpose2d_library, Conv2dOptions, ConvPadding,
         ConvTranspose2dOptions,
     };
+    pub use crate::finite::FiniteOps;
     pub use crate::fold::{fold, pixel_shuffle, pixel_unshuffle, unfold, FoldOptions};
     pub use crate::linalg::{linear, matmul};
     pub use crate::loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_loss, Reduction};
