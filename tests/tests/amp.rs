@@ -86,7 +86,7 @@ fn products_and_convolutions_run_in_half_precision() {
         let (m, kk, n) = (1 + rng.below(9), 1 + rng.below(17), 1 + rng.below(9));
         let a = randn(&mut rng, &[3, m, kk]);
         let bm = randn(&mut rng, &[kk, n]);
-        let y = autocast(dt, || a.matmul_(&bm)).unwrap();
+        let y = autocast(dt, || matmul(&a, &bm)).unwrap().unwrap();
         assert_eq!(y.dtype(), dt, "{ctx}: matmul");
         let want = matmul(&a.cast(dt).cast(DType::F32), &bm.cast(dt).cast(DType::F32)).unwrap();
         close(&values(&y), &values(&want), eps(dt), 1e-5, &format!("{ctx}: matmul"));
@@ -110,17 +110,6 @@ fn products_and_convolutions_run_in_half_precision() {
         assert_eq!(y.dtype(), DType::F64);
         let y = autocast(dt, || autocast_off(|| matmul(&a, &bm))).unwrap().unwrap();
         assert_eq!(y.dtype(), DType::F32);
-    }
-}
-
-/// `a.matmul_(b)`: matmul returning the value (for closures).
-trait MatmulExt {
-    fn matmul_(&self, b: &Var) -> Var;
-}
-
-impl MatmulExt for Var {
-    fn matmul_(&self, b: &Var) -> Var {
-        matmul(self, b).expect("matmul")
     }
 }
 

@@ -138,12 +138,14 @@ pub(crate) fn full(x: &Var) -> Var {
 /// The operands through [`full`] when that changes any of them (a scope is in force
 /// and one is half precision): the operator then runs again on these.
 pub(crate) fn widened(xs: &[&Var]) -> Option<Vec<Var>> {
+    autocast_dtype()?;
     let out: Vec<Var> = xs.iter().map(|x| full(x)).collect();
     out.iter().zip(xs).any(|(o, x)| o.dtype() != x.dtype()).then_some(out)
 }
 
 /// The operands through [`lower`] when that changes any of them.
 pub(crate) fn lowered(xs: &[&Var]) -> Option<Vec<Var>> {
+    autocast_dtype()?;
     let out: Vec<Var> = xs.iter().map(|x| lower(x)).collect();
     out.iter().zip(xs).any(|(o, x)| o.dtype() != x.dtype()).then_some(out)
 }

@@ -99,9 +99,6 @@ extern "C" fn h_f16_to_f32(bits: i32) -> f32 {
 extern "C" fn h_f32_to_f16(x: f32) -> i32 {
     i32::from(half::f16::from_f32(x).to_bits())
 }
-extern "C" fn h_f32_to_bf16(x: f32) -> i32 {
-    i32::from(half::bf16::from_f32(x).to_bits())
-}
 extern "C" fn h_round_f64(x: f64, dtype: i32) -> f64 {
     DType::ALL[dtype as usize].round_f64(x)
 }
@@ -124,7 +121,6 @@ fn helpers() -> Vec<Helper> {
         Helper { name: "h_random", ptr: h_random as *const u8, params: &[I64, I64, I32], ret: F64 },
         Helper { name: "h_f16_to_f32", ptr: h_f16_to_f32 as *const u8, params: &[I32], ret: F32 },
         Helper { name: "h_f32_to_f16", ptr: h_f32_to_f16 as *const u8, params: &[F32], ret: I32 },
-        Helper { name: "h_f32_to_bf16", ptr: h_f32_to_bf16 as *const u8, params: &[F32], ret: I32 },
         Helper { name: "h_round_f64", ptr: h_round_f64 as *const u8, params: &[F64, I32], ret: F64 },
     ]
 }
@@ -420,8 +416,8 @@ impl Gen<'_, '_> {
     }
 
     /// The f32 `v` rounded to the nearest bf16 (ties to even) as its 16 bits in an
-    /// i32, inline (a NaN stays a quiet NaN): what `h_f32_to_bf16` computes, without
-    /// a call per element.
+    /// i32, inline (a NaN stays a quiet NaN): `half::bf16::from_f32`, without a call
+    /// per element.
     fn f32_to_bf16_bits(&mut self, v: CV) -> CV {
         let u = self.b.ins().bitcast(types::I32, MemFlagsData::new(), v);
         let hi = self.b.ins().ushr_imm_u(u, 16);
