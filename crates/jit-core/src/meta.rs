@@ -19,6 +19,31 @@ pub(crate) fn same_device(op: &str, vars: &[&Var]) -> Result<Device> {
     Ok(d)
 }
 
+/// Checks for [`Var::gather_indexed`] and [`Var::scatter_indexed`]: an integer
+/// index, `dim` within the rank of `data` (the indexed value's shape), and an
+/// indexing domain `domain` of that rank within `data` outside `dim`.
+fn check_indexed(op: &str, data: &[usize], dim: usize, index: &Var, domain: &[usize]) -> Result<()> {
+    if index.dtype().is_float() || index.dtype() == DType::Bool {
+        return Err(Error::dtype(op, format!("the index must be an integer value, got {}", index.dtype())));
+    }
+    if dim >= data.len() {
+        return Err(Error::Dim { op: op.into(), dim: dim as isize, ndim: data.len(), shape: data.to_vec() });
+    }
+    if domain.len() != data.len() {
+        return Err(Error::shape(
+            op,
+            format!("the index of shape {domain:?} must have the rank of the indexed shape {data:?}"),
+        ));
+    }
+    if let Some(k) = (0..data.len()).find(|&k| k != dim && domain[k] > data[k]) {
+        return Err(Error::shape(
+            op,
+            format!("the index of shape {domain:?} exceeds the indexed shape {data:?} at dim {k}"),
+        ));
+    }
+    Ok(())
+}
+
 fn check_exprs(op: &str, exprs: &[IndexExpr], conds: &[IndexExpr], want: usize, domain_rank: usize) -> Result<()> {
     if exprs.len() != want {
         return Err(Error::shape(op, format!("needs {want} index expressions (one per dim), got {}", exprs.len())));
@@ -230,6 +255,39 @@ impl Var {
         }
         let op = MetaOp::ReindexReduce { op, exprs, conds };
         Ok(Var::pending(shape.to_vec(), self.dtype(), self.device(), op, vec![self.clone()]))
+    }
+
+    /// Gather meta-op (`torch.gather`): `out[i] = self[i with i_dim := index[i]]`,
+    /// of the index's shape, 0 where the index lies outside `0..self.shape[dim]`.
+    /// `index` is an integer value of the same rank whose other dims are at most
+    /// this value's. `dim` is already normalised.
+    pub fn gather_indexed(&self, dim: usize, index: &Var) -> Result<Var> {
+        check_indexed("gather", self.shape(), dim, index, index.shape())?;
+        let device = same_device("gather", &[self, index])?;
+        let op = MetaOp::Gather { dim };
+        Ok(Var::pending(index.shape().to_vec(), self.dtype(), device, op, vec![self.clone(), index.clone()]))
+    }
+
+    /// Scatter meta-op (`torch.scatter_reduce` onto `op`'s identity): a new value of
+    /// `shape` where every element `self[i]` whose `index[i]` lies in
+    /// `0..shape[dim]` is combined with `op` into position `i with i_dim :=
+    /// index[i]`; untouched positions hold the identity. `index` is an integer
+    /// value of this value's shape, whose dims other than `dim` are at most
+    /// `shape`'s. `dim` is already normalised.
+    pub fn scatter_indexed(&self, op: ReduceOp, dim: usize, index: &Var, shape: &[usize]) -> Result<Var> {
+        if index.shape() != self.shape() {
+            return Err(Error::shape(
+                "scatter",
+                format!("the index of shape {:?} must have the source's shape {:?}", index.shape(), self.shape()),
+            ));
+        }
+        check_indexed("scatter", shape, dim, index, self.shape())?;
+        if self.dtype() == DType::Bool && matches!(op, ReduceOp::Sum | ReduceOp::Prod) {
+            return Err(Error::dtype("scatter", "cannot sum or multiply bool values; cast to an integer first"));
+        }
+        let device = same_device("scatter", &[self, index])?;
+        let meta = MetaOp::Scatter { op, dim };
+        Ok(Var::pending(shape.to_vec(), self.dtype(), device, meta, vec![self.clone(), index.clone()]))
     }
 
     /// Same data with a new shape of the same number of elements. One dim may be -1.

@@ -18,7 +18,7 @@
 use crate::error::{Error, Result};
 use crate::var::{State, Var};
 use kernels::expr::IndexExpr as E;
-use kernels::ir::{Inst, Kernel, Launch, Output, Reduction, Store, Value, ValueId};
+use kernels::ir::{Indirect, Inst, Kernel, Launch, Output, Reduction, Store, Value, ValueId};
 use kernels::{DType, MetaOp};
 // Fx hashing: the planner hashes index-expression trees for every value it emits,
 // and SipHash was a sixth of its time.
@@ -146,7 +146,7 @@ fn weight(op: &MetaOp) -> usize {
     match op {
         MetaOp::Unary(u) if u.float_only() => 4,
         MetaOp::Binary(kernels::BinaryOp::Pow) => 4,
-        MetaOp::Reindex { .. } => 2,
+        MetaOp::Reindex { .. } | MetaOp::Gather { .. } => 2,
         _ => 1,
     }
 }
@@ -401,7 +401,26 @@ impl<'a> Builder<'a> {
                 let k = self.kernel.reductions.len() - 1;
                 self.push(Phase::Body, Inst::Acc(k), dt)
             }
-            MetaOp::ReindexReduce { .. } | MetaOp::Extern(_) => return Err(Force(vec![v.clone()])),
+            MetaOp::Gather { dim } => {
+                let (x, index) = (&inputs[0], &inputs[1]);
+                // the data-dependent read needs the data in memory
+                if !self.is_stored(x) {
+                    return Err(Force(vec![x.clone()]));
+                }
+                let j = self.emit(index, idx, guard, phase)?;
+                let mut base = idx.to_vec();
+                base[dim] = E::c(0);
+                let offset = self.lift(&flat(&base, x.shape()));
+                let stride = self.lift(&E::c(strides(x.shape())[dim]));
+                let extent = self.lift(&E::c(x.shape()[dim] as i64));
+                let guard = guard.as_ref().map(|g| self.lift(g));
+                let input = self.input_slot(x);
+                let at = Indirect { value: j, stride, extent };
+                self.push(phase, Inst::Gather { input, offset, at, guard }, dt)
+            }
+            MetaOp::ReindexReduce { .. } | MetaOp::Extern(_) | MetaOp::Scatter { .. } => {
+                return Err(Force(vec![v.clone()]))
+            }
         })
     }
 
@@ -461,7 +480,24 @@ fn build(root: &Var, graph: &Graph) -> std::result::Result<Step, Force> {
         }
         let offset = b.lift(&flat(exprs, root.shape()));
         let guard = b.lift(&guard);
-        let store = Store::Scatter { op: *rop, offset, guard };
+        let store = Store::Scatter { op: *rop, offset, guard, at: None };
+        let out = Output { dtype: root.dtype(), value, store };
+        let (kernel, launch, ins) = b.finish(vec![out], vec![root.numel()]);
+        return Ok(Step::Kernel { kernel: Box::new(kernel), launch, inputs: ins, outputs: vec![root.clone()] });
+    }
+    if let MetaOp::Scatter { op: rop, dim } = &op {
+        let (src, index) = (&inputs[0], &inputs[1]);
+        let mut b = Builder::new(root, src.shape().to_vec(), graph);
+        let identity: Vec<E> = (0..src.ndim()).map(E::idx).collect();
+        let value = b.emit(src, &identity, &None, Phase::Body)?;
+        let j = b.emit(index, &identity, &None, Phase::Body)?;
+        let mut base = identity;
+        base[*dim] = E::c(0);
+        let offset = b.lift(&flat(&base, root.shape()));
+        let stride = b.lift(&E::c(strides(root.shape())[*dim]));
+        let extent = b.lift(&E::c(root.shape()[*dim] as i64));
+        let at = Some(Indirect { value: j, stride, extent });
+        let store = Store::Scatter { op: *rop, offset, guard: E::c(1), at };
         let out = Output { dtype: root.dtype(), value, store };
         let (kernel, launch, ins) = b.finish(vec![out], vec![root.numel()]);
         return Ok(Step::Kernel { kernel: Box::new(kernel), launch, inputs: ins, outputs: vec![root.clone()] });
@@ -495,7 +531,7 @@ pub(crate) fn plan(order: &[Var], targets: &std::collections::HashSet<u64>, fuse
         let Some(op) = ops.get(&v.id()) else { continue };
         let shared = consumers.get(&v.id()).copied().unwrap_or(0) > 1;
         let store = match op {
-            MetaOp::ReindexReduce { .. } | MetaOp::Extern(_) | MetaOp::Materialize => true,
+            MetaOp::ReindexReduce { .. } | MetaOp::Scatter { .. } | MetaOp::Extern(_) | MetaOp::Materialize => true,
             MetaOp::Reshape => false,
             MetaOp::Reduce { .. } => !fused || shared,
             _ => !fused,
@@ -504,10 +540,12 @@ pub(crate) fn plan(order: &[Var], targets: &std::collections::HashSet<u64>, fuse
             m.insert(v.id());
         }
     }
-    // A library call reads its inputs from memory.
+    // A library call reads its inputs from memory, a gather its data.
     for v in order {
-        if let Some(MetaOp::Extern(_)) = ops.get(&v.id()) {
-            m.extend(v.inputs().iter().filter(|i| !i.is_realized()).map(Var::id));
+        match ops.get(&v.id()) {
+            Some(MetaOp::Extern(_)) => m.extend(v.inputs().iter().filter(|i| !i.is_realized()).map(Var::id)),
+            Some(MetaOp::Gather { .. }) => m.extend(v.inputs().first().filter(|i| !i.is_realized()).map(Var::id)),
+            _ => {}
         }
     }
     // A stored reshape stores its source instead (the same bytes) and aliases it:
@@ -526,7 +564,10 @@ pub(crate) fn plan(order: &[Var], targets: &std::collections::HashSet<u64>, fuse
         let mut cost: HashMap<u64, usize> = HashMap::default();
         for v in order {
             let Some(op) = ops.get(&v.id()) else { continue };
-            let c = if matches!(op, MetaOp::Reduce { .. } | MetaOp::ReindexReduce { .. } | MetaOp::Extern(_)) {
+            let c = if matches!(
+                op,
+                MetaOp::Reduce { .. } | MetaOp::ReindexReduce { .. } | MetaOp::Scatter { .. } | MetaOp::Extern(_)
+            ) {
                 1
             } else {
                 weight(op)
@@ -594,6 +635,16 @@ fn shift_value(v: &Value, inputs: usize, args: usize, params: usize, vals: usize
             offset: offset.shift_args(args),
             guard: guard.as_ref().map(|g| g.shift_args(args)),
             fill: *fill,
+        },
+        Inst::Gather { input, offset, at, guard } => Inst::Gather {
+            input: input + inputs,
+            offset: offset.shift_args(args),
+            at: Indirect {
+                value: at.value + vals,
+                stride: at.stride.shift_args(args),
+                extent: at.extent.shift_args(args),
+            },
+            guard: guard.as_ref().map(|g| g.shift_args(args)),
         },
         Inst::Const(c) => Inst::Const(*c),
         Inst::Param(k) => Inst::Param(k + params),

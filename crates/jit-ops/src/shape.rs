@@ -1,7 +1,7 @@
-//! Shape and indexing operators, each a `reshape` or a `reindex` (plus `where` and
-//! reductions for `cat` and `gather`).
+//! Shape and indexing operators, each a `reshape` or a `reindex` (plus `where` for
+//! `cat`, and the `gather` meta-op for `gather` and `index_select`).
 
-use jit_core::{normalize_dim, normalize_dims, DType, Error, IndexExpr as E, ReduceOp, Result, Var};
+use jit_core::{normalize_dim, normalize_dims, DType, Error, IndexExpr as E, Result, Var};
 
 /// Padding modes of [`ShapeOps::pad`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -52,7 +52,9 @@ pub trait ShapeOps: Sized {
     /// Splits into `chunks` pieces along `dim` (`torch.chunk`).
     fn chunk(&self, chunks: usize, dim: isize) -> Result<Vec<Var>>;
     /// `out[i] = self[i with dim replaced by index[i]]` (`torch.gather`); `index` is
-    /// an integer value of the same rank. Out-of-range indices read 0.
+    /// an integer value of the same rank. Out-of-range indices read 0 (PyTorch
+    /// raises; indices are not read when the graph is built). The gradient is a
+    /// scatter-add into the input's shape.
     fn gather(&self, dim: isize, index: &Var) -> Result<Var>;
     /// Selects the entries `index` (1-D integer) along `dim` (`torch.index_select`).
     fn index_select(&self, dim: isize, index: &Var) -> Result<Var>;
@@ -392,23 +394,8 @@ impl ShapeOps for Var {
         if self.ndim() == 0 {
             return Ok(self.clone());
         }
-        // One-hot lowering: compare the index with every position along `dim` and keep
-        // the matching element (a reduction the planner fuses into one kernel).
-        let k = self.shape()[d];
-        let r = self.ndim();
-        let mut ext = index.shape().to_vec();
-        ext.push(k);
-        let mut exprs = identity_exprs(r);
-        exprs[d] = E::idx(r);
-        let xs = self.reindex(&ext, exprs, 0.0, vec![])?;
-        let idx = index.cast(DType::I64).unsqueeze(-1)?.broadcast_as(&ext)?;
-        let pos = Var::index(&ext, r, DType::I64)?;
-        let hit = idx.eq(&pos)?;
-        let picked = Var::where_(&hit, &xs, xs.zeros_like())?;
-        match self.dtype() {
-            DType::Bool => picked.reduce(ReduceOp::Max, &[r], false),
-            _ => picked.reduce(ReduceOp::Sum, &[r], false),
-        }
+        // the gather meta-op: one data-dependent load per output element
+        self.gather_indexed(d, index)
     }
 
     fn index_select(&self, dim: isize, index: &Var) -> Result<Var> {

@@ -17,7 +17,7 @@ use crate::cache::{KernelCache, FRAMEWORK_VERSION};
 use crate::dtype::DType;
 use crate::error::KernelError;
 use crate::expr::{CmpOp, IndexExpr};
-use crate::ir::{Inst, Kernel, Launch, Store, Value};
+use crate::ir::{Indirect, Inst, Kernel, Launch, Store, Value};
 use crate::meta::{BinaryOp, Distribution, ReduceOp, UnaryOp};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, Type, Value as CV};
@@ -574,6 +574,28 @@ impl Gen<'_, '_> {
                         }
                     }
                 }
+                Inst::Gather { input, offset, at, guard } => {
+                    let in_dtype = self.input_dtypes[*input];
+                    let j = out[at.value];
+                    let ok = self.indirect_ok(j, at, guard.as_ref());
+                    let then_b = self.b.create_block();
+                    let else_b = self.b.create_block();
+                    let merge = self.b.create_block();
+                    self.b.append_block_param(merge, cty(d));
+                    self.b.ins().brif(ok, then_b, &[], else_b, &[]);
+                    self.b.seal_block(then_b);
+                    self.b.seal_block(else_b);
+                    self.b.switch_to_block(then_b);
+                    let off = self.indirect_offset(offset, j, at);
+                    let lv = self.load(*input, in_dtype, off)?;
+                    self.b.ins().jump(merge, &[lv.into()]);
+                    self.b.switch_to_block(else_b);
+                    let fv = self.constant(0.0, d)?;
+                    self.b.ins().jump(merge, &[fv.into()]);
+                    self.b.seal_block(merge);
+                    self.b.switch_to_block(merge);
+                    self.b.block_params(merge)[0]
+                }
                 Inst::Const(c) => self.constant(*c, d)?,
                 Inst::Param(k) => {
                     let p = self.params[*k];
@@ -616,6 +638,31 @@ impl Gen<'_, '_> {
 }
 
 impl Gen<'_, '_> {
+    /// Whether the data-dependent index `j` (an i64) lies in `0..at.extent` and the
+    /// `guard`, if any, holds.
+    fn indirect_ok(&mut self, j: CV, at: &Indirect, guard: Option<&IndexExpr>) -> CV {
+        let ext = self.iexpr(&at.extent);
+        let ge0 = self.b.ins().icmp_imm_s(IntCC::SignedGreaterThanOrEqual, j, 0);
+        let lt = self.b.ins().icmp(IntCC::SignedLessThan, j, ext);
+        let ok = self.b.ins().band(ge0, lt);
+        match guard {
+            None => ok,
+            Some(g) => {
+                let gv = self.iexpr(g);
+                let gb = self.b.ins().icmp_imm_s(IntCC::NotEqual, gv, 0);
+                self.b.ins().band(ok, gb)
+            }
+        }
+    }
+
+    /// `offset + j * at.stride`.
+    fn indirect_offset(&mut self, offset: &IndexExpr, j: CV, at: &Indirect) -> CV {
+        let base = self.iexpr(offset);
+        let stride = self.iexpr(&at.stride);
+        let part = self.b.ins().imul(j, stride);
+        self.b.ins().iadd(base, part)
+    }
+
     /// An f64 result stored with one rounding into the computed form of `d`.
     fn convert_rounding(&mut self, v: CV, d: DType) -> Result<CV, String> {
         match d {
@@ -770,14 +817,20 @@ fn emit_kernel(
         let v = vals[o.value];
         match &o.store {
             Store::Dense => g.store(*base, o.dtype, pv, v)?,
-            Store::Scatter { op, offset, guard } => {
-                let gv = g.iexpr(guard);
+            Store::Scatter { op, offset, guard, at } => {
+                let gv = match at {
+                    None => g.iexpr(guard),
+                    Some(at) => g.indirect_ok(vals[at.value], at, Some(guard)),
+                };
                 let yes = g.b.create_block();
                 let done = g.b.create_block();
                 g.b.ins().brif(gv, yes, &[], done, &[]);
                 g.b.seal_block(yes);
                 g.b.switch_to_block(yes);
-                let off = g.iexpr(offset);
+                let off = match at {
+                    None => g.iexpr(offset),
+                    Some(at) => g.indirect_offset(offset, vals[at.value], at),
+                };
                 // read-modify-write through the output, as an input of its own dtype
                 g.inputs.push(*base);
                 g.input_dtypes.push(o.dtype);
@@ -1171,7 +1224,7 @@ fn values_vectorizable(vals: &[Value], inputs: &[DType], l: usize, used: &[usize
                 && (matches!(vals[*c].inst, Inst::Binary(op, ..) if op.is_comparison())
                     || (checked && matches!(vals[*c].inst, Inst::Index(_))))
         }
-        Inst::Random { .. } | Inst::Cast(_) | Inst::Acc(_) => false,
+        Inst::Random { .. } | Inst::Cast(_) | Inst::Acc(_) | Inst::Gather { .. } => false,
     });
     // comparisons may only feed `where` conditions
     let masks_ok = vals.iter().enumerate().all(|(id, v)| {

@@ -85,6 +85,23 @@ impl Ctx<'_> {
                         store(d, *fill)
                     }
                 }
+                Inst::Gather { input, offset, at, guard } => {
+                    let ok = guard.as_ref().is_none_or(|g| g.eval_args(idx, self.args) != 0);
+                    let v = out[at.value].i();
+                    if ok && v >= 0 && v < at.extent.eval_args(idx, self.args) {
+                        let off = offset.eval_args(idx, self.args) + v * at.stride.eval_args(idx, self.args);
+                        let buf = self.inputs[*input];
+                        if off < 0 || off as usize >= buf.len() {
+                            return Err(KernelError::Internal {
+                                op: "gather".into(),
+                                reason: format!("offset {off} outside input {input} of {} elements", buf.len()),
+                            });
+                        }
+                        read(buf, off as usize)
+                    } else {
+                        store(d, 0.0)
+                    }
+                }
                 Inst::Const(c) => leaf(d, *c),
                 Inst::Param(k) => leaf(d, self.params.get(*k).copied().unwrap_or(0.0)),
                 Inst::Index(e) => {
@@ -135,8 +152,8 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Values of every output at one output position.
-    fn position(&self, out_idx: &[i64], red_shape: &[usize]) -> Result<Vec<S>, KernelError> {
+    /// Values of every output at one output position, and every body value.
+    fn position(&self, out_idx: &[i64], red_shape: &[usize]) -> Result<(Vec<S>, Vec<S>), KernelError> {
         let k = self.k;
         let mut accs: Vec<S> = k.reductions.iter().map(|r| identity(r.op, r.dtype)).collect();
         let mut scratch = Vec::with_capacity(k.inner.len().max(k.body.len()));
@@ -164,7 +181,7 @@ impl Ctx<'_> {
             }
         }
         self.eval(&k.body, out_idx, &accs, &mut scratch)?;
-        Ok(k.outputs.iter().map(|o| scratch[o.value]).collect())
+        Ok((k.outputs.iter().map(|o| scratch[o.value]).collect(), scratch))
     }
 }
 
@@ -210,13 +227,20 @@ pub fn run(kernel: &Kernel, launch: &Launch, inputs: &[&HostBuffer]) -> Result<V
         let mut idx = vec![0i64; shape.len()];
         for p in 0..n {
             unflatten(p, shape, &mut idx);
-            let vals = ctx.position(&idx, &launch.red_shape)?;
+            let (vals, body) = ctx.position(&idx, &launch.red_shape)?;
             for ((o, v), buf) in kernel.outputs.iter().zip(vals).zip(outs.iter_mut()) {
                 match &o.store {
                     Store::Dense => buf[p] = v,
-                    Store::Scatter { op, offset, guard } => {
-                        if guard.eval_args(&idx, &launch.args) != 0 {
-                            let t = offset.eval_args(&idx, &launch.args) as usize;
+                    Store::Scatter { op, offset, guard, at } => {
+                        let mut t = offset.eval_args(&idx, &launch.args);
+                        let mut hit = guard.eval_args(&idx, &launch.args) != 0;
+                        if let Some(at) = at {
+                            let j = body[at.value].i();
+                            hit &= j >= 0 && j < at.extent.eval_args(&idx, &launch.args);
+                            t += j.wrapping_mul(at.stride.eval_args(&idx, &launch.args));
+                        }
+                        if hit {
+                            let t = t as usize;
                             let comb = op.combiner();
                             buf[t] = match (buf[t], v) {
                                 (S::I(a), S::I(b)) => store_i(o.dtype, comb.eval_i64(a, b)),
@@ -237,7 +261,7 @@ pub fn run(kernel: &Kernel, launch: &Launch, inputs: &[&HostBuffer]) -> Result<V
             (c * CHUNK..((c + 1) * CHUNK).min(n))
                 .map(|p| {
                     unflatten(p, shape, &mut idx);
-                    ctx.position(&idx, &launch.red_shape)
+                    ctx.position(&idx, &launch.red_shape).map(|(outs, _)| outs)
                 })
                 .collect()
         })

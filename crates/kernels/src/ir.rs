@@ -36,6 +36,19 @@ pub enum Inst {
         /// Value where the guard fails.
         fill: f64,
     },
+    /// Element of input `input` at flat `offset + v * at.stride`, where `v` is the
+    /// integer value `at.value`; 0 where `guard` is zero or `v` lies outside
+    /// `0..at.extent` (a data-dependent load: `gather`).
+    Gather {
+        /// Input buffer.
+        input: usize,
+        /// The flat offset without the indexed dimension's part.
+        offset: IndexExpr,
+        /// The data-dependent part.
+        at: Indirect,
+        /// Read only where non-zero.
+        guard: Option<IndexExpr>,
+    },
     /// A constant that shapes the kernel (a padding value, a guard's fill).
     Const(f64),
     /// Value parameter `k` of the launch (the value of a `full` leaf, a mean's scale):
@@ -65,6 +78,26 @@ pub enum Inst {
     Acc(usize),
 }
 
+/// The data-dependent part of a flat offset: `v * stride` for the integer value `v`
+/// of `value` (a value of the same phase), valid when `0 <= v < extent`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Indirect {
+    /// The value that holds the index.
+    pub value: ValueId,
+    /// Elements per step of the index.
+    pub stride: IndexExpr,
+    /// Number of valid index values.
+    pub extent: IndexExpr,
+}
+
+impl Indirect {
+    /// The offset this part can add at most: `(extent - 1) * stride` (its least is
+    /// 0), for interval checks.
+    pub fn max_offset(&self) -> IndexExpr {
+        (self.extent.clone() - 1) * self.stride.clone()
+    }
+}
+
 /// A value: its instruction and its dtype.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Value {
@@ -90,8 +123,9 @@ pub struct Reduction {
 pub enum Store {
     /// Row-major at the output position.
     Dense,
-    /// Combined with `op` into flat `offset` where `guard` holds; the buffer starts
-    /// filled with `op`'s identity.
+    /// Combined with `op` into flat `offset` (plus the data-dependent `at`, which
+    /// must also lie in range) where `guard` holds; the buffer starts filled with
+    /// `op`'s identity.
     Scatter {
         /// Combining op.
         op: ReduceOp,
@@ -99,6 +133,8 @@ pub enum Store {
         offset: IndexExpr,
         /// Store only where non-zero.
         guard: IndexExpr,
+        /// A data-dependent part of the offset (a body value), for `scatter`.
+        at: Option<Indirect>,
     },
 }
 
@@ -238,6 +274,12 @@ fn fmt_values(f: &mut fmt::Formatter<'_>, prefix: char, vals: &[Value]) -> fmt::
                     write!(f, " if {g} else {fill:?}")?;
                 }
             }
+            Inst::Gather { input, offset, at, guard } => {
+                write!(f, "gather in{input}[{offset} + {}{} * {} if < {}]", prefix, at.value, at.stride, at.extent)?;
+                if let Some(g) = guard {
+                    write!(f, " if {g}")?;
+                }
+            }
             Inst::Const(c) => write!(f, "const {c:?}")?,
             Inst::Param(k) => write!(f, "param p{k}")?,
             Inst::Index(e) => write!(f, "index {e}")?,
@@ -277,9 +319,19 @@ impl fmt::Display for Kernel {
         for (k, o) in self.outputs.iter().enumerate() {
             match &o.store {
                 Store::Dense => writeln!(f, "  out{k}: {} <- b{}", o.dtype, o.value)?,
-                Store::Scatter { op, offset, guard } => {
+                Store::Scatter { op, offset, guard, at: None } => {
                     writeln!(f, "  out{k}: {} <-{} b{} at [{offset}] if {guard}", o.dtype, op.name(), o.value)?
                 }
+                Store::Scatter { op, offset, guard, at: Some(at) } => writeln!(
+                    f,
+                    "  out{k}: {} <-{} b{} at [{offset} + b{} * {} if < {}] if {guard}",
+                    o.dtype,
+                    op.name(),
+                    o.value,
+                    at.value,
+                    at.stride,
+                    at.extent
+                )?,
             }
         }
         Ok(())

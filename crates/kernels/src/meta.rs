@@ -453,6 +453,26 @@ pub enum MetaOp {
         /// Extra conditions over input indices.
         conds: Vec<IndexExpr>,
     },
+    /// Data-dependent reindex (`torch.gather`): inputs `(x, index)` of equal rank,
+    /// output of the index's shape; `out[i] = x[i with i_dim := index[i]]` where
+    /// `0 <= index[i] < x.shape[dim]`, else 0. The other dims of the index are at
+    /// most the input's. `x` is read from memory (the planner stores it); the index
+    /// fuses like any operand.
+    Gather {
+        /// The indexed dimension.
+        dim: usize,
+    },
+    /// Data-dependent scatter-reduce (`torch.scatter_reduce` onto the identity):
+    /// inputs `(src, index)` of equal shape; every `src[i]` whose `index[i]` lies in
+    /// `0..shape[dim]` is combined with `op` into `out[i with i_dim := index[i]]`;
+    /// untouched outputs hold the identity of `op`. The output shape comes with the
+    /// node (the index's shape is at most it in the other dims).
+    Scatter {
+        /// The combining reduction.
+        op: ReduceOp,
+        /// The indexed dimension.
+        dim: usize,
+    },
     /// Same data, new shape (free for contiguous values).
     Reshape,
     /// The input's value, always stored in memory: a fusion boundary (what a
@@ -477,6 +497,8 @@ impl MetaOp {
             MetaOp::Reindex { .. } => "reindex",
             MetaOp::Reduce { .. } => "reduce",
             MetaOp::ReindexReduce { .. } => "reindex_reduce",
+            MetaOp::Gather { .. } => "gather",
+            MetaOp::Scatter { .. } => "scatter",
             MetaOp::Reshape => "reshape",
             MetaOp::Materialize => "materialize",
             MetaOp::Extern(e) => e.name(),

@@ -85,7 +85,7 @@ pub fn eval(
         MetaOp::Full { .. } | MetaOp::Index { .. } | MetaOp::Random { .. } => 0,
         MetaOp::Binary(_) => 2,
         MetaOp::Where => 3,
-        MetaOp::Extern(_) => 2,
+        MetaOp::Extern(_) | MetaOp::Gather { .. } | MetaOp::Scatter { .. } => 2,
         _ => 1,
     };
     if inputs.len() != arity {
@@ -203,6 +203,30 @@ pub fn eval(
                 }
                 let ok = in_range(&dst, out_shape) && conds.iter().all(|c| c.eval(idx) != 0);
                 out_of.push(ok.then(|| flat_of(&dst, &out_strides)));
+            });
+            accumulate(*op, x, &out_of, n, out_dtype)
+        }
+        MetaOp::Gather { dim } => {
+            let ((x, in_shape), (index, _)) = (inputs[0], inputs[1]);
+            let in_strides = contiguous_strides(in_shape);
+            let mut map = Vec::with_capacity(n);
+            let mut src = vec![0i64; in_shape.len()];
+            for_each_index(out_shape, |k, idx| {
+                src.copy_from_slice(idx);
+                src[*dim] = index.get_i64(k);
+                map.push(in_range(&src, in_shape).then(|| flat_of(&src, &in_strides)));
+            });
+            take(x, &map, 0.0)
+        }
+        MetaOp::Scatter { op, dim } => {
+            let ((x, in_shape), (index, _)) = (inputs[0], inputs[1]);
+            let out_strides = contiguous_strides(out_shape);
+            let mut out_of = Vec::with_capacity(x.len());
+            let mut dst = vec![0i64; out_shape.len()];
+            for_each_index(in_shape, |k, idx| {
+                dst.copy_from_slice(idx);
+                dst[*dim] = index.get_i64(k);
+                out_of.push(in_range(&dst, out_shape).then(|| flat_of(&dst, &out_strides)));
             });
             accumulate(*op, x, &out_of, n, out_dtype)
         }

@@ -36,14 +36,22 @@ pub struct RowSplit {
 /// fewer than two rows, or interval arithmetic cannot separate its rows. Dense outputs of the kernel need nothing: their positions are
 /// distinct anyway.
 pub fn row_split(kernel: &Kernel, launch: &Launch, min_rows: usize) -> Option<RowSplit> {
-    let offsets: Vec<IndexExpr> = kernel
-        .outputs
-        .iter()
-        .filter_map(|o| match &o.store {
-            Store::Scatter { offset, .. } => Some(offset.bind_args(&launch.args)),
-            Store::Dense => None,
-        })
-        .collect();
+    // a data-dependent part `j * stride` (0 <= j < extent) is bounded as one more
+    // loop index `i_extra` over 0..extent
+    let extra = launch.out_shape.len() + launch.red_shape.len();
+    let mut offsets: Vec<IndexExpr> = vec![];
+    let mut extent = 1;
+    for o in &kernel.outputs {
+        match &o.store {
+            Store::Scatter { offset, at: None, .. } => offsets.push(offset.bind_args(&launch.args)),
+            Store::Scatter { offset, at: Some(at), .. } => {
+                let (_, n) = at.extent.bind_args(&launch.args).bounds(&[])?;
+                extent = extent.max(n);
+                offsets.push((offset.clone() + at.stride.clone() * IndexExpr::idx(extra)).bind_args(&launch.args));
+            }
+            Store::Dense => {}
+        }
+    }
     if offsets.is_empty() {
         return None;
     }
@@ -62,16 +70,25 @@ pub fn row_split(kernel: &Kernel, launch: &Launch, min_rows: usize) -> Option<Ro
     let first = rows_at.iter().position(|&r| r >= min_rows).unwrap_or(rows_at.len().saturating_sub(1));
     (0..rows_at.len().min(first + 1)).rev().map(|d| (d + 1, rows_at[d])).filter(|&(_, r)| r >= 2).find_map(
         |(depth, rows)| {
-            disjoint_rows(&offsets, shape, &launch.red_shape, depth, rows)
+            disjoint_rows(&offsets, shape, &launch.red_shape, extent, depth, rows)
                 .then(|| RowSplit { rows, row_len: shape[depth..].iter().product() })
         },
     )
 }
 
 /// True when, for every offset expression, the intervals of the `rows` rows (fixed
-/// values of the leading `depth` indices, full ranges for the rest) do not overlap.
-fn disjoint_rows(offsets: &[IndexExpr], shape: &[usize], red: &[usize], depth: usize, rows: usize) -> bool {
+/// values of the leading `depth` indices, full ranges for the rest, `0..extent`
+/// for the index after the loop indices) do not overlap.
+fn disjoint_rows(
+    offsets: &[IndexExpr],
+    shape: &[usize],
+    red: &[usize],
+    extent: i64,
+    depth: usize,
+    rows: usize,
+) -> bool {
     let mut ranges: Vec<(i64, i64)> = shape.iter().chain(red).map(|&n| (0, n as i64 - 1)).collect();
+    ranges.push((0, (extent - 1).max(0)));
     offsets.iter().all(|offset| {
         let mut spans = Vec::with_capacity(rows);
         for r in 0..rows {
@@ -104,7 +121,7 @@ mod tests {
         let n_args = args.len();
         let body =
             vec![Value { inst: Inst::Load { input: 0, offset: E::c(0), guard: None, fill: 0.0 }, dtype: DType::F32 }];
-        let store = Store::Scatter { op: ReduceOp::Sum, offset, guard: E::c(1) };
+        let store = Store::Scatter { op: ReduceOp::Sum, offset, guard: E::c(1), at: None };
         let kernel = Kernel {
             inputs: vec![DType::F32],
             out_rank: shape.len(),
@@ -168,6 +185,34 @@ mod tests {
         let mut dense = k.clone();
         dense.outputs[0].store = Store::Dense;
         assert_eq!(row_split(&dense, &l, 2), None);
+    }
+
+    /// A scatter whose offset along one dim is data (`scatter_add` along dim 1 of
+    /// `[6, 40, 33]`): the rows of dim 0 stay apart whatever the data, the rows of
+    /// dim 1 do not; along dim 0 nothing splits.
+    #[test]
+    fn data_dependent_scatters_split_where_any_index_keeps_rows_apart() {
+        let with_index = |offset: E, stride: E, extent: E, shape: &[usize], args: Vec<i64>| {
+            let (mut k, l) = scatter(offset, shape, args);
+            k.inputs.push(DType::I64);
+            k.body.push(Value {
+                inst: Inst::Load { input: 1, offset: E::idx(0), guard: None, fill: 0.0 },
+                dtype: DType::I64,
+            });
+            if let Store::Scatter { at, .. } = &mut k.outputs[0].store {
+                *at = Some(crate::ir::Indirect { value: 1, stride, extent });
+            }
+            (k, l)
+        };
+        // target [6, 40, 33] from a source [6, 90, 33]
+        let offset = E::idx(0) * E::Arg(0) + E::idx(2);
+        let (k, l) = with_index(offset, E::Arg(1), E::Arg(2), &[6, 90, 33], vec![40 * 33, 33, 40]);
+        assert_eq!(row_split(&k, &l, 4), Some(RowSplit { rows: 6, row_len: 90 * 33 }));
+        // one more row of the index domain (dim 1) would overlap: no finer split
+        assert_eq!(row_split(&k, &l, 100), Some(RowSplit { rows: 6, row_len: 90 * 33 }));
+        // along dim 0 every row may reach every target
+        let (k, l) = with_index(E::idx(1), E::Arg(0), E::Arg(1), &[7, 8], vec![8, 50]);
+        assert_eq!(row_split(&k, &l, 2), None);
     }
 
     /// The split's promise checked by brute force: no element is written from two

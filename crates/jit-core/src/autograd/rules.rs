@@ -9,6 +9,8 @@
 //! | `reduce(max/min)` | `where(x == out)`, shared evenly between ties (as `torch.amax`) |
 //! | `reindex` | `reindex_reduce(sum)` with the same index expressions |
 //! | `reindex_reduce(sum)` | `reindex` with the same index expressions |
+//! | `gather` | `scatter(sum)` with the same index |
+//! | `scatter(sum)` | `gather` with the same index |
 //! | `cast` | `cast` back (float to float) |
 //! | `where` | `where` on the gradient |
 
@@ -49,6 +51,9 @@ pub(super) fn saved_inputs(op: &MetaOp, n: usize) -> Vec<bool> {
         }
         MetaOp::Reduce { op: ReduceOp::Sum, .. } | MetaOp::ReindexReduce { op: ReduceOp::Sum, .. } => none,
         MetaOp::Reduce { .. } | MetaOp::ReindexReduce { .. } | MetaOp::Extern(_) => all,
+        // the index only
+        MetaOp::Gather { .. } | MetaOp::Scatter { op: ReduceOp::Sum, .. } => vec![false, true],
+        MetaOp::Scatter { .. } => all,
         _ => none,
     }
 }
@@ -82,6 +87,32 @@ pub(super) fn backward(ctx: &Ctx<'_>, g: &Var) -> Result<Vec<Option<Var>>> {
         }
         MetaOp::Reduce { op, axes, keepdims } => vec![Some(reduce(ctx, *op, axes, *keepdims, g)?)],
         MetaOp::Extern(e) => extern_rule(ctx, *e, g)?,
+        MetaOp::Gather { dim } => {
+            let index = ctx.input(1)?;
+            vec![Some(g.scatter_indexed(ReduceOp::Sum, *dim, &index, ctx.in_shape(0))?), None]
+        }
+        MetaOp::Scatter { op, dim } => {
+            let index = ctx.input(1)?;
+            let g_at = g.gather_indexed(*dim, &index)?;
+            let gx = match op {
+                ReduceOp::Sum => g_at,
+                ReduceOp::Prod => {
+                    let out_at = ctx.output()?.gather_indexed(*dim, &index)?;
+                    &(&g_at * &out_at) / &ctx.input(0)?
+                }
+                ReduceOp::Max | ReduceOp::Min => {
+                    // shared evenly between the sources that reached the extreme
+                    let x = ctx.input(0)?;
+                    let out = ctx.output()?;
+                    let hit = x.binary(BinaryOp::Eq, &out.gather_indexed(*dim, &index)?)?.cast(x.dtype());
+                    let count = hit.scatter_indexed(ReduceOp::Sum, *dim, &index, out.shape())?;
+                    // (an index out of range reads 0: no gradient, no division by 0)
+                    let count_at = count.gather_indexed(*dim, &index)?.maximum(1.0)?;
+                    &(&g_at * &hit) / &count_at
+                }
+            };
+            vec![Some(gx), None]
+        }
         MetaOp::ReindexReduce { op, exprs, conds } => {
             let shape = ctx.in_shape(0).to_vec();
             let g_at = g.reindex(&shape, exprs.clone(), 0.0, conds.clone())?;

@@ -17,7 +17,7 @@
 
 use crate::dtype::DType;
 use crate::expr::IndexExpr;
-use crate::ir::{Inst, Kernel, Store, Value};
+use crate::ir::{Indirect, Inst, Kernel, Store, Value};
 use crate::meta::{BinaryOp, Distribution, ReduceOp, UnaryOp};
 use std::fmt::Write;
 
@@ -359,6 +359,15 @@ fn values_with(
                     Some(g) => format!("(({}) != 0 ? {l} : {})", iexpr(g), const_of(*fill, d)),
                 }
             }
+            Inst::Gather { input, offset, at, guard } => {
+                let j = r(&at.value);
+                let mut ok = indirect_ok(&j, at);
+                if let Some(g) = guard {
+                    ok = format!("({}) != 0 && {ok}", iexpr(g));
+                }
+                let l = load(*input, inputs[*input], &indirect_offset(offset, &j, at));
+                format!("(({ok}) ? {l} : {})", const_of(0.0, d))
+            }
             Inst::Const(c) => const_of(*c, d),
             Inst::Param(p) => convert(&format!("m.p[{p}]"), DType::F64, d),
             Inst::Index(ix) => convert(&iexpr(ix), DType::I64, d),
@@ -378,6 +387,18 @@ fn values_with(
         };
         let _ = writeln!(out, "{indent}const {} {prefix}{k} = {e};", ctype(d));
     }
+}
+
+/// Whether the data-dependent index held in the C value `j` lies in
+/// `0..at.extent` (compared in 64 bits, before any narrowing).
+fn indirect_ok(j: &str, at: &Indirect) -> String {
+    format!("(i64)({j}) >= 0 && (i64)({j}) < (i64){}", iexpr(&at.extent))
+}
+
+/// `offset + j * at.stride` in the index type (only evaluated where
+/// [`indirect_ok`] holds, so `j` fits it).
+fn indirect_offset(offset: &IndexExpr, j: &str, at: &Indirect) -> String {
+    format!("j_add({}, j_mul((IX)({j}), {}))", iexpr(offset), iexpr(&at.stride))
 }
 
 fn const_of(c: f64, d: DType) -> String {
@@ -445,9 +466,18 @@ fn grid_kernel(kernel: &Kernel, name: &str) -> String {
             Store::Dense => {
                 let _ = writeln!(s, "    out{k}[p] = {};", store_expr(o.dtype, &v));
             }
-            Store::Scatter { op, offset, guard } => {
-                let _ = writeln!(s, "    if (({}) != 0) {{", iexpr(guard));
-                let _ = writeln!(s, "      const IX t = {};", iexpr(offset));
+            Store::Scatter { op, offset, guard, at } => {
+                match at {
+                    None => {
+                        let _ = writeln!(s, "    if (({}) != 0) {{", iexpr(guard));
+                        let _ = writeln!(s, "      const IX t = {};", iexpr(offset));
+                    }
+                    Some(at) => {
+                        let j = format!("b{}", at.value);
+                        let _ = writeln!(s, "    if (({}) != 0 && {}) {{", iexpr(guard), indirect_ok(&j, at));
+                        let _ = writeln!(s, "      const IX t = {};", indirect_offset(offset, &j, at));
+                    }
+                }
                 let old = match o.dtype {
                     DType::F16 => format!("j_f16_to_f32(out{k}[t])"),
                     DType::BF16 => format!("j_bf16_to_f32(out{k}[t])"),
@@ -785,8 +815,13 @@ pub fn narrow_fits(kernel: &Kernel, launch: &crate::ir::Launch) -> bool {
     let ranges: Vec<(i64, i64)> =
         launch.out_shape.iter().chain(&launch.red_shape).map(|&d| (0, (d as i64 - 1).max(0))).collect();
     let fits = |e: &IndexExpr| all_within_i32(&e.bind_args(&launch.args), &ranges);
+    // the data-dependent part of an offset adds between 0 and `at.max_offset()`
+    let indirect_fits = |offset: &IndexExpr, at: &Indirect| {
+        fits(offset) && fits(&(offset.clone() + at.max_offset())) && fits(&at.extent)
+    };
     let value_fits = |v: &Value| match &v.inst {
         Inst::Load { offset, guard, .. } => fits(offset) && guard.as_ref().is_none_or(fits),
+        Inst::Gather { offset, at, guard, .. } => indirect_fits(offset, at) && guard.as_ref().is_none_or(fits),
         Inst::Index(ix) => fits(ix),
         Inst::Random { counter, .. } => fits(counter),
         _ => true,
@@ -794,7 +829,8 @@ pub fn narrow_fits(kernel: &Kernel, launch: &crate::ir::Launch) -> bool {
     kernel.body.iter().chain(&kernel.inner).all(value_fits)
         && kernel.outputs.iter().all(|o| match &o.store {
             Store::Dense => true,
-            Store::Scatter { offset, guard, .. } => fits(offset) && fits(guard),
+            Store::Scatter { offset, guard, at: None, .. } => fits(offset) && fits(guard),
+            Store::Scatter { offset, guard, at: Some(at), .. } => indirect_fits(offset, at) && fits(guard),
         })
 }
 
