@@ -1,6 +1,7 @@
 //! A generator of random meta-op graphs for differential testing: element-wise
 //! chains, broadcasts, reindex compositions (permute, strided slice, pad, flip),
-//! reductions, scatters, reshapes, shared sub-expressions and several outputs.
+//! reductions, scatters, gathers and scatters through host-data indices, reshapes,
+//! shared sub-expressions and several outputs.
 //!
 //! A graph is a pure function of its seed, so it can be rebuilt under each backend
 //! setting and a failure reproduced from the printed seed.
@@ -70,7 +71,7 @@ pub fn random_graph_with(seed: u64, requires_grad: bool) -> Result<Graph> {
     let steps = 3 + rng.below(10);
     for _ in 0..steps {
         let a = pick(&mut rng, &nodes).clone();
-        let kind = rng.below(15);
+        let kind = rng.below(17);
         let y = match kind {
             0 => {
                 let u = ["exp_tanh", "sin", "cos", "abs", "neg", "sigmoid", "sqrt_abs", "log1p_abs", "erf", "floor"]
@@ -211,6 +212,33 @@ pub fn random_graph_with(seed: u64, requires_grad: bool) -> Result<Graph> {
                     (0..r).map(|d| if d == r - 1 { E::idx(d).modulo(m as i64) } else { E::idx(d) }).collect();
                 log.push(format!("scatter-add {:?} into {shape:?}", a.shape()));
                 squash(&a.reindex_reduce(ReduceOp::Sum, &shape, exprs, vec![])?)
+            }
+            15 => {
+                if a.ndim() == 0 || a.numel() == 0 {
+                    continue;
+                }
+                // gather along a dim with random (valid) indices from host data
+                let d = rng.below(a.ndim());
+                let n = a.shape()[d];
+                let mut shape = a.shape().to_vec();
+                shape[d] = 1 + rng.below(2 * n);
+                let index: Vec<i64> = (0..shape.iter().product()).map(|_| rng.int(0, n as i64 - 1)).collect();
+                log.push(format!("gather {:?} dim {d} index {shape:?}", a.shape()));
+                a.gather(d as isize, &Var::from_vec(index, &shape)?)?
+            }
+            16 => {
+                if a.ndim() == 0 || a.numel() == 0 {
+                    continue;
+                }
+                // scatter-add along a dim into m buckets chosen by host data
+                let d = rng.below(a.ndim());
+                let m = 1 + rng.below(a.shape()[d] + 1);
+                let mut shape = a.shape().to_vec();
+                shape[d] = m;
+                let index: Vec<i64> = (0..a.numel()).map(|_| rng.int(0, m as i64 - 1)).collect();
+                log.push(format!("scatter_add {:?} dim {d} into {shape:?}", a.shape()));
+                let into = Var::zeros(&shape, DType::F32);
+                squash(&into.scatter_add(d as isize, &Var::from_vec(index, a.shape())?, &a)?)
             }
             _ => {
                 // softmax-like: shared sub-expression with a reduction and a broadcast

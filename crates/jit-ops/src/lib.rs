@@ -8,6 +8,8 @@
 //!   `chunk`, `gather`, `index_select`, nearest upsampling.
 //! * [`activation`]: `clamp`, `relu`, `leaky_relu`, `gelu`, `silu`, `elu`, `softplus`,
 //!   `hardsigmoid`, `hardswish`, `mish`, `softmax`, `log_softmax`.
+//! * [`indexing`]: `take_along_dim`, `scatter_add`, `scatter_reduce`, `index_add`,
+//!   `masked_fill`, `one_hot`, `embedding` (on the `gather` and `scatter` meta-ops).
 //! * [`similarity`]: `normalize`, `cosine_similarity`.
 //! * [`finite`]: `isnan`, `isinf`, `isposinf`, `isneginf`, `isfinite`, `nan_to_num`.
 //! * [`linalg`]: `matmul` and `linear` (gemm library, meta-op fallback).
@@ -31,6 +33,7 @@ pub mod autocast;
 pub mod conv;
 pub mod finite;
 pub mod fold;
+pub mod indexing;
 pub mod linalg;
 pub mod loss;
 pub mod norm;
@@ -48,6 +51,7 @@ pub use conv::{
 };
 pub use finite::FiniteOps;
 pub use fold::{fold, pixel_shuffle, pixel_unshuffle, unfold, FoldOptions};
+pub use indexing::{embedding, IndexOps, ScatterReduce};
 pub use jit_core::{DType, Device, Error, Result, Var};
 pub use linalg::{linear, matmul};
 pub use loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_loss, Reduction};
@@ -68,6 +72,7 @@ pub mod prelude {
     };
     pub use crate::finite::FiniteOps;
     pub use crate::fold::{fold, pixel_shuffle, pixel_unshuffle, unfold, FoldOptions};
+    pub use crate::indexing::{embedding, IndexOps, ScatterReduce};
     pub use crate::linalg::{linear, matmul};
     pub use crate::loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_loss, Reduction};
     pub use crate::norm::{batch_norm, group_norm, instance_norm, layer_norm, RunningStats};
