@@ -250,3 +250,36 @@ fn activation_window_and_shuffle_modules_run_their_ops() {
     );
     assert!(f.forward(&x).unwrap_err().to_string().starts_with("fold: input must be 2-D or 3-D"));
 }
+
+/// `nn.Embedding`: PyTorch's initialisation (standard normal, zero padding row), a
+/// forward pass of any index shape, and training through the scatter-add gradient:
+/// a few Adam steps fit targets for the rows that are used, leave the others and
+/// the padding row unchanged.
+#[test]
+fn embedding_initialises_looks_up_and_trains_only_the_rows_it_uses() {
+    use jit_nn::optim::{Adam, Optimizer};
+    let e = Embedding::new(300, 16, Some(7)).unwrap();
+    assert_eq!(e.named_parameters().into_iter().map(|(n, _)| n).collect::<Vec<_>>(), vec!["weight"]);
+    let w0 = e.weight.to_vec::<f32>().unwrap();
+    assert!(w0[7 * 16..8 * 16].iter().all(|&v| v == 0.0), "the padding row starts at zero");
+    let mean = w0.iter().map(|&v| f64::from(v)).sum::<f64>() / w0.len() as f64;
+    let var = w0.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / w0.len() as f64;
+    assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.1, "standard normal: mean {mean}, variance {var}");
+    let ids = Var::from_vec(vec![3i64, 250, 7, 3, 99, 7], &[2, 3]).unwrap();
+    assert_eq!(e.forward(&ids).unwrap().shape(), &[2, 3, 16]);
+    let target = Var::full(&[2, 3, 16], 0.5, DType::F32);
+    let mut opt = Adam::new(vec![e.weight.clone()], 0.1).unwrap();
+    let loss_of = |e: &Embedding| mse_loss(&e.forward(&ids).unwrap(), &target, Reduction::Mean).unwrap();
+    let first = loss_of(&e).item::<f32>().unwrap();
+    for _ in 0..20 {
+        opt.step(&loss_of(&e)).unwrap();
+    }
+    let last = loss_of(&e).item::<f32>().unwrap();
+    assert!(last < 0.2 * first, "the loss falls: {first} -> {last}");
+    let w1 = e.weight.to_vec::<f32>().unwrap();
+    for row in 0..300 {
+        let changed = w0[row * 16..(row + 1) * 16] != w1[row * 16..(row + 1) * 16];
+        assert_eq!(changed, [3, 250, 99].contains(&row), "row {row}");
+    }
+    assert!(Embedding::new(4, 2, Some(4)).is_err());
+}

@@ -926,3 +926,56 @@ fn depth_to_space_and_space_to_depth_match_onnxruntime() {
         .to_string();
     assert!(e.contains("DepthToSpace_0") && e.contains("the attribute blocksize is required"), "{e}");
 }
+
+/// GatherElements and ScatterElements on the ONNX specification's examples, with
+/// negative indices and every reduction.
+#[test]
+fn gather_and_scatter_elements_follow_the_spec() {
+    let i64s = |name: &str, dims: &[i64], v: &[i64]| TensorProto { dims: dims.to_vec(), ..i64_tensor(name, v) };
+    let g = G::new(vec![vi("x", dt::FLOAT, &["3", "3"])], &["a", "b", "c"])
+        .init(i64s("i0", &[2, 3], &[1, 2, 0, 2, 0, 0]))
+        .init(i64s("i1", &[2, 2], &[0, 0, -2, 0]))
+        .init(i64s("s0", &[2, 3], &[1, 0, 2, 0, 2, 1]))
+        .init(f32_tensor("u0", &[2, 3], &[1.0, 1.1, 1.2, 2.0, 2.1, 2.2]))
+        .init(f32_tensor("zeros", &[3, 3], &[0.0; 9]))
+        .n(node("GatherElements", &["x", "i0"], &["a"], vec![int("axis", 0)]))
+        .n(node("GatherElements", &["x", "i1"], &["b"], vec![int("axis", 1)]))
+        .n(node("ScatterElements", &["zeros", "s0", "u0"], &["c"], vec![int("axis", 0)]));
+    let x = Var::from_vec((1..=9).map(|v| v as f32).collect(), &[3, 3]).unwrap();
+    let out = g.model().run(&[("x", x)]).unwrap();
+    assert_eq!(out[0].to_vec::<f32>().unwrap(), vec![4.0, 8.0, 3.0, 7.0, 2.0, 3.0]);
+    // picks from rows 0 and 1 (index -2 is column 1)
+    assert_eq!(out[1].to_vec::<f32>().unwrap(), vec![1.0, 1.0, 5.0, 4.0]);
+    assert_eq!(out[2].to_vec::<f32>().unwrap(), vec![2.0, 1.1, 0.0, 1.0, 0.0, 2.2, 0.0, 2.1, 1.2]);
+    // data [[1, 2, 3, 4, 5]], indices [[1, -2]] (column 3) or the duplicate [[1, 1]]
+    for (reduction, idx, want) in [
+        ("none", [1i64, -2], [1.0f32, 1.1, 3.0, 2.1, 5.0]),
+        ("add", [1, 1], [1.0, 5.2, 3.0, 4.0, 5.0]),
+        ("mul", [1, 1], [1.0, 2.0 * 1.1 * 2.1, 3.0, 4.0, 5.0]),
+        ("max", [1, 1], [1.0, 2.1, 3.0, 4.0, 5.0]),
+        ("min", [1, 1], [1.0, 1.1, 3.0, 4.0, 5.0]),
+    ] {
+        let g = G::new(vec![vi("d", dt::FLOAT, &["1", "5"])], &["y"])
+            .init(i64s("i", &[1, 2], &idx))
+            .init(f32_tensor("u", &[1, 2], &[1.1, 2.1]))
+            .n(node("ScatterElements", &["d", "i", "u"], &["y"], vec![int("axis", 1), string("reduction", reduction)]))
+            .opset(18);
+        let d = Var::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0], &[1, 5]).unwrap();
+        let y = g.model().run(&[("d", d)]).unwrap();
+        assert_values_close_f32(&y[0].to_vec::<f32>().unwrap(), &want, reduction);
+    }
+    let bad = G::new(vec![vi("d", dt::FLOAT, &["1", "5"])], &["y"])
+        .init(i64s("i", &[1, 2], &[1, 1]))
+        .init(f32_tensor("u", &[1, 2], &[1.1, 2.1]))
+        .n(node("ScatterElements", &["d", "i", "u"], &["y"], vec![string("reduction", "mean")]))
+        .opset(18)
+        .err();
+    assert!(bad.contains("ScatterElements") && bad.contains("reduction") && bad.contains("mean"), "{bad}");
+}
+
+fn assert_values_close_f32(got: &[f32], want: &[f32], ctx: &str) {
+    assert_eq!(got.len(), want.len(), "{ctx}");
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{ctx}: {got:?} vs {want:?}");
+    }
+}

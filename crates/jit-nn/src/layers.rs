@@ -144,6 +144,48 @@ impl Module for Linear {
     }
 }
 
+/// `nn.Embedding`: `weight [num_embeddings, embedding_dim]`; the forward pass picks
+/// the rows named by an integer value of any shape (see [`jit_ops::embedding`]).
+pub struct Embedding {
+    /// The table.
+    pub weight: Var,
+    /// The row that receives no gradient (and starts at zero), if any.
+    pub padding_idx: Option<usize>,
+}
+
+impl Embedding {
+    /// A table with PyTorch's initialisation: standard normal entries, the padding
+    /// row zero.
+    pub fn new(num_embeddings: usize, embedding_dim: usize, padding_idx: Option<usize>) -> Result<Embedding> {
+        if let Some(p) = padding_idx.filter(|&p| p >= num_embeddings) {
+            return Err(Error::argument(
+                "Embedding",
+                format!("padding_idx {p} is outside the {num_embeddings} rows of the table"),
+            ));
+        }
+        let shape = [num_embeddings, embedding_dim];
+        let mut w = Var::randn(&shape, DType::F32)?;
+        if let Some(p) = padding_idx {
+            let row = Var::index(&shape, 0, DType::I64)?.eq(p as i64)?;
+            w = Var::where_(&row, 0.0, &w)?;
+        }
+        w.sync()?;
+        Ok(Embedding { weight: w.requires_grad_(true)?, padding_idx })
+    }
+}
+
+impl Module for Embedding {
+    fn forward(&self, x: &Var) -> Result<Var> {
+        jit_ops::embedding(&self.weight, x, self.padding_idx)
+    }
+    fn type_name(&self) -> &'static str {
+        "Embedding"
+    }
+    fn own_params(&self) -> Vec<(String, Var)> {
+        vec![("weight".to_string(), self.weight.clone())]
+    }
+}
+
 macro_rules! stateless {
     ($(#[$doc:meta])* $name:ident $(($($field:ident: $ty:ty),*))?, $torch:literal, |$s:ident, $x:ident| $body:expr) => {
         $(#[$doc])*

@@ -39,6 +39,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Flatten",
     "Floor",
     "Gather",
+    "GatherElements",
     "Gelu",
     "Gemm",
     "GlobalAveragePool",
@@ -84,6 +85,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Reshape",
     "Resize",
     "Round",
+    "ScatterElements",
     "Selu",
     "Shape",
     "Sigmoid",
@@ -146,7 +148,8 @@ fn known_attributes(op: &str) -> Option<&'static [&'static str]> {
         "Elu" | "Celu" | "ThresholdedRelu" => &["alpha"],
         "Selu" => &["alpha", "gamma"],
         "Flatten" => &["axis"],
-        "Gather" => &["axis"],
+        "Gather" | "GatherElements" => &["axis"],
+        "ScatterElements" => &["axis", "reduction"],
         "Gelu" => &["approximate"],
         "Gemm" => &["alpha", "beta", "transA", "transB"],
         "HardSigmoid" => &["alpha", "beta"],
@@ -196,6 +199,7 @@ const STRING_VALUES: &[(&str, &str, &[&str])] = &[
     ("AveragePool", "auto_pad", &["NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID"]),
     ("Gelu", "approximate", &["none", "tanh"]),
     ("DepthToSpace", "mode", &["DCR", "CRD"]),
+    ("ScatterElements", "reduction", &["none", "add", "mul", "max", "min"]),
 ];
 
 /// Integer attributes that must have one value: (op, attribute, the value).
@@ -645,6 +649,27 @@ pub(crate) fn eval(node: &NodeProto, opset: i64, ins: &[Option<Value>]) -> Resul
             Ok(vec![v])
         }
         "Gather" => one(gather(&c)?),
+        "GatherElements" => {
+            let x = c.x(0)?;
+            let a = c.axis(c.int("axis", 0)?, x.ndim())?;
+            one(x.gather(a as isize, &wrapped_index(c.x(1)?, x.shape()[a])?)?)
+        }
+        "ScatterElements" => {
+            let x = c.x(0)?;
+            let a = c.axis(c.int("axis", 0)?, x.ndim())?;
+            let index = wrapped_index(c.x(1)?, x.shape()[a])?;
+            let updates = c.x(2)?.cast(x.dtype());
+            let (mode, keep) = match c.string("reduction", "none")?.as_str() {
+                "add" => (ScatterReduce::Sum, true),
+                "mul" => (ScatterReduce::Prod, true),
+                "max" => (ScatterReduce::Amax, true),
+                "min" => (ScatterReduce::Amin, true),
+                // replaced where an update lands (several updates at one place,
+                // which ONNX leaves undefined, are summed)
+                _ => (ScatterReduce::Sum, false),
+            };
+            one(x.scatter_reduce(a as isize, &index, &updates, mode, keep)?)
+        }
         "Expand" => {
             let x = c.x(0)?;
             let shape = c.host_ints(1, "shape")?.ok_or_else(|| c.err("input 1 (shape) is required"))?;
@@ -948,6 +973,12 @@ fn gather(c: &Ctx) -> Result<Var> {
     let flat = iv.var.reshape(&[-1])?.cast(DType::I64);
     let flat = Var::where_(&flat.lt(0i64)?, flat.try_add(dim)?, &flat)?;
     x.index_select(a as isize, &flat)?.reshape(&uz(&out_shape))
+}
+
+/// ONNX element indices: negative ones count from the end of the axis of `size`.
+fn wrapped_index(index: &Var, size: usize) -> Result<Var> {
+    let i = index.cast(DType::I64);
+    Var::where_(&i.lt(0i64)?, i.try_add(size as i64)?, &i)
 }
 
 fn split(c: &Ctx) -> Result<Vec<Value>> {
