@@ -106,6 +106,11 @@ def workloads(quick, dev):
     c, h = (8, 32) if quick else (64, 128)
     xc = r(1, c, h, h)
     W["im2col"] = (lambda: F.unfold(xc, 3, padding=1)), False
+    v, d, k = (5000, 64, 512) if quick else (50_000, 256, 8192)
+    table, rows = r(v, d), torch.randint(0, v, (k,), device=dev)
+    W["gather_rows"] = (lambda: table.index_select(0, rows)), False
+    src = r(k, d)
+    W["scatter_rows"] = (lambda: torch.zeros(v, d, device=dev).index_add(0, rows, src)), False
     c, s = (16, 32) if quick else (64, 128)
     xv, wv, bv = r(1, c, s, s), r(c, c, 3, 3), r(c)
     W["conv_bias_relu"] = (lambda: torch.relu(F.conv2d(xv, wv, bv, padding=1))), False
@@ -147,7 +152,7 @@ def workloads(quick, dev):
     return W
 
 
-QUICK = {"chain10", "softmax", "adain_op", "reduce_axis1", "conv_bias_relu", "adain_net"}
+QUICK = {"chain10", "softmax", "adain_op", "reduce_axis1", "conv_bias_relu", "adain_net", "gather_rows"}
 
 
 def time_it(fn, reps, dev):
@@ -170,6 +175,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=0)
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    ap.add_argument("--only", default="", help="comma-separated workloads (all by default)")
     ap.add_argument("--out", default=os.path.join("target", "jit-bench"))
     ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "jit_bench"))
     a = ap.parse_args()
@@ -179,6 +185,8 @@ def main():
     rows = []
     for name, (fn, net) in workloads(a.quick, a.device).items():
         if a.quick and name not in QUICK:
+            continue
+        if a.only and name not in a.only.split(","):
             continue
         impls = [("torch-eager", fn)]
         if not a.no_compile and net is not None:
@@ -199,7 +207,7 @@ def main():
     path = os.path.join(a.out, "torch.json")
     with open(path, "w") as f:
         json.dump(rows, f, indent=1)
-    cmd = [a.bin, "--device", a.device, "--reps", str(reps), "--out", a.out, "--merge", path] + (["--quick"] if a.quick else [])
+    cmd = [a.bin, "--device", a.device, "--reps", str(reps), "--out", a.out, "--merge", path] + (["--quick"] if a.quick else []) + (["--only", a.only] if a.only else [])
     sys.exit(subprocess.run(cmd).returncode)
 
 

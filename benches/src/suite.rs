@@ -41,6 +41,20 @@ fn leaf(shape: &[usize]) -> Result<Var> {
     Ok(x)
 }
 
+/// `n` row numbers below `rows`, uniformly at random (a fixed sequence), stored.
+fn random_rows(n: usize, rows: usize) -> Result<Var> {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let idx: Vec<i64> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % rows as u64) as i64
+        })
+        .collect();
+    Var::from_vec(idx, &[n])
+}
+
 fn elems(shape: &[usize]) -> u64 {
     shape.iter().product::<usize>() as u64
 }
@@ -242,6 +256,38 @@ pub fn all() -> Vec<Workload> {
                     bytes: Some(4 * (elems(&[1, c, s, s]) + elems(&out))),
                     flops: None,
                     step: Box::new(move || x.try_add(&b)?.relu()?.pad(&[1, 1, 1, 1], PadMode::Reflect)?.sync()),
+                })
+            },
+        },
+        Workload {
+            name: "gather_rows",
+            about: "embedding lookup: rows of a table picked by random indices (index_select)",
+            quick: true,
+            prepare: |q| {
+                let (v, d, n) = if q { (5000, 64, 512) } else { (50_000, 256, 8192) };
+                let table = leaf(&[v, d])?;
+                let idx = random_rows(n, v)?;
+                Ok(Prepared {
+                    size: format!("{n} of [{v}, {d}]"),
+                    bytes: Some(8 * elems(&[n, d]) + 8 * n as u64),
+                    flops: None,
+                    step: Box::new(move || table.index_select(0, &idx)?.sync()),
+                })
+            },
+        },
+        Workload {
+            name: "scatter_rows",
+            about: "embedding gradient: rows added into a zero table at random indices (index_add)",
+            quick: false,
+            prepare: |q| {
+                let (v, d, n) = if q { (5000, 64, 512) } else { (50_000, 256, 8192) };
+                let src = leaf(&[n, d])?;
+                let idx = random_rows(n, v)?;
+                Ok(Prepared {
+                    size: format!("{n} rows into [{v}, {d}]"),
+                    bytes: Some(4 * elems(&[v, d]) + 4 * elems(&[n, d]) + 8 * n as u64),
+                    flops: None,
+                    step: Box::new(move || Var::zeros(&[v, d], DType::F32).index_add(0, &idx, &src, 1.0)?.sync()),
                 })
             },
         },
