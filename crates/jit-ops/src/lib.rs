@@ -5,11 +5,12 @@
 //!   `logsumexp`, `norm`.
 //! * [`shape`]: `view`, `flatten`, `squeeze`, `unsqueeze`, `transpose`, `permute`,
 //!   `narrow`, `slice`, `pad`, `flip`, `expand`, `repeat`, `cat`, `stack`, `split`,
-//!   `chunk`, `gather`, `index_select`, nearest upsampling.
+//!   `chunk`, `gather`, `index_select`, `roll`, `tril`, `triu`, nearest upsampling.
 //! * [`activation`]: `clamp`, `relu`, `leaky_relu`, `gelu`, `silu`, `elu`, `softplus`,
 //!   `hardsigmoid`, `hardswish`, `mish`, `softmax`, `log_softmax`.
 //! * [`indexing`]: `take_along_dim`, `scatter_add`, `scatter_reduce`, `index_add`,
 //!   `masked_fill`, `one_hot`, `embedding` (on the `gather` and `scatter` meta-ops).
+//! * [`scan`]: `cumsum`, `cumprod`, `cummax`, `cummin` (log-step scans).
 //! * [`similarity`]: `normalize`, `cosine_similarity`.
 //! * [`finite`]: `isnan`, `isinf`, `isposinf`, `isneginf`, `isfinite`, `nan_to_num`.
 //! * [`linalg`]: `matmul` and `linear` (gemm library, meta-op fallback).
@@ -39,6 +40,7 @@ pub mod loss;
 pub mod norm;
 pub mod pool;
 pub mod reduce;
+pub mod scan;
 pub mod shape;
 pub mod similarity;
 pub mod upsample;
@@ -58,6 +60,7 @@ pub use loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_lo
 pub use norm::{batch_norm, group_norm, instance_norm, layer_norm, RunningStats};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d, Pool2dOptions};
 pub use reduce::ReduceOps;
+pub use scan::ScanOps;
 pub use shape::{cat, stack, PadMode, ShapeOps};
 pub use similarity::{cosine_similarity, normalize};
 pub use upsample::{upsample_bilinear2d, Resize};
@@ -78,6 +81,7 @@ pub mod prelude {
     pub use crate::norm::{batch_norm, group_norm, instance_norm, layer_norm, RunningStats};
     pub use crate::pool::{adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d, Pool2dOptions};
     pub use crate::reduce::ReduceOps;
+    pub use crate::scan::ScanOps;
     pub use crate::shape::{cat, stack, PadMode, ShapeOps};
     pub use crate::similarity::{cosine_similarity, normalize};
     pub use crate::upsample::{upsample_bilinear2d, Resize};

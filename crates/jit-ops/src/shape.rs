@@ -63,6 +63,31 @@ pub trait ShapeOps: Sized {
     fn interpolate_nearest(&self, size: &[usize]) -> Result<Var>;
     /// Nearest-neighbour upsampling of an NCHW value by an integer factor.
     fn upsample_nearest2d(&self, scale: usize) -> Result<Var>;
+    /// Rotates along each of `dims` by the matching entry of `shifts` (elements
+    /// leaving the end come back at the start, `torch.roll`); with no dims, rotates
+    /// the flattened value by the one shift and restores the shape.
+    fn roll(&self, shifts: &[isize], dims: &[isize]) -> Result<Var>;
+    /// The lower triangle of the last two dims (`torch.tril`): entries with
+    /// `column - row <= diagonal` kept, the others zero.
+    fn tril(&self, diagonal: i64) -> Result<Var>;
+    /// The upper triangle of the last two dims (`torch.triu`): entries with
+    /// `column - row >= diagonal` kept, the others zero.
+    fn triu(&self, diagonal: i64) -> Result<Var>;
+}
+
+/// Keeps the entries of the last two dims where `cond(column - row - diagonal)`
+/// holds, zero elsewhere (a reindex condition: fuses, and its gradient is the same
+/// mask).
+fn triangle(x: &Var, op: &str, cond: fn(E) -> E, diagonal: i64) -> Result<Var> {
+    if x.ndim() < 2 {
+        return Err(Error::Shape {
+            op: op.into(),
+            msg: format!("needs at least 2 dims (a matrix or a batch of them), got shape {:?}", x.shape()),
+        });
+    }
+    let (r, c) = (x.ndim() - 2, x.ndim() - 1);
+    let keep = cond(E::idx(c) - E::idx(r) - diagonal);
+    x.reindex(x.shape(), identity_exprs(x.ndim()), 0.0, vec![keep])
 }
 
 fn identity_exprs(n: usize) -> Vec<E> {
@@ -414,6 +439,47 @@ impl ShapeOps for Var {
         let new: Vec<usize> = (0..self.ndim()).filter(|&k| k != d).collect();
         let idx = index.broadcast_to_dims(&shape, &new)?;
         self.gather(dim, &idx)
+    }
+
+    fn roll(&self, shifts: &[isize], dims: &[isize]) -> Result<Var> {
+        if dims.is_empty() {
+            let [shift] = shifts else {
+                return Err(Error::argument(
+                    "roll",
+                    format!("without dims, give exactly one shift (got {})", shifts.len()),
+                ));
+            };
+            let shape: Vec<isize> = self.shape().iter().map(|&d| d as isize).collect();
+            return self.reshape(&[-1])?.roll(&[*shift], &[0])?.reshape(&shape);
+        }
+        if shifts.len() != dims.len() {
+            return Err(Error::argument(
+                "roll",
+                format!("got {} shifts for {} dims; give one per dim", shifts.len(), dims.len()),
+            ));
+        }
+        let mut exprs = identity_exprs(self.ndim());
+        for (&s, &dim) in shifts.iter().zip(dims) {
+            let d = normalize_dim("roll", dim, self.shape())?;
+            let n = self.shape()[d] as i64;
+            if n == 0 {
+                continue;
+            }
+            // out[i] = in[(i - s) mod n], composed with earlier shifts of the same dim
+            let s = (s as i64).rem_euclid(n);
+            if s != 0 {
+                exprs[d] = (exprs[d].clone() - s).modulo(n);
+            }
+        }
+        reindex(self, self.shape(), exprs)
+    }
+
+    fn tril(&self, diagonal: i64) -> Result<Var> {
+        triangle(self, "tril", |e| e.le(0), diagonal)
+    }
+
+    fn triu(&self, diagonal: i64) -> Result<Var> {
+        triangle(self, "triu", |e| e.ge(0), diagonal)
     }
 
     fn interpolate_nearest(&self, size: &[usize]) -> Result<Var> {
