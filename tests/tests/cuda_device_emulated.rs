@@ -94,6 +94,66 @@ fn graphs() {
     }
 }
 
+/// Casts from f64 to f16 and bf16 round once: values just past a half-way point of
+/// the half type that an f64 -> f32 rounding would move onto it (a second rounding
+/// would then go to even), against the CPU backend bit for bit, plus random values.
+fn half_casts() {
+    let mut rng = Rng::new(0x4A1F_CA57);
+    let mut vals: Vec<f64> = vec![];
+    for (base, half_ulp) in [(1.0f64, 2f64.powi(-11)), (1.0, 2f64.powi(-8)), (1.5, 2f64.powi(-11))] {
+        for sign in [1.0, -1.0] {
+            vals.push(sign * (base + half_ulp + 2f64.powi(-40)));
+            vals.push(sign * (base + half_ulp - 2f64.powi(-40)));
+        }
+    }
+    vals.extend((0..200).map(|_| rng.uniform(-70000.0, 70000.0)));
+    vals.extend([1e-9, -3e-8, 1e300, f64::NAN, f64::INFINITY]);
+    let x = Var::from_vec(vals.clone(), &[vals.len()]).unwrap();
+    for dtype in [DType::F16, DType::BF16] {
+        let run = |flags| {
+            with_flags(flags, || {
+                // cast inside a kernel (times one keeps it from being a plain copy)
+                x.try_mul(1.0).unwrap().cast(dtype).cast(DType::F32).to_vec::<f32>().unwrap()
+            })
+        };
+        let (got, want) = (run(cuda(true)), run(cpu()));
+        for (k, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.to_bits() == w.to_bits() || (g.is_nan() && w.is_nan()),
+                "{dtype} of {:e}: {g:e} vs {w:e}",
+                vals[k]
+            );
+        }
+    }
+}
+
+/// Gathers and scatters (the data-dependent meta-ops) on the device: split and
+/// unsplit scatter rows, out-of-range indices, gradients, against the CPU backend.
+fn indexing() {
+    use jit_ops::prelude::*;
+    let mut rng = Rng::new(0x6A7E_5CA7);
+    let x = rng.nd(&[5, 37, 9], -1.0, 1.0);
+    let index: Vec<i64> = (0..5 * 60 * 9).map(|_| rng.int(-2, 38)).collect();
+    let rows: Vec<i64> = (0..50).map(|_| rng.int(0, 36)).collect();
+    let run = |flags| {
+        with_flags(flags, || {
+            let xv = x.var(DType::F32).requires_grad_(true).unwrap();
+            let iv = Var::from_vec(index.clone(), &[5, 60, 9]).unwrap();
+            let g = xv.gather(1, &iv).unwrap();
+            let s = Var::zeros(&[5, 37, 9], DType::F32).scatter_add(1, &iv, &g).unwrap();
+            let r = xv.index_select(1, &Var::from_vec(rows.clone(), &[50]).unwrap()).unwrap();
+            let loss = (&s * &s).sum_all().unwrap() + r.sum_all().unwrap();
+            let grads = jit_core::grad(&loss, std::slice::from_ref(&xv)).unwrap();
+            let mut out = vec![];
+            for v in [g, s, r, grads[0].clone()] {
+                out.extend(v.to_vec_f64().unwrap());
+            }
+            out
+        })
+    };
+    assert_values_close(&run(cuda(true)), &run(cpu()), 1e-5, 1e-6, "gather / scatter_add / index_select on cuda");
+}
+
 /// Every transpose flag, broadcast batches and each dtype cuBLAS takes, against the
 /// CPU backend.
 fn matrix_products() {
@@ -194,6 +254,8 @@ fn emulated_device_child() {
     match phase.as_str() {
         "cold" | "warm" => {
             graphs();
+            half_casts();
+            indexing();
             matrix_products();
             convolutions();
             stylize_network();

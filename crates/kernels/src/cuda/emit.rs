@@ -98,6 +98,16 @@ __device__ __forceinline__ u16 j_f32_to_f16(float f) {
   if (rem > 0x1000u || (rem == 0x1000u && (v & 1u))) v++;
   return (u16)(sign | v);
 }
+__device__ __forceinline__ float j_f64_to_f32_odd(double d) {
+  // rounds to odd (truncate, then set the last bit if inexact): a second rounding
+  // to f16 or bf16 is then the correct rounding of `d`
+  float f = (float)d;
+  double back = (double)f;
+  if (f != f || back == d) return f;
+  u32 u = __float_as_uint(f);
+  if (fabs(back) > fabs(d)) u -= 1u;
+  return __uint_as_float(u | 1u);
+}
 __device__ __forceinline__ float j_bf16_to_f32(u16 b) { return __uint_as_float(((u32)b) << 16); }
 __device__ __forceinline__ u16 j_f32_to_bf16(float f) {
   u32 u = __float_as_uint(f);
@@ -189,6 +199,9 @@ fn convert(x: &str, from: DType, to: DType) -> String {
                 format!("({tc})({x})")
             }
         }
+        // from a double: one rounding, through round-to-odd f32
+        DType::F16 if fc == "double" => format!("j_f16_to_f32(j_f32_to_f16(j_f64_to_f32_odd({x})))"),
+        DType::BF16 if fc == "double" => format!("j_bf16_to_f32(j_f32_to_bf16(j_f64_to_f32_odd({x})))"),
         DType::F16 => format!("j_f16_to_f32(j_f32_to_f16((float)({x})))"),
         DType::BF16 => format!("j_bf16_to_f32(j_f32_to_bf16((float)({x})))"),
         DType::Bool => format!("(i64)(({x}) != 0)"),
