@@ -42,3 +42,27 @@ fn transcendentals_are_accurate_in_f32() {
         assert_values_close(&got, &want, 1e-6, 1e-7, name);
     }
 }
+
+/// `exp` at its edges, on the vector loop (a contiguous length that is a multiple
+/// of 4) and on the scalar loop (a length of 3): NaN stays NaN, infinities and
+/// overflow give inf or 0, and results in the subnormal range round to the nearest
+/// subnormal within one step.
+#[test]
+fn exp_keeps_nan_and_infinities_and_reaches_the_subnormals() {
+    let f = Flags { backend: Backend::Cpu, fusion: true, dump: false };
+    let mut xs: Vec<f32> = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -1e30, 1e30, 88.72, 88.73, 89.5, -0.0];
+    xs.extend((0..60).map(|k| -87.0 - k as f32 * 0.3));
+    while !xs.len().is_multiple_of(4) {
+        xs.push(0.5);
+    }
+    let want: Vec<f64> = xs.iter().map(|&x| f64::from((f64::from(x).exp()) as f32)).collect();
+    let check = |xs: &[f32], want: &[f64], what: &str| {
+        let x = Var::from_vec(xs.to_vec(), &[xs.len()]).unwrap();
+        let got = with_flags(f, || x.exp().to_vec_f64().unwrap());
+        assert_values_close(&got, want, 2e-6, 1.5e-45, what);
+    };
+    check(&xs, &want, "vector loop");
+    for (c, w) in xs.chunks(3).zip(want.chunks(3)) {
+        check(c, w, "scalar loop");
+    }
+}

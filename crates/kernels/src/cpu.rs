@@ -1267,12 +1267,19 @@ impl Gen<'_, '_> {
         let vector = self.b.func.dfg.value_type(x) == types::F32X4;
         let int_ty = if vector { types::I32X4 } else { types::I32 };
         let (lo, hi) = (self.fconst_like(x, -104.0), self.fconst_like(x, 89.0));
-        // NaN survives the clamp (fmax / fmin propagate it)
-        let x = self.b.ins().fmax(x, lo);
-        let x = self.b.ins().fmin(x, hi);
+        // the clamp keeps NaN: `x < lo ? lo : x` and `hi < x ? hi : x` are false for
+        // it (on vectors the pattern x86's maxps / minps implement, which return
+        // their second operand, x, for NaN: one instruction each instead of the
+        // NaN-propagating fmax / fmin sequences)
+        let x = self.select_lt(x, lo, lo, x);
+        let x = self.select_lt(hi, x, hi, x);
         let log2e = self.fconst_like(x, std::f32::consts::LOG2_E);
         let t = self.b.ins().fmul(x, log2e);
-        let n = self.b.ins().nearest(t);
+        // round to nearest (even) by adding and removing 1.5 * 2^23: the integer
+        // lands in the low mantissa bits (|t| < 2^22 after the clamp)
+        let magic = self.fconst_like(x, 12_582_912.0);
+        let tm = self.b.ins().fadd(t, magic);
+        let n = self.b.ins().fsub(tm, magic);
         let (c1, c2) = (self.fconst_like(x, 0.693_359_4), self.fconst_like(x, -2.121_944_4e-4));
         let nc1 = self.b.ins().fmul(n, c1);
         let r = self.b.ins().fsub(x, nc1);
@@ -1291,10 +1298,17 @@ impl Gen<'_, '_> {
         let one = self.fconst_like(x, 1.0);
         let p = self.b.ins().fadd(p, one);
         // 2^n as two factors 2^(n/2) and 2^(n - n/2), each a normal number
-        let ni = self.b.ins().fcvt_to_sint_sat(int_ty, n);
+        let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let tm_bits = self.b.ins().bitcast(int_ty, if vector { le } else { MemFlagsData::new() }, tm);
+        let magic_bits = if vector {
+            let m = self.b.ins().iconst(types::I32, 0x4b40_0000);
+            self.b.ins().splat(types::I32X4, m)
+        } else {
+            self.b.ins().iconst(types::I32, 0x4b40_0000)
+        };
+        let ni = self.b.ins().isub(tm_bits, magic_bits);
         let n1 = self.b.ins().sshr_imm_u(ni, 1);
         let n2 = self.b.ins().isub(ni, n1);
-        let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
         let scale = |g: &mut Self, k: CV| {
             let bias = if vector {
                 let b = g.b.ins().iconst(types::I32, 127);
@@ -1311,6 +1325,20 @@ impl Gen<'_, '_> {
         let s2 = scale(self, n2);
         let p = self.b.ins().fmul(p, s1);
         self.b.ins().fmul(p, s2)
+    }
+
+    /// `a < b ? t : f` on f32 or f32x4 values (false when either is NaN); on vectors
+    /// as a bitselect of the comparison mask, which x86 lowers to one `minps` /
+    /// `maxps` when the operands line up as in [`Gen::exp_f32`]'s clamp.
+    fn select_lt(&mut self, a: CV, b: CV, t: CV, f: CV) -> CV {
+        let c = self.b.ins().fcmp(FloatCC::LessThan, a, b);
+        if self.b.func.dfg.value_type(a) == types::F32X4 {
+            let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+            let mask = self.b.ins().bitcast(types::F32X4, le, c);
+            self.b.ins().bitselect(mask, t, f)
+        } else {
+            self.b.ins().select(c, t, f)
+        }
     }
 
     /// `1 / (1 + exp(-x))` of an f32 or f32x4 with the inline `exp`.
