@@ -319,6 +319,49 @@ fn nan_propagates_through_max_and_min() {
     assert!(m[0].is_nan() && m[1].is_nan() && m[2] == 1.0);
 }
 
+/// Max and min against scalars (`relu`'s zero is a kernel constant, other scalars
+/// launch parameters, NaN included) on the vector loop (64 contiguous values) and
+/// the scalar loop (3): NaN on either side gives NaN, otherwise the larger or
+/// smaller value.
+#[test]
+fn max_and_min_against_scalars_propagate_nan_on_every_loop() {
+    let mut xs: Vec<f32> = vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 2.5, -1.0, 1e-40];
+    xs.extend((0..56).map(|k| (k as f32 - 28.0) * 0.37));
+    let expect = |x: f32, c: f64, max: bool| -> f64 {
+        let (x, c) = (f64::from(x), f64::from(c as f32));
+        if x.is_nan() || c.is_nan() {
+            f64::NAN
+        } else if max {
+            x.max(c)
+        } else {
+            x.min(c)
+        }
+    };
+    for scalar in [0.0, 2.5, -1.0, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+        for max in [true, false] {
+            for part in [&xs[..], &xs[5..8]] {
+                let x = Var::from_vec(part.to_vec(), &[part.len()]).unwrap();
+                let y = if max { x.maximum(scalar) } else { x.minimum(scalar) };
+                // the scalar on the left as well
+                let s = Var::full(&[part.len()], scalar, DType::F32);
+                let z = if max { s.maximum(&x) } else { s.minimum(&x) };
+                for v in [y.unwrap(), z.unwrap()] {
+                    let got = v.to_vec_f64().unwrap();
+                    for (k, (&g, &x)) in got.iter().zip(part).enumerate() {
+                        let w = expect(x, scalar, max);
+                        let ok = if w.is_nan() { g.is_nan() } else { g == w };
+                        assert!(
+                            ok,
+                            "max {max} of {x:e} and {scalar:e} (element {k} of {}): {g:e}, want {w:e}",
+                            part.len()
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn where_broadcasts_condition_and_scalars() {
     let c = Var::from_vec(vec![true, false], &[2, 1]).unwrap();

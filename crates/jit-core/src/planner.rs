@@ -280,6 +280,12 @@ impl<'a> Builder<'a> {
         };
         let dt = v.dtype();
         Ok(match op {
+            // zero is part of the kernel's structure (`relu` is `max(x, 0)`: against
+            // a constant the backend can drop NaN handling for that operand); other
+            // values are launch parameters, so `x * 0.5` and `x * 0.25` share a kernel
+            MetaOp::Full { value } if value == 0.0 && value.is_sign_positive() => {
+                self.push(phase, Inst::Const(0.0), dt)
+            }
             MetaOp::Full { value } => {
                 self.params.push(value);
                 let k = self.params.len() - 1;

@@ -1341,6 +1341,26 @@ impl Gen<'_, '_> {
         }
     }
 
+    /// `max(x, c)` (`min` when `!max`) of f32x4 lanes as `x <= c ? c : x` (`x >= c`
+    /// for `min`): NaN in `x` passes; `c` must not be NaN (see the caller).
+    fn clamp_to(&mut self, x: CV, c: CV, max: bool) -> CV {
+        let cc = if max { FloatCC::LessThanOrEqual } else { FloatCC::GreaterThanOrEqual };
+        let m = self.b.ins().fcmp(cc, x, c);
+        let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let mask = self.b.ins().bitcast(types::F32X4, le, m);
+        self.b.ins().bitselect(mask, c, x)
+    }
+
+    /// [`Gen::clamp_to`] against a value that may be NaN (a launch parameter): NaN
+    /// lanes of `c` give NaN.
+    fn clamp_to_param(&mut self, x: CV, c: CV, max: bool) -> CV {
+        let r = self.clamp_to(x, c, max);
+        let ord = self.b.ins().fcmp(FloatCC::Equal, c, c);
+        let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let mask = self.b.ins().bitcast(types::F32X4, le, ord);
+        self.b.ins().bitselect(mask, r, c)
+    }
+
     /// `1 / (1 + exp(-x))` of an f32 or f32x4 with the inline `exp`.
     fn sigmoid_f32(&mut self, x: CV) -> CV {
         let nx = self.b.ins().fneg(x);
@@ -1517,8 +1537,30 @@ impl Gen<'_, '_> {
                         BinaryOp::Sub => self.b.ins().fsub(x, y),
                         BinaryOp::Mul => self.b.ins().fmul(x, y),
                         BinaryOp::Div => self.b.ins().fdiv(x, y),
-                        BinaryOp::Max => self.b.ins().fmax(x, y),
-                        BinaryOp::Min => self.b.ins().fmin(x, y),
+                        BinaryOp::Max | BinaryOp::Min => {
+                            let max = *op == BinaryOp::Max;
+                            let constant = |id: usize| match vals[id].inst {
+                                Inst::Const(c) => Some(c),
+                                _ => None,
+                            };
+                            // against a constant that is not NaN (and not the zero
+                            // whose sign the IEEE maximum / minimum would pick over
+                            // the other zero's), a compare and select keeps the
+                            // results bit for bit: NaN in `x` passes, and a tie
+                            // returns the constant's value (a few instructions
+                            // instead of the NaN-propagating fmax / fmin sequence)
+                            let plain = |c: f64| !(c.is_nan() || (c == 0.0 && c.is_sign_negative() == max));
+                            let param = |id: usize| matches!(vals[id].inst, Inst::Param(_));
+                            match (constant(*a), constant(*b)) {
+                                (_, Some(c)) if plain(c) => self.clamp_to(x, y, max),
+                                (Some(c), _) if plain(c) => self.clamp_to(y, x, max),
+                                // a launch parameter may be NaN: then every lane is
+                                _ if param(*b) => self.clamp_to_param(x, y, max),
+                                _ if param(*a) => self.clamp_to_param(y, x, max),
+                                _ if max => self.b.ins().fmax(x, y),
+                                _ => self.b.ins().fmin(x, y),
+                            }
+                        }
                         op if op.is_comparison() => {
                             let cc = match op {
                                 BinaryOp::Eq => FloatCC::Equal,
