@@ -486,24 +486,42 @@ fn build(root: &Var, graph: &Graph) -> std::result::Result<Step, Force> {
         }
         let offset = b.lift(&flat(exprs, root.shape()));
         let guard = b.lift(&guard);
-        let store = Store::Scatter { op: *rop, offset, guard, at: None };
+        let store = Store::Scatter { op: *rop, offset, guard, at: None, rows_apart: false };
         let out = Output { dtype: root.dtype(), value, store };
         let (kernel, launch, ins) = b.finish(vec![out], vec![root.numel()]);
         return Ok(Step::Kernel { kernel: Box::new(kernel), launch, inputs: ins, outputs: vec![root.clone()] });
     }
     if let MetaOp::Scatter { op: rop, dim } = &op {
         let (src, index) = (&inputs[0], &inputs[1]);
-        let mut b = Builder::new(root, src.shape().to_vec(), graph);
-        let identity: Vec<E> = (0..src.ndim()).map(E::idx).collect();
-        let value = b.emit(src, &identity, &None, Phase::Body)?;
-        let j = b.emit(index, &identity, &None, Phase::Body)?;
-        let mut base = identity;
+        // On the GPU the loop runs over the source with the scattered dim last:
+        // sources that differ in another dim never meet, so every line along it
+        // runs in its own thread (in order within the line: deterministic), and
+        // neighbouring threads touch neighbouring elements. The host keeps the
+        // source's order (contiguous reads and writes along the rows; rows split
+        // across threads where the offsets prove them apart).
+        let lines = crate::flags::flags().backend == crate::flags::Backend::Cuda;
+        let r = src.ndim();
+        let at_loop = |k: usize| match () {
+            _ if !lines => k,
+            _ if k == *dim => r - 1,
+            _ if k < *dim => k,
+            _ => k - 1,
+        };
+        let mut domain = vec![0; r];
+        for k in 0..r {
+            domain[at_loop(k)] = src.shape()[k];
+        }
+        let mut b = Builder::new(root, domain, graph);
+        let at_src: Vec<E> = (0..r).map(|k| E::idx(at_loop(k))).collect();
+        let value = b.emit(src, &at_src, &None, Phase::Body)?;
+        let j = b.emit(index, &at_src, &None, Phase::Body)?;
+        let mut base = at_src;
         base[*dim] = E::c(0);
         let offset = b.lift(&flat(&base, root.shape()));
         let stride = b.lift(&E::c(strides(root.shape())[*dim]));
         let extent = b.lift(&E::c(root.shape()[*dim] as i64));
         let at = Some(Indirect { value: j, stride, extent });
-        let store = Store::Scatter { op: *rop, offset, guard: E::c(1), at };
+        let store = Store::Scatter { op: *rop, offset, guard: E::c(1), at, rows_apart: lines };
         let out = Output { dtype: root.dtype(), value, store };
         let (kernel, launch, ins) = b.finish(vec![out], vec![root.numel()]);
         return Ok(Step::Kernel { kernel: Box::new(kernel), launch, inputs: ins, outputs: vec![root.clone()] });

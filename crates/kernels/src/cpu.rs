@@ -817,7 +817,7 @@ fn emit_kernel(
         let v = vals[o.value];
         match &o.store {
             Store::Dense => g.store(*base, o.dtype, pv, v)?,
-            Store::Scatter { op, offset, guard, at } => {
+            Store::Scatter { op, offset, guard, at, .. } => {
                 let gv = match at {
                     None => g.iexpr(guard),
                     Some(at) => g.indirect_ok(vals[at.value], at, Some(guard)),

@@ -231,7 +231,7 @@ pub fn run(kernel: &Kernel, launch: &Launch, inputs: &[&HostBuffer]) -> Result<V
             for ((o, v), buf) in kernel.outputs.iter().zip(vals).zip(outs.iter_mut()) {
                 match &o.store {
                     Store::Dense => buf[p] = v,
-                    Store::Scatter { op, offset, guard, at } => {
+                    Store::Scatter { op, offset, guard, at, .. } => {
                         let mut t = offset.eval_args(&idx, &launch.args);
                         let mut hit = guard.eval_args(&idx, &launch.args) != 0;
                         if let Some(at) = at {

@@ -135,6 +135,10 @@ pub enum Store {
         guard: IndexExpr,
         /// A data-dependent part of the offset (a body value), for `scatter`.
         at: Option<Indirect>,
+        /// Positions that differ in a loop index other than the last never write
+        /// the same element (a `scatter` along the last loop index): rows of the
+        /// last index may run concurrently without a proof from the offsets.
+        rows_apart: bool,
     },
 }
 
@@ -319,19 +323,17 @@ impl fmt::Display for Kernel {
         for (k, o) in self.outputs.iter().enumerate() {
             match &o.store {
                 Store::Dense => writeln!(f, "  out{k}: {} <- b{}", o.dtype, o.value)?,
-                Store::Scatter { op, offset, guard, at: None } => {
-                    writeln!(f, "  out{k}: {} <-{} b{} at [{offset}] if {guard}", o.dtype, op.name(), o.value)?
+                Store::Scatter { op, offset, guard, at, rows_apart } => {
+                    write!(f, "  out{k}: {} <-{} b{} at [{offset}", o.dtype, op.name(), o.value)?;
+                    if let Some(at) = at {
+                        write!(f, " + b{} * {} if < {}", at.value, at.stride, at.extent)?;
+                    }
+                    write!(f, "] if {guard}")?;
+                    if *rows_apart {
+                        write!(f, ", rows apart")?;
+                    }
+                    writeln!(f)?
                 }
-                Store::Scatter { op, offset, guard, at: Some(at) } => writeln!(
-                    f,
-                    "  out{k}: {} <-{} b{} at [{offset} + b{} * {} if < {}] if {guard}",
-                    o.dtype,
-                    op.name(),
-                    o.value,
-                    at.value,
-                    at.stride,
-                    at.extent
-                )?,
             }
         }
         Ok(())

@@ -33,16 +33,28 @@ pub struct RowSplit {
 /// A split into rows that scatter to disjoint elements: the coarsest with at least
 /// `min_rows` rows, else the finest with fewer (but two or more); at most
 /// [`MAX_ROWS`] rows. `None` when the kernel has no scatter output, its domain has
-/// fewer than two rows, or interval arithmetic cannot separate its rows. Dense outputs of the kernel need nothing: their positions are
-/// distinct anyway.
+/// fewer than two rows, or interval arithmetic cannot separate its rows (kernels
+/// whose scatters keep rows apart by construction need no proof, and split above
+/// their last loop index). Dense outputs of the kernel need nothing: their
+/// positions are distinct anyway.
 pub fn row_split(kernel: &Kernel, launch: &Launch, min_rows: usize) -> Option<RowSplit> {
     // a data-dependent part `j * stride` (0 <= j < extent) is bounded as one more
     // loop index `i_extra` over 0..extent
     let extra = launch.out_shape.len() + launch.red_shape.len();
+    if !kernel.has_scatter() {
+        return None;
+    }
+    // scatters along the last loop index: the rows of any coarser split are apart
+    // by construction
+    let apart = kernel.outputs.iter().all(|o| match &o.store {
+        Store::Scatter { rows_apart, .. } => *rows_apart,
+        Store::Dense => true,
+    });
     let mut offsets: Vec<IndexExpr> = vec![];
     let mut extent = 1;
     for o in &kernel.outputs {
         match &o.store {
+            _ if apart => {}
             Store::Scatter { offset, at: None, .. } => offsets.push(offset.bind_args(&launch.args)),
             Store::Scatter { offset, at: Some(at), .. } => {
                 let (_, n) = at.extent.bind_args(&launch.args).bounds(&[])?;
@@ -52,14 +64,12 @@ pub fn row_split(kernel: &Kernel, launch: &Launch, min_rows: usize) -> Option<Ro
             Store::Dense => {}
         }
     }
-    if offsets.is_empty() {
-        return None;
-    }
     let shape = &launch.out_shape;
     // rows at each depth, up to the cap
     let mut rows_at = vec![];
     let mut rows = 1usize;
-    for &n in shape {
+    let depths = if apart { shape.len().saturating_sub(1) } else { shape.len() };
+    for &n in &shape[..depths] {
         rows = rows.saturating_mul(n);
         if rows > MAX_ROWS {
             break;
@@ -70,7 +80,7 @@ pub fn row_split(kernel: &Kernel, launch: &Launch, min_rows: usize) -> Option<Ro
     let first = rows_at.iter().position(|&r| r >= min_rows).unwrap_or(rows_at.len().saturating_sub(1));
     (0..rows_at.len().min(first + 1)).rev().map(|d| (d + 1, rows_at[d])).filter(|&(_, r)| r >= 2).find_map(
         |(depth, rows)| {
-            disjoint_rows(&offsets, shape, &launch.red_shape, extent, depth, rows)
+            (apart || disjoint_rows(&offsets, shape, &launch.red_shape, extent, depth, rows))
                 .then(|| RowSplit { rows, row_len: shape[depth..].iter().product() })
         },
     )
@@ -121,7 +131,7 @@ mod tests {
         let n_args = args.len();
         let body =
             vec![Value { inst: Inst::Load { input: 0, offset: E::c(0), guard: None, fill: 0.0 }, dtype: DType::F32 }];
-        let store = Store::Scatter { op: ReduceOp::Sum, offset, guard: E::c(1), at: None };
+        let store = Store::Scatter { op: ReduceOp::Sum, offset, guard: E::c(1), at: None, rows_apart: false };
         let kernel = Kernel {
             inputs: vec![DType::F32],
             out_rank: shape.len(),
@@ -213,6 +223,31 @@ mod tests {
         // along dim 0 every row may reach every target
         let (k, l) = with_index(E::idx(1), E::Arg(0), E::Arg(1), &[7, 8], vec![8, 50]);
         assert_eq!(row_split(&k, &l, 2), None);
+    }
+
+    /// A scatter that keeps its rows apart by construction (the `scatter` meta-op,
+    /// looping along its dim last) splits above its last loop index with no proof,
+    /// even where the intervals of its rows overlap.
+    #[test]
+    fn scatters_with_rows_apart_split_without_a_proof() {
+        // index_add along dim 0 of [7, 8] into [50, 8]: the loop is [8, 7], each
+        // row one column of the target, interleaved with the others
+        let (mut k, l) = scatter(E::idx(0), &[8, 7], vec![]);
+        k.inputs.push(DType::I64);
+        k.body.push(Value {
+            inst: Inst::Load { input: 1, offset: E::idx(1), guard: None, fill: 0.0 },
+            dtype: DType::I64,
+        });
+        if let Store::Scatter { at, rows_apart, .. } = &mut k.outputs[0].store {
+            *at = Some(crate::ir::Indirect { value: 1, stride: E::c(8), extent: E::c(50) });
+            *rows_apart = true;
+        }
+        assert_eq!(row_split(&k, &l, 4), Some(RowSplit { rows: 8, row_len: 7 }));
+        assert_eq!(row_split(&k, &l, 1000), Some(RowSplit { rows: 8, row_len: 7 }), "never within a line");
+        if let Store::Scatter { rows_apart, .. } = &mut k.outputs[0].store {
+            *rows_apart = false;
+        }
+        assert_eq!(row_split(&k, &l, 4), None, "the intervals of the columns overlap");
     }
 
     /// The split's promise checked by brute force: no element is written from two

@@ -479,7 +479,7 @@ fn grid_kernel(kernel: &Kernel, name: &str) -> String {
             Store::Dense => {
                 let _ = writeln!(s, "    out{k}[p] = {};", store_expr(o.dtype, &v));
             }
-            Store::Scatter { op, offset, guard, at } => {
+            Store::Scatter { op, offset, guard, at, .. } => {
                 match at {
                     None => {
                         let _ = writeln!(s, "    if (({}) != 0) {{", iexpr(guard));
