@@ -540,3 +540,33 @@ fn bad_indexing_arguments_are_clear_errors() {
         "gather: dimension 2 is out of range for a tensor of rank 2 with shape [3, 4] (expected a dim in [-2, 1])"
     );
 }
+
+/// Row gathers (one index per row, the row contiguous: `index_select` on dim 0)
+/// run on the CPU's vector loop: rows of 64, 7 (vectors and a scalar remainder), 4
+/// and 1, indices out of range (rows of zeros) included, alone and fused with
+/// arithmetic, against plain indexing.
+#[test]
+fn row_gathers_on_the_vector_loop_match_plain_indexing() {
+    let mut rng = Rng::fresh("row_gathers_on_the_vector_loop_match_plain_indexing");
+    for width in [64, 7, 4, 1] {
+        let table = rng.nd(&[30, width], -1.0, 1.0).rounded(DType::F32);
+        let idx: Vec<i64> = (0..50).map(|_| rng.int(-3, 33)).collect();
+        let data = &table.data;
+        let want: Vec<f64> = idx
+            .iter()
+            .flat_map(|&i| {
+                (0..width).map(move |c| if (0..30).contains(&i) { data[i as usize * width + c] } else { 0.0 })
+            })
+            .collect();
+        let fused: Vec<f64> = want.iter().map(|v| (v * 2.0 + 1.0).max(0.0)).collect();
+        for flags in every_backend() {
+            jit_core::with_flags(flags, || {
+                let ctx = format!("width {width} {flags:?} (seed {})", rng.seed);
+                let rows = table.var(DType::F32).index_select(0, &Var::from_vec(idx.clone(), &[50]).unwrap()).unwrap();
+                assert_values_close(&rows.to_vec_f64().unwrap(), &want, 0.0, 0.0, &ctx);
+                let f = rows.try_mul(2.0).unwrap().try_add(1.0).unwrap().relu().unwrap();
+                assert_values_close(&f.to_vec_f64().unwrap(), &fused, 1e-6, 0.0, &format!("fused {ctx}"));
+            });
+        }
+    }
+}

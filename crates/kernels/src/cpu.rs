@@ -1195,7 +1195,36 @@ fn reduction_vectorizable(k: &Kernel) -> bool {
 /// the caller verifies them per block ([`BlockChecks`]).
 fn values_vectorizable(vals: &[Value], inputs: &[DType], l: usize, used: &[usize], checked: bool) -> bool {
     let f32s = |id: usize| vals[id].dtype == DType::F32;
-    let ok = vals.iter().all(|v| match &v.inst {
+    // integer loads that only give a gather its row's index (invariant along the
+    // row: read once per row as a scalar, see `vector_values_picked`)
+    let row_index = |id: usize| {
+        let v = &vals[id];
+        let Inst::Load { offset, guard: None, .. } = &v.inst else { return false };
+        checked
+            && !v.dtype.is_float()
+            && v.dtype != DType::Bool
+            && !offset.mentions(l)
+            && !used.contains(&id)
+            && vals.iter().all(|u| match &u.inst {
+                Inst::Gather { .. } => true,
+                Inst::Unary(_, a) | Inst::Cast(a) => *a != id,
+                Inst::Binary(_, a, b) => *a != id && *b != id,
+                Inst::Where(c, a, b) => *c != id && *a != id && *b != id,
+                _ => true,
+            })
+    };
+    let ok = vals.iter().enumerate().all(|(id, v)| match &v.inst {
+        Inst::Load { .. } if row_index(id) => true,
+        // a gather of a contiguous row at an index read once per row: one vector
+        // load per block
+        Inst::Gather { input, offset, at, guard: None } => {
+            row_index(at.value)
+                && v.dtype == DType::F32
+                && inputs[*input] == DType::F32
+                && offset.linear_coefficient(l) == Some(1)
+                && !at.stride.mentions(l)
+                && !at.extent.mentions(l)
+        }
         Inst::Load { input, offset, guard, .. } => {
             let offset_ok = match offset.linear_coefficient(l) {
                 Some(0) | Some(1) => true,
@@ -1480,6 +1509,35 @@ impl Gen<'_, '_> {
                 continue;
             }
             let cv = match &v.inst {
+                // a gather's row index (see `values_vectorizable`): one scalar load
+                Inst::Load { input, offset, guard: None, .. } if !v.dtype.is_float() => {
+                    let off = self.iexpr(offset);
+                    self.load(*input, self.input_dtypes[*input], off)?
+                }
+                Inst::Gather { input, offset, at, .. } => {
+                    // the row at the index, or zeros without touching memory where
+                    // the index is out of range
+                    let j = arg(&out, at.value)?;
+                    let ok = self.indirect_ok(j, at, None);
+                    let (load, skip, join) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+                    self.b.append_block_param(join, vt);
+                    self.b.ins().brif(ok, load, &[], skip, &[]);
+                    self.b.seal_block(load);
+                    self.b.seal_block(skip);
+                    self.b.switch_to_block(load);
+                    let off = self.indirect_offset(offset, j, at);
+                    let base = self.inputs[*input];
+                    let scaled = self.b.ins().imul_imm_s(off, 4);
+                    let addr = self.b.ins().iadd(base, scaled);
+                    let x = self.b.ins().load(vt, MemFlagsData::new().with_notrap(), addr, 0);
+                    self.b.ins().jump(join, &[x.into()]);
+                    self.b.switch_to_block(skip);
+                    let zero = self.fconst_like(x, 0.0);
+                    self.b.ins().jump(join, &[zero.into()]);
+                    self.b.seal_block(join);
+                    self.b.switch_to_block(join);
+                    self.b.block_params(join)[0]
+                }
                 Inst::Load { input, offset, guard, fill } => {
                     let held = guard.as_ref().and_then(|g| self.block_conditions.get(g).copied());
                     match held {
