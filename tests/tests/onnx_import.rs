@@ -979,3 +979,62 @@ fn assert_values_close_f32(got: &[f32], want: &[f32], ctx: &str) {
         assert!((g - w).abs() <= 1e-6 * w.abs().max(1.0), "{ctx}: {got:?} vs {want:?}");
     }
 }
+
+/// CumSum (exclusive, reverse, integer dtype kept) and Trilu on the specification's
+/// examples.
+#[test]
+fn cumsum_and_trilu_follow_the_spec() {
+    let mut axis = i64_tensor("axis", &[0]);
+    axis.dims = vec![];
+    for (exclusive, reverse, want) in [
+        (0, 0, [1.0f32, 3.0, 6.0, 10.0, 15.0]),
+        (1, 0, [0.0, 1.0, 3.0, 6.0, 10.0]),
+        (0, 1, [15.0, 14.0, 12.0, 9.0, 5.0]),
+        (1, 1, [14.0, 12.0, 9.0, 5.0, 0.0]),
+    ] {
+        let g = G::new(vec![vi("x", dt::FLOAT, &["5"])], &["y"]).init(axis.clone()).n(node(
+            "CumSum",
+            &["x", "axis"],
+            &["y"],
+            vec![int("exclusive", exclusive), int("reverse", reverse)],
+        ));
+        let x = Var::from_vec(vec![1.0f32, 2.0, 3.0, 4.0, 5.0], &[5]).unwrap();
+        let y = g.model().run(&[("x", x)]).unwrap();
+        assert_eq!(y[0].to_vec::<f32>().unwrap(), want.to_vec(), "exclusive {exclusive} reverse {reverse}");
+    }
+    let mut last = i64_tensor("axis", &[-1]);
+    last.dims = vec![];
+    let g = G::new(vec![vi("x", dt::INT64, &["2", "3"])], &["y"]).init(last).n(node(
+        "CumSum",
+        &["x", "axis"],
+        &["y"],
+        vec![],
+    ));
+    let y = g.model().run(&[("x", Var::from_vec(vec![1i64, 2, 3, 4, 5, 6], &[2, 3]).unwrap())]).unwrap();
+    assert_eq!(y[0].dtype(), DType::I64);
+    assert_eq!(y[0].to_vec::<i64>().unwrap(), vec![1, 3, 6, 4, 9, 15]);
+    let mut k = i64_tensor("k", &[-1]);
+    k.dims = vec![];
+    for upper in [1, 0] {
+        let g = G::new(vec![vi("x", dt::FLOAT, &["4", "5"])], &["a", "b"])
+            .init(k.clone())
+            .n(node("Trilu", &["x", "k"], &["a"], vec![int("upper", upper)]))
+            .n(node("Trilu", &["x"], &["b"], vec![int("upper", upper)]));
+        let x = Var::from_vec((0..20).map(|v| v as f32 + 1.0).collect(), &[4, 5]).unwrap();
+        let out = g.model().run(&[("x", x)]).unwrap();
+        for (o, k) in [(&out[0], -1i64), (&out[1], 0)] {
+            let want: Vec<f32> = (0..20i64)
+                .map(|p| {
+                    let (i, j) = (p / 5, p % 5);
+                    let keep = if upper == 1 { j - i >= k } else { j - i <= k };
+                    if keep {
+                        p as f32 + 1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            assert_eq!(o.to_vec::<f32>().unwrap(), want, "upper {upper} k {k}");
+        }
+    }
+}

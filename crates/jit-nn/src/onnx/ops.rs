@@ -27,6 +27,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Conv",
     "ConvTranspose",
     "Cos",
+    "CumSum",
     "DepthToSpace",
     "DequantizeLinear",
     "Div",
@@ -105,6 +106,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "ThresholdedRelu",
     "Tile",
     "Transpose",
+    "Trilu",
     "Unsqueeze",
     "Where",
 ];
@@ -149,6 +151,8 @@ fn known_attributes(op: &str) -> Option<&'static [&'static str]> {
         "Selu" => &["alpha", "gamma"],
         "Flatten" => &["axis"],
         "Gather" | "GatherElements" => &["axis"],
+        "CumSum" => &["exclusive", "reverse"],
+        "Trilu" => &["upper"],
         "ScatterElements" => &["axis", "reduction"],
         "Gelu" => &["approximate"],
         "Gemm" => &["alpha", "beta", "transA", "transB"],
@@ -676,6 +680,33 @@ pub(crate) fn eval(node: &NodeProto, opset: i64, ins: &[Option<Value>]) -> Resul
             let shape = to_usize(&c, &shape, "shape")?;
             let target = broadcast_shapes("Expand", x.shape(), &shape)?;
             one(x.expand(&uz(&target))?)
+        }
+        "CumSum" => {
+            let x = c.x(0)?;
+            let axis = match c.host_ints(1, "axis")?.as_deref() {
+                Some([a]) => c.axis(*a, x.ndim())?,
+                _ => return Err(c.err("input 1 (axis) must hold one integer")),
+            };
+            let a = axis as isize;
+            let (exclusive, reverse) = (c.int("exclusive", 0)? != 0, c.int("reverse", 0)? != 0);
+            let mut y = if reverse { x.flip(&[a])? } else { x.clone() };
+            y = y.cumsum(a)?.cast(x.dtype());
+            if exclusive {
+                // each position without its own value: the running sum one step back
+                let mut exprs: Vec<E> = (0..y.ndim()).map(E::idx).collect();
+                exprs[axis] = E::idx(axis) - 1;
+                y = y.reindex(y.shape(), exprs, 0.0, vec![])?;
+            }
+            one(if reverse { y.flip(&[a])? } else { y })
+        }
+        "Trilu" => {
+            let x = c.x(0)?;
+            let k = match c.host_ints(1, "k")?.as_deref() {
+                None => 0,
+                Some([k]) => *k,
+                Some(_) => return Err(c.err("input 1 (k) must hold one integer")),
+            };
+            one(if c.int("upper", 1)? != 0 { x.triu(k)? } else { x.tril(k)? })
         }
         "Tile" => {
             let reps = c.host_ints(1, "repeats")?.ok_or_else(|| c.err("input 1 (repeats) is required"))?;
