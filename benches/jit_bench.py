@@ -111,6 +111,8 @@ def workloads(quick, dev):
     W["gather_rows"] = (lambda: table.index_select(0, rows)), False
     src = r(k, d)
     W["scatter_rows"] = (lambda: torch.zeros(v, d, device=dev).index_add(0, rows, src)), False
+    srt = r(16, 256) if quick else r(256, 1024)
+    W["sort_rows"] = (lambda: torch.sort(srt, dim=-1, stable=True)), False
     c, s = (16, 32) if quick else (64, 128)
     xv, wv, bv = r(1, c, s, s), r(c, c, 3, 3), r(c)
     W["conv_bias_relu"] = (lambda: torch.relu(F.conv2d(xv, wv, bv, padding=1))), False

@@ -292,6 +292,24 @@ pub fn all() -> Vec<Workload> {
             },
         },
         Workload {
+            name: "sort_rows",
+            about: "stable sort of every row (values and positions), a bitonic network",
+            quick: false,
+            prepare: |q| {
+                let shape = if q { [16, 256] } else { [256, 1024] };
+                let x = leaf(&shape)?;
+                Ok(Prepared {
+                    size: format!("{shape:?}"),
+                    bytes: Some(16 * elems(&shape)),
+                    flops: None,
+                    step: Box::new(move || {
+                        let (v, i) = x.sort(-1, false)?;
+                        jit_core::realize(&[v, i])
+                    }),
+                })
+            },
+        },
+        Workload {
             name: "conv_bias_relu",
             about: "3x3 convolution, bias, ReLU",
             quick: true,

@@ -11,6 +11,7 @@
 //! * [`indexing`]: `take_along_dim`, `scatter_add`, `scatter_reduce`, `index_add`,
 //!   `masked_fill`, `one_hot`, `embedding` (on the `gather` and `scatter` meta-ops).
 //! * [`scan`]: `cumsum`, `cumprod`, `cummax`, `cummin` (log-step scans).
+//! * [`sort`](mod@sort): `sort`, `argsort`, `topk`, `median` (a bitonic network).
 //! * [`similarity`]: `normalize`, `cosine_similarity`.
 //! * [`finite`]: `isnan`, `isinf`, `isposinf`, `isneginf`, `isfinite`, `nan_to_num`.
 //! * [`linalg`]: `matmul` and `linear` (gemm library, meta-op fallback).
@@ -43,6 +44,7 @@ pub mod reduce;
 pub mod scan;
 pub mod shape;
 pub mod similarity;
+pub mod sort;
 pub mod upsample;
 
 pub use activation::Activations;
@@ -63,6 +65,7 @@ pub use reduce::ReduceOps;
 pub use scan::ScanOps;
 pub use shape::{cat, stack, PadMode, ShapeOps};
 pub use similarity::{cosine_similarity, normalize};
+pub use sort::SortOps;
 pub use upsample::{upsample_bilinear2d, Resize};
 
 /// Everything a user needs: `Var`, dtypes, devices, errors and every operator trait.
@@ -84,6 +87,7 @@ pub mod prelude {
     pub use crate::scan::ScanOps;
     pub use crate::shape::{cat, stack, PadMode, ShapeOps};
     pub use crate::similarity::{cosine_similarity, normalize};
+    pub use crate::sort::SortOps;
     pub use crate::upsample::{upsample_bilinear2d, Resize};
     pub use jit_core::{bf16, f16, manual_seed, realize, DType, Device, Error, IndexExpr, Result, Var};
 }
