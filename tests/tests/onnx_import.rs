@@ -1038,3 +1038,23 @@ fn cumsum_and_trilu_follow_the_spec() {
         }
     }
 }
+
+/// TopK on the specification's example (largest, then smallest), with its indices.
+#[test]
+fn topk_follows_the_spec() {
+    for (largest, want_v, want_i) in [
+        (1, vec![3.0f32, 2.0, 1.0, 7.0, 6.0, 5.0, 11.0, 10.0, 9.0], vec![3i64, 2, 1, 3, 2, 1, 3, 2, 1]),
+        (0, vec![0.0, 1.0, 2.0, 4.0, 5.0, 6.0, 8.0, 9.0, 10.0], vec![0, 1, 2, 0, 1, 2, 0, 1, 2]),
+    ] {
+        let g = G::new(vec![vi("x", dt::FLOAT, &["3", "4"])], &["v", "i"]).init(i64_tensor("k", &[3])).n(node(
+            "TopK",
+            &["x", "k"],
+            &["v", "i"],
+            vec![int("axis", 1), int("largest", largest)],
+        ));
+        let x = Var::from_vec((0..12).map(|v| v as f32).collect(), &[3, 4]).unwrap();
+        let out = g.model().run(&[("x", x)]).unwrap();
+        assert_eq!(out[0].to_vec::<f32>().unwrap(), want_v, "largest {largest}");
+        assert_eq!(out[1].to_vec::<i64>().unwrap(), want_i, "largest {largest}");
+    }
+}

@@ -105,6 +105,7 @@ pub const SUPPORTED_OPS: &[&str] = &[
     "Tanh",
     "ThresholdedRelu",
     "Tile",
+    "TopK",
     "Transpose",
     "Trilu",
     "Unsqueeze",
@@ -153,6 +154,7 @@ fn known_attributes(op: &str) -> Option<&'static [&'static str]> {
         "Gather" | "GatherElements" => &["axis"],
         "CumSum" => &["exclusive", "reverse"],
         "Trilu" => &["upper"],
+        "TopK" => &["axis", "largest", "sorted"],
         "ScatterElements" => &["axis", "reduction"],
         "Gelu" => &["approximate"],
         "Gemm" => &["alpha", "beta", "transA", "transB"],
@@ -698,6 +700,17 @@ pub(crate) fn eval(node: &NodeProto, opset: i64, ins: &[Option<Value>]) -> Resul
                 y = y.reindex(y.shape(), exprs, 0.0, vec![])?;
             }
             one(if reverse { y.flip(&[a])? } else { y })
+        }
+        "TopK" => {
+            let x = c.x(0)?;
+            let a = c.axis(c.int("axis", -1)?, x.ndim())?;
+            let k = match c.host_ints(1, "K")?.as_deref() {
+                Some([k]) if *k >= 0 => *k as usize,
+                _ => return Err(c.err("input 1 (K) must hold one non-negative integer")),
+            };
+            // sorted = 0 allows any order; the sorted one is an allowed order
+            let (v, i) = x.topk(k, a as isize, c.int("largest", 1)? != 0)?;
+            Ok(vec![out(v), out(i)])
         }
         "Trilu" => {
             let x = c.x(0)?;
