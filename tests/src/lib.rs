@@ -160,6 +160,23 @@ impl Nd {
     }
 }
 
+/// The environment's backend (`JIT_BACKEND`: CUDA on the emulated device, say) and
+/// every host backend, each fused and unfused: the settings an op test compares
+/// against its plain loops.
+pub fn every_backend() -> Vec<jit_core::Flags> {
+    use jit_core::Backend;
+    let mut backends = vec![jit_core::flags().backend];
+    for b in [Backend::Cpu, Backend::Interpreter, Backend::Reference] {
+        if !backends.contains(&b) {
+            backends.push(b);
+        }
+    }
+    backends
+        .into_iter()
+        .flat_map(|backend| [true, false].map(|fusion| jit_core::Flags { backend, fusion, dump: false }))
+        .collect()
+}
+
 /// Asserts that `got` has `want`'s shape and values within `rtol`/`atol`
 /// (`|g - w| <= atol + rtol * |w|`; NaN matches NaN, infinities must be equal).
 pub fn assert_close(got: &Var, want: &Nd, rtol: f64, atol: f64, ctx: &str) {

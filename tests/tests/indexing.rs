@@ -6,26 +6,9 @@
 //! the indexed dim.
 
 use integration_tests::gradcheck::check;
-use integration_tests::{assert_values_close, Nd, Rng};
+use integration_tests::{assert_values_close, every_backend, Nd, Rng};
 use jit_core::{Backend, Flags};
 use jit_ops::prelude::*;
-
-/// The environment's backend (CUDA under the emulator) and every host backend,
-/// each fused and unfused.
-fn every_backend() -> Vec<Flags> {
-    let mut backends = vec![jit_core::flags().backend, Backend::Cpu, Backend::Interpreter, Backend::Reference];
-    backends.dedup();
-    let mut out = vec![];
-    for (k, &backend) in backends.iter().enumerate() {
-        if backends[..k].contains(&backend) {
-            continue;
-        }
-        for fusion in [true, false] {
-            out.push(Flags { backend, fusion, dump: false });
-        }
-    }
-    out
-}
 
 fn strides(shape: &[usize]) -> Vec<usize> {
     let mut s = vec![1; shape.len()];

@@ -5,22 +5,8 @@
 //! of `n` elements takes `ceil(log4 n)` kernels.
 
 use integration_tests::gradcheck::check;
-use integration_tests::{assert_values_close, Nd, Rng};
-use jit_core::{Backend, Flags};
+use integration_tests::{assert_values_close, every_backend, Nd, Rng};
 use jit_ops::prelude::*;
-
-fn every_backend() -> Vec<Flags> {
-    let mut backends = vec![jit_core::flags().backend];
-    for b in [Backend::Cpu, Backend::Interpreter, Backend::Reference] {
-        if !backends.contains(&b) {
-            backends.push(b);
-        }
-    }
-    backends
-        .into_iter()
-        .flat_map(|backend| [true, false].map(|fusion| Flags { backend, fusion, dump: false }))
-        .collect()
-}
 
 /// Applies `f` to each line of `x` along `dim` (the line's values, in order) and
 /// writes what it returns back at the same positions.

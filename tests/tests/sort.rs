@@ -5,23 +5,9 @@
 //! differences.
 
 use integration_tests::gradcheck::check;
-use integration_tests::{assert_values_close, Nd, Rng};
-use jit_core::{Backend, Flags};
+use integration_tests::{assert_values_close, every_backend, Nd, Rng};
 use jit_ops::prelude::*;
 use std::cmp::Ordering;
-
-fn every_backend() -> Vec<Flags> {
-    let mut backends = vec![jit_core::flags().backend];
-    for b in [Backend::Cpu, Backend::Interpreter, Backend::Reference] {
-        if !backends.contains(&b) {
-            backends.push(b);
-        }
-    }
-    backends
-        .into_iter()
-        .flat_map(|backend| [true, false].map(|fusion| Flags { backend, fusion, dump: false }))
-        .collect()
-}
 
 /// PyTorch's order of values: NaN after every number, equal to NaN.
 fn order(a: f64, b: f64) -> Ordering {

@@ -554,23 +554,15 @@ impl Gen<'_, '_> {
                         }
                         Some(g) => {
                             let gv = self.iexpr(g);
-                            let then_b = self.b.create_block();
-                            let else_b = self.b.create_block();
-                            let merge = self.b.create_block();
-                            self.b.append_block_param(merge, cty(d));
-                            self.b.ins().brif(gv, then_b, &[], else_b, &[]);
-                            self.b.seal_block(then_b);
-                            self.b.seal_block(else_b);
-                            self.b.switch_to_block(then_b);
-                            let off = self.iexpr(offset);
-                            let lv = self.load(*input, in_dtype, off)?;
-                            self.b.ins().jump(merge, &[lv.into()]);
-                            self.b.switch_to_block(else_b);
-                            let fv = self.constant(*fill, d)?;
-                            self.b.ins().jump(merge, &[fv.into()]);
-                            self.b.seal_block(merge);
-                            self.b.switch_to_block(merge);
-                            self.b.block_params(merge)[0]
+                            self.branch_value(
+                                gv,
+                                cty(d),
+                                &mut |g| {
+                                    let off = g.iexpr(offset);
+                                    g.load(*input, in_dtype, off)
+                                },
+                                &mut |g| g.constant(*fill, d),
+                            )?
                         }
                     }
                 }
@@ -578,23 +570,15 @@ impl Gen<'_, '_> {
                     let in_dtype = self.input_dtypes[*input];
                     let j = out[at.value];
                     let ok = self.indirect_ok(j, at, guard.as_ref());
-                    let then_b = self.b.create_block();
-                    let else_b = self.b.create_block();
-                    let merge = self.b.create_block();
-                    self.b.append_block_param(merge, cty(d));
-                    self.b.ins().brif(ok, then_b, &[], else_b, &[]);
-                    self.b.seal_block(then_b);
-                    self.b.seal_block(else_b);
-                    self.b.switch_to_block(then_b);
-                    let off = self.indirect_offset(offset, j, at);
-                    let lv = self.load(*input, in_dtype, off)?;
-                    self.b.ins().jump(merge, &[lv.into()]);
-                    self.b.switch_to_block(else_b);
-                    let fv = self.constant(0.0, d)?;
-                    self.b.ins().jump(merge, &[fv.into()]);
-                    self.b.seal_block(merge);
-                    self.b.switch_to_block(merge);
-                    self.b.block_params(merge)[0]
+                    self.branch_value(
+                        ok,
+                        cty(d),
+                        &mut |g| {
+                            let off = g.indirect_offset(offset, j, at);
+                            g.load(*input, in_dtype, off)
+                        },
+                        &mut |g| g.constant(0.0, d),
+                    )?
                 }
                 Inst::Const(c) => self.constant(*c, d)?,
                 Inst::Param(k) => {
@@ -638,6 +622,31 @@ impl Gen<'_, '_> {
 }
 
 impl Gen<'_, '_> {
+    /// `if cond { then } else { other }` as two blocks joined by a parameter of type
+    /// `ty`: what `then` reads from memory is only touched where `cond` holds.
+    fn branch_value(
+        &mut self,
+        cond: CV,
+        ty: Type,
+        then: &mut dyn FnMut(&mut Self) -> Result<CV, String>,
+        other: &mut dyn FnMut(&mut Self) -> Result<CV, String>,
+    ) -> Result<CV, String> {
+        let (then_b, else_b, merge) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+        self.b.append_block_param(merge, ty);
+        self.b.ins().brif(cond, then_b, &[], else_b, &[]);
+        self.b.seal_block(then_b);
+        self.b.seal_block(else_b);
+        self.b.switch_to_block(then_b);
+        let v = then(self)?;
+        self.b.ins().jump(merge, &[v.into()]);
+        self.b.switch_to_block(else_b);
+        let w = other(self)?;
+        self.b.ins().jump(merge, &[w.into()]);
+        self.b.seal_block(merge);
+        self.b.switch_to_block(merge);
+        Ok(self.b.block_params(merge)[0])
+    }
+
     /// Whether the data-dependent index `j` (an i64) lies in `0..at.extent` and the
     /// `guard`, if any, holds.
     fn indirect_ok(&mut self, j: CV, at: &Indirect, guard: Option<&IndexExpr>) -> CV {
@@ -1360,34 +1369,35 @@ impl Gen<'_, '_> {
     /// as a bitselect of the comparison mask, which x86 lowers to one `minps` /
     /// `maxps` when the operands line up as in [`Gen::exp_f32`]'s clamp.
     fn select_lt(&mut self, a: CV, b: CV, t: CV, f: CV) -> CV {
-        let c = self.b.ins().fcmp(FloatCC::LessThan, a, b);
         if self.b.func.dfg.value_type(a) == types::F32X4 {
-            let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-            let mask = self.b.ins().bitcast(types::F32X4, le, c);
-            self.b.ins().bitselect(mask, t, f)
+            self.select_lanes(FloatCC::LessThan, a, b, t, f)
         } else {
+            let c = self.b.ins().fcmp(FloatCC::LessThan, a, b);
             self.b.ins().select(c, t, f)
         }
+    }
+
+    /// `a cc b ? t : f` lane by lane on f32x4 values: the comparison's mask,
+    /// reinterpreted as f32 lanes, selects bits.
+    fn select_lanes(&mut self, cc: FloatCC, a: CV, b: CV, t: CV, f: CV) -> CV {
+        let m = self.b.ins().fcmp(cc, a, b);
+        let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+        let mask = self.b.ins().bitcast(types::F32X4, le, m);
+        self.b.ins().bitselect(mask, t, f)
     }
 
     /// `max(x, c)` (`min` when `!max`) of f32x4 lanes as `x <= c ? c : x` (`x >= c`
     /// for `min`): NaN in `x` passes; `c` must not be NaN (see the caller).
     fn clamp_to(&mut self, x: CV, c: CV, max: bool) -> CV {
         let cc = if max { FloatCC::LessThanOrEqual } else { FloatCC::GreaterThanOrEqual };
-        let m = self.b.ins().fcmp(cc, x, c);
-        let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-        let mask = self.b.ins().bitcast(types::F32X4, le, m);
-        self.b.ins().bitselect(mask, c, x)
+        self.select_lanes(cc, x, c, c, x)
     }
 
     /// [`Gen::clamp_to`] against a value that may be NaN (a launch parameter): NaN
     /// lanes of `c` give NaN.
     fn clamp_to_param(&mut self, x: CV, c: CV, max: bool) -> CV {
         let r = self.clamp_to(x, c, max);
-        let ord = self.b.ins().fcmp(FloatCC::Equal, c, c);
-        let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-        let mask = self.b.ins().bitcast(types::F32X4, le, ord);
-        self.b.ins().bitselect(mask, r, c)
+        self.select_lanes(FloatCC::Equal, c, c, r, c)
     }
 
     /// `1 / (1 + exp(-x))` of an f32 or f32x4 with the inline `exp`.
@@ -1519,48 +1529,32 @@ impl Gen<'_, '_> {
                     // the index is out of range
                     let j = arg(&out, at.value)?;
                     let ok = self.indirect_ok(j, at, None);
-                    let (load, skip, join) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
-                    self.b.append_block_param(join, vt);
-                    self.b.ins().brif(ok, load, &[], skip, &[]);
-                    self.b.seal_block(load);
-                    self.b.seal_block(skip);
-                    self.b.switch_to_block(load);
-                    let off = self.indirect_offset(offset, j, at);
-                    let base = self.inputs[*input];
-                    let scaled = self.b.ins().imul_imm_s(off, 4);
-                    let addr = self.b.ins().iadd(base, scaled);
-                    let x = self.b.ins().load(vt, MemFlagsData::new().with_notrap(), addr, 0);
-                    self.b.ins().jump(join, &[x.into()]);
-                    self.b.switch_to_block(skip);
-                    let zero = self.fconst_like(x, 0.0);
-                    self.b.ins().jump(join, &[zero.into()]);
-                    self.b.seal_block(join);
-                    self.b.switch_to_block(join);
-                    self.b.block_params(join)[0]
+                    self.branch_value(
+                        ok,
+                        vt,
+                        &mut |g| {
+                            let off = g.indirect_offset(offset, j, at);
+                            let scaled = g.b.ins().imul_imm_s(off, 4);
+                            let addr = g.b.ins().iadd(g.inputs[*input], scaled);
+                            Ok(g.b.ins().load(vt, MemFlagsData::new().with_notrap(), addr, 0))
+                        },
+                        &mut |g| {
+                            let zero = g.b.ins().f32const(0.0);
+                            Ok(g.b.ins().splat(vt, zero))
+                        },
+                    )?
                 }
                 Inst::Load { input, offset, guard, fill } => {
                     let held = guard.as_ref().and_then(|g| self.block_conditions.get(g).copied());
                     match held {
                         None => self.vector_load(*input, offset, l)?,
+                        // the guard is uniform on the block: load, or the fill value
+                        // without touching memory
                         Some(held) => {
-                            // the guard is uniform on the block: load, or the fill
-                            // value without touching memory
-                            let (load, skip, join) =
-                                (self.b.create_block(), self.b.create_block(), self.b.create_block());
-                            self.b.append_block_param(join, vt);
-                            self.b.ins().brif(held, load, &[], skip, &[]);
-                            self.b.seal_block(load);
-                            self.b.seal_block(skip);
-                            self.b.switch_to_block(load);
-                            let x = self.vector_load(*input, offset, l)?;
-                            self.b.ins().jump(join, &[x.into()]);
-                            self.b.switch_to_block(skip);
-                            let f = self.constant(*fill, DType::F32)?;
-                            let f = self.b.ins().splat(vt, f);
-                            self.b.ins().jump(join, &[f.into()]);
-                            self.b.seal_block(join);
-                            self.b.switch_to_block(join);
-                            self.b.block_params(join)[0]
+                            self.branch_value(held, vt, &mut |g| g.vector_load(*input, offset, l), &mut |g| {
+                                let f = g.constant(*fill, DType::F32)?;
+                                Ok(g.b.ins().splat(vt, f))
+                            })?
                         }
                     }
                 }

@@ -64,6 +64,18 @@ struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
+    /// Element `off` of input `input`, or an error naming `op` when it lies outside.
+    fn read_at(&self, op: &str, input: usize, off: i64) -> Result<S, KernelError> {
+        let buf = self.inputs[input];
+        if off < 0 || off as usize >= buf.len() {
+            return Err(KernelError::Internal {
+                op: op.into(),
+                reason: format!("offset {off} outside input {input} of {} elements", buf.len()),
+            });
+        }
+        Ok(read(buf, off as usize))
+    }
+
     fn eval(&self, vals: &[Value], idx: &[i64], accs: &[S], out: &mut Vec<S>) -> Result<(), KernelError> {
         out.clear();
         for v in vals {
@@ -72,15 +84,7 @@ impl Ctx<'_> {
                 Inst::Load { input, offset, guard, fill } => {
                     let ok = guard.as_ref().is_none_or(|g| g.eval_args(idx, self.args) != 0);
                     if ok {
-                        let off = offset.eval_args(idx, self.args);
-                        let buf = self.inputs[*input];
-                        if off < 0 || off as usize >= buf.len() {
-                            return Err(KernelError::Internal {
-                                op: "load".into(),
-                                reason: format!("offset {off} outside input {input} of {} elements", buf.len()),
-                            });
-                        }
-                        read(buf, off as usize)
+                        self.read_at("load", *input, offset.eval_args(idx, self.args))?
                     } else {
                         store(d, *fill)
                     }
@@ -90,14 +94,7 @@ impl Ctx<'_> {
                     let v = out[at.value].i();
                     if ok && v >= 0 && v < at.extent.eval_args(idx, self.args) {
                         let off = offset.eval_args(idx, self.args) + v * at.stride.eval_args(idx, self.args);
-                        let buf = self.inputs[*input];
-                        if off < 0 || off as usize >= buf.len() {
-                            return Err(KernelError::Internal {
-                                op: "gather".into(),
-                                reason: format!("offset {off} outside input {input} of {} elements", buf.len()),
-                            });
-                        }
-                        read(buf, off as usize)
+                        self.read_at("gather", *input, off)?
                     } else {
                         store(d, 0.0)
                     }
