@@ -22,7 +22,7 @@ began=$(date +%s)
 printf '%-16s %-6s %s\n' suite status result
 fail=0
 # NAME or NAME:FILTER (only the tests whose names contain FILTER)
-suites="elementwise heavy_ops_parity:cuda amp fold conv_paths linalg fusion reductions shape_ops differential gradients layers activations meta_ops mlp transcendentals memory properties errors autograd optim training kernel_cache cuda_disk_cache onnx_import onnx_models style_models"
+suites="elementwise heavy_ops_parity:cuda amp fold conv_paths linalg fusion reductions shape_ops indexing scan sort differential gradients layers activations meta_ops mlp transcendentals memory properties errors autograd optim training kernel_cache cuda_disk_cache onnx_import onnx_models style_models"
 for entry in $suites elementwise; do
     t=${entry%%:*}
     filter=""
