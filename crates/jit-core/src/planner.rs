@@ -486,7 +486,7 @@ fn build(root: &Var, graph: &Graph) -> std::result::Result<Step, Force> {
         }
         let offset = b.lift(&flat(exprs, root.shape()));
         let guard = b.lift(&guard);
-        let store = Store::Scatter { op: *rop, offset, guard, at: None, rows_apart: false };
+        let store = Store::Scatter { op: *rop, offset, guard, at: None, line: None };
         let out = Output { dtype: root.dtype(), value, store };
         let (kernel, launch, ins) = b.finish(vec![out], vec![root.numel()]);
         return Ok(Step::Kernel { kernel: Box::new(kernel), launch, inputs: ins, outputs: vec![root.clone()] });
@@ -497,12 +497,12 @@ fn build(root: &Var, graph: &Graph) -> std::result::Result<Step, Force> {
         // sources that differ in another dim never meet, so every line along it
         // runs in its own thread (in order within the line: deterministic), and
         // neighbouring threads touch neighbouring elements. The host keeps the
-        // source's order (contiguous reads and writes along the rows; rows split
-        // across threads where the offsets prove them apart).
-        let lines = crate::flags::flags().backend == crate::flags::Backend::Cuda;
+        // source's order (contiguous reads and writes along the rows; rows of the
+        // dims before the scattered one run in parallel).
+        let gpu = crate::flags::flags().backend == crate::flags::Backend::Cuda;
         let r = src.ndim();
         let at_loop = |k: usize| match () {
-            _ if !lines => k,
+            _ if !gpu => k,
             _ if k == *dim => r - 1,
             _ if k < *dim => k,
             _ => k - 1,
@@ -521,7 +521,7 @@ fn build(root: &Var, graph: &Graph) -> std::result::Result<Step, Force> {
         let stride = b.lift(&E::c(strides(root.shape())[*dim]));
         let extent = b.lift(&E::c(root.shape()[*dim] as i64));
         let at = Some(Indirect { value: j, stride, extent });
-        let store = Store::Scatter { op: *rop, offset, guard: E::c(1), at, rows_apart: lines };
+        let store = Store::Scatter { op: *rop, offset, guard: E::c(1), at, line: Some(at_loop(*dim)) };
         let out = Output { dtype: root.dtype(), value, store };
         let (kernel, launch, ins) = b.finish(vec![out], vec![root.numel()]);
         return Ok(Step::Kernel { kernel: Box::new(kernel), launch, inputs: ins, outputs: vec![root.clone()] });

@@ -135,10 +135,12 @@ pub enum Store {
         guard: IndexExpr,
         /// A data-dependent part of the offset (a body value), for `scatter`.
         at: Option<Indirect>,
-        /// Positions that differ in a loop index other than the last never write
-        /// the same element (a `scatter` along the last loop index): rows of the
-        /// last index may run concurrently without a proof from the offsets.
-        rows_apart: bool,
+        /// For a `scatter` meta-op: the loop index along which sources may meet.
+        /// Positions that differ in any other loop index never write the same
+        /// element, so the work may be split anywhere that keeps each line (the
+        /// positions that differ only in this index) in one piece and in order,
+        /// without a proof from the offsets.
+        line: Option<usize>,
     },
 }
 
@@ -323,14 +325,14 @@ impl fmt::Display for Kernel {
         for (k, o) in self.outputs.iter().enumerate() {
             match &o.store {
                 Store::Dense => writeln!(f, "  out{k}: {} <- b{}", o.dtype, o.value)?,
-                Store::Scatter { op, offset, guard, at, rows_apart } => {
+                Store::Scatter { op, offset, guard, at, line } => {
                     write!(f, "  out{k}: {} <-{} b{} at [{offset}", o.dtype, op.name(), o.value)?;
                     if let Some(at) = at {
                         write!(f, " + b{} * {} if < {}", at.value, at.stride, at.extent)?;
                     }
                     write!(f, "] if {guard}")?;
-                    if *rows_apart {
-                        write!(f, ", rows apart")?;
+                    if let Some(d) = line {
+                        write!(f, ", lines along i{d}")?;
                     }
                     writeln!(f)?
                 }

@@ -44,12 +44,10 @@ pub fn row_split(kernel: &Kernel, launch: &Launch, min_rows: usize) -> Option<Ro
     if !kernel.has_scatter() {
         return None;
     }
-    // scatters along the last loop index: the rows of any coarser split are apart
-    // by construction
-    let apart = kernel.outputs.iter().all(|o| match &o.store {
-        Store::Scatter { rows_apart, .. } => *rows_apart,
-        Store::Dense => true,
-    });
+    // scatters whose sources meet only along one loop index: rows that fix the
+    // dims before it are apart by construction
+    let line = line_dim(kernel);
+    let apart = line.is_some();
     let mut offsets: Vec<IndexExpr> = vec![];
     let mut extent = 1;
     for o in &kernel.outputs {
@@ -68,7 +66,7 @@ pub fn row_split(kernel: &Kernel, launch: &Launch, min_rows: usize) -> Option<Ro
     // rows at each depth, up to the cap
     let mut rows_at = vec![];
     let mut rows = 1usize;
-    let depths = if apart { shape.len().saturating_sub(1) } else { shape.len() };
+    let depths = line.map_or(shape.len(), |d| d.min(shape.len()));
     for &n in &shape[..depths] {
         rows = rows.saturating_mul(n);
         if rows > MAX_ROWS {
@@ -84,6 +82,21 @@ pub fn row_split(kernel: &Kernel, launch: &Launch, min_rows: usize) -> Option<Ro
                 .then(|| RowSplit { rows, row_len: shape[depth..].iter().product() })
         },
     )
+}
+
+/// The loop index along which every scatter output of `kernel` may meet (see
+/// [`Store::Scatter`]'s `line`), when they all name the same one.
+fn line_dim(kernel: &Kernel) -> Option<usize> {
+    let mut line = None;
+    for o in &kernel.outputs {
+        match (&o.store, line) {
+            (Store::Dense, _) => {}
+            (Store::Scatter { line: Some(d), .. }, None) => line = Some(*d),
+            (Store::Scatter { line: Some(d), .. }, Some(l)) if *d == l => {}
+            _ => return None,
+        }
+    }
+    line
 }
 
 /// True when, for every offset expression, the intervals of the `rows` rows (fixed
@@ -131,7 +144,7 @@ mod tests {
         let n_args = args.len();
         let body =
             vec![Value { inst: Inst::Load { input: 0, offset: E::c(0), guard: None, fill: 0.0 }, dtype: DType::F32 }];
-        let store = Store::Scatter { op: ReduceOp::Sum, offset, guard: E::c(1), at: None, rows_apart: false };
+        let store = Store::Scatter { op: ReduceOp::Sum, offset, guard: E::c(1), at: None, line: None };
         let kernel = Kernel {
             inputs: vec![DType::F32],
             out_rank: shape.len(),
@@ -238,16 +251,33 @@ mod tests {
             inst: Inst::Load { input: 1, offset: E::idx(1), guard: None, fill: 0.0 },
             dtype: DType::I64,
         });
-        if let Store::Scatter { at, rows_apart, .. } = &mut k.outputs[0].store {
+        if let Store::Scatter { at, line, .. } = &mut k.outputs[0].store {
             *at = Some(crate::ir::Indirect { value: 1, stride: E::c(8), extent: E::c(50) });
-            *rows_apart = true;
+            *line = Some(1);
         }
         assert_eq!(row_split(&k, &l, 4), Some(RowSplit { rows: 8, row_len: 7 }));
         assert_eq!(row_split(&k, &l, 1000), Some(RowSplit { rows: 8, row_len: 7 }), "never within a line");
-        if let Store::Scatter { rows_apart, .. } = &mut k.outputs[0].store {
-            *rows_apart = false;
+        if let Store::Scatter { line, .. } = &mut k.outputs[0].store {
+            *line = None;
         }
         assert_eq!(row_split(&k, &l, 4), None, "the intervals of the columns overlap");
+    }
+
+    /// The host's order for the same scatter (the line index first, [7, 8]): rows
+    /// of the line index may meet, so there is no split without a proof.
+    #[test]
+    fn scatters_along_a_leading_line_do_not_split_their_rows() {
+        let (mut k, l) = scatter(E::idx(1), &[7, 8], vec![]);
+        k.inputs.push(DType::I64);
+        k.body.push(Value {
+            inst: Inst::Load { input: 1, offset: E::idx(0), guard: None, fill: 0.0 },
+            dtype: DType::I64,
+        });
+        if let Store::Scatter { at, line, .. } = &mut k.outputs[0].store {
+            *at = Some(crate::ir::Indirect { value: 1, stride: E::c(8), extent: E::c(50) });
+            *line = Some(0);
+        }
+        assert_eq!(row_split(&k, &l, 2), None);
     }
 
     /// The split's promise checked by brute force: no element is written from two
