@@ -9,7 +9,8 @@
 //!   same kernel (an epilogue: `sum(x) * (1/n)` is one kernel);
 //! - sibling reductions over one domain share a kernel (merged after planning when
 //!   neither needs the other);
-//! - a value is materialised when it is requested, is a scatter (`reindex_reduce`),
+//! - a value is materialised when it is requested, is a scatter (`reindex_reduce`,
+//!   `scatter`), feeds an extern op, is the data a `gather` reads (its index fuses),
 //!   is a reduction that cannot run inside its consumer (read through a broadcast or
 //!   over another domain), or has several consumers and costs more than
 //!   [`RECOMPUTE_LIMIT`] to recompute;
