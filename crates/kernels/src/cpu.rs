@@ -777,6 +777,9 @@ fn emit_kernel(
     if vectorizable(kernel) {
         return emit_vectorized(&mut g, kernel, start, end, &out_dims, &outputs);
     }
+    if output_vectorizable(kernel) {
+        return emit_output_vectorized(&mut g, kernel, start, end, &out_dims, &red_dims, &outputs);
+    }
     let pvar = g.b.declare_var(types::I64);
     g.b.def_var(pvar, start);
     let red_n = red_dims.iter().fold(None, |acc: Option<CV>, &d| {
@@ -1189,6 +1192,24 @@ fn vectorizable(k: &Kernel) -> bool {
         && k.outputs.iter().all(|o| o.dtype == DType::F32 && o.store == Store::Dense)
 }
 
+/// True when a reduction kernel whose reduced axis is not contiguous can run four
+/// neighbouring outputs per vector: f32 reductions and outputs, inner values whose
+/// loads are contiguous, strided or invariant along the last output index, and a
+/// body of f32 operations on the results. Each lane accumulates in the scalar
+/// loop's order, so the results are the same bit for bit.
+fn output_vectorizable(k: &Kernel) -> bool {
+    if k.red_rank == 0 || k.out_rank == 0 || k.has_scatter() || reduction_vectorizable(k) {
+        return false;
+    }
+    let l = k.out_rank - 1;
+    let reduced: Vec<usize> = k.reductions.iter().map(|r| r.value).collect();
+    let outputs: Vec<usize> = k.outputs.iter().map(|o| o.value).collect();
+    k.reductions.iter().all(|r| r.dtype == DType::F32)
+        && k.outputs.iter().all(|o| o.dtype == DType::F32 && o.store == Store::Dense)
+        && values_vectorizable(&k.inner, &k.inputs, l, &reduced, false)
+        && values_vectorizable_with(&k.body, &k.inputs, l, &outputs, false, true)
+}
+
 /// True when a reduction kernel's inner loop can run on f32x4 vectors along the last
 /// reduction index: f32 values and reductions, loads contiguous or invariant along it.
 fn reduction_vectorizable(k: &Kernel) -> bool {
@@ -1207,6 +1228,19 @@ fn reduction_vectorizable(k: &Kernel) -> bool {
 /// and guarded loads and index conditions that hold on intervals are accepted too:
 /// the caller verifies them per block ([`BlockChecks`]).
 fn values_vectorizable(vals: &[Value], inputs: &[DType], l: usize, used: &[usize], checked: bool) -> bool {
+    values_vectorizable_with(vals, inputs, l, used, checked, false)
+}
+
+/// [`values_vectorizable`]; with `accs`, reduction results (`acc k`, one vector of
+/// four outputs' accumulators each) are allowed too.
+fn values_vectorizable_with(
+    vals: &[Value],
+    inputs: &[DType],
+    l: usize,
+    used: &[usize],
+    checked: bool,
+    accs: bool,
+) -> bool {
     let f32s = |id: usize| vals[id].dtype == DType::F32;
     // integer loads that only give a gather its row's index (invariant along the
     // row: read once per row as a scalar, see `vector_values_picked`)
@@ -1266,7 +1300,8 @@ fn values_vectorizable(vals: &[Value], inputs: &[DType], l: usize, used: &[usize
                 && (matches!(vals[*c].inst, Inst::Binary(op, ..) if op.is_comparison())
                     || (checked && matches!(vals[*c].inst, Inst::Index(_))))
         }
-        Inst::Random { .. } | Inst::Cast(_) | Inst::Acc(_) | Inst::Gather { .. } => false,
+        Inst::Acc(_) => accs && v.dtype == DType::F32,
+        Inst::Random { .. } | Inst::Cast(_) | Inst::Gather { .. } => false,
     });
     // comparisons may only feed `where` conditions
     let masks_ok = vals.iter().enumerate().all(|(id, v)| {
@@ -1771,6 +1806,137 @@ fn emit_vector_reduction(
         }
         g.b.def_var(*var, a);
     }
+    Ok(())
+}
+
+/// The reductions of the output position(s) at the current indices, folded over
+/// the whole reduction domain in order: into the scalar `accs` (`vector` false) or
+/// into one f32x4 of four neighbouring outputs per reduction (returned).
+fn reduce_in_order(
+    g: &mut Gen<'_, '_>,
+    kernel: &Kernel,
+    red_dims: &[CV],
+    accs: &[Variable],
+    vector: bool,
+) -> Result<Vec<CV>, String> {
+    let l = kernel.out_rank - 1;
+    let vaccs: Vec<Variable> = kernel.reductions.iter().map(|_| g.b.declare_var(types::F32X4)).collect();
+    for ((var, vvar), r) in accs.iter().zip(&vaccs).zip(&kernel.reductions) {
+        let init = g.constant(r.op.identity_f64(), r.dtype)?;
+        g.b.def_var(*var, init);
+        let splat = g.b.ins().splat(types::F32X4, init);
+        g.b.def_var(*vvar, splat);
+    }
+    let red_n = red_dims.iter().skip(1).fold(red_dims[0], |a, &d| g.b.ins().imul(a, d));
+    let zero = g.i64c(0);
+    for d in 0..kernel.red_rank {
+        g.b.def_var(g.idx[kernel.out_rank + d], zero);
+    }
+    let qvar = g.b.declare_var(types::I64);
+    g.b.def_var(qvar, zero);
+    let red_loop = open_loop(g, qvar, red_n);
+    if vector {
+        let vals = g.vector_values(&kernel.inner, l)?;
+        for (vvar, r) in vaccs.iter().zip(&kernel.reductions) {
+            let a = g.b.use_var(*vvar);
+            let c = g.vector_combine(r.op, a, vals[r.value]);
+            g.b.def_var(*vvar, c);
+        }
+    } else {
+        let vals = g.values(&kernel.inner, &[])?;
+        for (var, r) in accs.iter().zip(&kernel.reductions) {
+            let a = g.b.use_var(*var);
+            let c = g.combine(r.op, a, vals[r.value], r.dtype)?;
+            g.b.def_var(*var, c);
+        }
+    }
+    odometer(g, kernel.out_rank, red_dims);
+    let q = g.b.use_var(qvar);
+    let q1 = g.b.ins().iadd_imm_s(q, 1);
+    g.b.def_var(qvar, q1);
+    close_loop(g, red_loop);
+    Ok(vaccs.iter().map(|v| g.b.use_var(*v)).collect())
+}
+
+/// A reduction kernel whose reduced axis is not contiguous (see
+/// [`output_vectorizable`]): the range `[start, end)` of output positions is walked
+/// in row segments of the last output dim; each segment runs blocks of four
+/// neighbouring outputs, each a vector accumulating over the whole reduction
+/// domain, then the scalar loop for the remainder.
+fn emit_output_vectorized(
+    g: &mut Gen<'_, '_>,
+    kernel: &Kernel,
+    start: CV,
+    end: CV,
+    out_dims: &[CV],
+    red_dims: &[CV],
+    outputs: &[CV],
+) -> Result<(), String> {
+    let l = kernel.out_rank - 1;
+    let accs: Vec<Variable> = kernel.reductions.iter().map(|r| g.b.declare_var(cty(r.dtype))).collect();
+    let pvar = g.b.declare_var(types::I64);
+    g.b.def_var(pvar, start);
+    let jvar = g.b.declare_var(types::I64);
+    let rows = open_loop(g, pvar, end);
+    let il = g.b.use_var(g.idx[l]);
+    let p = g.b.use_var(pvar);
+    let row_left = g.b.ins().isub(out_dims[l], il);
+    let range_left = g.b.ins().isub(end, p);
+    let len = g.b.ins().smin(row_left, range_left);
+    let seg_end = g.b.ins().iadd(il, len);
+    let pos_base = g.b.ins().isub(p, il);
+    g.b.def_var(jvar, il);
+    // blocks of four outputs while j + 4 <= seg_end
+    let last_start = g.b.ins().iadd_imm_s(seg_end, -(LANES - 1));
+    let vloop = open_loop(g, jvar, last_start);
+    let j = g.b.use_var(jvar);
+    g.b.def_var(g.idx[l], j);
+    let results = reduce_in_order(g, kernel, red_dims, &accs, true)?;
+    // the body reads the four outputs' results as vectors
+    g.b.def_var(g.idx[l], j);
+    let acc_ids: Vec<usize> =
+        (0..kernel.body.len()).filter(|&id| matches!(kernel.body[id].inst, Inst::Acc(_))).collect();
+    for &id in &acc_ids {
+        let Inst::Acc(k) = kernel.body[id].inst else { continue };
+        g.hoisted.insert(id, results[k]);
+    }
+    let vals = g.vector_values(&kernel.body, l)?;
+    for id in &acc_ids {
+        g.hoisted.remove(id);
+    }
+    let j = g.b.use_var(jvar);
+    let pos = g.b.ins().iadd(pos_base, j);
+    for (o, base) in kernel.outputs.iter().zip(outputs) {
+        let scaled = g.b.ins().imul_imm_s(pos, 4);
+        let addr = g.b.ins().iadd(*base, scaled);
+        g.b.ins().store(MemFlagsData::new().with_notrap(), vals[o.value], addr, 0);
+    }
+    let j4 = g.b.ins().iadd_imm_s(j, LANES);
+    g.b.def_var(jvar, j4);
+    close_loop(g, vloop);
+    // the scalar remainder, one output at a time
+    let sloop = open_loop(g, jvar, seg_end);
+    let j = g.b.use_var(jvar);
+    g.b.def_var(g.idx[l], j);
+    reduce_in_order(g, kernel, red_dims, &accs, false)?;
+    g.b.def_var(g.idx[l], j);
+    let vals = g.values(&kernel.body, &accs)?;
+    let pos = g.b.ins().iadd(pos_base, j);
+    for (o, base) in kernel.outputs.iter().zip(outputs) {
+        g.store(*base, o.dtype, pos, vals[o.value])?;
+    }
+    let j1 = g.b.ins().iadd_imm_s(j, 1);
+    g.b.def_var(jvar, j1);
+    close_loop(g, sloop);
+    // next row segment
+    let p = g.b.use_var(pvar);
+    let p2 = g.b.ins().iadd(p, len);
+    g.b.def_var(pvar, p2);
+    let zero = g.i64c(0);
+    g.b.def_var(g.idx[l], zero);
+    odometer(g, 0, &out_dims[..l]);
+    close_loop(g, rows);
+    g.b.ins().return_(&[]);
     Ok(())
 }
 
