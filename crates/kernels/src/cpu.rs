@@ -1874,18 +1874,8 @@ fn emit_output_vectorized(
 ) -> Result<(), String> {
     let l = kernel.out_rank - 1;
     let accs: Vec<Variable> = kernel.reductions.iter().map(|r| g.b.declare_var(cty(r.dtype))).collect();
-    let pvar = g.b.declare_var(types::I64);
-    g.b.def_var(pvar, start);
-    let jvar = g.b.declare_var(types::I64);
-    let rows = open_loop(g, pvar, end);
-    let il = g.b.use_var(g.idx[l]);
-    let p = g.b.use_var(pvar);
-    let row_left = g.b.ins().isub(out_dims[l], il);
-    let range_left = g.b.ins().isub(end, p);
-    let len = g.b.ins().smin(row_left, range_left);
-    let seg_end = g.b.ins().iadd(il, len);
-    let pos_base = g.b.ins().isub(p, il);
-    g.b.def_var(jvar, il);
+    let seg = RowSegments::open(g, l, start, end, out_dims);
+    let (jvar, seg_end, pos_base) = (seg.jvar, seg.seg_end, seg.pos_base);
     // blocks of four outputs while j + 4 <= seg_end
     let last_start = g.b.ins().iadd_imm_s(seg_end, -(LANES - 1));
     let vloop = open_loop(g, jvar, last_start);
@@ -1905,12 +1895,7 @@ fn emit_output_vectorized(
         g.hoisted.remove(id);
     }
     let j = g.b.use_var(jvar);
-    let pos = g.b.ins().iadd(pos_base, j);
-    for (o, base) in kernel.outputs.iter().zip(outputs) {
-        let scaled = g.b.ins().imul_imm_s(pos, 4);
-        let addr = g.b.ins().iadd(*base, scaled);
-        g.b.ins().store(MemFlagsData::new().with_notrap(), vals[o.value], addr, 0);
-    }
+    store_lanes(g, kernel, outputs, &vals, pos_base, j);
     let j4 = g.b.ins().iadd_imm_s(j, LANES);
     g.b.def_var(jvar, j4);
     close_loop(g, vloop);
@@ -1928,14 +1913,7 @@ fn emit_output_vectorized(
     let j1 = g.b.ins().iadd_imm_s(j, 1);
     g.b.def_var(jvar, j1);
     close_loop(g, sloop);
-    // next row segment
-    let p = g.b.use_var(pvar);
-    let p2 = g.b.ins().iadd(p, len);
-    g.b.def_var(pvar, p2);
-    let zero = g.i64c(0);
-    g.b.def_var(g.idx[l], zero);
-    odometer(g, 0, &out_dims[..l]);
-    close_loop(g, rows);
+    seg.close(g, l, out_dims);
     g.b.ins().return_(&[]);
     Ok(())
 }
@@ -2077,20 +2055,8 @@ fn emit_vectorized(
             g.hoisted.insert(id, splat?[0]);
         }
     }
-    let pvar = g.b.declare_var(types::I64);
-    g.b.def_var(pvar, start);
-    let jvar = g.b.declare_var(types::I64);
-    let rows = open_loop(g, pvar, end);
-    // one row segment: the innermost index runs from il to il + len
-    let il = g.b.use_var(g.idx[l]);
-    let p = g.b.use_var(pvar);
-    let row_left = g.b.ins().isub(out_dims[l], il);
-    let range_left = g.b.ins().isub(end, p);
-    let len = g.b.ins().smin(row_left, range_left);
-    let seg_end = g.b.ins().iadd(il, len);
-    // output position of lane 0 = p + (j - il) = j + (p - il)
-    let pos_base = g.b.ins().isub(p, il);
-    g.b.def_var(jvar, il);
+    let seg = RowSegments::open(g, l, start, end, out_dims);
+    let (jvar, seg_end, pos_base) = (seg.jvar, seg.seg_end, seg.pos_base);
 
     // values that do not change along the row (per-channel statistics, say) once
     // per row segment, before its vector loop
@@ -2123,12 +2089,7 @@ fn emit_vectorized(
         Some(scalar)
     };
     let vals = g.vector_values(&kernel.body, l)?;
-    let pos = g.b.ins().iadd(pos_base, j);
-    for (o, base) in kernel.outputs.iter().zip(outputs) {
-        let scaled = g.b.ins().imul_imm_s(pos, 4);
-        let addr = g.b.ins().iadd(*base, scaled);
-        g.b.ins().store(MemFlagsData::new().with_notrap(), vals[o.value], addr, 0);
-    }
+    store_lanes(g, kernel, outputs, &vals, pos_base, j);
     let j4 = g.b.ins().iadd_imm_s(j, LANES);
     g.b.def_var(jvar, j4);
     if let Some(scalar) = scalar_block {
@@ -2146,14 +2107,64 @@ fn emit_vectorized(
     scalar_step(g, kernel, outputs, jvar, pos_base)?;
     close_loop(g, sloop);
 
-    // next row: innermost index back to 0, carry into the outer dims
-    let p = g.b.use_var(pvar);
-    let p2 = g.b.ins().iadd(p, len);
-    g.b.def_var(pvar, p2);
-    let zero = g.i64c(0);
-    g.b.def_var(g.idx[l], zero);
-    odometer(g, 0, &out_dims[..l]);
-    close_loop(g, rows);
+    seg.close(g, l, out_dims);
     g.b.ins().return_(&[]);
     Ok(())
+}
+
+/// Stores the f32x4 output values `vals` (by body value) of positions
+/// `pos_base + j .. + 4` into every dense f32 output.
+fn store_lanes(g: &mut Gen<'_, '_>, kernel: &Kernel, outputs: &[CV], vals: &[CV], pos_base: CV, j: CV) {
+    let pos = g.b.ins().iadd(pos_base, j);
+    for (o, base) in kernel.outputs.iter().zip(outputs) {
+        let scaled = g.b.ins().imul_imm_s(pos, 4);
+        let addr = g.b.ins().iadd(*base, scaled);
+        g.b.ins().store(MemFlagsData::new().with_notrap(), vals[o.value], addr, 0);
+    }
+}
+
+/// The loop over row segments of the output range `[start, end)`: each segment is
+/// the part of one row of the innermost output index `l` inside the range, walked by
+/// `jvar` from the row position it starts at to `seg_end`; output position of `j` is
+/// `pos_base + j`.
+struct RowSegments {
+    pvar: Variable,
+    jvar: Variable,
+    rows: (cranelift_codegen::ir::Block, cranelift_codegen::ir::Block),
+    len: CV,
+    seg_end: CV,
+    pos_base: CV,
+}
+
+impl RowSegments {
+    /// Opens the loop and the first segment (the builder is left inside it).
+    fn open(g: &mut Gen<'_, '_>, l: usize, start: CV, end: CV, out_dims: &[CV]) -> RowSegments {
+        let pvar = g.b.declare_var(types::I64);
+        g.b.def_var(pvar, start);
+        let jvar = g.b.declare_var(types::I64);
+        let rows = open_loop(g, pvar, end);
+        // one row segment: the innermost index runs from il to il + len
+        let il = g.b.use_var(g.idx[l]);
+        let p = g.b.use_var(pvar);
+        let row_left = g.b.ins().isub(out_dims[l], il);
+        let range_left = g.b.ins().isub(end, p);
+        let len = g.b.ins().smin(row_left, range_left);
+        let seg_end = g.b.ins().iadd(il, len);
+        // output position of lane 0 = p + (j - il) = j + (p - il)
+        let pos_base = g.b.ins().isub(p, il);
+        g.b.def_var(jvar, il);
+        RowSegments { pvar, jvar, rows, len, seg_end, pos_base }
+    }
+
+    /// Moves to the next row (innermost index back to 0, carry into the outer
+    /// dims) and closes the loop.
+    fn close(self, g: &mut Gen<'_, '_>, l: usize, out_dims: &[CV]) {
+        let p = g.b.use_var(self.pvar);
+        let p2 = g.b.ins().iadd(p, self.len);
+        g.b.def_var(self.pvar, p2);
+        let zero = g.i64c(0);
+        g.b.def_var(g.idx[l], zero);
+        odometer(g, 0, &out_dims[..l]);
+        close_loop(g, self.rows);
+    }
 }
