@@ -76,7 +76,9 @@ fn activations_match_formulas() {
             let sp = x.map(|z| softplus(z, 2.0, 5.0));
             assert_close(&v.softplus(2.0, 5.0).unwrap(), &sp, t * 4.0, ca, &format!("softplus {ctx}"));
             let hs = |z: f64| (z / 6.0 + 0.5).clamp(0.0, 1.0);
-            assert_close(&v.hardsigmoid().unwrap(), &x.map(hs), t * 4.0, a, &format!("hardsigmoid {ctx}"));
+            // x / 6 + 1/2 cancels near x = -3: the absolute floor covers the
+            // rounding of x / 6 (a seed failed at 9e-5 relative on a result of 1e-4)
+            assert_close(&v.hardsigmoid().unwrap(), &x.map(hs), t * 4.0, ca, &format!("hardsigmoid {ctx}"));
             assert_close(&v.hardswish().unwrap(), &x.map(|z| z * hs(z)), t * 4.0, ca, &format!("hardswish {ctx}"));
             let mish = x.map(|z| z * softplus(z, 1.0, 20.0).tanh());
             assert_close(&v.mish().unwrap(), &mish, t * 4.0, ca, &format!("mish {ctx}"));
