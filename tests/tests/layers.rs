@@ -264,7 +264,8 @@ fn embedding_initialises_looks_up_and_trains_only_the_rows_it_uses() {
     assert!(w0[7 * 16..8 * 16].iter().all(|&v| v == 0.0), "the padding row starts at zero");
     let mean = w0.iter().map(|&v| f64::from(v)).sum::<f64>() / w0.len() as f64;
     let var = w0.iter().map(|&v| (f64::from(v) - mean).powi(2)).sum::<f64>() / w0.len() as f64;
-    assert!(mean.abs() < 0.05 && (var - 1.0).abs() < 0.1, "standard normal: mean {mean}, variance {var}");
+    // 4800 samples: the mean's spread is 0.014, the variance's 0.02 (both bounds near 5 sigma)
+    assert!(mean.abs() < 0.07 && (var - 1.0).abs() < 0.1, "standard normal: mean {mean}, variance {var}");
     let ids = Var::from_vec(vec![3i64, 250, 7, 3, 99, 7], &[2, 3]).unwrap();
     assert_eq!(e.forward(&ids).unwrap().shape(), &[2, 3, 16]);
     let target = Var::full(&[2, 3, 16], 0.5, DType::F32);
