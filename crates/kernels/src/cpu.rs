@@ -1377,22 +1377,21 @@ impl Gen<'_, '_> {
         // 2^n as two factors 2^(n/2) and 2^(n - n/2), each a normal number
         let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
         let tm_bits = self.b.ins().bitcast(int_ty, if vector { le } else { MemFlagsData::new() }, tm);
-        let magic_bits = if vector {
-            let m = self.b.ins().iconst(types::I32, 0x4b40_0000);
-            self.b.ins().splat(types::I32X4, m)
-        } else {
-            self.b.ins().iconst(types::I32, 0x4b40_0000)
+        // an i32 constant, splatted on vectors
+        let i32_like = |g: &mut Self, v: i64| {
+            let c = g.b.ins().iconst(types::I32, v);
+            if vector {
+                g.b.ins().splat(types::I32X4, c)
+            } else {
+                c
+            }
         };
+        let magic_bits = i32_like(self, 0x4b40_0000);
         let ni = self.b.ins().isub(tm_bits, magic_bits);
         let n1 = self.b.ins().sshr_imm_u(ni, 1);
         let n2 = self.b.ins().isub(ni, n1);
         let scale = |g: &mut Self, k: CV| {
-            let bias = if vector {
-                let b = g.b.ins().iconst(types::I32, 127);
-                g.b.ins().splat(types::I32X4, b)
-            } else {
-                g.b.ins().iconst(types::I32, 127)
-            };
+            let bias = i32_like(g, 127);
             let e = g.b.ins().iadd(k, bias);
             let bits = g.b.ins().ishl_imm_u(e, 23);
             let flags = if vector { le } else { MemFlagsData::new() };

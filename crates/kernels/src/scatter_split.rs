@@ -163,6 +163,30 @@ mod tests {
         (kernel, launch)
     }
 
+    /// [`scatter`] whose offset also has a data-dependent part `j * stride` (`j`
+    /// loaded from a second, i64 input at `index_offset`, valid below `extent`),
+    /// its store naming `line` as its line index.
+    fn indexed_scatter(
+        offset: E,
+        index_offset: E,
+        (stride, extent): (E, E),
+        line: Option<usize>,
+        shape: &[usize],
+        args: Vec<i64>,
+    ) -> (Kernel, Launch) {
+        let (mut k, l) = scatter(offset, shape, args);
+        k.inputs.push(DType::I64);
+        k.body.push(Value {
+            inst: Inst::Load { input: 1, offset: index_offset, guard: None, fill: 0.0 },
+            dtype: DType::I64,
+        });
+        if let Store::Scatter { at, line: l_dim, .. } = &mut k.outputs[0].store {
+            *at = Some(crate::ir::Indirect { value: 1, stride, extent });
+            *l_dim = line;
+        }
+        (k, l)
+    }
+
     /// `|i - 1|` reflected back from the far edge `n - 1`: the reflection-pad index.
     fn reflect(i: usize, n: E) -> E {
         let centred = E::idx(i) - 1;
@@ -216,16 +240,7 @@ mod tests {
     #[test]
     fn data_dependent_scatters_split_where_any_index_keeps_rows_apart() {
         let with_index = |offset: E, stride: E, extent: E, shape: &[usize], args: Vec<i64>| {
-            let (mut k, l) = scatter(offset, shape, args);
-            k.inputs.push(DType::I64);
-            k.body.push(Value {
-                inst: Inst::Load { input: 1, offset: E::idx(0), guard: None, fill: 0.0 },
-                dtype: DType::I64,
-            });
-            if let Store::Scatter { at, .. } = &mut k.outputs[0].store {
-                *at = Some(crate::ir::Indirect { value: 1, stride, extent });
-            }
-            (k, l)
+            indexed_scatter(offset, E::idx(0), (stride, extent), None, shape, args)
         };
         // target [6, 40, 33] from a source [6, 90, 33]
         let offset = E::idx(0) * E::Arg(0) + E::idx(2);
@@ -245,16 +260,7 @@ mod tests {
     fn scatters_with_rows_apart_split_without_a_proof() {
         // index_add along dim 0 of [7, 8] into [50, 8]: the loop is [8, 7], each
         // row one column of the target, interleaved with the others
-        let (mut k, l) = scatter(E::idx(0), &[8, 7], vec![]);
-        k.inputs.push(DType::I64);
-        k.body.push(Value {
-            inst: Inst::Load { input: 1, offset: E::idx(1), guard: None, fill: 0.0 },
-            dtype: DType::I64,
-        });
-        if let Store::Scatter { at, line, .. } = &mut k.outputs[0].store {
-            *at = Some(crate::ir::Indirect { value: 1, stride: E::c(8), extent: E::c(50) });
-            *line = Some(1);
-        }
+        let (mut k, l) = indexed_scatter(E::idx(0), E::idx(1), (E::c(8), E::c(50)), Some(1), &[8, 7], vec![]);
         assert_eq!(row_split(&k, &l, 4), Some(RowSplit { rows: 8, row_len: 7 }));
         assert_eq!(row_split(&k, &l, 1000), Some(RowSplit { rows: 8, row_len: 7 }), "never within a line");
         if let Store::Scatter { line, .. } = &mut k.outputs[0].store {
@@ -267,16 +273,7 @@ mod tests {
     /// of the line index may meet, so there is no split without a proof.
     #[test]
     fn scatters_along_a_leading_line_do_not_split_their_rows() {
-        let (mut k, l) = scatter(E::idx(1), &[7, 8], vec![]);
-        k.inputs.push(DType::I64);
-        k.body.push(Value {
-            inst: Inst::Load { input: 1, offset: E::idx(0), guard: None, fill: 0.0 },
-            dtype: DType::I64,
-        });
-        if let Store::Scatter { at, line, .. } = &mut k.outputs[0].store {
-            *at = Some(crate::ir::Indirect { value: 1, stride: E::c(8), extent: E::c(50) });
-            *line = Some(0);
-        }
+        let (k, l) = indexed_scatter(E::idx(1), E::idx(0), (E::c(8), E::c(50)), Some(0), &[7, 8], vec![]);
         assert_eq!(row_split(&k, &l, 2), None);
     }
 
