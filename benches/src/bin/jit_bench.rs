@@ -162,7 +162,8 @@ fn run(a: &Args) -> Result<()> {
     }) {
         let mut p = (w.prepare)(a.quick)?;
         for (imp, fusion) in [("jit-fused", true), ("jit-unfused", false)] {
-            let flags = Flags { backend, fusion, dump: false };
+            // JIT_DUMP=1 in the environment still prints every kernel
+            let flags = Flags { backend, fusion, dump: jit_core::flags().dump };
             let s0 = jit_core::cpu_cache_stats();
             let k0 = jit_core::kernel_launches();
             with_flags(flags, &mut p.step)?; // warm-up: compiles
