@@ -76,7 +76,10 @@ impl Activations for Var {
     fn gelu_tanh(&self) -> Result<Var> {
         let x = float_input("gelu", self)?;
         let k = (2.0 / std::f64::consts::PI).sqrt();
-        let inner = x.try_add(&x.pow(3.0)?.try_mul(0.044715)?)?.try_mul(k)?;
+        // x * x * x as PyTorch's kernel computes the cube (a product: `pow` with a
+        // float exponent is a library call per element on the CPU)
+        let cube = x.try_mul(&x)?.try_mul(&x)?;
+        let inner = x.try_add(&cube.try_mul(0.044715)?)?.try_mul(k)?;
         x.try_mul(0.5)?.try_mul(&inner.tanh().try_add(1.0)?)
     }
 
@@ -97,8 +100,10 @@ impl Activations for Var {
         // the shift only keeps exp in range: it cancels, so no gradient flows through it
         let m = x.max(&[dim], true)?.detach();
         let e = x.try_sub(&m)?.exp();
+        // times the reciprocal of the sum, as PyTorch's CPU kernel: one division per
+        // row instead of one per element
         let s = e.sum(&[dim], true)?;
-        e.try_div(&s)
+        e.try_mul(s.recip())
     }
 
     fn log_softmax(&self, dim: isize) -> Result<Var> {

@@ -52,12 +52,19 @@ fn affine(y: Var, weight: Option<&Var>, bias: Option<&Var>, rank: usize) -> Resu
     }
 }
 
-/// `(x - mean) / sqrt(var + eps)` with statistics over `dims` (biased variance).
+/// `(x - mean) * rsqrt(var + eps)` with statistics over `dims` (biased variance).
 fn normalize(x: &Var, dims: &[isize], eps: f64) -> Result<(Var, Var, Var)> {
     let mean = x.mean(dims, true)?;
     let var = x.var(dims, false, true)?;
-    let y = x.try_sub(&mean)?.try_div(var.try_add(eps)?.sqrt())?;
-    Ok((y, mean, var))
+    Ok((scale_by_rstd(x, &mean, &var, eps)?, mean, var))
+}
+
+/// `(x - mean) * rsqrt(var + eps)`: PyTorch's CPU and CUDA normalisations multiply by
+/// the reciprocal standard deviation, and so do we. Per statistic the reciprocal is
+/// computed once (the kernel hoists it out of the loop over the normalised
+/// elements), where a division would run once per element.
+fn scale_by_rstd(x: &Var, mean: &Var, var: &Var, eps: f64) -> Result<Var> {
+    x.try_sub(mean)?.try_mul(var.try_add(eps)?.rsqrt())
 }
 
 /// Updates running statistics in place from a batch's mean and biased variance over
@@ -107,7 +114,7 @@ pub fn batch_norm(
         (Some(r), false) => {
             let mean = per_channel(r.mean, rank)?.cast(x.dtype());
             let var = per_channel(r.var, rank)?.cast(x.dtype());
-            x.try_sub(&mean)?.try_div(var.try_add(eps)?.sqrt())?
+            scale_by_rstd(x, &mean, &var, eps)?
         }
         _ => {
             let count = x.numel() / x.shape()[1].max(1);
@@ -156,7 +163,7 @@ pub fn instance_norm(
         };
         let mean = per_channel(r.mean, rank)?.cast(x.dtype());
         let var = per_channel(r.var, rank)?.cast(x.dtype());
-        x.try_sub(&mean)?.try_div(var.try_add(eps)?.sqrt())?
+        scale_by_rstd(x, &mean, &var, eps)?
     } else {
         let count: usize = x.shape()[2..].iter().product();
         let (y, mean, var) = normalize(x, &dims, eps)?;
