@@ -66,3 +66,68 @@ fn exp_keeps_nan_and_infinities_and_reaches_the_subnormals() {
         check(c, w, "scalar loop");
     }
 }
+
+/// `log`, `tanh`, `erf`, `recip` and `rsqrt` at their edges, on the vector loop and
+/// on the scalar loop, against the f64 functions rounded to f32: NaN stays NaN,
+/// infinities and zeros (with their signs) come out as IEEE defines them, negative
+/// inputs of `log` and `rsqrt` give NaN, and subnormal inputs are handled (`log` of a
+/// subnormal is a normal number, not the result for the nearest normal one).
+#[test]
+fn inline_functions_keep_special_values_and_subnormals() {
+    let f = Flags { backend: Backend::Cpu, fusion: true, dump: false };
+    let tiny = [1e-45f32, 3e-42, 1.1e-38, f32::MIN_POSITIVE, 2e-38];
+    let mut xs: Vec<f32> =
+        vec![f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, -1.0, -1e-40, 1.0, 0.625, -0.625, 1e30];
+    xs.extend(tiny);
+    xs.extend(tiny.iter().map(|t| -t));
+    xs.extend([0.999_999_9, 1.000_000_1, 3.9, 4.0, 4.1, 9.0, -9.0, 44.0, 89.0]);
+    // around log's reduction boundary sqrt(2) and its half
+    for c in [std::f32::consts::SQRT_2, std::f32::consts::FRAC_1_SQRT_2] {
+        xs.extend([f32::from_bits(c.to_bits() - 1), c, f32::from_bits(c.to_bits() + 1)]);
+    }
+    while !xs.len().is_multiple_of(4) {
+        xs.push(0.5);
+    }
+    type F = fn(f64) -> f64;
+    let cases: [(&str, F); 5] = [
+        ("log", f64::ln),
+        ("tanh", f64::tanh),
+        // erf(-0) is -0 (C's erf; `erf_ref` is a series that returns +0 there)
+        ("erf", |x| if x == 0.0 { x } else { erf_ref(x) }),
+        ("recip", |x| 1.0 / x),
+        ("rsqrt", |x| 1.0 / x.sqrt()),
+    ];
+    for (name, g) in cases {
+        let want: Vec<f64> = xs.iter().map(|&x| f64::from(g(f64::from(x)) as f32)).collect();
+        let run = |xs: &[f32]| {
+            let x = Var::from_vec(xs.to_vec(), &[xs.len()]).unwrap();
+            with_flags(f, || {
+                match name {
+                    "log" => x.log(),
+                    "tanh" => x.tanh(),
+                    "erf" => x.erf(),
+                    "recip" => x.recip(),
+                    _ => x.rsqrt(),
+                }
+                .to_vec_f64()
+                .unwrap()
+            })
+        };
+        let check = |got: &[f64], want: &[f64], xs: &[f32], what: &str| {
+            for ((g, w), x) in got.iter().zip(want).zip(xs) {
+                let same = if w.is_nan() {
+                    g.is_nan()
+                } else if w.is_infinite() || *w == 0.0 {
+                    g == w && g.is_sign_negative() == w.is_sign_negative()
+                } else {
+                    (g - w).abs() <= 2e-7 * w.abs()
+                };
+                assert!(same, "{name}({x:e}) on the {what}: got {g:e}, want {w:e}");
+            }
+        };
+        check(&run(&xs), &want, &xs, "vector loop");
+        for (c, w) in xs.chunks(3).zip(want.chunks(3)) {
+            check(&run(c), w, c, "scalar loop");
+        }
+    }
+}

@@ -4,9 +4,10 @@
 //! f32x4 vectors, and reductions along a contiguous last axis accumulate in f32x4
 //! lanes, where the loads allow. Values are computed in f32 (f16, bf16, f32), f64
 //! or i64 (integers and bool), one rounding per value as the portable executor
-//! ([`crate::exec`]) defines. f32 `exp` and `sigmoid` are generated inline (scalar and
-//! f32x4; about 1e-7 relative error); the other transcendental functions call Rust
-//! helpers that compute in f64 and round once.
+//! ([`crate::exec`]) defines. f32 `exp`, `log`, `tanh`, `erf`, `sigmoid`, `recip` and
+//! `rsqrt` are generated inline (scalar and f32x4, [`math`]; about 2e-7 relative
+//! error at most); the other transcendental functions call Rust helpers that compute
+//! in f64 and round once.
 //!
 //! Generated function:
 //! `fn(start, end, inputs: *const *const u8, outputs: *const *mut u8, args: *const i64,
@@ -28,6 +29,8 @@ use cranelift_module::{default_libcall_names, Linkage, Module};
 use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
+
+mod math;
 
 type KernelFn =
     unsafe extern "C" fn(i64, i64, *const *const u8, *const *mut u8, *const i64, *const i64, *const i64, *const f64);
@@ -64,8 +67,11 @@ const CRANELIFT_FLAGS: [(&str, &str); 3] =
 /// framework version.
 pub fn cache_key(kernel: &Kernel) -> String {
     let options = CRANELIFT_FLAGS.map(|(k, v)| format!("{k}={v}")).join(",");
-    let text =
-        format!("cpu-cranelift|{}|cranelift-0.135|{options}|jit-{FRAMEWORK_VERSION}|{kernel}", std::env::consts::ARCH);
+    let fma = if host_fma() { "fma" } else { "no-fma" };
+    let text = format!(
+        "cpu-cranelift|{}|{fma}|cranelift-0.135|{options}|jit-{FRAMEWORK_VERSION}|{kernel}",
+        std::env::consts::ARCH
+    );
     crate::ir::fnv128(text.as_bytes())
 }
 
@@ -164,6 +170,8 @@ struct Gen<'a, 'b> {
     /// row, with its value on the whole block (1 or 0; [`block_ok`] made sure it is
     /// the same on every lane).
     block_conditions: HashMap<IndexExpr, CV>,
+    /// The host fuses multiply-adds in hardware ([`host_fma`]).
+    fma: bool,
 }
 
 impl Gen<'_, '_> {
@@ -452,6 +460,18 @@ impl Gen<'_, '_> {
             UnaryOp::Round => self.b.ins().nearest(x),
             UnaryOp::Exp if t == types::F32 => self.exp_f32(x),
             UnaryOp::Sigmoid if t == types::F32 => self.sigmoid_f32(x),
+            UnaryOp::Log if t == types::F32 => self.log_f32(x),
+            UnaryOp::Tanh if t == types::F32 => self.tanh_f32(x),
+            UnaryOp::Erf if t == types::F32 => self.erf_f32(x),
+            UnaryOp::Recip if t == types::F32 => {
+                let one = self.b.ins().f32const(1.0);
+                self.b.ins().fdiv(one, x)
+            }
+            UnaryOp::Rsqrt if t == types::F32 => {
+                let one = self.b.ins().f32const(1.0);
+                let s = self.b.ins().sqrt(x);
+                self.b.ins().fdiv(one, s)
+            }
             UnaryOp::Recip | UnaryOp::Rsqrt if t == types::F64 => {
                 let one = self.b.ins().f64const(1.0);
                 let s = if op == UnaryOp::Rsqrt { self.b.ins().sqrt(x) } else { x };
@@ -684,6 +704,25 @@ impl Gen<'_, '_> {
 
 // ---------------------------------------------------------------- compilation
 
+/// True when the host has fused multiply-add instructions, which Cranelift then
+/// emits for `fma` on f32 and f32x4 (x86-64 with FMA3; every aarch64). Inline
+/// polynomials use them where they exist; elsewhere `fma` would be a library call
+/// per element, so they multiply and add.
+fn host_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("fma")
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        true
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        false
+    }
+}
+
 fn isa() -> Result<cranelift_codegen::isa::OwnedTargetIsa, String> {
     let mut flags = settings::builder();
     for (k, v) in CRANELIFT_FLAGS {
@@ -762,6 +801,7 @@ fn emit_kernel(
         params,
         hoisted: HashMap::new(),
         block_conditions: HashMap::new(),
+        fma: host_fma(),
     };
 
     // out indices of `start`
@@ -1337,84 +1377,6 @@ impl Gen<'_, '_> {
         }
     }
 
-    /// `exp` of an f32 or f32x4 without a call (Cephes `expf`: `x = n ln2 + r`,
-    /// a degree-6 polynomial in `r`, then scaling by `2^n` in two halves so that
-    /// results down to the subnormals round once). Peak relative error about 2e-7.
-    fn exp_f32(&mut self, x: CV) -> CV {
-        let vector = self.b.func.dfg.value_type(x) == types::F32X4;
-        let int_ty = if vector { types::I32X4 } else { types::I32 };
-        let (lo, hi) = (self.fconst_like(x, -104.0), self.fconst_like(x, 89.0));
-        // the clamp keeps NaN: `x < lo ? lo : x` and `hi < x ? hi : x` are false for
-        // it (on vectors the pattern x86's maxps / minps implement, which return
-        // their second operand, x, for NaN: one instruction each instead of the
-        // NaN-propagating fmax / fmin sequences)
-        let x = self.select_lt(x, lo, lo, x);
-        let x = self.select_lt(hi, x, hi, x);
-        let log2e = self.fconst_like(x, std::f32::consts::LOG2_E);
-        let t = self.b.ins().fmul(x, log2e);
-        // round to nearest (even) by adding and removing 1.5 * 2^23: the integer
-        // lands in the low mantissa bits (|t| < 2^22 after the clamp)
-        let magic = self.fconst_like(x, 12_582_912.0);
-        let tm = self.b.ins().fadd(t, magic);
-        let n = self.b.ins().fsub(tm, magic);
-        let (c1, c2) = (self.fconst_like(x, 0.693_359_4), self.fconst_like(x, -2.121_944_4e-4));
-        let nc1 = self.b.ins().fmul(n, c1);
-        let r = self.b.ins().fsub(x, nc1);
-        let nc2 = self.b.ins().fmul(n, c2);
-        let r = self.b.ins().fsub(r, nc2);
-        let coeffs = [1.987_569_1e-4f32, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
-        let mut p = self.fconst_like(x, coeffs[0]);
-        for &c in &coeffs[1..] {
-            let pr = self.b.ins().fmul(p, r);
-            let cv = self.fconst_like(x, c);
-            p = self.b.ins().fadd(pr, cv);
-        }
-        let r2 = self.b.ins().fmul(r, r);
-        let p = self.b.ins().fmul(p, r2);
-        let p = self.b.ins().fadd(p, r);
-        let one = self.fconst_like(x, 1.0);
-        let p = self.b.ins().fadd(p, one);
-        // 2^n as two factors 2^(n/2) and 2^(n - n/2), each a normal number
-        let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
-        let tm_bits = self.b.ins().bitcast(int_ty, if vector { le } else { MemFlagsData::new() }, tm);
-        // an i32 constant, splatted on vectors
-        let i32_like = |g: &mut Self, v: i64| {
-            let c = g.b.ins().iconst(types::I32, v);
-            if vector {
-                g.b.ins().splat(types::I32X4, c)
-            } else {
-                c
-            }
-        };
-        let magic_bits = i32_like(self, 0x4b40_0000);
-        let ni = self.b.ins().isub(tm_bits, magic_bits);
-        let n1 = self.b.ins().sshr_imm_u(ni, 1);
-        let n2 = self.b.ins().isub(ni, n1);
-        let scale = |g: &mut Self, k: CV| {
-            let bias = i32_like(g, 127);
-            let e = g.b.ins().iadd(k, bias);
-            let bits = g.b.ins().ishl_imm_u(e, 23);
-            let flags = if vector { le } else { MemFlagsData::new() };
-            g.b.ins().bitcast(if vector { types::F32X4 } else { types::F32 }, flags, bits)
-        };
-        let s1 = scale(self, n1);
-        let s2 = scale(self, n2);
-        let p = self.b.ins().fmul(p, s1);
-        self.b.ins().fmul(p, s2)
-    }
-
-    /// `a < b ? t : f` on f32 or f32x4 values (false when either is NaN); on vectors
-    /// as a bitselect of the comparison mask, which x86 lowers to one `minps` /
-    /// `maxps` when the operands line up as in [`Gen::exp_f32`]'s clamp.
-    fn select_lt(&mut self, a: CV, b: CV, t: CV, f: CV) -> CV {
-        if self.b.func.dfg.value_type(a) == types::F32X4 {
-            self.select_lanes(FloatCC::LessThan, a, b, t, f)
-        } else {
-            let c = self.b.ins().fcmp(FloatCC::LessThan, a, b);
-            self.b.ins().select(c, t, f)
-        }
-    }
-
     /// `a cc b ? t : f` lane by lane on f32x4 values: the comparison's mask,
     /// reinterpreted as f32 lanes, selects bits.
     fn select_lanes(&mut self, cc: FloatCC, a: CV, b: CV, t: CV, f: CV) -> CV {
@@ -1436,15 +1398,6 @@ impl Gen<'_, '_> {
     fn clamp_to_param(&mut self, x: CV, c: CV, max: bool) -> CV {
         let r = self.clamp_to(x, c, max);
         self.select_lanes(FloatCC::Equal, c, c, r, c)
-    }
-
-    /// `1 / (1 + exp(-x))` of an f32 or f32x4 with the inline `exp`.
-    fn sigmoid_f32(&mut self, x: CV) -> CV {
-        let nx = self.b.ins().fneg(x);
-        let e = self.exp_f32(nx);
-        let one = self.fconst_like(x, 1.0);
-        let d = self.b.ins().fadd(one, e);
-        self.b.ins().fdiv(one, d)
     }
 
     fn per_lane(&mut self, v: CV, f: &mut dyn FnMut(&mut Self, CV) -> Result<CV, String>) -> Result<CV, String> {
@@ -1614,6 +1567,14 @@ impl Gen<'_, '_> {
                         UnaryOp::Round => self.b.ins().nearest(x),
                         UnaryOp::Exp => self.exp_f32(x),
                         UnaryOp::Sigmoid => self.sigmoid_f32(x),
+                        UnaryOp::Log => self.log_f32(x),
+                        UnaryOp::Tanh => self.tanh_f32(x),
+                        UnaryOp::Erf => self.erf_f32(x),
+                        UnaryOp::Recip | UnaryOp::Rsqrt => {
+                            let one = self.fconst_like(x, 1.0);
+                            let s = if *op == UnaryOp::Rsqrt { self.b.ins().sqrt(x) } else { x };
+                            self.b.ins().fdiv(one, s)
+                        }
                         op => {
                             let op = *op;
                             self.per_lane(x, &mut |g, s| g.unary(op, s, DType::F32))?
