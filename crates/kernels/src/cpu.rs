@@ -21,7 +21,10 @@ use crate::expr::{CmpOp, IndexExpr};
 use crate::ir::{Indirect, Inst, Kernel, Launch, Store, Value};
 use crate::meta::{BinaryOp, Distribution, ReduceOp, UnaryOp};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, Type, Value as CV};
+use cranelift_codegen::ir::{
+    types, AbiParam, FuncRef, InstBuilder, MemFlagsData, Signature, StackSlot, StackSlotData, StackSlotKind, Type,
+    Value as CV,
+};
 use cranelift_codegen::settings::{self, Configurable};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use cranelift_jit::{JITBuilder, JITModule};
@@ -925,6 +928,24 @@ fn open_loop(
     g.b.switch_to_block(body);
     g.b.seal_block(body);
     (header, exit)
+}
+
+/// Values computed before a loop, kept in stack slots that the loop reads.
+/// Cranelift's optimiser places a pure value next to its uses and does not always
+/// hoist it back out of a loop (nor does a loop-invariant block parameter survive its
+/// constant-phi removal): a per-row value computed before the row's vector loop (the
+/// `log` of a row statistic, say) ran again in every iteration. A store cannot move,
+/// so the value is computed once; the loop pays one load from the stack per use.
+fn pin_before_loop(g: &mut Gen<'_, '_>, values: &[CV]) -> Vec<StackSlot> {
+    values
+        .iter()
+        .map(|&v| {
+            let t = g.b.func.dfg.value_type(v);
+            let slot = g.b.create_sized_stack_slot(StackSlotData::new(StackSlotKind::ExplicitSlot, t.bytes(), 4));
+            g.b.ins().stack_store(types::I64, v, slot, 0);
+            slot
+        })
+        .collect()
 }
 
 /// Closes a loop opened by [`open_loop`]: jumps back and continues after it.
@@ -2029,9 +2050,23 @@ fn emit_vectorized(
         g.hoisted.insert(id, v);
     }
 
-    // vectors while j + LANES <= seg_end
+    // vectors while j + LANES <= seg_end; the hoisted values that are not constants
+    // are pinned outside the loop (see `pin_before_loop`)
     let last_start = g.b.ins().iadd_imm_s(seg_end, -(LANES - 1));
+    let pinned_ids: Vec<usize> = {
+        let mut ids: Vec<usize> =
+            g.hoisted.keys().copied().filter(|&id| !matches!(kernel.body[id].inst, Inst::Const(_))).collect();
+        ids.sort_unstable();
+        ids
+    };
+    let outside: Vec<CV> = pinned_ids.iter().map(|id| g.hoisted[id]).collect();
+    let slots = pin_before_loop(g, &outside);
     let vloop = open_loop(g, jvar, last_start);
+    for ((&id, &slot), &v) in pinned_ids.iter().zip(&slots).zip(&outside) {
+        let t = g.b.func.dfg.value_type(v);
+        let v = g.b.ins().stack_load(types::I64, t, slot, 0);
+        g.hoisted.insert(id, v);
+    }
     let j = g.b.use_var(jvar);
     g.b.def_var(g.idx[l], j);
     let checks = BlockChecks::of(&kernel.body, l);
@@ -2058,6 +2093,9 @@ fn emit_vectorized(
         scalar_step(g, kernel, outputs, jvar, pos_base)?;
     }
     close_loop(g, vloop);
+    for (&id, &v) in pinned_ids.iter().zip(&outside) {
+        g.hoisted.insert(id, v);
+    }
     for id in row_hoisted {
         g.hoisted.remove(&id);
     }
