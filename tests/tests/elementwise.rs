@@ -140,6 +140,43 @@ fn binary_ops_broadcast_like_numpy() {
     }
 }
 
+/// `pow` to the scalar powers PyTorch's kernels compute without a general `pow`
+/// (2, 3, 0.5, -0.5, -1, -2): the values of `powf` on random inputs of both signs and
+/// on zeros, infinities and NaN (where PyTorch's `sqrt` / `rsqrt` forms give NaN for
+/// negative bases, as `powf` does), in f32 and f64, and the gradient.
+#[test]
+fn pow_to_special_scalar_powers_matches_powf() {
+    let mut rng = Rng::fresh("pow_to_special_scalar_powers_matches_powf");
+    let n = 1 + rng.below(300);
+    let mut xs = rng.nd(&[n], -3.0, 3.0).rounded(DType::F32).data;
+    xs.extend([0.0, f64::INFINITY, f64::NAN, 1e-30, 1e30, 7.0]);
+    let len = xs.len();
+    for dt in [DType::F32, DType::F64] {
+        let x = Nd { shape: vec![len], data: xs.clone() }.var(dt);
+        for e in [2.0, 3.0, 0.5, -0.5, -1.0, -2.0] {
+            let want: Vec<f64> = xs.iter().map(|&v| (v.powf(e) as f32) as f64).collect();
+            let want = if dt == DType::F64 { xs.iter().map(|&v| v.powf(e)).collect() } else { want };
+            let got = x.pow(e).unwrap().to_vec_f64().unwrap();
+            // within two roundings (x * x * x and 1 / (x * x) round twice; f32 also
+            // overflows or underflows to what f32 powf gives)
+            let rtol = if dt == DType::F32 { 2.5e-7 } else { 4.5e-16 };
+            assert_values_close(&got, &want, rtol, 0.0, &format!("{dt} x^{e} (seed {})", rng.seed));
+        }
+        // an integer exponent takes the same path
+        assert_close(
+            &x.pow(2).unwrap(),
+            &Nd { shape: vec![len], data: xs.iter().map(|v| v * v).collect() }.rounded(dt),
+            0.0,
+            0.0,
+            "x^2 (int)",
+        );
+    }
+    // gradient of x^-0.5: -0.5 x^-1.5
+    let x = Var::from_vec(vec![4.0f32, 0.25], &[2]).unwrap().requires_grad_(true).unwrap();
+    let g = jit_core::grad(&x.pow(-0.5).unwrap().sum_all().unwrap(), std::slice::from_ref(&x)).unwrap();
+    assert_eq!(g[0].to_vec::<f32>().unwrap(), vec![-0.0625, -4.0]);
+}
+
 #[test]
 fn scalars_and_type_promotion() {
     let i = Var::from_vec(vec![1i32, 2, 3], &[3]).unwrap();

@@ -148,9 +148,29 @@ impl Var {
         self.arith(BinaryOp::Mod, rhs.into())
     }
 
-    /// `self ^ rhs` with broadcasting.
+    /// `self ^ rhs` with broadcasting. A float tensor to a scalar power of 2, 3, 0.5,
+    /// -0.5, -1 or -2 is computed as PyTorch's kernels compute it: products, `sqrt`,
+    /// `rsqrt` or a reciprocal (the same values, and no general `pow` per element).
     pub fn pow(&self, rhs: impl Into<Operand>) -> Result<Var> {
-        self.arith(BinaryOp::Pow, rhs.into())
+        let rhs = rhs.into();
+        let e = match rhs {
+            Operand::Float(e) => Some(e),
+            Operand::Int(e) => Some(e as f64),
+            _ => None,
+        };
+        if let Some(e) = e.filter(|_| self.dtype().is_float()) {
+            let square = || self.try_mul(self);
+            match e {
+                2.0 => return square(),
+                3.0 => return square()?.try_mul(self),
+                0.5 => return Ok(self.sqrt()),
+                -0.5 => return Ok(self.rsqrt()),
+                -1.0 => return Ok(self.recip()),
+                -2.0 => return Ok(square()?.recip()),
+                _ => {}
+            }
+        }
+        self.arith(BinaryOp::Pow, rhs)
     }
 
     /// Element-wise maximum (NaN-propagating), with broadcasting.
