@@ -91,6 +91,9 @@ def workloads(quick, dev):
     W["broadcast"] = (lambda: torch.relu(xb * wb + bb)), False
     sm = r(256, 256) if quick else r(4096, 1024)
     W["softmax"] = (lambda: torch.softmax(sm, -1)), False
+    W["log_softmax"] = (lambda: torch.log_softmax(sm, -1)), False
+    W["gelu"] = (lambda: F.gelu(sm)), False
+    W["tanh"] = (lambda: torch.tanh(sm)), False
     lw, lb = r(sm.shape[1]), r(sm.shape[1])
     W["layer_norm"] = (lambda: F.layer_norm(sm, (sm.shape[1],), lw, lb)), False
     xi = r(*shape)

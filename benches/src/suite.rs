@@ -152,6 +152,51 @@ pub fn all() -> Vec<Workload> {
             },
         },
         Workload {
+            name: "log_softmax",
+            about: "log-softmax over the last dim (exp in the sum, log per row)",
+            quick: false,
+            prepare: |q| {
+                let shape = if q { [256, 256] } else { [4096, 1024] };
+                let x = leaf(&shape)?;
+                Ok(Prepared {
+                    size: format!("{shape:?}"),
+                    bytes: Some(8 * elems(&shape)),
+                    flops: None,
+                    step: Box::new(move || x.log_softmax(-1)?.sync()),
+                })
+            },
+        },
+        Workload {
+            name: "gelu",
+            about: "exact GELU, x * (1 + erf(x / sqrt 2)) / 2",
+            quick: false,
+            prepare: |q| {
+                let shape = if q { [256, 256] } else { [4096, 1024] };
+                let x = leaf(&shape)?;
+                Ok(Prepared {
+                    size: format!("{shape:?}"),
+                    bytes: Some(8 * elems(&shape)),
+                    flops: None,
+                    step: Box::new(move || x.gelu()?.sync()),
+                })
+            },
+        },
+        Workload {
+            name: "tanh",
+            about: "tanh, element-wise",
+            quick: false,
+            prepare: |q| {
+                let shape = if q { [256, 256] } else { [4096, 1024] };
+                let x = leaf(&shape)?;
+                Ok(Prepared {
+                    size: format!("{shape:?}"),
+                    bytes: Some(8 * elems(&shape)),
+                    flops: None,
+                    step: Box::new(move || x.tanh().sync()),
+                })
+            },
+        },
+        Workload {
             name: "layer_norm",
             about: "layer norm with weight and bias",
             quick: false,
