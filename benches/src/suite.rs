@@ -35,6 +35,18 @@ pub struct Workload {
     pub prepare: fn(quick: bool) -> Result<Prepared>,
 }
 
+/// A row-wise op on [4096, 1024] ([256, 256] quick), reading and writing it once.
+fn rows_workload(q: bool, op: fn(&Var) -> Result<Var>) -> Result<Prepared> {
+    let shape = if q { [256, 256] } else { [4096, 1024] };
+    let x = leaf(&shape)?;
+    Ok(Prepared {
+        size: format!("{shape:?}"),
+        bytes: Some(8 * elems(&shape)),
+        flops: None,
+        step: Box::new(move || op(&x)?.sync()),
+    })
+}
+
 fn leaf(shape: &[usize]) -> Result<Var> {
     let x = Var::randn(shape, DType::F32)?;
     x.sync()?;
@@ -140,61 +152,25 @@ pub fn all() -> Vec<Workload> {
             name: "softmax",
             about: "softmax over the last dim",
             quick: true,
-            prepare: |q| {
-                let shape = if q { [256, 256] } else { [4096, 1024] };
-                let x = leaf(&shape)?;
-                Ok(Prepared {
-                    size: format!("{shape:?}"),
-                    bytes: Some(8 * elems(&shape)),
-                    flops: None,
-                    step: Box::new(move || x.softmax(-1)?.sync()),
-                })
-            },
+            prepare: |q| rows_workload(q, |x| x.softmax(-1)),
         },
         Workload {
             name: "log_softmax",
             about: "log-softmax over the last dim (exp in the sum, log per row)",
             quick: false,
-            prepare: |q| {
-                let shape = if q { [256, 256] } else { [4096, 1024] };
-                let x = leaf(&shape)?;
-                Ok(Prepared {
-                    size: format!("{shape:?}"),
-                    bytes: Some(8 * elems(&shape)),
-                    flops: None,
-                    step: Box::new(move || x.log_softmax(-1)?.sync()),
-                })
-            },
+            prepare: |q| rows_workload(q, |x| x.log_softmax(-1)),
         },
         Workload {
             name: "gelu",
             about: "exact GELU, x * (1 + erf(x / sqrt 2)) / 2",
             quick: false,
-            prepare: |q| {
-                let shape = if q { [256, 256] } else { [4096, 1024] };
-                let x = leaf(&shape)?;
-                Ok(Prepared {
-                    size: format!("{shape:?}"),
-                    bytes: Some(8 * elems(&shape)),
-                    flops: None,
-                    step: Box::new(move || x.gelu()?.sync()),
-                })
-            },
+            prepare: |q| rows_workload(q, |x| x.gelu()),
         },
         Workload {
             name: "tanh",
             about: "tanh, element-wise",
             quick: false,
-            prepare: |q| {
-                let shape = if q { [256, 256] } else { [4096, 1024] };
-                let x = leaf(&shape)?;
-                Ok(Prepared {
-                    size: format!("{shape:?}"),
-                    bytes: Some(8 * elems(&shape)),
-                    flops: None,
-                    step: Box::new(move || x.tanh().sync()),
-                })
-            },
+            prepare: |q| rows_workload(q, |x| Ok(x.tanh())),
         },
         Workload {
             name: "layer_norm",
