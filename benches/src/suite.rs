@@ -35,13 +35,14 @@ pub struct Workload {
     pub prepare: fn(quick: bool) -> Result<Prepared>,
 }
 
-/// A row-wise op on [4096, 1024] ([256, 256] quick), reading and writing it once.
-fn rows_workload(q: bool, op: fn(&Var) -> Result<Var>) -> Result<Prepared> {
+/// A row-wise op on [4096, 1024] ([256, 256] quick) of an f32 input, reading it once
+/// and writing `out_bytes` per element once.
+fn rows_workload(q: bool, out_bytes: u64, op: impl Fn(&Var) -> Result<Var> + 'static) -> Result<Prepared> {
     let shape = if q { [256, 256] } else { [4096, 1024] };
     let x = leaf(&shape)?;
     Ok(Prepared {
         size: format!("{shape:?}"),
-        bytes: Some(8 * elems(&shape)),
+        bytes: Some((4 + out_bytes) * elems(&shape)),
         flops: None,
         step: Box::new(move || op(&x)?.sync()),
     })
@@ -152,25 +153,37 @@ pub fn all() -> Vec<Workload> {
             name: "softmax",
             about: "softmax over the last dim",
             quick: true,
-            prepare: |q| rows_workload(q, |x| x.softmax(-1)),
+            prepare: |q| rows_workload(q, 4, |x| x.softmax(-1)),
         },
         Workload {
             name: "log_softmax",
             about: "log-softmax over the last dim (exp in the sum, log per row)",
             quick: false,
-            prepare: |q| rows_workload(q, |x| x.log_softmax(-1)),
+            prepare: |q| rows_workload(q, 4, |x| x.log_softmax(-1)),
         },
         Workload {
             name: "gelu",
             about: "exact GELU, x * (1 + erf(x / sqrt 2)) / 2",
             quick: false,
-            prepare: |q| rows_workload(q, |x| x.gelu()),
+            prepare: |q| rows_workload(q, 4, |x| x.gelu()),
         },
         Workload {
             name: "tanh",
             about: "tanh, element-wise",
             quick: false,
-            prepare: |q| rows_workload(q, |x| Ok(x.tanh())),
+            prepare: |q| rows_workload(q, 4, |x| Ok(x.tanh())),
+        },
+        Workload {
+            name: "to_f16",
+            about: "f32 to f16, rounded to nearest even",
+            quick: false,
+            prepare: |q| rows_workload(q, 2, |x| Ok(x.cast(DType::F16))),
+        },
+        Workload {
+            name: "to_bf16",
+            about: "f32 to bf16, rounded to nearest even",
+            quick: false,
+            prepare: |q| rows_workload(q, 2, |x| Ok(x.cast(DType::BF16))),
         },
         Workload {
             name: "layer_norm",

@@ -254,6 +254,87 @@ fn half_precision_casts_round_once_on_every_backend() {
     }
 }
 
+/// Every f16 and bf16 bit pattern widens exactly when a kernel loads it, and f32
+/// values at the edges of the half formats (infinities, NaN with sign and payload,
+/// overflow thresholds, ties, half subnormals, signed zeros) round to the `half`
+/// crate's bits when a kernel stores them — on the CPU backend fused (vector loops)
+/// and unfused, the interpreter and the reference, at lengths that leave a scalar
+/// remainder.
+#[test]
+fn half_loads_and_stores_are_exact_on_every_bit_pattern() {
+    let mut rng = Rng::fresh("half_loads_and_stores_are_exact_on_every_bit_pattern");
+    // a length that is not a multiple of the vector width, chosen fresh each run
+    let n = 65536 - 1 - rng.below(3);
+    let patterns: Vec<u16> = (0..n as u32).map(|b| b as u16).collect();
+    let mut edges: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        -f32::NAN,
+        f32::from_bits(0x7f80_0001), // signalling NaN, low payload
+        f32::from_bits(0xffa0_2000), // negative NaN, payload in the kept bits
+        65504.0,
+        65519.996,
+        65520.0,
+        -65520.0,
+        f32::MAX,
+        bf16::MAX.to_f32(),
+        f32::from_bits(0x7f7f_8000), // rounds to bf16 infinity
+        6.097_555e-5,                // largest f16 subnormal
+        6.103_515_6e-5,              // smallest f16 normal
+        2.980_232_2e-8,              // half the smallest f16 subnormal: a tie to zero
+        2.980_232_5e-8,              // just above it: the smallest subnormal
+        8.940_697e-8,                // 1.5 subnormal steps: a tie to even (2)
+        f32::MIN_POSITIVE,
+        f32::from_bits(1),
+        1.000_488_3,  // 1 + 2^-11: f16 tie to even (1)
+        1.001_464_8,  // 1 + 3 * 2^-11: f16 tie to even (1 + 2^-9)
+        1.003_906_3,  // 1 + 2^-8: bf16 tie to even (1)
+        -1.011_718_8, // -(1 + 3 * 2^-8): bf16 tie to even
+    ];
+    edges.extend((0..1000).map(|_| f32::from_bits(rng.next_u64() as u32)));
+    edges.extend((0..1000).map(|_| rng.uniform(-1e-4, 1e-4) as f32));
+    let ne = edges.len();
+    for backend in [jit_core::Backend::Cpu, jit_core::Backend::Interpreter, jit_core::Backend::Reference] {
+        for fusion in [true, false] {
+            let flags = jit_core::Flags { backend, fusion, dump: false };
+            let ctx = format!("{backend:?}, fusion {fusion}, seed {}", rng.seed);
+            jit_core::with_flags(flags, || {
+                // loads: every pattern, widened (x * 1 keeps the kernel from being a copy)
+                let h: Vec<f16> = patterns.iter().map(|&b| f16::from_bits(b)).collect();
+                let got = Var::from_vec(h.clone(), &[n]).unwrap().cast(DType::F32).try_mul(1.0).unwrap();
+                let got = got.to_vec::<f32>().unwrap();
+                let bh: Vec<bf16> = patterns.iter().map(|&b| bf16::from_bits(b)).collect();
+                let gotb = Var::from_vec(bh.clone(), &[n]).unwrap().cast(DType::F32).try_mul(1.0).unwrap();
+                let gotb = gotb.to_vec::<f32>().unwrap();
+                for i in 0..n {
+                    for (w, g, what) in [(h[i].to_f32(), got[i], "f16"), (bh[i].to_f32(), gotb[i], "bf16")] {
+                        let same = if w.is_nan() {
+                            g.is_nan() && g.is_sign_negative() == w.is_sign_negative()
+                        } else {
+                            g.to_bits() == w.to_bits()
+                        };
+                        assert!(same, "{what} load of {:#06x}: {g:e}, want {w:e} ({ctx})", patterns[i]);
+                    }
+                }
+                // stores: the edges, rounded once by the kernel's half output
+                let x = Var::from_vec(edges.clone(), &[ne]).unwrap();
+                let sh = x.try_mul(1.0).unwrap().cast(DType::F16).to_vec::<f16>().unwrap();
+                let sb = x.try_mul(1.0).unwrap().cast(DType::BF16).to_vec::<bf16>().unwrap();
+                for i in 0..ne {
+                    // (a NaN comes out quiet either way, so x * 1 changes nothing)
+                    let (wh, wb) = (f16::from_f32(edges[i]), bf16::from_f32(edges[i]));
+                    let e = edges[i].to_bits();
+                    assert_eq!(sh[i].to_bits(), wh.to_bits(), "f16 store of {e:#010x} ({ctx})");
+                    assert_eq!(sb[i].to_bits(), wb.to_bits(), "bf16 store of {e:#010x} ({ctx})");
+                }
+            });
+        }
+    }
+}
+
 #[test]
 fn integer_arithmetic_wraps_and_compares_exactly() {
     let mut rng = Rng::fresh("integer_arithmetic_wraps_and_compares_exactly");

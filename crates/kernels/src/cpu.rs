@@ -33,6 +33,7 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+mod half;
 mod math;
 
 type KernelFn =
@@ -102,12 +103,6 @@ extern "C" fn h_random(seed: i64, counter: i64, normal: i32) -> f64 {
         crate::random::uniform(seed as u64, counter as u64)
     }
 }
-extern "C" fn h_f16_to_f32(bits: i32) -> f32 {
-    half::f16::from_bits(bits as u16).to_f32()
-}
-extern "C" fn h_f32_to_f16(x: f32) -> i32 {
-    i32::from(half::f16::from_f32(x).to_bits())
-}
 extern "C" fn h_round_f64(x: f64, dtype: i32) -> f64 {
     DType::ALL[dtype as usize].round_f64(x)
 }
@@ -128,8 +123,6 @@ fn helpers() -> Vec<Helper> {
         Helper { name: "h_binary_f64", ptr: h_binary_f64 as *const u8, params: &[I32, F64, F64], ret: F64 },
         Helper { name: "h_binary_i64", ptr: h_binary_i64 as *const u8, params: &[I32, I64, I64], ret: I64 },
         Helper { name: "h_random", ptr: h_random as *const u8, params: &[I64, I64, I32], ret: F64 },
-        Helper { name: "h_f16_to_f32", ptr: h_f16_to_f32 as *const u8, params: &[I32], ret: F32 },
-        Helper { name: "h_f32_to_f16", ptr: h_f32_to_f16 as *const u8, params: &[F32], ret: I32 },
         Helper { name: "h_round_f64", ptr: h_round_f64 as *const u8, params: &[F64, I32], ret: F64 },
     ]
 }
@@ -334,12 +327,8 @@ impl Gen<'_, '_> {
                 DType::F64 => widened,
                 DType::F32 if ft == types::F32 => v,
                 DType::F32 => self.b.ins().fdemote(types::F32, widened),
-                DType::BF16 if ft == types::F32 => {
-                    // one rounding from f32, inline: the bf16 bits back in the high half
-                    let bits = self.f32_to_bf16_bits(v);
-                    let high = self.b.ins().ishl_imm_u(bits, 16);
-                    self.b.ins().bitcast(types::F32, MemFlagsData::new(), high)
-                }
+                // one rounding from f32, inline
+                DType::BF16 | DType::F16 if ft == types::F32 => self.round_to_half(v, to),
                 _ => {
                     // round once from the widest form to f16 / bf16
                     let code = self.i32c(dtype_code(to));
@@ -388,14 +377,9 @@ impl Gen<'_, '_> {
             DType::I64 => self.b.ins().load(types::I64, fl, addr, 0),
             DType::I32 => self.b.ins().sload32(fl, addr, 0),
             DType::U8 | DType::Bool => self.b.ins().uload8(types::I64, fl, addr, 0),
-            DType::F16 => {
+            DType::F16 | DType::BF16 => {
                 let bits = self.b.ins().uload16(types::I32, fl, addr, 0);
-                self.call("h_f16_to_f32", &[bits])?
-            }
-            DType::BF16 => {
-                let bits = self.b.ins().uload16(types::I32, fl, addr, 0);
-                let sh = self.b.ins().ishl_imm_u(bits, 16);
-                self.b.ins().bitcast(types::F32, MemFlagsData::new(), sh)
+                self.half_bits_to_f32(bits, dtype)
             }
         })
     }
@@ -414,31 +398,12 @@ impl Gen<'_, '_> {
             DType::U8 | DType::Bool => {
                 self.b.ins().istore8(fl, v, addr, 0);
             }
-            DType::F16 => {
-                let bits = self.call("h_f32_to_f16", &[v])?;
-                self.b.ins().istore16(fl, bits, addr, 0);
-            }
-            DType::BF16 => {
-                let bits = self.f32_to_bf16_bits(v);
+            DType::F16 | DType::BF16 => {
+                let bits = self.f32_to_half_bits(v, dtype);
                 self.b.ins().istore16(fl, bits, addr, 0);
             }
         }
         Ok(())
-    }
-
-    /// The f32 `v` rounded to the nearest bf16 (ties to even) as its 16 bits in an
-    /// i32, inline (a NaN stays a quiet NaN): `half::bf16::from_f32`, without a call
-    /// per element.
-    fn f32_to_bf16_bits(&mut self, v: CV) -> CV {
-        let u = self.b.ins().bitcast(types::I32, MemFlagsData::new(), v);
-        let hi = self.b.ins().ushr_imm_u(u, 16);
-        let lsb = self.b.ins().band_imm_u(hi, 1);
-        let bias = self.b.ins().iadd_imm_s(lsb, 0x7fff);
-        let sum = self.b.ins().iadd(u, bias);
-        let rounded = self.b.ins().ushr_imm_u(sum, 16);
-        let quiet = self.b.ins().bor_imm_u(hi, 0x40);
-        let nan = self.b.ins().fcmp(FloatCC::Unordered, v, v);
-        self.b.ins().select(nan, quiet, rounded)
     }
 
     fn unary(&mut self, op: UnaryOp, x: CV, d: DType) -> Result<CV, String> {
@@ -1250,7 +1215,7 @@ fn vectorizable(k: &Kernel) -> bool {
     }
     let outputs: Vec<usize> = k.outputs.iter().map(|o| o.value).collect();
     values_vectorizable(&k.body, &k.inputs, k.out_rank - 1, &outputs, true)
-        && k.outputs.iter().all(|o| o.dtype == DType::F32 && o.store == Store::Dense)
+        && k.outputs.iter().all(|o| in_f32(o.dtype) && o.store == Store::Dense)
 }
 
 /// True when a reduction kernel whose reduced axis is not contiguous can run four
@@ -1282,7 +1247,13 @@ fn reduction_vectorizable(k: &Kernel) -> bool {
         && values_vectorizable(&k.inner, &k.inputs, k.out_rank + k.red_rank - 1, &reduced, false)
 }
 
-/// True when `vals` are f32 computations whose loads are contiguous or invariant
+/// True for the dtypes computed in f32: f32 itself, and f16 and bf16, whose values
+/// are rounded to their precision only by casts, constants, parameters and stores.
+fn in_f32(d: DType) -> bool {
+    matches!(d, DType::F32 | DType::F16 | DType::BF16)
+}
+
+/// True when `vals` are computations in f32 (see [`in_f32`]) whose loads are contiguous or invariant
 /// along loop index `l`, and whose comparisons only feed `where` conditions (never
 /// one of `used`, the values read outside the list). With `checked`, loads that are
 /// contiguous only piecewise (their offset never advances by more than one per step)
@@ -1302,7 +1273,7 @@ fn values_vectorizable_with(
     checked: bool,
     accs: bool,
 ) -> bool {
-    let f32s = |id: usize| vals[id].dtype == DType::F32;
+    let f32s = |id: usize| in_f32(vals[id].dtype);
     // integer loads that only give a gather its row's index (invariant along the
     // row: read once per row as a scalar, see `vector_values_picked`)
     let row_index = |id: usize| {
@@ -1346,23 +1317,23 @@ fn values_vectorizable_with(
                 None => true,
                 Some(g) => checked && interval_shaped(g, l),
             };
-            v.dtype == DType::F32 && inputs[*input] == DType::F32 && offset_ok && guard_ok
+            in_f32(v.dtype) && inputs[*input] == v.dtype && offset_ok && guard_ok
         }
         Inst::Index(e) => checked && v.dtype == DType::Bool && interval_shaped(e, l),
-        Inst::Const(_) | Inst::Param(_) => v.dtype == DType::F32,
-        Inst::Unary(op, a) => v.dtype == DType::F32 && f32s(*a) && *op != UnaryOp::Not,
-        Inst::Binary(op, a, b) => {
-            f32s(*a) && f32s(*b) && !op.is_logical() && (v.dtype == DType::F32 || op.is_comparison())
-        }
+        Inst::Const(_) | Inst::Param(_) => in_f32(v.dtype),
+        Inst::Unary(op, a) => in_f32(v.dtype) && f32s(*a) && *op != UnaryOp::Not,
+        Inst::Binary(op, a, b) => f32s(*a) && f32s(*b) && !op.is_logical() && (in_f32(v.dtype) || op.is_comparison()),
+        // between f32, f16 and bf16: nothing, or a rounding to the half precision
+        Inst::Cast(a) => in_f32(v.dtype) && f32s(*a),
         Inst::Where(c, a, b) => {
-            v.dtype == DType::F32
+            in_f32(v.dtype)
                 && f32s(*a)
                 && f32s(*b)
                 && (matches!(vals[*c].inst, Inst::Binary(op, ..) if op.is_comparison())
                     || (checked && matches!(vals[*c].inst, Inst::Index(_))))
         }
         Inst::Acc(_) => accs && v.dtype == DType::F32,
-        Inst::Random { .. } | Inst::Cast(_) | Inst::Gather { .. } => false,
+        Inst::Random { .. } | Inst::Gather { .. } => false,
     });
     // comparisons may only feed `where` conditions
     let masks_ok = vals.iter().enumerate().all(|(id, v)| {
@@ -1440,9 +1411,11 @@ impl Gen<'_, '_> {
 
     /// One f32x4 load of `input` at `offset` for lanes `i_l = j .. j + 4`: contiguous,
     /// invariant (splat), stride 2 (two loads and a shuffle), another stride (four
-    /// loads), or lane by lane for offsets that are not affine.
+    /// loads), or lane by lane for offsets that are not affine. f16 and bf16 inputs
+    /// are widened to f32 (exactly): four 16-bit lanes at once where contiguous.
     fn vector_load(&mut self, input: usize, offset: &IndexExpr, l: usize) -> Result<CV, String> {
         let vt = types::F32X4;
+        let dt = self.input_dtypes[input];
         Ok(if lane_gathered(offset, l) {
             // each lane's own offset: i_l = j + lane
             let j = self.b.use_var(self.idx[l]);
@@ -1451,7 +1424,7 @@ impl Gen<'_, '_> {
                 let jl = self.b.ins().iadd_imm_s(j, lane);
                 self.b.def_var(self.idx[l], jl);
                 let off = self.iexpr(offset);
-                let x = self.load(input, DType::F32, off)?;
+                let x = self.load(input, dt, off)?;
                 v = Some(match v {
                     None => self.b.ins().splat(vt, x),
                     Some(v) => self.b.ins().insertlane(v, x, lane as u8),
@@ -1469,7 +1442,7 @@ impl Gen<'_, '_> {
                 Some(c) => Some(self.i64c(c)),
                 None => lin_coef_expr(offset, l).map(|e| self.iexpr(&e)),
             };
-            if coef == Some(2) {
+            if coef == Some(2) && dt == DType::F32 {
                 // stride 2: lanes 0 and 2 of the vector at `off` and lanes 1
                 // and 3 of the one at `off + 3` (reading no element past the
                 // last lane's), picked by one shufps
@@ -1489,22 +1462,29 @@ impl Gen<'_, '_> {
                 self.b.ins().bitcast(vt, le, picked)
             } else if let Some(stride) = stride {
                 // strided: gather the four lanes
-                let x = self.load(input, DType::F32, off)?;
+                let x = self.load(input, dt, off)?;
                 let mut v = self.b.ins().splat(vt, x);
                 let mut o = off;
                 for lane in 1..LANES {
                     o = self.b.ins().iadd(o, stride);
-                    let x = self.load(input, DType::F32, o)?;
+                    let x = self.load(input, dt, o)?;
                     v = self.b.ins().insertlane(v, x, lane as u8);
                 }
                 v
             } else if coef != Some(0) {
                 let base = self.inputs[input];
-                let scaled = self.b.ins().imul_imm_s(off, 4);
+                let scaled = self.b.ins().imul_imm_s(off, dt.size_in_bytes() as i64);
                 let addr = self.b.ins().iadd(base, scaled);
-                self.b.ins().load(vt, MemFlagsData::new().with_notrap(), addr, 0)
+                let flags = MemFlagsData::new().with_notrap();
+                if dt == DType::F32 {
+                    self.b.ins().load(vt, flags, addr, 0)
+                } else {
+                    // four 16-bit lanes, zero-extended to i32x4
+                    let bits = self.b.ins().uload16x4(flags, addr, 0);
+                    self.half_bits_to_f32(bits, dt)
+                }
             } else {
-                let x = self.load(input, DType::F32, off)?;
+                let x = self.load(input, dt, off)?;
                 self.b.ins().splat(vt, x)
             }
         })
@@ -1564,19 +1544,26 @@ impl Gen<'_, '_> {
                         // without touching memory
                         Some(held) => {
                             self.branch_value(held, vt, &mut |g| g.vector_load(*input, offset, l), &mut |g| {
-                                let f = g.constant(*fill, DType::F32)?;
+                                let f = g.constant(*fill, v.dtype)?;
                                 Ok(g.b.ins().splat(vt, f))
                             })?
                         }
                     }
                 }
                 Inst::Const(c) => {
-                    let x = self.constant(*c, DType::F32)?;
+                    let x = self.constant(*c, v.dtype)?;
                     self.b.ins().splat(vt, x)
                 }
                 Inst::Param(k) => {
-                    let x = self.b.ins().fdemote(types::F32, self.params[*k]);
+                    let x = self.convert_rounding(self.params[*k], v.dtype)?;
                     self.b.ins().splat(vt, x)
+                }
+                Inst::Cast(a) => {
+                    let x = arg(&out, *a)?;
+                    match v.dtype {
+                        DType::F16 | DType::BF16 => self.round_to_half(x, v.dtype),
+                        _ => x,
+                    }
                 }
                 Inst::Unary(op, a) => {
                     let x = arg(&out, *a)?;
@@ -1598,7 +1585,8 @@ impl Gen<'_, '_> {
                         }
                         op => {
                             let op = *op;
-                            self.per_lane(x, &mut |g, s| g.unary(op, s, DType::F32))?
+                            let d = v.dtype;
+                            self.per_lane(x, &mut |g, s| g.unary(op, s, d))?
                         }
                     }
                 }
@@ -1652,7 +1640,7 @@ impl Gen<'_, '_> {
                             let mut lanes = x;
                             for lane in 0..LANES as u8 {
                                 let (p, q) = (self.b.ins().extractlane(x, lane), self.b.ins().extractlane(y, lane));
-                                let r = self.binary(op, p, q, DType::F32, DType::F32)?;
+                                let r = self.binary(op, p, q, vals[*a].dtype, v.dtype)?;
                                 lanes = self.b.ins().insertlane(lanes, r, lane);
                             }
                             lanes
@@ -2111,13 +2099,32 @@ fn emit_vectorized(
 }
 
 /// Stores the f32x4 output values `vals` (by body value) of positions
-/// `pos_base + j .. + 4` into every dense f32 output.
+/// `pos_base + j .. + 4` into every dense output (f32, or f16 and bf16 rounded once
+/// and written as four 16-bit lanes).
 fn store_lanes(g: &mut Gen<'_, '_>, kernel: &Kernel, outputs: &[CV], vals: &[CV], pos_base: CV, j: CV) {
     let pos = g.b.ins().iadd(pos_base, j);
+    let flags = MemFlagsData::new().with_notrap();
     for (o, base) in kernel.outputs.iter().zip(outputs) {
-        let scaled = g.b.ins().imul_imm_s(pos, 4);
+        let scaled = g.b.ins().imul_imm_s(pos, o.dtype.size_in_bytes() as i64);
         let addr = g.b.ins().iadd(*base, scaled);
-        g.b.ins().store(MemFlagsData::new().with_notrap(), vals[o.value], addr, 0);
+        if o.dtype == DType::F32 {
+            g.b.ins().store(flags, vals[o.value], addr, 0);
+        } else {
+            // the 16-bit results in the low halves of i32 lanes, packed into the
+            // low 64 bits of an i16x8 (no lane saturates: each is below 2^16); the
+            // output of a cast to its dtype rounds the cast's operand (rounding
+            // twice gives the same bits, one rounding is half the work)
+            let v = match kernel.body[o.value].inst {
+                Inst::Cast(a) if kernel.body[o.value].dtype == o.dtype => vals[a],
+                _ => vals[o.value],
+            };
+            let bits = g.f32_to_half_bits(v, o.dtype);
+            let packed = g.b.ins().unarrow(bits, bits);
+            let le = MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little);
+            let wide = g.b.ins().bitcast(types::I64X2, le, packed);
+            let low = g.b.ins().extractlane(wide, 0);
+            g.b.ins().store(flags, low, addr, 0);
+        }
     }
 }
 

@@ -58,11 +58,11 @@ const ERFC_R: [f32; 9] = [
 
 impl Gen<'_, '_> {
     fn is_vector(&self, x: CV) -> bool {
-        self.b.func.dfg.value_type(x) == types::F32X4
+        self.b.func.dfg.value_type(x).is_vector()
     }
 
     /// The integer type with `x`'s lanes (i32 or i32x4).
-    fn int_like(&self, x: CV) -> Type {
+    pub(super) fn int_like(&self, x: CV) -> Type {
         if self.is_vector(x) {
             types::I32X4
         } else {
@@ -70,9 +70,9 @@ impl Gen<'_, '_> {
         }
     }
 
-    /// An i32 constant of `x`'s shape (splatted for f32x4).
-    fn iconst_like(&mut self, x: CV, v: i64) -> CV {
-        let c = self.b.ins().iconst(types::I32, v);
+    /// An i32 constant (its low 32 bits) of `x`'s shape (splatted for vectors).
+    pub(super) fn iconst_like(&mut self, x: CV, v: i64) -> CV {
+        let c = self.b.ins().iconst(types::I32, v & 0xffff_ffff);
         if self.is_vector(x) {
             self.b.ins().splat(types::I32X4, c)
         } else {
@@ -81,7 +81,7 @@ impl Gen<'_, '_> {
     }
 
     /// The bits of `v` reinterpreted as type `to` (lane for lane).
-    fn reinterpret(&mut self, to: Type, v: CV) -> CV {
+    pub(super) fn reinterpret(&mut self, to: Type, v: CV) -> CV {
         let flags = if self.is_vector(v) || to.is_vector() {
             MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little)
         } else {
