@@ -94,6 +94,7 @@ def workloads(quick, dev):
     W["log_softmax"] = (lambda: torch.log_softmax(sm, -1)), False
     W["gelu"] = (lambda: F.gelu(sm)), False
     W["tanh"] = (lambda: torch.tanh(sm)), False
+    W["sin"] = (lambda: torch.sin(sm)), False
     W["to_f16"] = (lambda: sm.to(torch.float16)), False
     W["to_bf16"] = (lambda: sm.to(torch.bfloat16)), False
     lw, lb = r(sm.shape[1]), r(sm.shape[1])

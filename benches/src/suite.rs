@@ -174,6 +174,12 @@ pub fn all() -> Vec<Workload> {
             prepare: |q| rows_workload(q, 4, |x| Ok(x.tanh())),
         },
         Workload {
+            name: "sin",
+            about: "sin, element-wise (standard normal arguments)",
+            quick: false,
+            prepare: |q| rows_workload(q, 4, |x| Ok(x.sin())),
+        },
+        Workload {
             name: "to_f16",
             about: "f32 to f16, rounded to nearest even",
             quick: false,

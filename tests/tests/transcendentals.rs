@@ -9,13 +9,16 @@ use jit_ops::prelude::*;
 fn transcendentals_are_accurate_in_f32() {
     let f = Flags { backend: Backend::Cpu, fusion: true, dump: false };
     type F = fn(f64) -> f64;
-    let cases: [(&str, F, f64, f64); 6] = [
+    let cases: [(&str, F, f64, f64); 8] = [
         ("exp", f64::exp, -87.0, 88.0),
         ("log", f64::ln, 1e-30, 1e30),
         ("tanh", f64::tanh, -20.0, 20.0),
         ("erf", erf_ref, -6.0, 6.0),
         ("sin", f64::sin, -100.0, 100.0),
         ("cos", f64::cos, -100.0, 100.0),
+        // up to and past the inline reduction's bound, 8192
+        ("sin", f64::sin, -9000.0, 9000.0),
+        ("cos", f64::cos, -9000.0, 9000.0),
     ];
     for (name, g, lo, hi) in cases {
         let n = 20_001;
@@ -67,11 +70,12 @@ fn exp_keeps_nan_and_infinities_and_reaches_the_subnormals() {
     }
 }
 
-/// `log`, `tanh`, `erf`, `recip` and `rsqrt` at their edges, on the vector loop and
+/// `log`, `tanh`, `erf`, `recip`, `rsqrt`, `sin` and `cos` at their edges, on the vector loop and
 /// on the scalar loop, against the f64 functions rounded to f32: NaN stays NaN,
 /// infinities and zeros (with their signs) come out as IEEE defines them, negative
 /// inputs of `log` and `rsqrt` give NaN, and subnormal inputs are handled (`log` of a
-/// subnormal is a normal number, not the result for the nearest normal one).
+/// subnormal is a normal number, not the result for the nearest normal one), and
+/// `sin` and `cos` agree on both sides of their inline range's bound and beyond it.
 #[test]
 fn inline_functions_keep_special_values_and_subnormals() {
     let f = Flags { backend: Backend::Cpu, fusion: true, dump: false };
@@ -81,6 +85,7 @@ fn inline_functions_keep_special_values_and_subnormals() {
     xs.extend(tiny);
     xs.extend(tiny.iter().map(|t| -t));
     xs.extend([0.999_999_9, 1.000_000_1, 3.9, 4.0, 4.1, 9.0, -9.0, 44.0, 89.0]);
+    xs.extend([8191.9, 8192.0, -8192.0, 8192.001, 1e4, -3e5, 1e20, 0.3, -2.0]);
     // around log's reduction boundary sqrt(2) and its half
     for c in [std::f32::consts::SQRT_2, std::f32::consts::FRAC_1_SQRT_2] {
         xs.extend([f32::from_bits(c.to_bits() - 1), c, f32::from_bits(c.to_bits() + 1)]);
@@ -89,13 +94,15 @@ fn inline_functions_keep_special_values_and_subnormals() {
         xs.push(0.5);
     }
     type F = fn(f64) -> f64;
-    let cases: [(&str, F); 5] = [
+    let cases: [(&str, F); 7] = [
         ("log", f64::ln),
         ("tanh", f64::tanh),
         // erf(-0) is -0 (C's erf; `erf_ref` is a series that returns +0 there)
         ("erf", |x| if x == 0.0 { x } else { erf_ref(x) }),
         ("recip", |x| 1.0 / x),
         ("rsqrt", |x| 1.0 / x.sqrt()),
+        ("sin", f64::sin),
+        ("cos", f64::cos),
     ];
     for (name, g) in cases {
         let want: Vec<f64> = xs.iter().map(|&x| f64::from(g(f64::from(x)) as f32)).collect();
@@ -107,6 +114,8 @@ fn inline_functions_keep_special_values_and_subnormals() {
                     "tanh" => x.tanh(),
                     "erf" => x.erf(),
                     "recip" => x.recip(),
+                    "sin" => x.sin(),
+                    "cos" => x.cos(),
                     _ => x.rsqrt(),
                 }
                 .to_vec_f64()
@@ -119,6 +128,9 @@ fn inline_functions_keep_special_values_and_subnormals() {
                     g.is_nan()
                 } else if w.is_infinite() || *w == 0.0 {
                     g == w && g.is_sign_negative() == w.is_sign_negative()
+                } else if name == "sin" || name == "cos" {
+                    // absolute near their zeros
+                    (g - w).abs() <= 2e-7 * w.abs().max(0.5)
                 } else {
                     (g - w).abs() <= 2e-7 * w.abs()
                 };

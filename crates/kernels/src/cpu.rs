@@ -431,6 +431,7 @@ impl Gen<'_, '_> {
             UnaryOp::Log if t == types::F32 => self.log_f32(x),
             UnaryOp::Tanh if t == types::F32 => self.tanh_f32(x),
             UnaryOp::Erf if t == types::F32 => self.erf_f32(x),
+            UnaryOp::Sin | UnaryOp::Cos if t == types::F32 => self.trig_f32(x, op)?,
             UnaryOp::Recip if t == types::F32 => {
                 let one = self.b.ins().f32const(1.0);
                 self.b.ins().fdiv(one, x)
@@ -1578,6 +1579,7 @@ impl Gen<'_, '_> {
                         UnaryOp::Log => self.log_f32(x),
                         UnaryOp::Tanh => self.tanh_f32(x),
                         UnaryOp::Erf => self.erf_f32(x),
+                        UnaryOp::Sin | UnaryOp::Cos => self.trig_f32(x, *op)?,
                         UnaryOp::Recip | UnaryOp::Rsqrt => {
                             let one = self.fconst_like(x, 1.0);
                             let s = if *op == UnaryOp::Rsqrt { self.b.ins().sqrt(x) } else { x };

@@ -12,7 +12,7 @@ use cranelift_codegen::ir::{types, InstBuilder, Value as CV};
 
 impl Gen<'_, '_> {
     /// `a cc b ? t : f` on i32 or i32x4 values (`b` a constant).
-    fn select_int(&mut self, cc: IntCC, a: CV, b: i64, t: CV, f: CV) -> CV {
+    pub(super) fn select_int(&mut self, cc: IntCC, a: CV, b: i64, t: CV, f: CV) -> CV {
         let bv = self.iconst_like(a, b);
         let c = self.b.ins().icmp(cc, a, bv);
         if self.b.func.dfg.value_type(a).is_vector() {
@@ -23,25 +23,25 @@ impl Gen<'_, '_> {
     }
 
     /// `x >> k` (logical) of i32 or i32x4 lanes.
-    fn shr_u(&mut self, x: CV, k: i64) -> CV {
+    pub(super) fn shr_u(&mut self, x: CV, k: i64) -> CV {
         let k = self.b.ins().iconst(types::I32, k);
         self.b.ins().ushr(x, k)
     }
 
     /// `x << k` of i32 or i32x4 lanes.
-    fn shl(&mut self, x: CV, k: i64) -> CV {
+    pub(super) fn shl(&mut self, x: CV, k: i64) -> CV {
         let k = self.b.ins().iconst(types::I32, k);
         self.b.ins().ishl(x, k)
     }
 
     /// `x & c` of i32 or i32x4 lanes.
-    fn and_c(&mut self, x: CV, c: i64) -> CV {
+    pub(super) fn and_c(&mut self, x: CV, c: i64) -> CV {
         let c = self.iconst_like(x, c);
         self.b.ins().band(x, c)
     }
 
     /// `x + c` (wrapping) of i32 or i32x4 lanes.
-    fn add_c(&mut self, x: CV, c: i64) -> CV {
+    pub(super) fn add_c(&mut self, x: CV, c: i64) -> CV {
         let c = self.iconst_like(x, c);
         self.b.ins().iadd(x, c)
     }

@@ -1,17 +1,18 @@
-//! Inline f32 math for the CPU backend: `exp`, `log`, `tanh`, `erf` and `sigmoid`
-//! generated as Cranelift instructions on f32 scalars and f32x4 vectors alike,
+//! Inline f32 math for the CPU backend: `exp`, `log`, `tanh`, `erf`, `sigmoid`,
+//! `sin` and `cos` generated as Cranelift instructions on f32 scalars and f32x4 vectors alike,
 //! without a call per element. Each is a range reduction and a polynomial (fused
 //! multiply-adds where the host has them), then the special values fixed up by
 //! selects, so NaN, infinities, zeros and subnormals come out as the f64 reference
 //! rounded to f32 does, within about 2e-7 relative elsewhere.
 //!
-//! The polynomial coefficients of `log`, `tanh` and `erf` were fitted for this file
+//! The polynomial coefficients of `log`, `tanh`, `erf`, `sin` and `cos` were fitted for this file
 //! (weighted least squares iterated toward the minimax error on Chebyshev points,
 //! in f64, against the f64 functions); the ranges and the fitted errors are at each
 //! function. `exp` is Cephes' `expf`.
 
-use super::Gen;
-use cranelift_codegen::ir::condcodes::FloatCC;
+use super::{unary_code, Gen};
+use crate::meta::UnaryOp;
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, InstBuilder, MemFlagsData, Type, Value as CV};
 
 /// `log(1 + f) = f - f^2 / 2 + f^3 P(f)` for `f` in `[sqrt(1/2) - 1, sqrt(2) - 1]`,
@@ -55,6 +56,21 @@ const ERFC_R: [f32; 9] = [
     3.799_476_5e-2,
     -1.137_375_7e-2,
 ];
+
+/// `sin(r) = r + r^3 P(r^2)` for `|r| <= pi / 4`; fitted absolute error 5e-9.
+const SIN_P: [f32; 3] = [-1.666_665_5e-1, 8.332_16e-3, -1.951_528_2e-4];
+
+/// `cos(r) = 1 - r^2 / 2 + r^4 P(r^2)` for `|r| <= pi / 4`; fitted absolute error 3e-9.
+const COS_P: [f32; 3] = [4.166_664_6e-2, -1.388_731_6e-3, 2.443_315_7e-5];
+
+/// `pi / 2` in three f32 parts (Cody and Waite): the first two have 8 and 11
+/// significant bits, so `n` times either is exact for `|n| < 2^13`.
+const PIO2_PARTS: [f32; 3] = [1.570_312_5, 4.837_513e-4, 7.549_79e-8];
+
+/// Below this magnitude `sin` and `cos` reduce their argument inline (the quadrant
+/// `n <= 5216`, see [`PIO2_PARTS`]); a vector with any lane beyond (infinities and
+/// huge arguments among them) calls the f64 helper for each lane instead.
+const TRIG_INLINE_MAX: f32 = 8192.0;
 
 impl Gen<'_, '_> {
     fn is_vector(&self, x: CV) -> bool {
@@ -290,5 +306,77 @@ impl Gen<'_, '_> {
         let large = self.with_sign_of(large, x);
         let ax = self.b.ins().fabs(x);
         self.select_lt(ax, one, small, large)
+    }
+
+    /// `sin` or `cos` of an f32 or f32x4: inline ([`Gen::sin_cos_inline`]) when every
+    /// lane is within [`TRIG_INLINE_MAX`] in magnitude or NaN, else the f64 helper
+    /// for each lane (a branch, so the common case pays one compare).
+    pub(super) fn trig_f32(&mut self, x: CV, op: UnaryOp) -> Result<CV, String> {
+        let ty = self.b.func.dfg.value_type(x);
+        let a = self.b.ins().fabs(x);
+        let max = self.fconst_like(x, TRIG_INLINE_MAX);
+        let far = self.b.ins().fcmp(FloatCC::GreaterThan, a, max);
+        let far = if self.is_vector(x) { self.b.ins().vany_true(far) } else { far };
+        self.branch_value(
+            far,
+            ty,
+            &mut |g| {
+                let code = g.i32c(unary_code(op));
+                if !g.is_vector(x) {
+                    return g.call("h_unary_f32", &[code, x]);
+                }
+                let mut out = x;
+                for lane in 0..4u8 {
+                    let s = g.b.ins().extractlane(x, lane);
+                    let y = g.call("h_unary_f32", &[code, s])?;
+                    out = g.b.ins().insertlane(out, y, lane);
+                }
+                Ok(out)
+            },
+            &mut |g| Ok(g.sin_cos_inline(x, op == UnaryOp::Cos)),
+        )
+    }
+
+    /// `sin x` (or `cos x` with `cos`) for `|x| <= TRIG_INLINE_MAX`: `x = n pi/2 + r`
+    /// with `n` rounded to nearest and `r` reduced in three parts (exact products),
+    /// then `sin r` or `cos r` by the quadrant `n` (`n + 1` for `cos`), negated in
+    /// quadrants 2 and 3. Absolute error about 1e-7; `sin(-0)` is `-0`, NaN stays NaN.
+    fn sin_cos_inline(&mut self, x: CV, cos: bool) -> CV {
+        let int_ty = self.int_like(x);
+        let float_ty = self.b.func.dfg.value_type(x);
+        let two_over_pi = self.fconst_like(x, std::f32::consts::FRAC_2_PI);
+        let t = self.b.ins().fmul(x, two_over_pi);
+        // round to nearest by adding and removing 1.5 * 2^23 (see `exp_f32`)
+        let magic = self.fconst_like(x, 12_582_912.0);
+        let tm = self.b.ins().fadd(t, magic);
+        let n = self.b.ins().fsub(tm, magic);
+        let r = self.mul_add_c(n, -PIO2_PARTS[0], x);
+        let r = self.mul_add_c(n, -PIO2_PARTS[1], r);
+        let r = self.mul_add_c(n, -PIO2_PARTS[2], r);
+        let z = self.b.ins().fmul(r, r);
+        // sin r = r + r z P(z), which has r's sign; r = -0 would come out +0 from
+        // the sum, so the sign is r's bit on the magnitude
+        let ps = self.poly(z, &SIN_P);
+        let rz = self.b.ins().fmul(r, z);
+        let sin_r = self.mul_add(rz, ps, r);
+        let sin_r = self.b.ins().fabs(sin_r);
+        let sin_r = self.with_sign_of(sin_r, r);
+        // cos r = 1 - z / 2 + z^2 P(z)
+        let pc = self.poly(z, &COS_P);
+        let z2 = self.b.ins().fmul(z, z);
+        let one = self.fconst_like(x, 1.0);
+        let c = self.mul_add_c(z, -0.5, one);
+        let cos_r = self.mul_add(z2, pc, c);
+        // the quadrant's low bits from the rounded sum's mantissa
+        let tm_bits = self.reinterpret(int_ty, tm);
+        let q = self.add_c(tm_bits, if cos { -0x4b40_0000 + 1 } else { -0x4b40_0000 });
+        let odd = self.and_c(q, 1);
+        let sin_bits = self.reinterpret(int_ty, sin_r);
+        let cos_bits = self.reinterpret(int_ty, cos_r);
+        let r = self.select_int(IntCC::Equal, odd, 0, sin_bits, cos_bits);
+        let neg = self.and_c(q, 2);
+        let sign = self.shl(neg, 30);
+        let r = self.b.ins().bxor(r, sign);
+        self.reinterpret(float_ty, r)
     }
 }
