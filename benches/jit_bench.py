@@ -95,6 +95,8 @@ def workloads(quick, dev):
     W["gelu"] = (lambda: F.gelu(sm)), False
     W["tanh"] = (lambda: torch.tanh(sm)), False
     W["sin"] = (lambda: torch.sin(sm)), False
+    sa = sm.abs()
+    W["pow"] = (lambda: torch.pow(sa, 2.5)), False
     W["to_f16"] = (lambda: sm.to(torch.float16)), False
     W["to_bf16"] = (lambda: sm.to(torch.bfloat16)), False
     lw, lb = r(sm.shape[1]), r(sm.shape[1])

@@ -180,6 +180,22 @@ pub fn all() -> Vec<Workload> {
             prepare: |q| rows_workload(q, 4, |x| Ok(x.sin())),
         },
         Workload {
+            name: "pow",
+            about: "|x| ^ 2.5, element-wise (a power without a special path)",
+            quick: false,
+            prepare: |q| {
+                let shape = if q { [256, 256] } else { [4096, 1024] };
+                let x = leaf(&shape)?.abs();
+                x.sync()?;
+                Ok(Prepared {
+                    size: format!("{shape:?}"),
+                    bytes: Some(8 * elems(&shape)),
+                    flops: None,
+                    step: Box::new(move || x.pow(2.5)?.sync()),
+                })
+            },
+        },
+        Workload {
             name: "to_f16",
             about: "f32 to f16, rounded to nearest even",
             quick: false,

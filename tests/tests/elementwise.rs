@@ -177,6 +177,71 @@ fn pow_to_special_scalar_powers_matches_powf() {
     assert_eq!(g[0].to_vec::<f32>().unwrap(), vec![-0.0625, -4.0]);
 }
 
+/// `x ^ y` for f32 tensors and scalars that take no special path: every pair of
+/// special values (signed zeros, infinities, NaN, +-1, negative bases to integer,
+/// odd and fractional powers, subnormals, overflow and underflow) and random pairs,
+/// on the vector loop and on the scalar loop, fused and unfused, against f64 `powf`
+/// rounded to f32: NaN where it is NaN, zeros and infinities with their signs, and
+/// within one f32 rounding elsewhere.
+#[test]
+fn general_pow_matches_powf_on_special_and_random_values() {
+    use jit_core::{with_flags, Backend, Flags};
+    let mut rng = Rng::fresh("general_pow_matches_powf_on_special_and_random_values");
+    let common = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.0, -2.0, 3.0];
+    let mut special_x = common.to_vec();
+    special_x.extend([-3.0, 1e-3, -1e-3, 1e10, -1e10, 1e-40, -1e-40, 7.5, -7.5, 0.999, 1.001]);
+    let mut special_y = common.to_vec();
+    special_y.extend([-3.0, 2.5, -2.5, 1e-3, 1e10, -1e10, 127.0, -127.0, 16_777_216.0, 33.3, 0.1, -149.5]);
+    let (mut xs, mut ys) = (Vec::new(), Vec::new());
+    for &x in &special_x {
+        for &y in &special_y {
+            xs.push(x);
+            ys.push(y);
+        }
+    }
+    for _ in 0..400 {
+        let x = rng.uniform(-20.0, 20.0) as f32;
+        let y = if rng.chance(0.5) { rng.int(-12, 12) as f32 } else { rng.uniform(-6.0, 6.0) as f32 };
+        xs.push(x);
+        ys.push(y);
+        // positive bases over the whole range, results near f32's limits
+        xs.push(10f64.powf(rng.uniform(-30.0, 30.0)) as f32);
+        ys.push(rng.uniform(-1.6, 1.6) as f32);
+    }
+    let powf = |x: f32, y: f32| f64::from((f64::from(x).powf(f64::from(y))) as f32);
+    let check = |xs: &[f32], ys: &[f32], got: &[f64], what: &str| {
+        for ((&x, &y), &g) in xs.iter().zip(ys).zip(got) {
+            let w = powf(x, y);
+            let same = if w.is_nan() {
+                g.is_nan()
+            } else if w.is_infinite() || w == 0.0 {
+                g == w && g.is_sign_negative() == w.is_sign_negative()
+            } else {
+                (g - w).abs() <= (w.abs() * 1.2e-7).max(1.5e-45)
+            };
+            assert!(same, "pow({x:e}, {y:e}) {what} (seed {}): got {g:e}, want {w:e}", rng.seed);
+        }
+    };
+    for fusion in [true, false] {
+        let f = Flags { backend: Backend::Cpu, fusion, dump: false };
+        let run = |xs: &[f32], ys: &[f32]| {
+            let x = Var::from_vec(xs.to_vec(), &[xs.len()]).unwrap();
+            let y = Var::from_vec(ys.to_vec(), &[ys.len()]).unwrap();
+            with_flags(f, || x.pow(&y).unwrap().to_vec_f64().unwrap())
+        };
+        check(&xs, &ys, &run(&xs, &ys), &format!("on the vector loop, fusion {fusion}"));
+        for (cx, cy) in xs.chunks(3).zip(ys.chunks(3)).take(200) {
+            check(cx, cy, &run(cx, cy), &format!("on the scalar loop, fusion {fusion}"));
+        }
+        // a scalar exponent (a launch parameter) and a scalar base
+        for e in [2.5f32, -1.5, 7.0, 1e-3] {
+            let x = Var::from_vec(xs.clone(), &[xs.len()]).unwrap();
+            let got = with_flags(f, || x.pow(f64::from(e)).unwrap().to_vec_f64().unwrap());
+            check(&xs, &vec![e; xs.len()], &got, &format!("to the scalar {e}, fusion {fusion}"));
+        }
+    }
+}
+
 #[test]
 fn scalars_and_type_promotion() {
     let i = Var::from_vec(vec![1i32, 2, 3], &[3]).unwrap();

@@ -35,6 +35,7 @@ use std::sync::{Arc, OnceLock};
 
 mod half;
 mod math;
+mod pow;
 
 type KernelFn =
     unsafe extern "C" fn(i64, i64, *const *const u8, *const *mut u8, *const i64, *const i64, *const i64, *const f64);
@@ -505,6 +506,7 @@ impl Gen<'_, '_> {
             BinaryOp::Div => self.b.ins().fdiv(x, y),
             BinaryOp::Max => self.b.ins().fmax(x, y),
             BinaryOp::Min => self.b.ins().fmin(x, y),
+            BinaryOp::Pow if t == types::F32 => self.pow_f32(x, y),
             _ => {
                 let code = self.i32c(binary_code(op));
                 let h = if t == types::F32 { "h_binary_f32" } else { "h_binary_f64" };
@@ -1599,6 +1601,7 @@ impl Gen<'_, '_> {
                         BinaryOp::Sub => self.b.ins().fsub(x, y),
                         BinaryOp::Mul => self.b.ins().fmul(x, y),
                         BinaryOp::Div => self.b.ins().fdiv(x, y),
+                        BinaryOp::Pow => self.pow_f32(x, y),
                         BinaryOp::Max | BinaryOp::Min => {
                             let max = *op == BinaryOp::Max;
                             let constant = |id: usize| match vals[id].inst {
