@@ -21,12 +21,18 @@ fn elementwise_chain_is_one_kernel() {
     assert!(kernels(UNFUSED, || chain(&x)) >= 10);
 }
 
+/// Softmax on the host: the row max, exp(x - max) stored once, its row sum, and the
+/// scaling (four kernels: the exp is computed once, not in the sum and again in
+/// the output). For the GPU the exp is recomputed by both (three kernels).
 #[test]
-fn softmax_is_at_most_three_kernels() {
+fn softmax_plans_its_exp_by_backend() {
     let x = Var::randn(&[31, 50], DType::F32).unwrap();
     x.sync().unwrap();
-    let n = kernels(FUSED, || x.softmax(-1).unwrap());
-    assert!(n <= 3, "softmax planned as {n} kernels");
+    let host = with_flags(FUSED, || planned_kernels(&[x.softmax(-1).unwrap()]).unwrap());
+    assert_eq!(host.len(), 4, "softmax on the host:\n{}", host.join("\n"));
+    assert_eq!(host.iter().filter(|k| k.contains(" exp ")).count(), 1, "one exp:\n{}", host.join("\n"));
+    let gpu = Flags { backend: Backend::Cuda, ..FUSED };
+    assert_eq!(kernels(gpu, || x.softmax(-1).unwrap()), 3, "softmax planned for the GPU");
 }
 
 #[test]
@@ -125,7 +131,20 @@ fn expensive_shared_producers_are_stored_once() {
     };
     let plans = with_flags(FUSED, || planned_kernels(&[build()]).unwrap());
     assert_eq!(plans.len(), 2, "producer stored, consumer reads it:\n{}", plans.join("\n"));
-    // the cheap shared producer of softmax (exp(x - max)) is recomputed instead
-    let cheap = kernels(FUSED, || x.softmax(0).unwrap());
-    assert_eq!(cheap, 3);
+    // the cheap shared producer of softmax (exp(x - max)) is recomputed for the GPU
+    let gpu = Flags { backend: Backend::Cuda, ..FUSED };
+    assert_eq!(kernels(gpu, || x.softmax(0).unwrap()), 3);
+    // on the host a transcendental read by two element-wise consumers stays in one
+    // kernel (computed once there), while one also read by a reduction is stored
+    let pair = || {
+        let e = x.exp();
+        &(&e + 1.0) * &(&e - 1.0)
+    };
+    assert_eq!(kernels(FUSED, pair), 1);
+    let both = || {
+        let e = x.sin();
+        &e * &e.sum(&[0], true).unwrap()
+    };
+    assert_eq!(kernels(FUSED, both), 3);
+    assert_eq!(kernels(gpu, both), 2);
 }

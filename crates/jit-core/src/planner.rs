@@ -13,7 +13,9 @@
 //!   `scatter`), feeds an extern op, is the data a `gather` reads (its index fuses),
 //!   is a reduction that cannot run inside its consumer (read through a broadcast or
 //!   over another domain), or has several consumers and costs more than
-//!   [`RECOMPUTE_LIMIT`] to recompute;
+//!   [`RECOMPUTE_LIMIT`] to recompute (on the host backends also when its
+//!   computation includes a transcendental function and both a reduction and an
+//!   element-wise op read it);
 //! - with fusion off every meta-op but `reshape` is its own kernel.
 
 use crate::error::{Error, Result};
@@ -141,6 +143,17 @@ fn reshape_index(idx: &[E], out_shape: &[usize], in_shape: &[usize]) -> Vec<E> {
         }
     }
     sub
+}
+
+/// A function the host computes as a polynomial after a range reduction (or, for
+/// f64, a library call): `exp`, `log`, `sin`, `cos`, `tanh`, `sigmoid`, `erf`, `pow`.
+fn transcendental(op: &MetaOp) -> bool {
+    use kernels::UnaryOp as U;
+    match op {
+        MetaOp::Unary(u) => matches!(u, U::Exp | U::Log | U::Sin | U::Cos | U::Tanh | U::Sigmoid | U::Erf),
+        MetaOp::Binary(b) => *b == kernels::BinaryOp::Pow,
+        _ => false,
+    }
 }
 
 fn weight(op: &MetaOp) -> usize {
@@ -543,10 +556,13 @@ fn build(root: &Var, graph: &Graph) -> std::result::Result<Step, Force> {
 pub(crate) fn plan(order: &[Var], targets: &std::collections::HashSet<u64>, fused: bool) -> Result<Vec<Step>> {
     let mut consumers: HashMap<u64, usize> = HashMap::default();
     let mut ops: HashMap<u64, MetaOp> = HashMap::default();
+    // values read by a reduction, and values read by another op
+    let (mut reduced, mut mapped): (HashSet<u64>, HashSet<u64>) = Default::default();
     for v in order {
         if let Some((op, inputs)) = op_and_inputs(v) {
             for i in &inputs {
                 *consumers.entry(i.id()).or_insert(0) += 1;
+                if matches!(op, MetaOp::Reduce { .. }) { &mut reduced } else { &mut mapped }.insert(i.id());
             }
             ops.insert(v.id(), op);
         }
@@ -585,14 +601,24 @@ pub(crate) fn plan(order: &[Var], targets: &std::collections::HashSet<u64>, fuse
         }
     }
     if fused {
-        // Shared producers that are expensive to recompute are stored.
+        // Shared producers that are expensive to recompute are stored. On the host a
+        // transcendental function (see [`transcendental`]) costs tens of vector
+        // instructions per element, more than a pass over memory: a value whose
+        // inlined computation has one, read both by a reduction and by an op over
+        // the full domain (so computed in two loop nests, where a kernel's memo
+        // cannot share it), is stored: softmax's exp(x - max), read by the row sum
+        // and by the output. On the GPU recomputing is cheaper than the memory
+        // traffic, and only the cost in `weight` units decides.
+        let host = crate::flags::flags().backend != crate::flags::Backend::Cuda;
         let mut cost: HashMap<u64, usize> = HashMap::default();
+        let mut heavy: HashSet<u64> = HashSet::default();
         for v in order {
             let Some(op) = ops.get(&v.id()) else { continue };
-            let c = if matches!(
+            let own_kernel = matches!(
                 op,
                 MetaOp::Reduce { .. } | MetaOp::ReindexReduce { .. } | MetaOp::Scatter { .. } | MetaOp::Extern(_)
-            ) {
+            );
+            let c = if own_kernel {
                 1
             } else {
                 weight(op)
@@ -601,12 +627,18 @@ pub(crate) fn plan(order: &[Var], targets: &std::collections::HashSet<u64>, fuse
                         .map(|i| if m.contains(&i.id()) { 1 } else { cost.get(&i.id()).copied().unwrap_or(1) })
                         .sum::<usize>()
             };
+            let inlined_heavy = !own_kernel
+                && (transcendental(op) || v.inputs().iter().any(|i| !m.contains(&i.id()) && heavy.contains(&i.id())));
             let shared = consumers.get(&v.id()).copied().unwrap_or(0) > 1;
-            if (shared && c > RECOMPUTE_LIMIT) || c > KERNEL_COST_LIMIT {
+            let twice = host && inlined_heavy && reduced.contains(&v.id()) && mapped.contains(&v.id());
+            if (shared && (c > RECOMPUTE_LIMIT || twice)) || c > KERNEL_COST_LIMIT {
                 m.insert(v.id());
                 cost.insert(v.id(), 1);
             } else {
                 cost.insert(v.id(), c);
+                if inlined_heavy {
+                    heavy.insert(v.id());
+                }
             }
         }
     }
