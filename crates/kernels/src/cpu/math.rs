@@ -322,16 +322,11 @@ impl Gen<'_, '_> {
             ty,
             &mut |g| {
                 let code = g.i32c(unary_code(op));
-                if !g.is_vector(x) {
-                    return g.call("h_unary_f32", &[code, x]);
+                if g.is_vector(x) {
+                    g.per_lane(x, &mut |g, s| g.call("h_unary_f32", &[code, s]))
+                } else {
+                    g.call("h_unary_f32", &[code, x])
                 }
-                let mut out = x;
-                for lane in 0..4u8 {
-                    let s = g.b.ins().extractlane(x, lane);
-                    let y = g.call("h_unary_f32", &[code, s])?;
-                    out = g.b.ins().insertlane(out, y, lane);
-                }
-                Ok(out)
             },
             &mut |g| Ok(g.sin_cos_inline(x, op == UnaryOp::Cos)),
         )
