@@ -69,12 +69,58 @@ pub fn set_flags(f: Flags) {
 /// Runs `body` with `f` in force on this thread, restoring the previous switches
 /// afterwards (also when `body` panics).
 pub fn with_flags<R>(f: Flags, body: impl FnOnce() -> R) -> R {
-    struct Restore(Option<Flags>);
-    impl Drop for Restore {
+    scoped(&LOCAL, f, body)
+}
+
+/// Runs `body` with the thread-local override `local` set to `value`, restoring
+/// the previous override afterwards (also when `body` panics).
+fn scoped<T: Copy + 'static, R>(
+    local: &'static std::thread::LocalKey<Cell<Option<T>>>,
+    value: T,
+    body: impl FnOnce() -> R,
+) -> R {
+    struct Restore<T: Copy + 'static>(&'static std::thread::LocalKey<Cell<Option<T>>>, Option<T>);
+    impl<T: Copy + 'static> Drop for Restore<T> {
         fn drop(&mut self) {
-            LOCAL.with(|l| l.set(self.0));
+            self.0.with(|l| l.set(self.1));
         }
     }
-    let _restore = Restore(LOCAL.with(|l| l.replace(Some(f))));
+    let _restore = Restore(local, local.with(|l| l.replace(Some(value))));
     body()
+}
+
+fn row_groups_global() -> &'static std::sync::atomic::AtomicBool {
+    static G: OnceLock<std::sync::atomic::AtomicBool> = OnceLock::new();
+    G.get_or_init(|| {
+        let off = std::env::var("JIT_ROW_GROUPS")
+            .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off"));
+        std::sync::atomic::AtomicBool::new(!off)
+    })
+}
+
+thread_local! {
+    static ROW_GROUPS_LOCAL: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Whether the CPU backend runs consecutive fused kernels that share rows (softmax's
+/// maximum, exponential, sum and division; a norm's statistics and its output) as a
+/// row group, a block of rows at a time through all of them, instead of one whole
+/// kernel after the other (see [`kernels::row_group`]). On by default;
+/// `JIT_ROW_GROUPS=0` turns it off. The results are the same either way, bit for
+/// bit; only the order of the work and the memory traffic change. Never with fusion
+/// off (the unfused baseline runs every meta-op alone).
+pub fn row_groups() -> bool {
+    ROW_GROUPS_LOCAL.with(Cell::get).unwrap_or_else(|| row_groups_global().load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Sets [`row_groups`] for the process (threads inside [`with_row_groups`] keep
+/// theirs).
+pub fn set_row_groups(on: bool) {
+    row_groups_global().store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Runs `body` with [`row_groups`] set to `on` on this thread, restoring it
+/// afterwards (also when `body` panics).
+pub fn with_row_groups<R>(on: bool, body: impl FnOnce() -> R) -> R {
+    scoped(&ROW_GROUPS_LOCAL, on, body)
 }

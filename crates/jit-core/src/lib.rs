@@ -34,7 +34,7 @@ pub use autograd::{
 };
 pub use device::Device;
 pub use error::{Error, Result};
-pub use flags::{flags, set_flags, with_flags, Backend, Flags};
+pub use flags::{flags, row_groups, set_flags, set_row_groups, with_flags, with_row_groups, Backend, Flags};
 pub use half::{bf16, f16};
 pub use kernels::cache::CacheStats;
 pub use kernels::conv2d::Conv2dSpec;
@@ -49,7 +49,7 @@ pub use kernels::{
 };
 pub use realize::{
     capture_kernels, extern_calls, kernel_launches, live_buffers, live_bytes, planned_externs, planned_kernel_ir,
-    planned_kernels, realize, sync_all, CapturedKernel,
+    planned_kernels, realize, row_groups_run, sync_all, CapturedKernel,
 };
 pub use shape::{broadcast_shapes, normalize_dim, normalize_dims, numel};
 pub use var::{manual_seed, Var};

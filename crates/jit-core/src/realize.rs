@@ -15,6 +15,16 @@ use std::sync::Arc;
 static KERNEL_LAUNCHES: AtomicU64 = AtomicU64::new(0);
 static EXTERN_CALLS: AtomicU64 = AtomicU64::new(0);
 
+thread_local! {
+    static ROW_GROUPS_RUN: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Number of row groups (see [`crate::row_groups`]) that realisations on this
+/// thread have run.
+pub fn row_groups_run() -> u64 {
+    ROW_GROUPS_RUN.with(std::cell::Cell::get)
+}
+
 /// Number of kernels run by the CPU backends in this process (meta-ops on the
 /// reference backend are not counted).
 pub fn kernel_launches() -> u64 {
@@ -188,19 +198,31 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
     }
     let mut values: HashMap<u64, Arc<Buffer>> = HashMap::new();
     let put = |v: &Var, data: Arc<Buffer>, remaining: &HashMap<u64, usize>, values: &mut HashMap<u64, Arc<Buffer>>| {
-        if targets.contains(&v.id()) {
-            *v.state() = State::Ready { data: data.clone(), op: v.op_name() };
-        }
-        if remaining.get(&v.id()).copied().unwrap_or(0) > 0 {
-            values.insert(v.id(), data);
-        }
+        put_value(targets, v, data, remaining, values)
     };
     let profile = profiling();
     let mut timings: Vec<(f64, String)> = Vec::new();
-    for step in steps {
+    let grouping = f.backend == Backend::Cpu
+        && f.fusion
+        && crate::flags::row_groups()
+        && !crosscheck()
+        && CAPTURE.with(|c| c.borrow().is_none());
+    let mut next = 0;
+    while next < steps.len() {
         let started = std::time::Instant::now();
-        let label = if profile { step_label(&step) } else { String::new() };
-        let read: Vec<Var> = match &step {
+        if grouping {
+            if let Some((len, label)) = run_row_group(&steps[next..], targets, &mut remaining, &mut values, f.dump)? {
+                next += len;
+                if profile {
+                    timings.push((started.elapsed().as_secs_f64() * 1e3, label));
+                }
+                continue;
+            }
+        }
+        let step = &steps[next];
+        next += 1;
+        let label = if profile { step_label(step) } else { String::new() };
+        let read: Vec<Var> = match step {
             Step::Kernel { kernel, launch, inputs, outputs } => {
                 let data = inputs.iter().map(|i| data_of(i, &values)).collect::<Result<Vec<_>>>()?;
                 let outs: Vec<Buffer> = if f.backend == Backend::Cuda {
@@ -305,6 +327,133 @@ fn run_planned(order: &[Var], targets: &HashSet<u64>, f: crate::flags::Flags) ->
         report_profile(order.len(), plan_ms, timings);
     }
     Ok(())
+}
+
+/// Records a computed value: in its node when it was requested, and for later
+/// steps while some still read it.
+fn put_value(
+    targets: &HashSet<u64>,
+    v: &Var,
+    data: Arc<Buffer>,
+    remaining: &HashMap<u64, usize>,
+    values: &mut HashMap<u64, Arc<Buffer>>,
+) {
+    if targets.contains(&v.id()) {
+        *v.state() = State::Ready { data: data.clone(), op: v.op_name() };
+    }
+    if remaining.get(&v.id()).copied().unwrap_or(0) > 0 {
+        values.insert(v.id(), data);
+    }
+}
+
+/// Runs the kernels at the start of `steps` as a row group when they form one (see
+/// [`kernels::row_group`]): returns how many steps ran and a profile label, or
+/// `None` (nothing ran) when the next steps do not group.
+fn run_row_group(
+    steps: &[Step],
+    targets: &HashSet<u64>,
+    remaining: &mut HashMap<u64, usize>,
+    values: &mut HashMap<u64, Arc<Buffer>>,
+    dump: bool,
+) -> Result<Option<(usize, String)>> {
+    use kernels::row_group::{self, Member, Source};
+    let window: Vec<(&kernels::ir::Kernel, &kernels::ir::Launch, &[Var], &[Var])> = steps
+        .iter()
+        .take(row_group::MAX_MEMBERS)
+        .map_while(|s| match s {
+            Step::Kernel { kernel, launch, inputs, outputs } => Some((&**kernel, launch, &inputs[..], &outputs[..])),
+            Step::Alias { .. } | Step::Extern { .. } => None,
+        })
+        .collect();
+    if window.len() < 2 {
+        return Ok(None);
+    }
+    // where each member's inputs come from: an earlier member, or outside
+    let mut produced: HashMap<u64, (usize, usize)> = HashMap::new();
+    let mut external: Vec<Var> = vec![];
+    let mut members = vec![];
+    for (k, &(kernel, launch, inputs, outputs)) in window.iter().enumerate() {
+        let sources = inputs
+            .iter()
+            .map(|v| match produced.get(&v.id()) {
+                Some(&(member, output)) => Source::Member { member, output },
+                None => Source::Input(external.iter().position(|e| e.id() == v.id()).unwrap_or_else(|| {
+                    external.push(v.clone());
+                    external.len() - 1
+                })),
+            })
+            .collect();
+        for (o, v) in outputs.iter().enumerate() {
+            produced.insert(v.id(), (k, o));
+        }
+        members.push(Member { kernel, launch, sources });
+    }
+    let Some(group) = row_group::find(&members, row_group::min_rows()) else {
+        return Ok(None);
+    };
+    let (window, members) = (&window[..group.len], &members[..group.len]);
+    // an output is kept whole when it was requested or a later step reads it
+    let mut reads_inside: HashMap<u64, usize> = HashMap::new();
+    for (_, _, inputs, _) in window {
+        for i in inputs.iter() {
+            *reads_inside.entry(i.id()).or_insert(0) += 1;
+        }
+    }
+    let keep: Vec<Vec<bool>> = window
+        .iter()
+        .map(|(_, _, _, outputs)| {
+            outputs
+                .iter()
+                .map(|v| {
+                    targets.contains(&v.id())
+                        || remaining.get(&v.id()).copied().unwrap_or(0)
+                            > reads_inside.get(&v.id()).copied().unwrap_or(0)
+                })
+                .collect()
+        })
+        .collect();
+    // inputs are numbered in order of first use, so the group's come first
+    let n_external = members
+        .iter()
+        .flat_map(|m| &m.sources)
+        .filter_map(|s| match s {
+            Source::Input(i) => Some(i + 1),
+            Source::Member { .. } => None,
+        })
+        .max()
+        .unwrap_or(0);
+    let data = external[..n_external].iter().map(|v| data_of(v, values)).collect::<Result<Vec<_>>>()?;
+    let hosts = data.iter().map(|d| d.host()).collect::<std::result::Result<Vec<_>, _>>()?;
+    let outs = row_group::run_cpu(&group, members, &hosts, &keep, dump)?;
+    KERNEL_LAUNCHES.fetch_add(group.len as u64, Ordering::Relaxed);
+    ROW_GROUPS_RUN.with(|c| c.set(c.get() + 1));
+    drop(hosts);
+    drop(data);
+    for ((_, _, _, outputs), bufs) in window.iter().zip(outs) {
+        for (v, b) in outputs.iter().zip(bufs) {
+            if let Some(b) = b {
+                put_value(targets, v, Arc::new(Buffer::new(b)), remaining, values);
+            }
+        }
+    }
+    for (_, _, inputs, _) in window {
+        for i in inputs.iter() {
+            if let Some(r) = remaining.get_mut(&i.id()) {
+                *r -= 1;
+                if *r == 0 {
+                    values.remove(&i.id());
+                }
+            }
+        }
+    }
+    let label = if profiling() {
+        let shapes: Vec<String> =
+            window.iter().map(|(_, l, _, _)| format!("{:?}/{:?}", l.out_shape, l.red_shape)).collect();
+        format!("row group of {} kernels, {} rows: {}", group.len, group.rows, shapes.join(", "))
+    } else {
+        String::new()
+    };
+    Ok(Some((group.len, label)))
 }
 
 /// Waits until every computation queued on the GPU has finished, like

@@ -50,6 +50,60 @@ pub struct Compiled {
     pub clif: String,
 }
 
+impl Compiled {
+    /// Runs output positions `start..end` (row-major over the launch's output
+    /// domain). `inputs` and `outputs` hold the buffers' base addresses, in the
+    /// kernel's order; `out_shape` and `red_shape` the domain sizes.
+    ///
+    /// # Safety
+    /// For every position in the range, each address the kernel computes from a
+    /// base (the base plus an offset from the kernel's index expressions, times the
+    /// element size) must be valid to read (inputs) or write (outputs), and no other
+    /// thread may write what this call reads or writes meanwhile. The slices must
+    /// have the lengths the kernel expects (see [`Launch::check`]).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn call(
+        &self,
+        start: usize,
+        end: usize,
+        inputs: &[usize],
+        outputs: &[usize],
+        args: &[i64],
+        out_shape: &[i64],
+        red_shape: &[i64],
+        params: &[f64],
+    ) {
+        // SAFETY: the caller guarantees the addresses; the function was compiled
+        // with exactly this signature.
+        unsafe {
+            (self.func)(
+                start as i64,
+                end as i64,
+                inputs.as_ptr() as *const *const u8,
+                outputs.as_ptr() as *const *mut u8,
+                args.as_ptr(),
+                out_shape.as_ptr(),
+                red_shape.as_ptr(),
+                params.as_ptr(),
+            )
+        }
+    }
+}
+
+/// The compiled code of `kernel`: from the cache, or compiled now and cached (with
+/// `dump`, the kernel's IR and its Cranelift code are printed to stderr when it is
+/// compiled).
+pub fn compiled(kernel: &Kernel, dump: bool) -> Result<Arc<Compiled>, KernelError> {
+    let key = cache_key(kernel);
+    cache().get_or_compile(&key, || {
+        let c = compile(kernel)?;
+        if dump {
+            eprintln!("[jit] compiled cpu kernel {key}\n{}\n{}", c.ir, c.clif);
+        }
+        Ok::<_, KernelError>(c)
+    })
+}
+
 // SAFETY: the module is never touched after finalisation; it only keeps the code
 // alive. The function is pure machine code that reads and writes only the buffers
 // passed to it.
@@ -957,14 +1011,7 @@ pub fn run_with(
     dump: bool,
 ) -> Result<Vec<HostBuffer>, KernelError> {
     launch.check(kernel, inputs)?;
-    let key = cache_key(kernel);
-    let compiled: Arc<Compiled> = cache().get_or_compile(&key, || {
-        let c = compile(kernel)?;
-        if dump {
-            eprintln!("[jit] compiled cpu kernel {key}\n{}\n{}", c.ir, c.clif);
-        }
-        Ok::<_, KernelError>(c)
-    })?;
+    let compiled = compiled(kernel, dump)?;
     let mut outs: Vec<HostBuffer> = kernel
         .outputs
         .iter()
@@ -990,18 +1037,7 @@ pub fn run_with(
         // SAFETY: the pointers are valid for the buffers' lengths; the kernel writes
         // each dense output position in [s, e) once, and ranges are disjoint; scatter
         // kernels run in one call, or in rows that write disjoint elements.
-        unsafe {
-            (compiled.func)(
-                s as i64,
-                e as i64,
-                in_ptrs.as_ptr() as *const *const u8,
-                out_ptrs.as_ptr() as *const *mut u8,
-                launch.args.as_ptr(),
-                out_shape.as_ptr(),
-                red_shape.as_ptr(),
-                launch.params.as_ptr(),
-            )
-        }
+        unsafe { compiled.call(s, e, &in_ptrs, &out_ptrs, &launch.args, &out_shape, &red_shape, &launch.params) }
     };
     let work = n.saturating_mul(1 + launch.red_shape.iter().product::<usize>());
     let threads = rayon::current_num_threads();

@@ -19,6 +19,7 @@
 //! * [`cache`]: the compiled-kernel cache and its counters.
 //! * [`conv_direct`]: the direct convolution for inputs with few channels.
 //! * [`scatter_split`]: which scatter kernels may run as concurrent rows.
+//! * [`row_group`]: consecutive kernels run together a block of rows at a time.
 //! * [`cuda`]: run-time discovery of the CUDA libraries, the CUDA C emitter, NVRTC
 //!   and the driver runtime.
 
@@ -41,6 +42,7 @@ pub mod ir;
 pub mod meta;
 pub mod random;
 pub mod reference;
+pub mod row_group;
 pub mod scatter_split;
 
 pub use buffer::{live_buffers, live_bytes, Buffer, Element, HostBuffer};
