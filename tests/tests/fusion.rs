@@ -61,6 +61,30 @@ fn adain_is_at_most_four_kernels() {
     assert!(n2 <= 5, "AdaIN with a differently sized style planned as {n2} kernels");
 }
 
+/// `mean` and `var` of the same features (as `calc_mean_std` writes them) share
+/// their row sum: the repeated kernel becomes an alias of the first, so AdaIN's
+/// statistics kernels hold one sum per tensor and one sum of squares per tensor.
+#[test]
+fn repeated_kernels_are_computed_once() {
+    let c = Var::randn(&[2, 4, 6, 5], DType::F32).unwrap();
+    let s = Var::randn(&[2, 4, 6, 5], DType::F32).unwrap();
+    realize(&[c.clone(), s.clone()]).unwrap();
+    let plan = with_flags(FUSED, || planned_kernels(&[adain(&c, &s)]).unwrap());
+    let sums: usize = plan.iter().map(|k| k.matches("= sum v").count()).sum();
+    assert_eq!(sums, 4, "AdaIN's statistics: two sums and two sums of squares\n{}", plan.join("\n"));
+    // the aliased value is the same as the one computed twice (unfused plan)
+    let m = || c.mean(&[2, 3], true).unwrap().try_add(c.var(&[2, 3], true, true).unwrap()).unwrap();
+    let fused = with_flags(FUSED, || m().to_vec::<f32>().unwrap());
+    let unfused = with_flags(UNFUSED, || m().to_vec::<f32>().unwrap());
+    assert_values_close(
+        &fused.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        &unfused.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+        1e-6,
+        1e-6,
+        "mean + var",
+    );
+}
+
 #[test]
 fn fused_and_unfused_agree_on_the_bench_workloads() {
     let mut rng = Rng::fresh("fused_and_unfused_agree_on_the_bench_workloads");

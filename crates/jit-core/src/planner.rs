@@ -8,7 +8,8 @@
 //!   element-wise consumers of a reduction over the same domain run after it in the
 //!   same kernel (an epilogue: `sum(x) * (1/n)` is one kernel);
 //! - sibling reductions over one domain share a kernel (merged after planning when
-//!   neither needs the other);
+//!   neither needs the other), and a kernel that repeats an earlier one (same IR,
+//!   sizes and inputs) is replaced by aliases of its outputs;
 //! - a value is materialised when it is requested, is a scatter (`reindex_reduce`,
 //!   `scatter`), feeds an extern op, is the data a `gather` reads (its index fuses),
 //!   is a reduction that cannot run inside its consumer (read through a broadcast or
@@ -59,7 +60,8 @@ pub(crate) enum Step {
         /// The value it computes.
         out: Var,
     },
-    /// `out` is a reshape of the materialised `src`: same data.
+    /// `out` is a reshape of the materialised `src`, or the same value as `src`
+    /// computed again (see `dedupe_kernels`): same data.
     Alias {
         /// The reshaped value.
         out: Var,
@@ -681,7 +683,41 @@ pub(crate) fn plan(order: &[Var], targets: &std::collections::HashSet<u64>, fuse
         }
     }
     let steps = steps.into_iter().map(|(_, s)| s).collect();
-    Ok(if fused { merge_siblings(steps) } else { steps })
+    Ok(if fused { merge_siblings(dedupe_kernels(steps)) } else { steps })
+}
+
+/// Replaces a kernel that computes exactly what an earlier kernel of the plan
+/// computes (the same IR, sizes, arguments and parameters, reading the same
+/// values) by aliases of the earlier kernel's outputs. `mean` and the mean inside
+/// `var` of the same features, as `calc_mean_std` writes them, are one row sum
+/// instead of two.
+fn dedupe_kernels(steps: Vec<Step>) -> Vec<Step> {
+    let mut seen: HashMap<String, Vec<Var>> = HashMap::default();
+    let mut out = Vec::with_capacity(steps.len());
+    for step in steps {
+        let Step::Kernel { kernel, launch, inputs, outputs } = &step else {
+            out.push(step);
+            continue;
+        };
+        if kernel.has_scatter() {
+            out.push(step);
+            continue;
+        }
+        let ids: Vec<u64> = inputs.iter().map(Var::id).collect();
+        let key = format!("{kernel}|{launch:?}|{ids:?}");
+        match seen.get(&key) {
+            Some(earlier) => {
+                for (o, src) in outputs.iter().zip(earlier) {
+                    out.push(Step::Alias { out: o.clone(), src: src.clone() });
+                }
+            }
+            None => {
+                seen.insert(key, outputs.clone());
+                out.push(step);
+            }
+        }
+    }
+    out
 }
 
 /// Renumbers a value of kernel `b` for appending after kernel `a`.
