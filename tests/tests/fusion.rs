@@ -61,6 +61,10 @@ fn adain_is_at_most_four_kernels() {
     assert!(n2 <= 5, "AdaIN with a differently sized style planned as {n2} kernels");
 }
 
+fn f64s(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| f64::from(x)).collect()
+}
+
 /// `mean` and `var` of the same features (as `calc_mean_std` writes them) share
 /// their row sum: the repeated kernel becomes an alias of the first, so AdaIN's
 /// statistics kernels hold one sum per tensor and one sum of squares per tensor.
@@ -76,13 +80,31 @@ fn repeated_kernels_are_computed_once() {
     let m = || c.mean(&[2, 3], true).unwrap().try_add(c.var(&[2, 3], true, true).unwrap()).unwrap();
     let fused = with_flags(FUSED, || m().to_vec::<f32>().unwrap());
     let unfused = with_flags(UNFUSED, || m().to_vec::<f32>().unwrap());
-    assert_values_close(
-        &fused.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
-        &unfused.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
-        1e-6,
-        1e-6,
-        "mean + var",
-    );
+    assert_values_close(&f64s(&fused), &f64s(&unfused), 1e-6, 1e-6, "mean + var");
+}
+
+/// A repeated value that is requested, or that a library call reads, still gets
+/// its data (through an alias of the first computation).
+#[test]
+fn repeated_values_that_are_requested_or_fed_to_a_library_call_are_right() {
+    let x = Var::randn(&[6, 5], DType::F32).unwrap();
+    let w = Var::randn(&[5, 3], DType::F32).unwrap();
+    realize(&[x.clone(), w.clone()]).unwrap();
+    let (a, b) = with_flags(FUSED, || {
+        let (a, b) = (x.sum(&[1], false).unwrap(), x.sum(&[1], false).unwrap());
+        realize(&[a.clone(), b.clone()]).unwrap();
+        (a.to_vec::<f32>().unwrap(), b.to_vec::<f32>().unwrap())
+    });
+    assert_eq!(a, b);
+    let plan = with_flags(FUSED, || {
+        planned_kernels(&[matmul(&x.exp(), &w).unwrap().try_add(matmul(&x.exp(), &w).unwrap()).unwrap()]).unwrap()
+    });
+    assert_eq!(plan.iter().filter(|k| k.contains(" exp ")).count(), 1, "exp computed once:\n{}", plan.join("\n"));
+    let got = with_flags(FUSED, || {
+        matmul(&x.exp(), &w).unwrap().try_add(matmul(&x.exp(), &w).unwrap()).unwrap().to_vec::<f32>().unwrap()
+    });
+    let want = with_flags(UNFUSED, || matmul(&x.exp(), &w).unwrap().try_mul(2.0).unwrap().to_vec::<f32>().unwrap());
+    assert_values_close(&f64s(&got), &f64s(&want), 1e-5, 1e-5, "exp(x) w + exp(x) w");
 }
 
 #[test]

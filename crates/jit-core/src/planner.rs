@@ -10,6 +10,8 @@
 //! - sibling reductions over one domain share a kernel (merged after planning when
 //!   neither needs the other), and a kernel that repeats an earlier one (same IR,
 //!   sizes and inputs) is replaced by aliases of its outputs;
+//! - adjacent loop dims that every index expression of a kernel reads row-major
+//!   merge into one (`[8, 512, 32, 32]` runs as `[4096, 1024]`);
 //! - a value is materialised when it is requested, is a scatter (`reindex_reduce`,
 //!   `scatter`), feeds an extern op, is the data a `gather` reads (its index fuses),
 //!   is a reduction that cannot run inside its consumer (read through a broadcast or
@@ -683,38 +685,86 @@ pub(crate) fn plan(order: &[Var], targets: &std::collections::HashSet<u64>, fuse
         }
     }
     let steps = steps.into_iter().map(|(_, s)| s).collect();
-    Ok(if fused { merge_siblings(dedupe_kernels(steps)) } else { steps })
+    Ok(if fused { collapse(merge_siblings(dedupe_kernels(steps, targets))) } else { steps })
 }
 
-/// Replaces a kernel that computes exactly what an earlier kernel of the plan
-/// computes (the same IR, sizes, arguments and parameters, reading the same
-/// values) by aliases of the earlier kernel's outputs. `mean` and the mean inside
-/// `var` of the same features, as `calc_mean_std` writes them, are one row sum
-/// instead of two.
-fn dedupe_kernels(steps: Vec<Step>) -> Vec<Step> {
-    let mut seen: HashMap<String, Vec<Var>> = HashMap::default();
-    let mut out = Vec::with_capacity(steps.len());
-    for step in steps {
-        let Step::Kernel { kernel, launch, inputs, outputs } = &step else {
-            out.push(step);
-            continue;
-        };
-        if kernel.has_scatter() {
-            out.push(step);
-            continue;
-        }
-        let ids: Vec<u64> = inputs.iter().map(Var::id).collect();
-        let key = format!("{kernel}|{launch:?}|{ids:?}");
-        match seen.get(&key) {
-            Some(earlier) => {
-                for (o, src) in outputs.iter().zip(earlier) {
-                    out.push(Step::Alias { out: o.clone(), src: src.clone() });
+/// Merges adjacent loop dims of each kernel where its index expressions allow
+/// (see [`kernels::collapse`]): longer inner loops for the backends.
+fn collapse(steps: Vec<Step>) -> Vec<Step> {
+    steps
+        .into_iter()
+        .map(|step| match step {
+            Step::Kernel { kernel, launch, inputs, outputs } => {
+                match kernels::collapse::collapse_dims(&kernel, &launch) {
+                    Some((k, l)) => Step::Kernel { kernel: Box::new(k), launch: l, inputs, outputs },
+                    None => Step::Kernel { kernel, launch, inputs, outputs },
                 }
             }
-            None => {
-                seen.insert(key, outputs.clone());
-                out.push(step);
+            other => other,
+        })
+        .collect()
+}
+
+/// Drops a kernel that computes exactly what an earlier kernel of the plan computes
+/// (the same IR, sizes, arguments and parameters, reading the same values): later
+/// kernels read the earlier outputs instead, and an alias step gives the repeated
+/// value its data where something else needs it (a requested value: at the end of
+/// the plan; a library call, which reads its inputs' shapes: just before it). `mean`
+/// and the mean inside `var` of the same features, as `calc_mean_std` writes them,
+/// are one row sum instead of two, and no step separates the kernels around them
+/// (see `kernels::row_group`).
+fn dedupe_kernels(steps: Vec<Step>, targets: &std::collections::HashSet<u64>) -> Vec<Step> {
+    let mut seen: HashMap<String, Vec<Var>> = HashMap::default();
+    // repeated value -> the earlier value it equals
+    let mut same: HashMap<u64, Var> = HashMap::default();
+    let mut repeated: Vec<(Var, Var)> = vec![];
+    let mut aliased: HashSet<u64> = HashSet::default();
+    let mut out = Vec::with_capacity(steps.len());
+    let alias = |v: &Var, same: &HashMap<u64, Var>, aliased: &mut HashSet<u64>, out: &mut Vec<Step>| {
+        if let Some(src) = same.get(&v.id()) {
+            if aliased.insert(v.id()) {
+                out.push(Step::Alias { out: v.clone(), src: src.clone() });
             }
+        }
+    };
+    for step in steps {
+        match step {
+            Step::Kernel { kernel, launch, inputs, outputs } => {
+                let inputs: Vec<Var> = inputs.into_iter().map(|v| same.get(&v.id()).cloned().unwrap_or(v)).collect();
+                if kernel.has_scatter() {
+                    out.push(Step::Kernel { kernel, launch, inputs, outputs });
+                    continue;
+                }
+                let ids: Vec<u64> = inputs.iter().map(Var::id).collect();
+                let key = format!("{kernel}|{launch:?}|{ids:?}");
+                match seen.get(&key) {
+                    Some(earlier) => {
+                        for (o, src) in outputs.iter().zip(earlier) {
+                            same.insert(o.id(), src.clone());
+                            repeated.push((o.clone(), src.clone()));
+                        }
+                    }
+                    None => {
+                        seen.insert(key, outputs.clone());
+                        out.push(Step::Kernel { kernel, launch, inputs, outputs });
+                    }
+                }
+            }
+            Step::Alias { out: o, src } => {
+                let src = same.get(&src.id()).cloned().unwrap_or(src);
+                out.push(Step::Alias { out: o, src });
+            }
+            Step::Extern { op, inputs, out: o } => {
+                for v in &inputs {
+                    alias(v, &same, &mut aliased, &mut out);
+                }
+                out.push(Step::Extern { op, inputs, out: o });
+            }
+        }
+    }
+    for (v, src) in repeated {
+        if targets.contains(&v.id()) && !aliased.contains(&v.id()) {
+            out.push(Step::Alias { out: v, src });
         }
     }
     out

@@ -17,6 +17,7 @@
 //! * [`exec`]: a portable executor of the kernel IR (debugging, checking compilers).
 //! * [`cpu`]: the Cranelift backend (native code, rayon, f32x4 loops).
 //! * [`cache`]: the compiled-kernel cache and its counters.
+//! * [`collapse`]: adjacent loop dims merged where every index expression allows.
 //! * [`conv_direct`]: the direct convolution for inputs with few channels.
 //! * [`scatter_split`]: which scatter kernels may run as concurrent rows.
 //! * [`row_group`]: consecutive kernels run together a block of rows at a time.
@@ -27,6 +28,7 @@
 
 pub mod buffer;
 pub mod cache;
+pub mod collapse;
 pub mod conv2d;
 pub mod conv_direct;
 pub mod cpu;
