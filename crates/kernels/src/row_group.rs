@@ -27,7 +27,6 @@ use crate::expr::IndexExpr;
 use crate::ir::{Inst, Kernel, Launch, Store};
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::sync::Arc;
 
 /// Most kernels in one group.
 pub const MAX_MEMBERS: usize = 16;
@@ -312,7 +311,6 @@ pub fn run_cpu(
             )
         })
         .collect();
-    let compiled: Vec<Arc<crate::cpu::Compiled>> = compiled;
     let block = |b: usize| {
         let r0 = b * block_rows;
         let r1 = (r0 + block_rows).min(group.rows);
