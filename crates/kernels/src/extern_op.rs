@@ -619,44 +619,10 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
         ConvPass::BackwardFilter => {
             expected("the output gradient", a.len(), g.n * g.o * plane)?;
             expected("the input", b.len(), g.n * g.c * plane)?;
-            // The products are [O, C] with a long inner dimension (the grid): gemm
-            // parallelises over the output, which is small here, so split the grid
-            // columns instead, one single-threaded accumulation per part, then sum.
-            let parts = rayon::current_num_threads().min(l / 1024).max(1);
-            let span = l.div_ceil(parts);
-            let (a_addr, b_addr) = (a.as_ptr() as usize, b.as_ptr() as usize);
-            let partials: Vec<Vec<f32>> = (0..parts)
-                .into_par_iter()
-                .map(|p| {
-                    let (start, end) = (p * span, ((p + 1) * span).min(l));
-                    let mut acc = vec![0.0f32; len];
-                    let (a, b) = (a_addr as *const f32, b_addr as *const f32);
-                    for bi in 0..g.n {
-                        for t in 0..taps {
-                            // dW_t += dy[:, cols] · xp[:, tap + cols]ᵀ, written with W_t's strides
-                            // SAFETY: the destination view is W's tap t ([O, C] with strides
-                            // (C*T, T) inside o*c*T elements); the source columns
-                            // start..end < l stay inside each plane (ConvGeom::cols), and
-                            // both sources were checked to hold n planes above.
-                            unsafe {
-                                gemm_view_on(
-                                    [g.o, g.c, end - start],
-                                    (acc.as_mut_ptr().add(t), w_cs, w_rs),
-                                    bi > 0,
-                                    (a.add(bi * g.o * plane + start), 1, plane as isize),
-                                    (b.add(bi * g.c * plane + g.tap(t) + start), plane as isize, 1),
-                                    if parts > 1 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(0) },
-                                );
-                            }
-                        }
-                    }
-                    acc
-                })
-                .collect();
-            for part in &partials {
-                for (o, v) in out.iter_mut().zip(part) {
-                    *o += v;
-                }
+            let threads = rayon::current_num_threads();
+            match filter_form(l, threads) {
+                FilterForm::Split => filter_split(g, a, b, &mut out, threads),
+                FilterForm::Copied => filter_im2col(g, a, b, &mut out, FILTER_BLOCK_FLOATS)?,
             }
         }
     }
@@ -679,6 +645,125 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
         }
     }
     Ok(out)
+}
+
+/// How [`conv_shift`] computes a filter gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FilterForm {
+    /// [`filter_split`]: per-tap products over the grid columns split across threads.
+    Split,
+    /// [`filter_im2col`]: one product over copied taps.
+    Copied,
+}
+
+/// The copied block of [`filter_im2col`]: about 8 MiB of f32.
+const FILTER_BLOCK_FLOATS: usize = 2 << 20;
+
+/// [`FilterForm::Split`] when the grid gives every thread at least 1024 columns,
+/// else [`FilterForm::Copied`]; `JIT_CONV_FILTER=split|im2col` fixes the choice
+/// (for measurements: `cargo run --release -p kernels --example conv_filter_probe`).
+/// On the 2-core development machine, for 3x3 kernels: 256 channels on a 34² grid,
+/// batch 2, 31 ms split over gemm's threads (the grid was too small to split the
+/// columns) against 16 ms copied; 256 -> 512 channels on 18², 9.6 against 7.6 ms;
+/// 64 channels on 130², 16.8 against 20.5 ms.
+fn filter_form(cols: usize, threads: usize) -> FilterForm {
+    match std::env::var("JIT_CONV_FILTER").as_deref().map(str::trim) {
+        Ok("split") => FilterForm::Split,
+        Ok("im2col") => FilterForm::Copied,
+        _ if cols / 1024 < threads => FilterForm::Copied,
+        _ => FilterForm::Split,
+    }
+}
+
+/// The filter gradient of [`conv_shift`] as per-tap products `[O, C]` whose inner
+/// dimension (the grid columns) is split into `parts`, one single-threaded
+/// accumulation per part, then summed (gemm would parallelise over the small output
+/// instead).
+fn filter_split(g: &ConvGeom, a: &[f32], b: &[f32], out: &mut [f32], parts: usize) {
+    let taps = g.kernel[0] * g.kernel[1];
+    let plane = g.hp * g.wp;
+    let l = g.cols();
+    let parts = parts.clamp(1, l);
+    // weight tap t as an [O, C] matrix: element (o, c) at o*C*T + c*T + t
+    let (w_rs, w_cs) = ((g.c * taps) as isize, taps as isize);
+    let (a_addr, b_addr) = (a.as_ptr() as usize, b.as_ptr() as usize);
+    let partials: Vec<Vec<f32>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let (start, end) = (p * l / parts, (p + 1) * l / parts);
+            let mut acc = vec![0.0f32; g.o * g.c * taps];
+            let (a, b) = (a_addr as *const f32, b_addr as *const f32);
+            for bi in 0..g.n {
+                for t in 0..taps {
+                    // dW_t += dy[:, cols] · xp[:, tap + cols]ᵀ, written with W_t's strides
+                    // SAFETY: the destination view is W's tap t ([O, C] with strides
+                    // (C*T, T) inside o*c*T elements); the source columns
+                    // start..end <= l stay inside each plane (ConvGeom::cols), and
+                    // conv_shift checked that both sources hold n planes.
+                    unsafe {
+                        gemm_view_on(
+                            [g.o, g.c, end - start],
+                            (acc.as_mut_ptr().add(t), w_cs, w_rs),
+                            bi > 0,
+                            (a.add(bi * g.o * plane + start), 1, plane as isize),
+                            (b.add(bi * g.c * plane + g.tap(t) + start), plane as isize, 1),
+                            if parts > 1 { gemm::Parallelism::None } else { gemm::Parallelism::Rayon(0) },
+                        );
+                    }
+                }
+            }
+            acc
+        })
+        .collect();
+    for part in &partials {
+        for (o, v) in out.iter_mut().zip(part) {
+            *o += v;
+        }
+    }
+}
+
+/// The filter gradient of [`conv_shift`] as one product per chunk of grid columns,
+/// `dW [O, C*T] += dy[:, cols] · X[cols, C*T]`, where row `(c, t)` of `Xᵀ` is input
+/// plane `c` shifted by tap `t` (copied: contiguous runs). Unlike the per-tap
+/// products its inner dimension is long and its output wide, so gemm's threads
+/// share it well on small grids.
+fn filter_im2col(g: &ConvGeom, a: &[f32], b: &[f32], out: &mut [f32], block: usize) -> Result<(), KernelError> {
+    let taps = g.kernel[0] * g.kernel[1];
+    let plane = g.hp * g.wp;
+    let l = g.cols();
+    let rows = g.c * taps;
+    // columns per chunk: the copied block about `block` floats
+    let chunk = (block / rows).max(256).min(l);
+    let mut col = host_pool::take_f32(rows * chunk, Fill::Overwritten, "a conv2d filter-gradient block")?;
+    let mut first = true;
+    for bi in 0..g.n {
+        let mut start = 0;
+        while start < l {
+            let k = chunk.min(l - start);
+            col.par_chunks_mut(chunk).enumerate().for_each(|(r, dst)| {
+                let src = (bi * g.c + r / taps) * plane + g.tap(r % taps) + start;
+                dst[..k].copy_from_slice(&b[src..src + k]);
+            });
+            // SAFETY: the destination is [O, C*T] row-major, all of `out` (o*c*T
+            // elements); the output gradient's columns start..start + k <= l stay
+            // inside plane o of batch bi (ConvGeom::cols); the block is [k, C*T]
+            // column-major inside `col` (rows * chunk elements, k <= chunk).
+            unsafe {
+                gemm_view_on(
+                    [g.o, rows, k],
+                    (out.as_mut_ptr(), 1, rows as isize),
+                    !first,
+                    (a.as_ptr().add(bi * g.o * plane + start), 1, plane as isize),
+                    (col.as_ptr(), chunk as isize, 1),
+                    gemm::Parallelism::Rayon(0),
+                );
+            }
+            first = false;
+            start += k;
+        }
+    }
+    host_pool::give(HostBuffer::F32(col));
+    Ok(())
 }
 
 /// [`conv_shift`] by definition, in f64 (the reference backend's oracle).
@@ -727,6 +812,44 @@ fn conv_shift_reference(g: &ConvGeom, pass: ConvPass, a: &[f64], b: &[f64]) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both forms of the filter gradient match the f64 definition: the split one
+    /// in one to three parts, the copied one in one chunk and in two (one of them
+    /// short), on a non-square grid with a non-square, dilated kernel.
+    #[test]
+    fn filter_gradient_forms_match_the_definition() {
+        let (n, c, o, hp, wp, kernel, dilation) = (2, 3, 5, 21, 17, [3, 2], [2, 1]);
+        let g = ConvGeom::new(ConvPass::BackwardFilter, &[n, o, hp, wp], &[n, c, hp, wp], kernel, dilation).unwrap();
+        // the output gradient lives in the valid corner, zero elsewhere (the contract)
+        let valid = |i: usize| (i % (hp * wp)) / wp < g.oh && i % wp < g.ow;
+        let dy: Vec<f32> =
+            (0..n * o * hp * wp).map(|i| if valid(i) { ((i * 53 % 89) as f32 - 44.0) / 44.0 } else { 0.0 }).collect();
+        let x: Vec<f32> = (0..n * c * hp * wp).map(|i| ((i * 37 % 101) as f32 - 50.0) / 50.0).collect();
+        assert!(
+            g.cols() > 256 && g.cols() < 512,
+            "two chunks of the copied form need 256 < {} < 512 columns",
+            g.cols()
+        );
+        let f64s = |v: &[f32]| -> Vec<f64> { v.iter().map(|&v| v as f64).collect() };
+        let want = conv_shift_reference(&g, ConvPass::BackwardFilter, &f64s(&dy), &f64s(&x));
+        let check = |form: &str, got: &[f32]| {
+            assert_eq!(got.len(), want.len(), "{form}");
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!((*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()), "{form}, element {i}: {a} vs {b}");
+            }
+        };
+        for parts in 1..=3 {
+            let mut out = vec![0.0f32; want.len()];
+            filter_split(&g, &dy, &x, &mut out, parts);
+            check(&format!("split in {parts}"), &out);
+        }
+        for block in [usize::MAX / 2, 1] {
+            let mut out = vec![0.0f32; want.len()];
+            filter_im2col(&g, &dy, &x, &mut out, block).unwrap();
+            check(&format!("copied, block {block}"), &out);
+        }
+        assert_eq!(filter_form(500, 2), FilterForm::Copied);
+    }
 
     /// In the range where the forward product is measured per shape, the first call
     /// (which runs both) and the later ones (the chosen product only) give the same
