@@ -321,13 +321,14 @@ type Chain<'a> = Box<dyn Fn() -> Var + 'a>;
 #[test]
 fn padded_chains_agree_with_the_reference_backend() {
     // the decoder's bias + ReLU + nearest x2 + reflection pad, the conv input's zero
-    // pad and a replicate pad, at widths around the vector width: the CPU backend's
-    // vector loop checks each block of lanes and runs the borders scalar
+    // pad and a replicate pad, at widths around the vector width and around the
+    // span of lanes checked at once: the CPU backend's vector loop checks spans of
+    // lanes, then single blocks, and runs the borders scalar
     use jit_core::{with_flags, Backend, Flags};
     let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
     let cpu = Flags { backend: Backend::Cpu, fusion: true, dump: false };
     let mut rng = Rng::fresh("padded_chains");
-    for w in [1usize, 2, 3, 4, 5, 7, 8, 9, 13] {
+    for w in [1usize, 2, 3, 4, 5, 7, 8, 9, 13, 15, 16, 17, 31, 32, 33, 45] {
         let h = 2 + rng.below(4);
         let x = rng.nd(&[2, 3, h, w], -1.0, 1.0).rounded(DType::F32).var(DType::F32);
         let b = rng.nd(&[1, 3, 1, 1], -0.5, 0.5).rounded(DType::F32).var(DType::F32);
@@ -464,14 +465,15 @@ fn pad_and_resize_gradients_are_adjoints_of_the_forward_maps() {
 /// four lanes where a guard holds on every lane load, blocks where it fails on every
 /// lane give the fill value without loading, and blocks where it changes inside run
 /// the scalar body. Rows of many widths (shorter and longer than a block, windows
-/// starting and ending mid-block), fused on the CPU against the reference.
+/// starting and ending mid-block, rows longer than the span of lanes checked at
+/// once), fused on the CPU against the reference.
 #[test]
 fn guarded_loads_vectorise_by_uniform_blocks() {
     use jit_core::{with_flags, Backend, DType, Flags};
     let mut rng = Rng::fresh("guarded_loads_vectorise_by_uniform_blocks");
     let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
     let cpu = Flags { backend: Backend::Cpu, fusion: true, dump: false };
-    for w in [1usize, 3, 4, 5, 8, 9, 15, 16, 17, 31, 64, 67] {
+    for w in [1usize, 3, 4, 5, 8, 9, 15, 16, 17, 31, 33, 64, 67, 100, 130, 131, 200] {
         let (rows, lo) = (1 + rng.below(3), rng.below(w + 2));
         let hi = lo + rng.below(w + 2);
         let x = rng.nd(&[rows, w + 6], -1.0, 1.0);

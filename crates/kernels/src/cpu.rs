@@ -1928,11 +1928,11 @@ fn emit_output_vectorized(
     Ok(())
 }
 
-/// 1 when the block of lanes `[j, j + 4)` passes `checks` (the innermost index
-/// variable is left at `j`). Records each condition's value on the block in
+/// 1 when the lanes `[j, j + lanes)` pass `checks` (the innermost index variable
+/// is left at `j`). Records each condition's value on them in
 /// `g.block_conditions` for the vector body.
-fn block_ok(g: &mut Gen<'_, '_>, checks: &BlockChecks, l: usize, j: CV) -> CV {
-    let j3 = g.b.ins().iadd_imm_s(j, LANES - 1);
+fn block_ok(g: &mut Gen<'_, '_>, checks: &BlockChecks, l: usize, j: CV, lanes: i64) -> CV {
+    let j3 = g.b.ins().iadd_imm_s(j, lanes - 1);
     let at = |g: &mut Gen<'_, '_>, e: &IndexExpr, i: CV| {
         g.b.def_var(g.idx[l], i);
         let v = g.iexpr(e);
@@ -1989,7 +1989,7 @@ fn block_ok(g: &mut Gen<'_, '_>, checks: &BlockChecks, l: usize, j: CV) -> CV {
         g.b.def_var(g.idx[l], j3);
         let b = g.iexpr(e);
         let d = g.b.ins().isub(b, a);
-        let mut c = g.b.ins().icmp_imm_s(IntCC::Equal, d, LANES - 1);
+        let mut c = g.b.ins().icmp_imm_s(IntCC::Equal, d, lanes - 1);
         if let Some(held) = guard.as_ref().and_then(|gd| g.block_conditions.get(gd).copied()) {
             // a load that does not happen need not be contiguous
             let skipped = g.b.ins().bxor_imm_u(held, 1);
@@ -2099,27 +2099,13 @@ fn emit_vectorized(
     let j = g.b.use_var(jvar);
     g.b.def_var(g.idx[l], j);
     let checks = BlockChecks::of(&kernel.body, l);
-    let scalar_block = if checks.is_empty() {
-        None
+    if checks.is_empty() {
+        let vals = g.vector_values(&kernel.body, l)?;
+        store_lanes(g, kernel, outputs, &vals, pos_base, j);
+        let j4 = g.b.ins().iadd_imm_s(j, LANES);
+        g.b.def_var(jvar, j4);
     } else {
-        // verify the block [j, j + 4): else this one position runs the scalar body
-        let ok = block_ok(g, &checks, l, j);
-        let vector = g.b.create_block();
-        let scalar = g.b.create_block();
-        g.b.ins().brif(ok, vector, &[], scalar, &[]);
-        g.b.seal_block(vector);
-        g.b.seal_block(scalar);
-        g.b.switch_to_block(vector);
-        Some(scalar)
-    };
-    let vals = g.vector_values(&kernel.body, l)?;
-    store_lanes(g, kernel, outputs, &vals, pos_base, j);
-    let j4 = g.b.ins().iadd_imm_s(j, LANES);
-    g.b.def_var(jvar, j4);
-    if let Some(scalar) = scalar_block {
-        g.b.ins().jump(vloop.0, &[]);
-        g.b.switch_to_block(scalar);
-        scalar_step(g, kernel, outputs, jvar, pos_base)?;
+        emit_checked_blocks(g, kernel, &checks, outputs, (jvar, seg_end, pos_base), vloop.0)?;
     }
     close_loop(g, vloop);
     for (&id, &v) in pinned_ids.iter().zip(&outside) {
@@ -2137,6 +2123,81 @@ fn emit_vectorized(
     seg.close(g, l, out_dims);
     g.b.ins().return_(&[]);
     Ok(())
+}
+
+/// Lanes that one run-time check of a vector loop's [`BlockChecks`] covers when
+/// they pass on the whole span (eight vectors): the checks cost about as much as
+/// the body of a reflection's gradient, so a row checked once per span instead of
+/// once per vector runs about twice as fast.
+const CHECKED_SPAN: i64 = 8 * LANES;
+
+/// One step of a checked vector loop at `j` (the loop variable `jvar`): when the
+/// [`CHECKED_SPAN`] lanes from `j` fit in the row segment and pass `checks`, the
+/// vector body runs on all of them; else when the four lanes from `j` pass, on
+/// those; else the scalar body runs at `j` alone. Then back to `header`. The
+/// checks are sound on any span: conditions are monotone along the row, and an
+/// offset that advances by at most one per step and by `span - 1` over the span
+/// advances by exactly one at every step.
+fn emit_checked_blocks(
+    g: &mut Gen<'_, '_>,
+    kernel: &Kernel,
+    checks: &BlockChecks,
+    outputs: &[CV],
+    (jvar, seg_end, pos_base): (Variable, CV, CV),
+    header: cranelift_codegen::ir::Block,
+) -> Result<(), String> {
+    let l = kernel.out_rank - 1;
+    let j = g.b.use_var(jvar);
+    // each condition's value on the checked lanes, and where the vectors stop
+    let cond_vars: Vec<(IndexExpr, Variable)> =
+        checks.conditions.iter().map(|e| (e.clone(), g.b.declare_var(types::I8))).collect();
+    let run_end = g.b.declare_var(types::I64);
+    let (span, one, run, scalar) = (g.b.create_block(), g.b.create_block(), g.b.create_block(), g.b.create_block());
+    let check = |g: &mut Gen<'_, '_>, lanes: i64, pass: cranelift_codegen::ir::Block, fail| {
+        let ok = block_ok(g, checks, l, j, lanes);
+        for (e, var) in &cond_vars {
+            let v = match g.block_conditions.get(e) {
+                Some(&v) => v,
+                None => g.b.ins().iconst(types::I8, 0),
+            };
+            g.b.def_var(*var, v);
+        }
+        let end = g.b.ins().iadd_imm_s(j, lanes);
+        g.b.def_var(run_end, end);
+        g.b.ins().brif(ok, pass, &[], fail, &[]);
+    };
+    let span_end = g.b.ins().iadd_imm_s(j, CHECKED_SPAN);
+    let fits = g.b.ins().icmp(IntCC::SignedLessThanOrEqual, span_end, seg_end);
+    g.b.ins().brif(fits, span, &[], one, &[]);
+    g.b.seal_block(span);
+    g.b.switch_to_block(span);
+    check(g, CHECKED_SPAN, run, one);
+    g.b.seal_block(one);
+    g.b.switch_to_block(one);
+    check(g, LANES, run, scalar);
+    g.b.seal_block(run);
+    g.b.seal_block(scalar);
+
+    // the vectors of the checked lanes, with the conditions' values found above
+    g.b.switch_to_block(run);
+    let end = g.b.use_var(run_end);
+    let inner = open_loop(g, jvar, end);
+    let jv = g.b.use_var(jvar);
+    g.b.def_var(g.idx[l], jv);
+    g.block_conditions.clear();
+    for (e, var) in &cond_vars {
+        let v = g.b.use_var(*var);
+        g.block_conditions.insert(e.clone(), v);
+    }
+    let vals = g.vector_values(&kernel.body, l)?;
+    store_lanes(g, kernel, outputs, &vals, pos_base, jv);
+    let j4 = g.b.ins().iadd_imm_s(jv, LANES);
+    g.b.def_var(jvar, j4);
+    close_loop(g, inner);
+    g.b.ins().jump(header, &[]);
+
+    g.b.switch_to_block(scalar);
+    scalar_step(g, kernel, outputs, jvar, pos_base)
 }
 
 /// Stores the f32x4 output values `vals` (by body value) of positions
