@@ -594,3 +594,45 @@ fn kernels_with_several_scalar_parameters_keep_them_apart() {
     let want = x.map(|v| 2.0 * v + if v > 0.3 { 3.0 } else { v });
     assert_close(&y, &want, 1e-6, 1e-6, "2x + where(x > 0.3, 3, x)");
 }
+
+/// `and`, `or` and `not` of f32 comparisons feeding `where` (the max-pool
+/// gradient's "first tap that equals the maximum, or is NaN" test) run on the CPU
+/// backend's vector loop as lane masks: fused, bit for bit against the reference
+/// backend, on rows of vectors and remainders, with NaN, infinities and ties.
+#[test]
+fn logical_masks_in_where_agree_with_the_reference_backend() {
+    use jit_core::{with_flags, Backend, Flags};
+    let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
+    let cpu = Flags { backend: Backend::Cpu, fusion: true, dump: false };
+    let mut rng = Rng::fresh("logical_masks_in_where_agree_with_the_reference_backend");
+    for w in [3usize, 4, 9, 37, 130] {
+        let rows = 1 + rng.below(3);
+        let mut a: Vec<f32> = (0..rows * w).map(|_| (rng.below(7) as f32 - 3.0) * 0.5).collect();
+        let b: Vec<f32> = (0..rows * w).map(|_| (rng.below(7) as f32 - 3.0) * 0.5).collect();
+        for k in (0..a.len()).step_by(5) {
+            a[k] = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 0.0, -0.0][k / 5 % 5];
+        }
+        let run = |flags| {
+            with_flags(flags, || {
+                let x = Var::from_vec(a.clone(), &[rows, w]).unwrap();
+                let y = Var::from_vec(b.clone(), &[rows, w]).unwrap();
+                let first = x.eq(&y).unwrap().logical_or(x.ne(&x).unwrap()).unwrap();
+                let inside = x.gt(-1.0).unwrap().logical_and(x.le(&y).unwrap()).unwrap().logical_not();
+                let either = first.logical_and(&inside).unwrap().logical_or(y.lt(0.0).unwrap()).unwrap();
+                let t = Var::where_(&first, 1.5f32, &y).unwrap();
+                let u = Var::where_(&inside, &t, &x).unwrap();
+                let v = Var::where_(&either, &u, -2.0f32).unwrap();
+                v.to_vec::<f32>().unwrap()
+            })
+        };
+        let (got, want) = (run(cpu), run(reference));
+        for (k, (g, r)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g.to_bits() == r.to_bits(),
+                "width {w}, element {k} (x {}, y {}): cpu {g}, reference {r}",
+                a[k],
+                b[k]
+            );
+        }
+    }
+}

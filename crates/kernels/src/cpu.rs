@@ -1331,6 +1331,19 @@ fn values_vectorizable_with(
                 _ => true,
             })
     };
+    // 0/1 values computed as lane masks: f32 comparisons, conditions checked per
+    // block, and `and`, `or` and `not` of masks
+    let mut is_mask = vec![false; vals.len()];
+    for (id, v) in vals.iter().enumerate() {
+        is_mask[id] = v.dtype == DType::Bool
+            && match &v.inst {
+                Inst::Binary(op, a, b) if op.is_comparison() => f32s(*a) && f32s(*b),
+                Inst::Binary(op, a, b) if op.is_logical() => is_mask[*a] && is_mask[*b],
+                Inst::Unary(UnaryOp::Not, a) => is_mask[*a],
+                Inst::Index(e) => checked && interval_shaped(e, l),
+                _ => false,
+            };
+    }
     let ok = vals.iter().enumerate().all(|(id, v)| match &v.inst {
         Inst::Load { .. } if row_index(id) => true,
         // a gather of a contiguous row at an index read once per row: one vector
@@ -1360,25 +1373,22 @@ fn values_vectorizable_with(
         }
         Inst::Index(e) => checked && v.dtype == DType::Bool && interval_shaped(e, l),
         Inst::Const(_) | Inst::Param(_) => in_f32(v.dtype),
-        Inst::Unary(op, a) => in_f32(v.dtype) && f32s(*a) && *op != UnaryOp::Not,
-        Inst::Binary(op, a, b) => f32s(*a) && f32s(*b) && !op.is_logical() && (in_f32(v.dtype) || op.is_comparison()),
+        Inst::Unary(UnaryOp::Not, _) => is_mask[id],
+        Inst::Unary(_, a) => in_f32(v.dtype) && f32s(*a),
+        Inst::Binary(op, ..) if op.is_logical() => is_mask[id],
+        Inst::Binary(op, a, b) => f32s(*a) && f32s(*b) && (in_f32(v.dtype) || op.is_comparison()),
         // between f32, f16 and bf16: nothing, or a rounding to the half precision
         Inst::Cast(a) => in_f32(v.dtype) && f32s(*a),
-        Inst::Where(c, a, b) => {
-            in_f32(v.dtype)
-                && f32s(*a)
-                && f32s(*b)
-                && (matches!(vals[*c].inst, Inst::Binary(op, ..) if op.is_comparison())
-                    || (checked && matches!(vals[*c].inst, Inst::Index(_))))
-        }
+        Inst::Where(c, a, b) => in_f32(v.dtype) && f32s(*a) && f32s(*b) && is_mask[*c],
         Inst::Acc(_) => accs && v.dtype == DType::F32,
         Inst::Random { .. } | Inst::Gather { .. } => false,
     });
-    // comparisons may only feed `where` conditions
+    // masks may only feed `where` conditions and other masks
     let masks_ok = vals.iter().enumerate().all(|(id, v)| {
         v.dtype != DType::Bool
-            || vals.iter().all(|u| match &u.inst {
+            || vals.iter().enumerate().all(|(uid, u)| match &u.inst {
                 Inst::Where(_, a, b) => *a != id && *b != id,
+                _ if is_mask[uid] => true,
                 Inst::Unary(_, a) | Inst::Cast(a) => *a != id,
                 Inst::Binary(_, a, b) => *a != id && *b != id,
                 _ => true,
@@ -1607,6 +1617,8 @@ impl Gen<'_, '_> {
                 Inst::Unary(op, a) => {
                     let x = arg(&out, *a)?;
                     match op {
+                        // of a lane mask
+                        UnaryOp::Not => self.b.ins().bnot(x),
                         UnaryOp::Neg => self.b.ins().fneg(x),
                         UnaryOp::Abs => self.b.ins().fabs(x),
                         UnaryOp::Sqrt => self.b.ins().sqrt(x),
@@ -1622,11 +1634,6 @@ impl Gen<'_, '_> {
                             let one = self.fconst_like(x, 1.0);
                             let s = if *op == UnaryOp::Rsqrt { self.b.ins().sqrt(x) } else { x };
                             self.b.ins().fdiv(one, s)
-                        }
-                        op => {
-                            let op = *op;
-                            let d = v.dtype;
-                            self.per_lane(x, &mut |g, s| g.unary(op, s, d))?
                         }
                     }
                 }
@@ -1662,6 +1669,9 @@ impl Gen<'_, '_> {
                                 _ => self.b.ins().fmin(x, y),
                             }
                         }
+                        // lane masks (all ones or all zeros per lane)
+                        BinaryOp::And => self.b.ins().band(x, y),
+                        BinaryOp::Or => self.b.ins().bor(x, y),
                         op if op.is_comparison() => {
                             let cc = match op {
                                 BinaryOp::Eq => FloatCC::Equal,
