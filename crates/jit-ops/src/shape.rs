@@ -504,7 +504,11 @@ impl ShapeOps for Var {
             }
             shape[d] = out;
             if out > 0 {
-                exprs[d] = (E::idx(d) * inp as i64).floor_div(out as i64);
+                // floor(i * in / out) with the ratio in lowest terms: a whole-number
+                // ratio such as 128 -> 256 reads floor(i / 2), whose small divisor
+                // stays literal in kernels (a division by a launch argument otherwise)
+                let g = gcd(inp, out);
+                exprs[d] = (E::idx(d) * (inp / g) as i64).floor_div((out / g) as i64);
             }
         }
         if shape.contains(&0) || in_shape.contains(&0) {
@@ -655,4 +659,12 @@ pub fn stack(xs: &[Var], dim: isize) -> Result<Var> {
     }
     let ys = xs.iter().map(|x| x.unsqueeze(dim)).collect::<Result<Vec<_>>>()?;
     cat(&ys, dim)
+}
+
+/// Greatest common divisor (`gcd(0, n) = n`).
+fn gcd(mut a: usize, mut b: usize) -> usize {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
 }
