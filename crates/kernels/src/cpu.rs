@@ -1941,8 +1941,9 @@ fn emit_output_vectorized(
 /// 1 when the lanes `[j, j + lanes)` pass `checks` (the innermost index variable
 /// is left at `j`). Records each condition's value on them in
 /// `g.block_conditions` for the vector body.
-fn block_ok(g: &mut Gen<'_, '_>, checks: &BlockChecks, l: usize, j: CV, lanes: i64) -> CV {
-    let j3 = g.b.ins().iadd_imm_s(j, lanes - 1);
+fn block_ok(g: &mut Gen<'_, '_>, checks: &BlockChecks, l: usize, j: CV, lanes: CV) -> CV {
+    let last = g.b.ins().iadd_imm_s(lanes, -1);
+    let j3 = g.b.ins().iadd(j, last);
     let at = |g: &mut Gen<'_, '_>, e: &IndexExpr, i: CV| {
         g.b.def_var(g.idx[l], i);
         let v = g.iexpr(e);
@@ -1999,7 +2000,7 @@ fn block_ok(g: &mut Gen<'_, '_>, checks: &BlockChecks, l: usize, j: CV, lanes: i
         g.b.def_var(g.idx[l], j3);
         let b = g.iexpr(e);
         let d = g.b.ins().isub(b, a);
-        let mut c = g.b.ins().icmp_imm_s(IntCC::Equal, d, lanes - 1);
+        let mut c = g.b.ins().icmp(IntCC::Equal, d, last);
         if let Some(held) = guard.as_ref().and_then(|gd| g.block_conditions.get(gd).copied()) {
             // a load that does not happen need not be contiguous
             let skipped = g.b.ins().bxor_imm_u(held, 1);
@@ -2135,19 +2136,21 @@ fn emit_vectorized(
     Ok(())
 }
 
-/// Lanes that one run-time check of a vector loop's [`BlockChecks`] covers when
-/// they pass on the whole span (eight vectors): the checks cost about as much as
-/// the body of a reflection's gradient, so a row checked once per span instead of
-/// once per vector runs about twice as fast.
+/// Most lanes that one run-time check of a vector loop's [`BlockChecks`] covers
+/// when they pass on the whole span (eight vectors): the checks cost about as much
+/// as the body of a reflection's gradient, so a row checked once per span instead
+/// of once per vector runs about twice as fast.
 const CHECKED_SPAN: i64 = 8 * LANES;
 
 /// One step of a checked vector loop at `j` (the loop variable `jvar`): when the
-/// [`CHECKED_SPAN`] lanes from `j` fit in the row segment and pass `checks`, the
-/// vector body runs on all of them; else when the four lanes from `j` pass, on
-/// those; else the scalar body runs at `j` alone. Then back to `header`. The
-/// checks are sound on any span: conditions are monotone along the row, and an
-/// offset that advances by at most one per step and by `span - 1` over the span
-/// advances by exactly one at every step.
+/// span of whole vectors from `j` (up to [`CHECKED_SPAN`] lanes, at most the rest
+/// of the row segment) is longer than one vector and passes `checks`, the vector
+/// body runs on all of it; else when the four lanes from `j` pass, on those; else
+/// the scalar body runs at `j` alone. Then back to `header`. The checks are sound
+/// on any span: conditions are monotone along the row, and an offset that advances
+/// by at most one per step and by `span - 1` over the span advances by exactly one
+/// at every step. (A short row with a border on each side, 32 columns of a
+/// reflection's gradient, say: two scalar columns, one span, two scalar columns.)
 fn emit_checked_blocks(
     g: &mut Gen<'_, '_>,
     kernel: &Kernel,
@@ -2163,7 +2166,7 @@ fn emit_checked_blocks(
         checks.conditions.iter().map(|e| (e.clone(), g.b.declare_var(types::I8))).collect();
     let run_end = g.b.declare_var(types::I64);
     let (span, one, run, scalar) = (g.b.create_block(), g.b.create_block(), g.b.create_block(), g.b.create_block());
-    let check = |g: &mut Gen<'_, '_>, lanes: i64, pass: cranelift_codegen::ir::Block, fail| {
+    let check = |g: &mut Gen<'_, '_>, lanes: CV, pass: cranelift_codegen::ir::Block, fail| {
         let ok = block_ok(g, checks, l, j, lanes);
         for (e, var) in &cond_vars {
             let v = match g.block_conditions.get(e) {
@@ -2172,19 +2175,25 @@ fn emit_checked_blocks(
             };
             g.b.def_var(*var, v);
         }
-        let end = g.b.ins().iadd_imm_s(j, lanes);
+        let end = g.b.ins().iadd(j, lanes);
         g.b.def_var(run_end, end);
         g.b.ins().brif(ok, pass, &[], fail, &[]);
     };
-    let span_end = g.b.ins().iadd_imm_s(j, CHECKED_SPAN);
-    let fits = g.b.ins().icmp(IntCC::SignedLessThanOrEqual, span_end, seg_end);
-    g.b.ins().brif(fits, span, &[], one, &[]);
+    // whole vectors up to the span or the segment's end (at least one: the loop
+    // runs while j + 4 <= seg_end)
+    let left = g.b.ins().isub(seg_end, j);
+    let most = g.i64c(CHECKED_SPAN);
+    let capped = g.b.ins().smin(left, most);
+    let lanes = g.b.ins().band_imm_s(capped, !(LANES - 1));
+    let several = g.b.ins().icmp_imm_s(IntCC::SignedGreaterThan, lanes, LANES);
+    g.b.ins().brif(several, span, &[], one, &[]);
     g.b.seal_block(span);
     g.b.switch_to_block(span);
-    check(g, CHECKED_SPAN, run, one);
+    check(g, lanes, run, one);
     g.b.seal_block(one);
     g.b.switch_to_block(one);
-    check(g, LANES, run, scalar);
+    let four = g.i64c(LANES);
+    check(g, four, run, scalar);
     g.b.seal_block(run);
     g.b.seal_block(scalar);
 
