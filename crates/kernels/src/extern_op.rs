@@ -360,25 +360,12 @@ fn gemm_split_inner<T: GemmElem>(g: &Geometry, a: &[T], b: &[T], out: &mut [T], 
                 // SAFETY: the views are those of gemm_batched's `one` (checked against
                 // the buffer lengths there), restricted to the inner indices k0..k1.
                 unsafe {
-                    gemm::gemm(
-                        g.m,
-                        g.n,
-                        k1 - k0,
-                        acc.as_mut_ptr(),
-                        1,
-                        g.n as isize,
+                    gemm_once(
+                        [g.m, g.n, k1 - k0],
+                        (acc.as_mut_ptr(), 1, g.n as isize),
                         false,
-                        a.as_ptr().add(g.a_offset(bi) + k0 * g.a_cs),
-                        g.a_cs as isize,
-                        g.a_rs as isize,
-                        b.as_ptr().add(g.b_offset(bi) + k0 * g.b_rs),
-                        g.b_cs as isize,
-                        g.b_rs as isize,
-                        T::ZERO,
-                        T::ONE,
-                        false,
-                        false,
-                        false,
+                        (a.as_ptr().add(g.a_offset(bi) + k0 * g.a_cs), g.a_cs as isize, g.a_rs as isize),
+                        (b.as_ptr().add(g.b_offset(bi) + k0 * g.b_rs), g.b_cs as isize, g.b_rs as isize),
                         gemm::Parallelism::None,
                     );
                 }
@@ -562,27 +549,7 @@ unsafe fn gemm_view_on<T: GemmElem>(
         && m * n * k >= 1 << 20
         && std::env::var("JIT_GEMM_SPLIT").as_deref() != Ok("0");
     if !split {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.0,
-            dst.1,
-            dst.2,
-            accumulate,
-            lhs.0,
-            lhs.1,
-            lhs.2,
-            rhs.0,
-            rhs.1,
-            rhs.2,
-            T::ONE,
-            T::ONE,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+        gemm_once([m, n, k], dst, accumulate, lhs, rhs, parallelism);
         return;
     }
     // column blocks of whole 16-column groups, the last one taking the rest
@@ -596,29 +563,52 @@ unsafe fn gemm_view_on<T: GemmElem>(
         // SAFETY: columns j0..j1 of the caller's views, which lie inside their
         // buffers; the blocks write disjoint columns of dst.
         unsafe {
-            gemm::gemm(
-                m,
-                j1 - j0,
-                k,
-                (d as *mut T).offset(j0 as isize * dst.1),
-                dst.1,
-                dst.2,
+            gemm_once(
+                [m, j1 - j0, k],
+                ((d as *mut T).offset(j0 as isize * dst.1), dst.1, dst.2),
                 accumulate,
-                l as *const T,
-                lhs.1,
-                lhs.2,
-                (r as *const T).offset(j0 as isize * rhs.1),
-                rhs.1,
-                rhs.2,
-                T::ONE,
-                T::ONE,
-                false,
-                false,
-                false,
+                (l as *const T, lhs.1, lhs.2),
+                ((r as *const T).offset(j0 as isize * rhs.1), rhs.1, rhs.2),
                 gemm::Parallelism::None,
             );
         }
     });
+}
+
+/// One call of the gemm crate on strided views: `dst = lhs · rhs`, or `dst += lhs ·
+/// rhs` with `accumulate`.
+///
+/// # Safety
+/// As for [`gemm_view_on`].
+unsafe fn gemm_once<T: GemmElem>(
+    [m, n, k]: [usize; 3],
+    dst: View<*mut T>,
+    accumulate: bool,
+    lhs: View<*const T>,
+    rhs: View<*const T>,
+    parallelism: gemm::Parallelism,
+) {
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst.0,
+        dst.1,
+        dst.2,
+        accumulate,
+        lhs.0,
+        lhs.1,
+        lhs.2,
+        rhs.0,
+        rhs.1,
+        rhs.2,
+        T::ONE,
+        T::ONE,
+        false,
+        false,
+        false,
+        parallelism,
+    );
 }
 
 /// The three convolution products as accumulated gemms over shifted grid views.
