@@ -2169,15 +2169,13 @@ fn emit_checked_blocks(
     let check = |g: &mut Gen<'_, '_>, lanes: CV, pass: cranelift_codegen::ir::Block, fail| {
         let ok = block_ok(g, checks, l, j, lanes);
         for (e, var) in &cond_vars {
-            let v = match g.block_conditions.get(e) {
-                Some(&v) => v,
-                None => g.b.ins().iconst(types::I8, 0),
-            };
+            let v = g.block_conditions.get(e).copied().ok_or("a condition along the row was not checked")?;
             g.b.def_var(*var, v);
         }
         let end = g.b.ins().iadd(j, lanes);
         g.b.def_var(run_end, end);
         g.b.ins().brif(ok, pass, &[], fail, &[]);
+        Ok::<(), String>(())
     };
     // whole vectors up to the span or the segment's end (at least one: the loop
     // runs while j + 4 <= seg_end)
@@ -2189,11 +2187,11 @@ fn emit_checked_blocks(
     g.b.ins().brif(several, span, &[], one, &[]);
     g.b.seal_block(span);
     g.b.switch_to_block(span);
-    check(g, lanes, run, one);
+    check(g, lanes, run, one)?;
     g.b.seal_block(one);
     g.b.switch_to_block(one);
     let four = g.i64c(LANES);
-    check(g, four, run, scalar);
+    check(g, four, run, scalar)?;
     g.b.seal_block(run);
     g.b.seal_block(scalar);
 
