@@ -525,8 +525,8 @@ type View<P> = (P, isize, isize);
 /// single-threaded gemm: the same sums in the same order (bit for bit), and faster
 /// than the gemm crate's own threads there. On the 2-core development machine
 /// (`cargo run --release -p kernels --example gemm_split_probe`), the 64-channel
-/// 3x3 convolutions at 130², batch 2: forward 23.8 -> 20.0 ms, input gradient 20.9
-/// -> 18.4 ms; `[64, 64] · [64, 65536]` 8.8 -> 4.9 ms. With 256 or more rows
+/// 3x3 convolutions at 130², batch 2: forward 22.3 -> 18.2 ms, input gradient 20.1
+/// -> 17.4 ms; `[64, 64] · [64, 65536]` 8.8 -> 4.9 ms. With 256 or more rows
 /// gemm's threads were 10-15% faster, so those keep them. `JIT_GEMM_SPLIT=0` keeps
 /// gemm's threads everywhere, for measurements.
 ///
