@@ -24,6 +24,8 @@ fn med(mut f: impl FnMut()) -> f64 {
 fn main() {
     for &(c, o, hp, k) in &[
         (3usize, 32usize, 520usize, 9usize),
+        (3, 64, 258, 3),
+        (64, 3, 258, 3),
         (32, 32, 130, 3),
         (32, 8, 258, 3),
         (8, 4, 514, 3),
