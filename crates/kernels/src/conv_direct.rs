@@ -57,8 +57,10 @@ pub struct DirectConv<'a> {
     pub o: usize,
     /// Elements per channel plane (`Hp * Wp`), of the input and of the output.
     pub plane: usize,
-    /// Output columns to compute, `0..l` (every valid output lies there, and
-    /// `l - 1 + max(shifts) < plane`).
+    /// Output columns to compute, `0..l <= plane` (every valid output lies there);
+    /// the output needs only `(o - 1) * plane + l` elements. Channel `c`'s reads
+    /// reach column `l - 1 + max(shifts)` of its plane, which may run into the
+    /// next channel's plane but must stay inside the input.
     pub l: usize,
     /// Flat grid offset of each kernel tap, in the weight's `kh x kw` order.
     pub shifts: &'a [usize],
@@ -134,6 +136,15 @@ pub fn choose(s: &DirectConv<'_>, w: &[f32]) -> Choice {
     }
 }
 
+/// Whether [`choose`] picks the shifted gemms from the sizes alone, whatever the
+/// weights: more than [`DIRECT_MAX_CHANNELS`] input channels, and one tap or more
+/// than [`DIRECT_MAX_TUNED_PAIRS`] pairs before any zero pair is dropped. (Dropping zero
+/// pairs could bring such a weight into the measured range; callers that would
+/// have to build the weight first take this answer as final.)
+pub fn gemms_by_size(c: usize, taps: usize) -> bool {
+    c > DIRECT_MAX_CHANNELS && (taps == 1 || c * taps > DIRECT_MAX_TUNED_PAIRS)
+}
+
 /// `JIT_CONV_ALGO=direct|gemm` fixes the product in the measured range; anything
 /// else (the default `auto`) measures.
 fn algo_override() -> Option<bool> {
@@ -172,59 +183,62 @@ impl Packed {
 
 /// `y[o, p] = sum over (c, t) of w[o, c, t] * xp[c, p + shifts[t]]` for `p < l`;
 /// `xp` is `[C, plane]`, `w` is `[O, C, T]` given [`pack`]ed for these sizes, `y` is
-/// `[O, plane]` (columns from `l` on are left as they are).
+/// `[O, plane]` (its last plane may end after column `l`; columns from `l` on are
+/// left as they are).
 ///
 /// # Panics
 /// When a buffer is shorter than the sizes say (callers check them first).
 pub fn forward(s: &DirectConv<'_>, packed: &Packed, xp: &[f32], y: &mut [f32]) {
-    assert!(xp.len() >= s.c * s.plane && y.len() >= s.o * s.plane);
-    assert!(s.l == 0 || s.l - 1 + s.shifts.iter().copied().max().unwrap_or(0) < s.plane);
+    let reach = s.c.saturating_sub(1) * s.plane + s.l + s.shifts.iter().copied().max().unwrap_or(0);
+    let written = s.o.saturating_sub(1) * s.plane + s.l;
+    assert!(s.l <= s.plane && y.len() >= written, "{} columns of {}-column planes", s.l, s.plane);
+    assert!(s.l == 0 || s.c == 0 || xp.len() >= reach, "the input holds {} of {reach} values", xp.len());
     assert_eq!(packed.blocks.len(), s.o.div_ceil(OB), "the weight was packed for other sizes");
     let isa = Isa::detect();
     let pw = isa.columns();
     let full_tiles = s.l / pw;
-    // enough tasks to balance the threads, each a run of whole tiles
-    let per_task = (full_tiles / (rayon::current_num_threads() * 8)).clamp(1, 16);
-    let tasks = full_tiles.div_ceil(per_task) + 1; // +1: the column tail
     let (pairs, group) = chunking(packed);
+    let groups = packed.blocks.len().div_ceil(group);
+    // enough tasks to balance the threads, each a run of whole tiles for one group
+    // of blocks (so that a task reads only its group's weights), the group-major
+    // order keeping a thread on few groups
+    let per_task = (full_tiles * groups / (rayon::current_num_threads() * 8)).clamp(1, 16);
+    let runs = full_tiles.div_ceil(per_task);
+    let tasks = groups * runs + 1; // +1: the column tail
     let (x_addr, y_addr) = (xp.as_ptr() as usize, y.as_mut_ptr() as usize);
     (0..tasks).into_par_iter().for_each(|task| {
         let (x, y) = (x_addr as *const f32, y_addr as *mut f32);
-        let tiles = if task + 1 < tasks {
-            task * per_task..((task + 1) * per_task).min(full_tiles)
-        } else {
-            full_tiles..full_tiles
-        };
-        // groups of blocks by chunks of pairs: a chunk's weights for the group stay
-        // in the first-level cache while the task's tiles run through them
-        for (g, blocks) in packed.blocks.chunks(group).enumerate() {
-            let mut j0 = 0;
-            while j0 < packed.offsets.len() {
-                let j1 = (j0 + pairs).min(packed.offsets.len());
-                let off = &packed.offsets[j0..j1];
-                for t in tiles.clone() {
-                    for (i, wb) in blocks.iter().enumerate() {
-                        let b = g * group + i;
-                        let nb = OB.min(s.o - b * OB);
-                        // SAFETY: the tile writes rows b*OB..b*OB + nb, columns
-                        // t*pw..(t+1)*pw <= l of y, which no other task writes (and
-                        // reads them back after the first chunk); its reads stay below
-                        // (l - 1 + max shift) < plane in each input row (asserted
-                        // above).
-                        unsafe {
-                            isa.tile(off, &wb[j0 * OB..], x, y.add(b * OB * s.plane), s.plane, nb, t * pw, j0 > 0)
-                        };
-                    }
-                }
-                j0 = j1;
-            }
-        }
         if task + 1 == tasks {
             for (b, wb) in packed.blocks.iter().enumerate() {
                 let nb = OB.min(s.o - b * OB);
-                // SAFETY: as above, columns full_tiles*pw..l.
+                // SAFETY: as below, columns full_tiles*pw..l.
                 unsafe { tail(&packed.offsets, wb, x, y.add(b * OB * s.plane), s.plane, nb, full_tiles * pw, s.l) };
             }
+            return;
+        }
+        let (g, run) = (task / runs, task % runs);
+        let tiles = run * per_task..((run + 1) * per_task).min(full_tiles);
+        let first = g * group;
+        let blocks = &packed.blocks[first..(first + group).min(packed.blocks.len())];
+        // chunks of pairs: a chunk's weights for the group stay in the first-level
+        // cache while the task's tiles run through them
+        let mut j0 = 0;
+        while j0 < packed.offsets.len() {
+            let j1 = (j0 + pairs).min(packed.offsets.len());
+            let off = &packed.offsets[j0..j1];
+            for t in tiles.clone() {
+                for (i, wb) in blocks.iter().enumerate() {
+                    let b = first + i;
+                    let nb = OB.min(s.o - b * OB);
+                    // SAFETY: the tile writes rows b*OB..b*OB + nb, columns
+                    // t*pw..(t+1)*pw <= l of y, which no other task writes (and
+                    // reads them back after the first chunk); its reads of input
+                    // channel c end before c*plane + l + max shift <= the input's
+                    // length (asserted above).
+                    unsafe { isa.tile(off, &wb[j0 * OB..], x, y.add(b * OB * s.plane), s.plane, nb, t * pw, j0 > 0) };
+                }
+            }
+            j0 = j1;
         }
     });
 }

@@ -440,10 +440,10 @@ fn conv_stride2(n: usize, s: &crate::conv_direct::Stride2Conv, a: &[f32], b: &[f
     Ok(out)
 }
 
-/// The shapes measured in the range where the faster forward product depends on
-/// the processor, `(c, o, plane, columns, tap shifts)` -> direct is faster (see
-/// [`crate::conv_direct::Choice::Measure`]).
-type Tuned = std::collections::HashMap<(usize, usize, usize, usize, Vec<usize>), bool>;
+/// The shapes measured in the range where the faster product depends on the
+/// processor, `(pass, c, o, plane, columns, tap shifts)` of the direct form ->
+/// direct is faster (see [`crate::conv_direct::Choice::Measure`]).
+type Tuned = std::collections::HashMap<(ConvPass, usize, usize, usize, usize, Vec<usize>), bool>;
 
 fn tuned() -> &'static std::sync::Mutex<Tuned> {
     static T: std::sync::OnceLock<std::sync::Mutex<Tuned>> = std::sync::OnceLock::new();
@@ -611,6 +611,69 @@ unsafe fn gemm_once<T: GemmElem>(
     );
 }
 
+/// Runs a convolution pass as [`crate::conv_direct::choose`] says for its direct
+/// form `direct` (weight `w` in that form's `[O, C, T]` layout): the direct
+/// product, the shifted gemms (which accumulate into `out`, zeroed where the pass
+/// needs it), or in the measured range the faster of the two, timed on the first
+/// call for the shape. That call returns the faster one's result, so that later
+/// calls give the same numbers.
+fn direct_or_gemms(
+    pass: ConvPass,
+    direct: &crate::conv_direct::DirectConv<'_>,
+    w: &[f32],
+    out: &mut Vec<f32>,
+    len: usize,
+    run_direct: impl Fn(&crate::conv_direct::Packed, &mut [f32]) -> Result<(), KernelError>,
+    run_gemms: impl Fn(&mut [f32]),
+) -> Result<(), KernelError> {
+    use crate::conv_direct::{choose, pack, Choice};
+    #[cfg(test)]
+    if let Some(direct_form) = tests::FORCE_FORM.with(|f| f.get()) {
+        return if direct_form {
+            run_direct(&pack(direct, w), out)
+        } else {
+            run_gemms(out);
+            Ok(())
+        };
+    }
+    match choose(direct, w) {
+        Choice::Direct(packed) => run_direct(&packed, out),
+        Choice::Gemm => {
+            run_gemms(out);
+            Ok(())
+        }
+        Choice::Measure => {
+            let key = (pass, direct.c, direct.o, direct.plane, direct.l, direct.shifts.to_vec());
+            let known = tuned().lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
+            match known {
+                Some(true) => run_direct(&pack(direct, w), out),
+                Some(false) => {
+                    run_gemms(out);
+                    Ok(())
+                }
+                None => {
+                    // the gemms accumulate into a buffer filled as `out` was
+                    let fill = if pass == ConvPass::Forward { Fill::Overwritten } else { Fill::Zeroed };
+                    let mut other = host_pool::take_f32(len, fill, "a conv2d result")?;
+                    let started = std::time::Instant::now();
+                    run_gemms(&mut other);
+                    let gemm_time = started.elapsed();
+                    let started = std::time::Instant::now();
+                    run_direct(&pack(direct, w), out)?;
+                    let direct_time = started.elapsed();
+                    let direct_wins = direct_time <= gemm_time;
+                    tuned().lock().unwrap_or_else(|e| e.into_inner()).insert(key, direct_wins);
+                    if !direct_wins {
+                        std::mem::swap(out, &mut other);
+                    }
+                    host_pool::give(HostBuffer::F32(other));
+                    Ok(())
+                }
+            }
+        }
+    }
+}
+
 /// The three convolution products as accumulated gemms over shifted grid views.
 fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<f32>, KernelError> {
     let taps = g.kernel[0] * g.kernel[1];
@@ -642,12 +705,13 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
             expected("the weight", b.len(), g.o * g.c * taps)?;
             let shifts: Vec<usize> = (0..taps).map(|t| g.tap(t)).collect();
             let direct = crate::conv_direct::DirectConv { c: g.c, o: g.o, plane, l, shifts: &shifts };
-            let run_direct = |packed: &crate::conv_direct::Packed, out: &mut [f32]| {
+            let run_direct = |packed: &crate::conv_direct::Packed, out: &mut [f32]| -> Result<(), KernelError> {
                 for bi in 0..g.n {
                     let xp = &a[bi * g.c * plane..(bi + 1) * g.c * plane];
                     let dst = &mut out[bi * g.o * plane..(bi + 1) * g.o * plane];
                     crate::conv_direct::forward(&direct, packed, xp, dst);
                 }
+                Ok(())
             };
             let run_gemms = |out: &mut [f32]| {
                 for bi in 0..g.n {
@@ -669,57 +733,80 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
                     }
                 }
             };
-            match crate::conv_direct::choose(&direct, b) {
-                // a thin product per tap: accumulate in registers instead
-                crate::conv_direct::Choice::Direct(packed) => run_direct(&packed, &mut out),
-                crate::conv_direct::Choice::Gemm => run_gemms(&mut out),
-                crate::conv_direct::Choice::Measure => {
-                    let key = (g.c, g.o, plane, l, shifts.clone());
-                    let known = tuned().lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
-                    match known {
-                        Some(true) => run_direct(&crate::conv_direct::pack(&direct, b), &mut out),
-                        Some(false) => run_gemms(&mut out),
-                        None => {
-                            // first call for this shape: time both and keep the faster
-                            // (its result is returned, so that later calls give the
-                            // same numbers)
-                            let started = std::time::Instant::now();
-                            run_direct(&crate::conv_direct::pack(&direct, b), &mut out);
-                            let direct_time = started.elapsed();
-                            let mut other = host_pool::take_f32(len, Fill::Overwritten, "a conv2d result")?;
-                            let started = std::time::Instant::now();
-                            run_gemms(&mut other);
-                            let gemm_time = started.elapsed();
-                            let direct_wins = direct_time <= gemm_time;
-                            tuned().lock().unwrap_or_else(|e| e.into_inner()).insert(key, direct_wins);
-                            if !direct_wins {
-                                std::mem::swap(&mut out, &mut other);
-                            }
-                            host_pool::give(HostBuffer::F32(other));
-                        }
-                    }
-                }
-            }
+            // a thin product per tap: accumulate in registers instead
+            direct_or_gemms(pass, &direct, b, &mut out, len, run_direct, run_gemms)?;
         }
         ConvPass::BackwardData => {
             expected("the output gradient", a.len(), g.n * g.o * plane)?;
             expected("the weight", b.len(), g.o * g.c * taps)?;
-            for bi in 0..g.n {
-                let dst = &mut out[bi * g.c * plane..(bi + 1) * g.c * plane];
-                for t in 0..taps {
-                    // dxp[:, tap..tap + l] += W_tᵀ · dy[:, 0..l]
-                    // SAFETY: as in the forward pass, with the roles of the views swapped.
-                    unsafe {
-                        gemm_view_on(
-                            [g.c, l, g.o],
-                            (dst.as_mut_ptr().add(g.tap(t)), 1, plane as isize),
-                            true,
-                            (b.as_ptr().add(t), w_rs, w_cs),
-                            (a.as_ptr().add(bi * g.o * plane), 1, plane as isize),
-                            gemm::Parallelism::Rayon(0),
-                        );
+            let run_gemms = |out: &mut [f32]| {
+                for bi in 0..g.n {
+                    let dst = &mut out[bi * g.c * plane..(bi + 1) * g.c * plane];
+                    for t in 0..taps {
+                        // dxp[:, tap..tap + l] += W_tᵀ · dy[:, 0..l]
+                        // SAFETY: as in the forward pass, with the roles of the views swapped.
+                        unsafe {
+                            gemm_view_on(
+                                [g.c, l, g.o],
+                                (dst.as_mut_ptr().add(g.tap(t)), 1, plane as isize),
+                                true,
+                                (b.as_ptr().add(t), w_rs, w_cs),
+                                (a.as_ptr().add(bi * g.o * plane), 1, plane as isize),
+                                gemm::Parallelism::Rayon(0),
+                            );
+                        }
                     }
                 }
+            };
+            // The same sums as a forward direct convolution: for the grid columns q
+            // in last..l (last = the last tap's offset), dxp[c, q] = sum over (o, t)
+            // of W[o, c, t] * dy[o, (q - last) + (last - tap(t))], every read inside
+            // dy's columns 0..l; the first and the last `last` columns, where some
+            // taps fall outside, take the gemms' sums over the columns that fall
+            // inside.
+            let last = g.tap(taps - 1);
+            if l <= last || crate::conv_direct::gemms_by_size(g.o, taps) {
+                // (decided before transposing a weight of up to tens of megabytes)
+                run_gemms(&mut out);
+            } else {
+                let shifts: Vec<usize> = (0..taps).map(|t| last - g.tap(t)).collect();
+                let direct = crate::conv_direct::DirectConv { c: g.o, o: g.c, plane, l: l - last, shifts: &shifts };
+                let mut wt = vec![0.0f32; g.c * g.o * taps];
+                wt.par_chunks_mut(g.o * taps).enumerate().for_each(|(c, row)| {
+                    for (o, dst) in row.chunks_mut(taps).enumerate() {
+                        dst.copy_from_slice(&b[(o * g.c + c) * taps..][..taps]);
+                    }
+                });
+                let run_direct = |packed: &crate::conv_direct::Packed, out: &mut [f32]| -> Result<(), KernelError> {
+                    for bi in 0..g.n {
+                        let dy = &a[bi * g.o * plane..(bi + 1) * g.o * plane];
+                        let dst = &mut out[bi * g.c * plane..(bi + 1) * g.c * plane];
+                        crate::conv_direct::forward(&direct, packed, dy, &mut dst[last..]);
+                        for t in 0..taps {
+                            // the border columns: dxp[:, tap + j] += W_tᵀ · dy[:, j] for
+                            // the j in 0..l with tap + j < last or tap + j >= l
+                            let tap = g.tap(t);
+                            for (j0, j1) in [(0, last - tap), (l - tap, l)] {
+                                if j1 > j0 {
+                                    // SAFETY: as in the gemms above, for columns j0..j1 < l
+                                    // of dy and tap + j0..tap + j1 <= plane of dxp.
+                                    unsafe {
+                                        gemm_view_on(
+                                            [g.c, j1 - j0, g.o],
+                                            (dst.as_mut_ptr().add(tap + j0), 1, plane as isize),
+                                            true,
+                                            (b.as_ptr().add(t), w_rs, w_cs),
+                                            (dy.as_ptr().add(j0), 1, plane as isize),
+                                            gemm::Parallelism::Rayon(0),
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    Ok(())
+                };
+                direct_or_gemms(pass, &direct, &wt, &mut out, len, run_direct, run_gemms)?;
             }
         }
         ConvPass::BackwardFilter => {
@@ -918,6 +1005,67 @@ fn conv_shift_reference(g: &ConvGeom, pass: ConvPass, a: &[f64], b: &[f64]) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    thread_local! {
+        /// Forces the direct form (`Some(true)`) or the shifted gemms of a
+        /// convolution pass on this thread, whatever the sizes.
+        pub(super) static FORCE_FORM: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+    }
+
+    /// The input gradient in both forms (the shifted gemms, and the direct
+    /// convolution of the output gradient with the transposed weight and mirrored
+    /// taps, its border columns from gemms), chosen and forced, on a dilated
+    /// non-square kernel, 3x3 ones, and a grid too small for the direct form's
+    /// middle columns, against the f64 definition. The output gradient is zero at
+    /// the grid's invalid columns and NaN past its last valid column, which neither
+    /// form may read.
+    #[test]
+    fn input_gradient_forms_match_the_definition() {
+        for &(n, c, o, hp, wp, kernel, dilation) in &[
+            (2, 5, 3, 9, 13, [2, 3], [2, 1]),
+            (1, 7, 40, 8, 10, [3, 3], [1, 1]),
+            (2, 20, 17, 6, 9, [3, 3], [1, 1]),
+            (1, 4, 20, 3, 5, [3, 3], [1, 1]),
+            (1, 2, 16, 70, 90, [3, 3], [1, 1]),
+        ] {
+            let taps = kernel[0] * kernel[1];
+            let g =
+                ConvGeom::new(ConvPass::BackwardData, &[n, o, hp, wp], &[o, c, kernel[0], kernel[1]], kernel, dilation)
+                    .unwrap();
+            let (plane, l) = (hp * wp, g.cols());
+            let dy: Vec<f32> = (0..n * o * plane)
+                .map(|i| {
+                    let p = i % plane;
+                    if p >= l {
+                        f32::NAN
+                    } else if p / wp >= g.oh || p % wp >= g.ow {
+                        0.0
+                    } else {
+                        ((i * 37 % 101) as f32 - 50.0) / 50.0
+                    }
+                })
+                .collect();
+            let w: Vec<f32> = (0..o * c * taps).map(|i| ((i * 53 % 89) as f32 - 44.0) / 44.0).collect();
+            let dyd: Vec<f64> = dy.iter().map(|&v| if v.is_nan() { 0.0 } else { v as f64 }).collect();
+            let wd: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+            let want = conv_shift_reference(&g, ConvPass::BackwardData, &dyd, &wd);
+            let op = ExternOp::Conv2dShift { pass: ConvPass::BackwardData, kernel, dilation };
+            let (ab, wb) = (HostBuffer::F32(dy), HostBuffer::F32(w));
+            for force in [None, Some(true), Some(false)] {
+                FORCE_FORM.with(|f| f.set(force));
+                let out = op.run_cpu(&[(&ab, &[n, o, hp, wp]), (&wb, &[o, c, kernel[0], kernel[1]])], DType::F32);
+                FORCE_FORM.with(|f| f.set(None));
+                let got = out.unwrap().as_slice::<f32>().unwrap().to_vec();
+                assert_eq!(got.len(), want.len());
+                for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*a as f64 - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                        "{force:?} n={n} c={c} o={o} {hp}x{wp} {kernel:?}x{dilation:?}: element {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
 
     /// A product split into column blocks, one per thread (here 3, whatever the
     /// machine), gives the bits of the single-threaded product, overwriting and
