@@ -169,5 +169,28 @@ fn transposed_operands_are_read_in_place() {
     assert_close(&cov, &matmul_ref(&ft, &f), 1e-5, 1e-5, "Fᵀ F");
     let small = rng.nd(&[2, 3, 4], -1.0, 1.0);
     check("gram", &mut rng, std::slice::from_ref(&small), |v| matmul(&v[0], &v[0].transpose(1, 2)?));
+    check("gram of the transpose", &mut rng, std::slice::from_ref(&small), |v| matmul(&v[0].transpose(1, 2)?, &v[0]));
     check("transposed left", &mut rng, &[small], |v| matmul(&v[0].transpose(1, 2)?, &v[0].exp()));
+    // the gradient of a Gram matrix is one product (with the symmetrised output
+    // gradient), not one per operand
+    let x = f.var(DType::F32).requires_grad_(true).unwrap();
+    let xt = x.transpose(1, 2).unwrap();
+    for gram in [matmul(&x, &xt).unwrap(), matmul(&xt, &x).unwrap()] {
+        let w = rng.nd(gram.shape(), -1.0, 1.0).var(DType::F32);
+        let loss = gram.try_mul(&w).unwrap().reduce(jit_core::ReduceOp::Sum, &[0, 1, 2], false).unwrap();
+        let g = jit_core::grad(&loss, std::slice::from_ref(&x)).unwrap().remove(0);
+        assert_eq!(library_products(&g), 1, "products in the gradient of the {:?} Gram matrix", gram.shape());
+    }
+}
+
+/// The library matrix products in the graph behind `v`.
+fn library_products(v: &Var) -> usize {
+    let (mut seen, mut todo, mut n) = (std::collections::HashSet::new(), vec![v.clone()], 0);
+    while let Some(v) = todo.pop() {
+        if seen.insert(v.id()) {
+            n += matches!(v.op(), Some(jit_core::MetaOp::Extern(ExternOp::Matmul { .. }))) as usize;
+            todo.extend(v.inputs());
+        }
+    }
+    n
 }

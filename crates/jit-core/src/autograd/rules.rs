@@ -17,7 +17,7 @@
 use super::Ctx;
 use crate::error::Result;
 use crate::var::Var;
-use kernels::{BinaryOp, ConvPass, ExternOp, MetaOp, ReduceOp, UnaryOp};
+use kernels::{BinaryOp, ConvPass, ExternOp, IndexExpr, MetaOp, ReduceOp, UnaryOp};
 
 /// False for ops whose output carries no gradient at all.
 pub(super) fn differentiable(op: &MetaOp) -> bool {
@@ -154,6 +154,14 @@ fn extern_rule(ctx: &Ctx<'_>, op: ExternOp, g: &Var) -> Result<Vec<Option<Var>>>
                 }
             };
             let (a, b) = (ctx.input(0)?, ctx.input(1)?);
+            if ta != tb && a.same_node(&b) && ctx.wants(0) && g.ndim() == 3 {
+                // a Gram matrix A·Aᵀ (or Aᵀ·A): the two operands' gradients g·A and
+                // gᵀ·A (A·gᵀ and A·g) are one product with the symmetrised gradient
+                let swap = vec![IndexExpr::idx(0), IndexExpr::idx(2), IndexExpr::idx(1)];
+                let gs = g.try_add(&g.reindex(g.shape(), swap, 0.0, vec![])?)?;
+                let d = if tb { mm(&gs, &a, false, false)? } else { mm(&a, &gs, false, false)? };
+                return Ok(vec![Some(unbatch(d, 0)?), None]);
+            }
             let da = if ctx.wants(0) {
                 let d = match (ta, tb) {
                     (false, false) => mm(g, &b, false, true)?,
