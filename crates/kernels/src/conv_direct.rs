@@ -544,7 +544,9 @@ mod x86 {
         /// registers, 8 loads for 12 FMAs. Measured against the three-vector by
         /// three-channel tiles that ran where a tile's reads fit the first-level
         /// cache: 8 -> 4 at 514² 118 -> 136 GF/s, 32 -> 8 at 258² 132 -> 143, the
-        /// others level.
+        /// others level. A software prefetch four tiles ahead (as in the AVX-512
+        /// tiles) gained nothing on the large layers and cost up to 10% on the
+        /// small ones.
         tile_avx2_pair, "avx2,fma",
         |off, w, x, y, ys, nb, p0, acc| {
             let g = nb.div_ceil(nb.div_ceil(PG));
