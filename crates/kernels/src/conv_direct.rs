@@ -29,7 +29,8 @@ pub const DIRECT_MAX_CHANNELS: usize = 15;
 /// With more channels and more than one tap, the direct convolution runs when it
 /// keeps at most this many `(channel, tap)` pairs (32 channels of a 3x3 kernel, or 128 space-to-depth
 /// channels of a 3x3 stride-2 one); beyond, the weights and input rows of a tile no
-/// longer stay in the first-level cache and the shifted gemms are faster (measured
+/// longer stay in the first-level cache (the pairs then run in chunks, [`chunking`]),
+/// and the shifted gemms were faster with the earlier one-vector tiles (measured
 /// on the 2-core test machine: 32->32 3x3 at 128x128 1.6 ms direct against 2.1 ms,
 /// 64->128 at 128x128 12.4 ms against 8.6 ms). That depends on the processor: up to
 /// [`DIRECT_MAX_TUNED_PAIRS`] the faster of the two is measured per shape.
@@ -283,7 +284,7 @@ enum Isa {
     /// the pair tiles.
     #[cfg(target_arch = "x86_64")]
     Avx2,
-
+    /// Eight lanes of portable code.
     Plain,
 }
 

@@ -623,34 +623,28 @@ fn direct_or_gemms(
     w: &[f32],
     out: &mut Vec<f32>,
     len: usize,
-    run_direct: impl Fn(&crate::conv_direct::Packed, &mut [f32]) -> Result<(), KernelError>,
+    run_direct: impl Fn(&crate::conv_direct::Packed, &mut [f32]),
     run_gemms: impl Fn(&mut [f32]),
 ) -> Result<(), KernelError> {
     use crate::conv_direct::{choose, pack, Choice};
     #[cfg(test)]
     if let Some(direct_form) = tests::FORCE_FORM.with(|f| f.get()) {
-        return if direct_form {
-            run_direct(&pack(direct, w), out)
+        if direct_form {
+            run_direct(&pack(direct, w), out);
         } else {
             run_gemms(out);
-            Ok(())
-        };
+        }
+        return Ok(());
     }
     match choose(direct, w) {
         Choice::Direct(packed) => run_direct(&packed, out),
-        Choice::Gemm => {
-            run_gemms(out);
-            Ok(())
-        }
+        Choice::Gemm => run_gemms(out),
         Choice::Measure => {
             let key = (pass, direct.c, direct.o, direct.plane, direct.l, direct.shifts.to_vec());
             let known = tuned().lock().unwrap_or_else(|e| e.into_inner()).get(&key).copied();
             match known {
                 Some(true) => run_direct(&pack(direct, w), out),
-                Some(false) => {
-                    run_gemms(out);
-                    Ok(())
-                }
+                Some(false) => run_gemms(out),
                 None => {
                     // the gemms accumulate into a buffer filled as `out` was
                     let fill = if pass == ConvPass::Forward { Fill::Overwritten } else { Fill::Zeroed };
@@ -659,7 +653,7 @@ fn direct_or_gemms(
                     run_gemms(&mut other);
                     let gemm_time = started.elapsed();
                     let started = std::time::Instant::now();
-                    run_direct(&pack(direct, w), out)?;
+                    run_direct(&pack(direct, w), out);
                     let direct_time = started.elapsed();
                     let direct_wins = direct_time <= gemm_time;
                     tuned().lock().unwrap_or_else(|e| e.into_inner()).insert(key, direct_wins);
@@ -667,11 +661,11 @@ fn direct_or_gemms(
                         std::mem::swap(out, &mut other);
                     }
                     host_pool::give(HostBuffer::F32(other));
-                    Ok(())
                 }
             }
         }
     }
+    Ok(())
 }
 
 /// The three convolution products as accumulated gemms over shifted grid views.
@@ -705,13 +699,12 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
             expected("the weight", b.len(), g.o * g.c * taps)?;
             let shifts: Vec<usize> = (0..taps).map(|t| g.tap(t)).collect();
             let direct = crate::conv_direct::DirectConv { c: g.c, o: g.o, plane, l, shifts: &shifts };
-            let run_direct = |packed: &crate::conv_direct::Packed, out: &mut [f32]| -> Result<(), KernelError> {
+            let run_direct = |packed: &crate::conv_direct::Packed, out: &mut [f32]| {
                 for bi in 0..g.n {
                     let xp = &a[bi * g.c * plane..(bi + 1) * g.c * plane];
                     let dst = &mut out[bi * g.o * plane..(bi + 1) * g.o * plane];
                     crate::conv_direct::forward(&direct, packed, xp, dst);
                 }
-                Ok(())
             };
             let run_gemms = |out: &mut [f32]| {
                 for bi in 0..g.n {
@@ -777,7 +770,7 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
                         dst.copy_from_slice(&b[(o * g.c + c) * taps..][..taps]);
                     }
                 });
-                let run_direct = |packed: &crate::conv_direct::Packed, out: &mut [f32]| -> Result<(), KernelError> {
+                let run_direct = |packed: &crate::conv_direct::Packed, out: &mut [f32]| {
                     for bi in 0..g.n {
                         let dy = &a[bi * g.o * plane..(bi + 1) * g.o * plane];
                         let dst = &mut out[bi * g.c * plane..(bi + 1) * g.c * plane];
@@ -804,7 +797,6 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
                             }
                         }
                     }
-                    Ok(())
                 };
                 direct_or_gemms(pass, &direct, &wt, &mut out, len, run_direct, run_gemms)?;
             }
