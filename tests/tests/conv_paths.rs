@@ -326,54 +326,88 @@ fn library_convolution_passes_match_the_reference_backend() {
     }
 }
 
-/// Gradients of gradients through the library passes (each pass's gradient is
-/// made of the other two) against the im2col formulation on the reference
-/// backend: `d/d(x, w, gy) <r, d<gy, conv(x, w)>/dx>` and the same through `dw`.
-#[test]
-fn library_convolution_second_derivatives_match_the_reference() {
-    let mut rng = Rng::fresh("library_convolution_second_derivatives_match_the_reference");
+/// `d/d(x, w, gy) <r, d<gy, conv(x, w)>/dx> + <s, d<gy, conv(x, w)>/dw>` for random
+/// `r` (`rx`) and `s` (`rw`): the gradients of the first gradients, built with
+/// `create_graph`, in `dtype` with `flags` in force.
+#[allow(clippy::too_many_arguments)]
+fn second_derivatives(
+    conv: ConvFn,
+    flags: Flags,
+    dtype: DType,
+    case: &Case,
+    data: &[Vec<f64>],
+    gy: &[f64],
+    rx: &[f64],
+    rw: &[f64],
+) -> Vec<Vec<f64>> {
+    let wshape = [case.o, case.x[1] / case.opts.groups, case.kernel[0], case.kernel[1]];
+    with_flags(flags, || {
+        let v = |d: &[f64], s: &[usize]| Var::from_vec(d.to_vec(), s).unwrap().cast(dtype);
+        let x = v(&data[0], &case.x).requires_grad_(true).unwrap();
+        let wt = v(&data[1], &wshape).requires_grad_(true).unwrap();
+        let y = conv(&x, &wt, None, &case.opts).unwrap_or_else(|e| panic!("{}: {e}", case.name));
+        let g = v(gy, y.shape()).requires_grad_(true).unwrap();
+        let inner = (&y * &g).sum_all().unwrap();
+        let opts = GradOptions { seed: None, create_graph: true };
+        let first = grad_with(&inner, &[x.clone(), wt.clone()], opts).unwrap();
+        let outer = (&first[0] * &v(rx, &case.x))
+            .sum_all()
+            .unwrap()
+            .try_add((&first[1] * &v(rw, &wshape)).sum_all().unwrap())
+            .unwrap();
+        let all = grad_with(&outer, &[x, wt, g], GradOptions::default())
+            .unwrap_or_else(|e| panic!("{}: second derivatives: {e}", case.name));
+        realize(&all).unwrap();
+        all.iter().map(|t| t.to_vec_f64().unwrap()).collect()
+    })
+}
+
+/// [`second_derivatives`] of `conv` on the CPU backend in f32 against `conv2d` on the
+/// reference backend in f64, for every case of [`cases`] that `keep` selects.
+fn second_derivatives_match(test: &str, conv: ConvFn, keep: fn(&Case) -> bool) {
+    let mut rng = Rng::fresh(test);
     let reference = Flags { backend: Backend::Reference, fusion: false, dump: false };
     let cpu = Flags { backend: Backend::Cpu, fusion: true, dump: false };
-    for case in cases(&mut rng).into_iter().filter(|c| c.opts.padding_mode == ConvPadding::Zeros) {
+    for case in cases(&mut rng).into_iter().filter(keep) {
         let (data, gy) = data_for(&mut rng, &case);
         let [n, c, h, w] = case.x;
         let wshape = [case.o, c / case.opts.groups, case.kernel[0], case.kernel[1]];
         let rx = rng.nd(&[n, c, h, w], -1.0, 1.0).rounded(DType::F32).data;
         let rw = rng.nd(&wshape, -1.0, 1.0).rounded(DType::F32).data;
-        let second = |conv: ConvFn, flags: Flags, dtype: DType| -> Vec<Vec<f64>> {
-            with_flags(flags, || {
-                let v = |d: &[f64], s: &[usize]| Var::from_vec(d.to_vec(), s).unwrap().cast(dtype);
-                let x = v(&data[0], &case.x).requires_grad_(true).unwrap();
-                let wt = v(&data[1], &wshape).requires_grad_(true).unwrap();
-                let y = conv(&x, &wt, None, &case.opts).unwrap();
-                let g = v(&gy, y.shape()).requires_grad_(true).unwrap();
-                let inner = (&y * &g).sum_all().unwrap();
-                let opts = GradOptions { seed: None, create_graph: true };
-                let first = grad_with(&inner, &[x.clone(), wt.clone()], opts).unwrap();
-                let outer = (&first[0] * &v(&rx, &case.x))
-                    .sum_all()
-                    .unwrap()
-                    .try_add((&first[1] * &v(&rw, &wshape)).sum_all().unwrap())
-                    .unwrap();
-                let all = grad_with(&outer, &[x, wt, g], GradOptions::default()).unwrap();
-                realize(&all).unwrap();
-                all.iter().map(|t| t.to_vec_f64().unwrap()).collect()
-            })
-        };
-        let got = second(conv2d_library, cpu, DType::F32);
-        let want = second(conv2d, reference, DType::F64);
+        let got = second_derivatives(conv, cpu, DType::F32, &case, &data, &gy, &rx, &rw);
+        let want = second_derivatives(conv2d, reference, DType::F64, &case, &data, &gy, &rx, &rw);
         for (k, (g, r)) in got.iter().zip(&want).enumerate() {
             let scale = r.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
             for (i, (a, b)) in g.iter().zip(r).enumerate() {
                 assert!(
                     (a - b).abs() <= 1e-5 * scale,
-                    "{}: second derivative {}: element {i}: library {a}, reference {b}",
+                    "{}: second derivative {}: element {i}: cpu {a}, reference {b}",
                     case.name,
                     ["d x", "d w", "d gy"][k]
                 );
             }
         }
     }
+}
+
+/// Gradients of gradients through the library passes (each pass's gradient is
+/// made of the other two) against the im2col formulation on the reference
+/// backend: `d/d(x, w, gy) <r, d<gy, conv(x, w)>/dx>` and the same through `dw`.
+#[test]
+fn library_convolution_second_derivatives_match_the_reference() {
+    second_derivatives_match("library_convolution_second_derivatives_match_the_reference", conv2d_library, |c| {
+        c.opts.padding_mode == ConvPadding::Zeros
+    });
+}
+
+/// The same through every host path of `conv2d` (the direct and shifted-gemm
+/// products, the stride-2 product, space-to-depth, im2col, reflect padding): the
+/// host passes' own gradient rules (each made of the other two, the forward one's
+/// output gradient masked to the grid's valid corner), and the weight's gradient
+/// read from the input itself.
+#[test]
+fn host_convolution_second_derivatives_match_the_reference() {
+    second_derivatives_match("host_convolution_second_derivatives_match_the_reference", conv2d, |_| true);
 }
 
 /// The space-to-depth path rewrites the convolution; check it against an independent
@@ -480,5 +514,57 @@ fn library_transposed_convolutions_match_the_reference_backend() {
             matches!(planned.as_slice(), [ExternOp::Conv2d { pass: ConvPass::BackwardData, .. }]),
             "{o:?}: {planned:?}"
         );
+    }
+}
+
+/// The host convolution passes on the padded grid, each differentiated by its own
+/// rule (made of the other two): against finite differences on the reference
+/// backend (f64), and the CPU backend's gradients (f32) against the reference's.
+/// The output-gradient inputs of the two backward passes are zero outside the
+/// grid's valid corner (the passes' contract), and the seed gradient of the forward
+/// pass is not: its rule must ignore it there, where the CPU's products would read
+/// it.
+#[test]
+fn host_convolution_passes_have_gradients() {
+    use integration_tests::{gradcheck::check, Nd};
+    let mut rng = Rng::fresh("host_convolution_passes_have_gradients");
+    let (n, c, o, hp, wp) = (2, 3, 4, 6 + rng.below(3), 7 + rng.below(4));
+    let (kernel, dilation) = ([3, 2], [1, 2]);
+    let (oh, ow) = (hp - (kernel[0] - 1) * dilation[0], wp - (kernel[1] - 1) * dilation[1]);
+    let valid = |x: Nd| Nd::from_fn(&x.shape.clone(), |i| if i[2] < oh && i[3] < ow { x.at(i) } else { 0.0 });
+    for pass in [ConvPass::Forward, ConvPass::BackwardData, ConvPass::BackwardFilter] {
+        let w = rng.nd(&[o, c, kernel[0], kernel[1]], -1.0, 1.0).rounded(DType::F32);
+        let xp = rng.nd(&[n, c, hp, wp], -1.0, 1.0).rounded(DType::F32);
+        let dy = valid(rng.nd(&[n, o, hp, wp], -1.0, 1.0).rounded(DType::F32));
+        let inputs = match pass {
+            ConvPass::Forward => [xp, w],
+            ConvPass::BackwardData => [dy, w],
+            ConvPass::BackwardFilter => [dy, xp],
+        };
+        let op = ExternOp::Conv2dShift { pass, kernel, dilation };
+        check(&format!("{pass:?}"), &mut rng, &inputs, |v| Var::extern_op(op, v));
+        let out_shape = match pass {
+            ConvPass::Forward => vec![n, o, hp, wp],
+            ConvPass::BackwardData => vec![n, c, hp, wp],
+            ConvPass::BackwardFilter => vec![o, c, kernel[0], kernel[1]],
+        };
+        let seed = rng.nd(&out_shape, -1.0, 1.0).rounded(DType::F32);
+        let grads = |backend: Backend, dtype: DType| -> Vec<Vec<f64>> {
+            with_flags(Flags { backend, fusion: true, dump: false }, || {
+                let vars: Vec<Var> = inputs.iter().map(|x| x.var(dtype).requires_grad_(true).unwrap()).collect();
+                let y = Var::extern_op(op, &vars).unwrap();
+                let opts = GradOptions { seed: Some(seed.var(dtype)), create_graph: false };
+                let g = grad_with(&y, &vars, opts).unwrap();
+                realize(&g).unwrap();
+                g.iter().map(|t| t.to_vec_f64().unwrap()).collect()
+            })
+        };
+        let (got, want) = (grads(Backend::Cpu, DType::F32), grads(Backend::Reference, DType::F64));
+        for (k, (g, r)) in got.iter().zip(&want).enumerate() {
+            let scale = r.iter().fold(1e-3f64, |m, v| m.max(v.abs()));
+            for (i, (a, b)) in g.iter().zip(r).enumerate() {
+                assert!((a - b).abs() <= 1e-5 * scale, "{pass:?}: gradient {k}, element {i}: cpu {a}, reference {b}");
+            }
+        }
     }
 }

@@ -235,16 +235,20 @@ fn conv_unit_stride(x: &Var, w: &Var, s: Im2col) -> Result<Var> {
     let pass = move |p: ConvPass| ExternOp::Conv2dShift { pass: p, kernel, dilation };
     let forward = move |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
         let xp = zero_pad(&xs[0], [ph, pw])?.materialize();
-        let y = Var::extern_op(pass(ConvPass::Forward), &[xp.clone(), xs[1].clone()])?;
-        Ok((y.narrow(2, 0, oh)?.narrow(3, 0, ow)?, vec![xp, xs[1].clone()]))
+        let y = Var::extern_op(pass(ConvPass::Forward), &[xp, xs[1].clone()])?;
+        Ok((y.narrow(2, 0, oh)?.narrow(3, 0, ow)?, vec![xs[0].clone(), xs[1].clone()]))
     };
     let backward = move |saved: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
-        let (xp, w) = (&saved[0], &saved[1]);
+        let (x, w) = (&saved[0], &saved[1]);
         // the output gradient on the padded grid, zero outside the valid corner
         let dy = g.pad(&[0, wp - ow, 0, hp - oh], PadMode::Constant(0.0))?.materialize();
         let dxp = Var::extern_op(pass(ConvPass::BackwardData), &[dy.clone(), w.clone()])?;
         let dx = dxp.narrow(2, ph, h)?.narrow(3, pw, wd)?;
-        let dw = Var::extern_op(pass(ConvPass::BackwardFilter), &[dy, xp.clone()])?;
+        // the padded input again (computed only when the weight's gradient is), from
+        // the input itself: under `create_graph` the weight's gradient then carries
+        // the input's second derivatives
+        let xp = zero_pad(x, [ph, pw])?.materialize();
+        let dw = Var::extern_op(pass(ConvPass::BackwardFilter), &[dy, xp])?;
         Ok(vec![Some(dx), Some(dw)])
     };
     jit_core::custom_op("conv2d", &[x.clone(), w.clone()], forward, Arc::new(backward))
@@ -321,11 +325,13 @@ fn conv_stride2(x: &Var, w: &Var, s: Im2col) -> Result<Var> {
     let kernel = [kh, kw];
     let forward = move |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
         let xp = zero_pad(&xs[0], [ph, pw])?.materialize();
-        let y = Var::extern_op(ExternOp::Conv2dStride2 { kernel }, &[xp.clone(), xs[1].clone()])?;
-        Ok((y, vec![xp, xs[1].clone()]))
+        let y = Var::extern_op(ExternOp::Conv2dStride2 { kernel }, &[xp, xs[1].clone()])?;
+        Ok((y, vec![xs[0].clone(), xs[1].clone()]))
     };
     let backward = move |saved: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
-        let (xp, w) = (&saved[0], &saved[1]);
+        // the phases are read from the input itself (the padding fuses into the
+        // phase split), so that under `create_graph` they carry its gradient
+        let (xp, w) = (&zero_pad(&saved[0], [ph, pw])?, &saved[1]);
         let (hq, wq) = (hp.div_ceil(2), wp.div_ceil(2));
         let (qh, qw) = (kh.div_ceil(2), kw.div_ceil(2));
         // and back: element (ci, r, q) of v's layout is phase (r % 2, q % 2) at (r / 2, q / 2)

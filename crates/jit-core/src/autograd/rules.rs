@@ -213,13 +213,57 @@ fn extern_rule(ctx: &Ctx<'_>, op: ExternOp, g: &Var) -> Result<Vec<Option<Var>>>
             };
             Ok(vec![da.transpose()?, db.transpose()?])
         }
-        // the convolution passes are differentiated by conv2d's own rule; their own
-        // gradients (second derivatives of a convolution) are not provided
-        ExternOp::Conv2dShift { .. } | ExternOp::Conv2dStride2 { .. } => Err(crate::Error::argument(
+        // The host's passes on the padded grid, with the same adjoint relations as
+        // above given their layout's contract: the forward product is zero outside
+        // the valid corner `oh x ow` of the grid, and the output gradient the other
+        // two passes take is zero there (conv2d's rule pads it with zeros). So the
+        // forward pass's gradient is first masked to the valid corner, and the
+        // gradients the other two give their output-gradient input are forward
+        // products (zero outside it, where that input's producer, a zero padding,
+        // takes no gradient).
+        ExternOp::Conv2dShift { pass, kernel, dilation } => {
+            let call = |p: ConvPass, a: &Var, b: &Var| {
+                Var::extern_op(ExternOp::Conv2dShift { pass: p, kernel, dilation }, &[a.clone(), b.clone()])
+            };
+            let (a, b) = (ctx.input(0)?, ctx.input(1)?);
+            let (da, db) = match pass {
+                ConvPass::Forward => {
+                    let gm = valid_corner(g, kernel, dilation)?;
+                    (
+                        ctx.wants(0).then(|| call(ConvPass::BackwardData, &gm, &b)),
+                        ctx.wants(1).then(|| call(ConvPass::BackwardFilter, &gm, &a)),
+                    )
+                }
+                ConvPass::BackwardData => (
+                    ctx.wants(0).then(|| call(ConvPass::Forward, g, &b)),
+                    ctx.wants(1).then(|| call(ConvPass::BackwardFilter, &a, g)),
+                ),
+                ConvPass::BackwardFilter => (
+                    ctx.wants(0).then(|| call(ConvPass::Forward, &b, g)),
+                    ctx.wants(1).then(|| call(ConvPass::BackwardData, &a, g)),
+                ),
+            };
+            Ok(vec![da.transpose()?, db.transpose()?])
+        }
+        // the stride-2 product runs inside conv2d's own rule only (recording off)
+        ExternOp::Conv2dStride2 { .. } => Err(crate::Error::argument(
             "grad",
-            "second derivatives through conv2d's library passes are not supported (create_graph through a convolution)",
+            "the stride-2 convolution product is differentiated by conv2d's own rule, not on its own",
         )),
     }
+}
+
+/// `g` (`[N, C, Hp, Wp]`, a padded grid) with zeros outside the valid corner of a
+/// `kernel` with `dilation`: rows below `Hp - (kh - 1) * dh`, columns below `Wp - (kw -
+/// 1) * dw`.
+fn valid_corner(g: &Var, kernel: [usize; 2], dilation: [usize; 2]) -> Result<Var> {
+    let [_, _, hp, wp] = <[usize; 4]>::try_from(g.shape()).map_err(|_| {
+        crate::Error::argument("grad", format!("a convolution's grid gradient must be 4-d, got {:?}", g.shape()))
+    })?;
+    let oh = hp.saturating_sub((kernel[0] - 1) * dilation[0]) as i64;
+    let ow = wp.saturating_sub((kernel[1] - 1) * dilation[1]) as i64;
+    let exprs = (0..4).map(IndexExpr::idx).collect();
+    g.reindex(g.shape(), exprs, 0.0, vec![IndexExpr::idx(2).lt(oh), IndexExpr::idx(3).lt(ow)])
 }
 
 fn isize_shape(shape: &[usize]) -> Vec<isize> {
