@@ -115,6 +115,41 @@ fn higher_order_gradients_with_create_graph() {
     assert_values_close(&h[0].to_vec_f64().unwrap(), &want, 1e-12, 1e-12, "d2 var");
 }
 
+/// Second derivatives through `norm` (a custom rule that reads the norm it
+/// computed): Hessian-vector products `d/dx <grad f(x), u>` by autograd against
+/// central differences of the first gradient, for p = 2 and 3 over one dim and
+/// over all of them (for p = 1 the first gradient, `sign(x)`, is constant).
+#[test]
+fn norm_has_second_derivatives() {
+    let mut rng = Rng::fresh("norm_has_second_derivatives");
+    let x0 = rng.nd(&[3, 4], 0.2, 1.0).data;
+    let u = rng.nd(&[3, 4], -1.0, 1.0).data;
+    for p in [2.0, 3.0] {
+        for dims in [vec![1isize], vec![]] {
+            // f(x) = sum_i w_i norm_p(x)_i with fixed weights
+            let first = |x: &[f64], create_graph: bool| -> (Var, Var) {
+                let x = Var::from_vec(x.to_vec(), &[3, 4]).unwrap().requires_grad_(true).unwrap();
+                let y = x.norm(p, &dims, false).unwrap();
+                let w = Var::from_vec((0..y.numel()).map(|i| 0.5 + i as f64).collect(), y.shape()).unwrap();
+                let opts = GradOptions { seed: None, create_graph };
+                let g = grad_with(&(&y * &w).sum_all().unwrap(), std::slice::from_ref(&x), opts).unwrap().remove(0);
+                (x, g)
+            };
+            let (x, g) = first(&x0, true);
+            let uv = Var::from_vec(u.clone(), &[3, 4]).unwrap();
+            let hu = grad(&(&g * &uv).sum_all().unwrap(), std::slice::from_ref(&x)).unwrap()[0].to_vec_f64().unwrap();
+            let eps = 1e-5;
+            let at = |sign: f64| {
+                let xs: Vec<f64> = x0.iter().zip(&u).map(|(a, b)| a + sign * eps * b).collect();
+                first(&xs, false).1.to_vec_f64().unwrap()
+            };
+            let (plus, minus) = (at(1.0), at(-1.0));
+            let want: Vec<f64> = plus.iter().zip(&minus).map(|(a, b)| (a - b) / (2.0 * eps)).collect();
+            assert_values_close(&hu, &want, 1e-6, 1e-6, &format!("d2 norm_{p} over {dims:?}"));
+        }
+    }
+}
+
 trait SelectFirst {
     fn select_first(&self) -> Var;
 }

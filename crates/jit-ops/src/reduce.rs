@@ -242,18 +242,28 @@ impl ReduceOps for Var {
         let ax = axes("norm", self, dims)?;
         let keep_shape: Vec<isize> =
             self.shape().iter().enumerate().map(|(i, &d)| if ax.contains(&i) { 1 } else { d as isize }).collect();
+        // the norm over `ax`, dims kept
+        let ax_kept = ax.clone();
+        let kept_norm = move |a: &Var| -> Result<Var> {
+            match p {
+                1.0 => a.abs().reduce(ReduceOp::Sum, &ax_kept, true),
+                2.0 => Ok(a.try_mul(a)?.reduce(ReduceOp::Sum, &ax_kept, true)?.sqrt()),
+                _ => a.abs().pow(p)?.reduce(ReduceOp::Sum, &ax_kept, true)?.pow(1.0 / p),
+            }
+        };
+        let kept_norm2 = kept_norm.clone();
         let forward = |xs: &[Var]| -> Result<(Var, Vec<Var>)> {
             let a = &xs[0];
-            let y = match p {
-                1.0 => a.abs().reduce(ReduceOp::Sum, &ax, true)?,
-                2.0 => a.try_mul(a)?.reduce(ReduceOp::Sum, &ax, true)?.sqrt(),
-                _ => a.abs().pow(p)?.reduce(ReduceOp::Sum, &ax, true)?.pow(1.0 / p)?,
-            };
+            let y = kept_norm(a)?;
             let out = if keepdim { y.clone() } else { y.reshape(&reduced_shape(a.shape(), &ax))? };
             Ok((out, vec![a.clone(), y]))
         };
         let backward = move |saved: &[Var], g: &Var| -> Result<Vec<Option<Var>>> {
-            let (x, y) = (&saved[0], &saved[1]);
+            let x = &saved[0];
+            // Recording (higher-order gradients): the norm again, from the input, so
+            // that the gradient's dependence through it is recorded too.
+            let y = if jit_core::is_grad_enabled() { kept_norm2(x)? } else { saved[1].clone() };
+            let y = &y;
             // d y / d x = sign(x) |x|^(p-1) / y^(p-1), and 0 for a zero vector
             let g = g.reshape(&keep_shape)?;
             let scale = if p == 1.0 { g } else { g.try_div(&y.pow(p - 1.0)?)? };
