@@ -2,7 +2,7 @@
 //! (the driver API, NVRTC and cuBLAS calls the CUDA backend makes, implemented on
 //! the host; kernels are the emitted CUDA C compiled by the host C++ compiler) built
 //! into a directory under the names cudarc loads. A child process started with
-//! [`command`] finds it first on the loader path, so its CUDA backend runs there:
+//! [`FakeDevice::command`] finds it first on the loader path, so its CUDA backend runs there:
 //! the runtime, allocator, copies, launches and the disk cache of "cubins" are the
 //! real code; only the device underneath is emulated.
 

@@ -29,7 +29,7 @@ pub const DIRECT_MAX_CHANNELS: usize = 15;
 /// With more channels and more than one tap, the direct convolution runs when it
 /// keeps at most this many `(channel, tap)` pairs (32 channels of a 3x3 kernel, or 128 space-to-depth
 /// channels of a 3x3 stride-2 one); beyond, the weights and input rows of a tile no
-/// longer stay in the first-level cache (the pairs then run in chunks, [`chunking`]),
+/// longer stay in the first-level cache (the pairs then run in chunks, see [`forward`]),
 /// and the shifted gemms were faster with the earlier one-vector tiles (measured
 /// on the 2-core test machine: 32->32 3x3 at 128x128 1.6 ms direct against 2.1 ms,
 /// 64->128 at 128x128 12.4 ms against 8.6 ms). That depends on the processor: up to

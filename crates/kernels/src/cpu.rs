@@ -5,7 +5,7 @@
 //! lanes, where the loads allow. Values are computed in f32 (f16, bf16, f32), f64
 //! or i64 (integers and bool), one rounding per value as the portable executor
 //! ([`crate::exec`]) defines. f32 `exp`, `log`, `tanh`, `erf`, `sigmoid`, `recip` and
-//! `rsqrt` are generated inline (scalar and f32x4, [`math`]; about 2e-7 relative
+//! `rsqrt` are generated inline (scalar and f32x4, `cpu/math.rs`; about 2e-7 relative
 //! error at most); the other transcendental functions call Rust helpers that compute
 //! in f64 and round once.
 //!
