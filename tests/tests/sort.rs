@@ -1,12 +1,14 @@
 //! `sort`, `argsort`, `topk` and `median` against Rust's stable sort with PyTorch's
 //! order (NaN larger than every number, ties in original order), on random shapes
 //! with many ties and some NaNs, lengths around powers of two (the network pads to
-//! one), every dtype and every backend fused and unfused; gradients against finite
-//! differences.
+//! one), every dtype and every backend fused and unfused, by the host library's
+//! sort and by the sorting network the CUDA backend builds; gradients against
+//! finite differences.
 
 use integration_tests::gradcheck::check;
 use integration_tests::{assert_values_close, every_backend, Nd, Rng};
 use jit_ops::prelude::*;
+use jit_ops::set_sort_network;
 use std::cmp::Ordering;
 
 /// PyTorch's order of values: NaN after every number, equal to NaN.
@@ -87,9 +89,15 @@ fn sort_argsort_and_topk_match_a_stable_sort() {
                 top_i[tline[slot]] = src as f64;
             }
         }
-        for flags in every_backend() {
+        // the host library's sort and the sorting network (the CUDA backend's)
+        for (network, flags) in [false, true].into_iter().flat_map(|n| every_backend().into_iter().map(move |f| (n, f)))
+        {
+            set_sort_network(network);
             jit_core::with_flags(flags, || {
-                let ctx = format!("{shape:?} dim {dim} {dtype} descending {descending} {flags:?} (seed {})", rng.seed);
+                let ctx = format!(
+                    "{shape:?} dim {dim} {dtype} descending {descending} {flags:?} network {network} (seed {})",
+                    rng.seed
+                );
                 let v = x.var(dtype);
                 let (sv, si) = v.sort(dim as isize, descending).unwrap();
                 assert_eq!((sv.dtype(), si.dtype()), (dtype, DType::I64), "{ctx}");
@@ -103,6 +111,7 @@ fn sort_argsort_and_topk_match_a_stable_sort() {
                 assert_values_close(&ti.to_vec_f64().unwrap(), &top_i, 0.0, 0.0, &format!("topk indices {ctx}"));
             });
         }
+        set_sort_network(false);
     }
 }
 

@@ -344,17 +344,15 @@ impl Var {
             return Err(Error::argument(name, "needs at least one input"));
         };
         let dtype = first.dtype();
-        if let Some(x) = inputs.iter().find(|x| x.dtype() != dtype || !x.dtype().is_float()) {
-            return Err(Error::dtype(
-                name,
-                format!("inputs must share a floating-point dtype, got {dtype} and {}", x.dtype()),
-            ));
+        if let Some(x) = inputs.iter().find(|x| x.dtype() != dtype || !op.accepts(x.dtype())) {
+            let what = if op.accepts(DType::I64) { "a dtype" } else { "a floating-point dtype" };
+            return Err(Error::dtype(name, format!("inputs must share {what}, got {dtype} and {}", x.dtype())));
         }
         let refs: Vec<&Var> = inputs.iter().collect();
         let device = same_device(name, &refs)?;
         let shapes: Vec<&[usize]> = inputs.iter().map(Var::shape).collect();
         let shape = op.out_shape(&shapes).map_err(|m| Error::shape(name, m))?;
-        Ok(Var::pending(shape, dtype, device, MetaOp::Extern(op), inputs.to_vec()))
+        Ok(Var::pending(shape, op.out_dtype(dtype), device, MetaOp::Extern(op), inputs.to_vec()))
     }
 
     /// `-self` (an error for bool).

@@ -65,7 +65,7 @@ pub use reduce::ReduceOps;
 pub use scan::ScanOps;
 pub use shape::{cat, stack, PadMode, ShapeOps};
 pub use similarity::{cosine_similarity, normalize};
-pub use sort::SortOps;
+pub use sort::{set_sort_network, SortOps};
 pub use upsample::{upsample_bilinear2d, Resize};
 
 /// Everything a user needs: `Var`, dtypes, devices, errors and every operator trait.

@@ -1,7 +1,9 @@
 //! Sorting: `torch.sort`, `argsort`, `topk` and `median` along one dim.
 //!
-//! A bitonic sorting network over the positions of the sorted dim, padded to a power
-//! of two `m`: `log2(m) (log2(m) + 1) / 2` passes, each one fused kernel that
+//! On the host each line is sorted by the library (a stable merge sort per line, the
+//! lines in parallel: [`ExternOp::Argsort`]). On the CUDA backend, and on the host
+//! with `JIT_SORT=network` or [`set_sort_network`], a bitonic sorting network over
+//! the positions of the sorted dim, padded to a power of two `m`: `log2(m) (log2(m) + 1) / 2` passes, each one fused kernel that
 //! compares every position with its partner (`i xor j`) and keeps one of the two.
 //! The network moves only the indices: each pass reads the values it compares with
 //! the `gather` meta-op from the stored input, so a pass writes one i64 array. The
@@ -12,7 +14,30 @@
 
 use crate::reduce::ReduceOps;
 use crate::shape::ShapeOps;
-use jit_core::{normalize_dim, BinaryOp, DType, Error, IndexExpr as E, Result, Var};
+use jit_core::{normalize_dim, BinaryOp, DType, Error, ExternOp, IndexExpr as E, Result, Var};
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+thread_local! {
+    static NETWORK: Cell<Option<bool>> = const { Cell::new(None) };
+}
+
+/// Builds sorts on this thread from now on as the sorting network (`true`), the
+/// one the CUDA backend runs, or as the host library's sort (`false`, the default
+/// off CUDA unless `JIT_SORT=network` is set).
+pub fn set_sort_network(on: bool) {
+    NETWORK.with(|c| c.set(Some(on)));
+}
+
+/// Whether a sort built now is the sorting network: on the CUDA backend, or when
+/// [`set_sort_network`] or `JIT_SORT=network` asks for it.
+fn network() -> bool {
+    static ENV: OnceLock<bool> = OnceLock::new();
+    jit_core::flags().backend == jit_core::Backend::Cuda
+        || NETWORK
+            .with(Cell::get)
+            .unwrap_or_else(|| *ENV.get_or_init(|| std::env::var("JIT_SORT").is_ok_and(|v| v.trim() == "network")))
+}
 
 /// Sorting along one dim. Dims may be negative.
 pub trait SortOps {
@@ -49,8 +74,19 @@ fn after(av: &Var, ai: &Var, bv: &Var, bi: &Var, n: usize, descending: bool) -> 
     Var::where_(&padding, &by_position, &real)
 }
 
-/// The original positions in sorted order along the last dim of `x` (stored).
+/// The original positions in sorted order along the last dim of `x` (stored): the
+/// library's sort of each line, or the network ([`network`]).
 fn sorted_positions(x: &Var, descending: bool) -> Result<Var> {
+    let n = x.shape()[x.ndim() - 1];
+    if network() || x.numel() == 0 {
+        return network_positions(x, descending);
+    }
+    let lines = Var::extern_op(ExternOp::Argsort { descending }, &[x.reshape(&[-1, n as isize])?])?;
+    lines.reshape(&x.shape().iter().map(|&d| d as isize).collect::<Vec<_>>())
+}
+
+/// [`sorted_positions`] by the bitonic network.
+fn network_positions(x: &Var, descending: bool) -> Result<Var> {
     let last = x.ndim() - 1;
     let n = x.shape()[last];
     let m = n.next_power_of_two();

@@ -52,6 +52,15 @@ pub enum ExternOp {
         /// The convolution's geometry.
         spec: Conv2dSpec,
     },
+    /// The positions that sort each row of `x [R, n]` along its last dim, as i64
+    /// `[R, n]`: stable (ties keep their order in both directions), NaN after every
+    /// number ascending and before every number descending, as `torch.sort(stable=
+    /// True)` and the sorting network of `jit_ops::sort`. Any dtype. The host sorts
+    /// each row (rows in parallel); the CUDA backend builds the network instead.
+    Argsort {
+        /// Largest first.
+        descending: bool,
+    },
 }
 
 /// The three products of a convolution.
@@ -71,6 +80,31 @@ impl ExternOp {
         match self {
             ExternOp::Matmul { .. } => "matmul",
             ExternOp::Conv2dShift { .. } | ExternOp::Conv2dStride2 { .. } | ExternOp::Conv2d { .. } => "conv2d",
+            ExternOp::Argsort { .. } => "sort",
+        }
+    }
+
+    /// How many inputs the op takes.
+    pub fn arity(&self) -> usize {
+        match self {
+            ExternOp::Argsort { .. } => 1,
+            _ => 2,
+        }
+    }
+
+    /// Whether the op takes inputs of `dtype` (the products take float dtypes only).
+    pub fn accepts(&self, dtype: DType) -> bool {
+        match self {
+            ExternOp::Argsort { .. } => true,
+            _ => dtype.is_float(),
+        }
+    }
+
+    /// The output dtype for inputs of `dtype`.
+    pub fn out_dtype(&self, dtype: DType) -> DType {
+        match self {
+            ExternOp::Argsort { .. } => DType::I64,
+            _ => dtype,
         }
     }
 
@@ -116,6 +150,11 @@ impl ExternOp {
                 let [a, b] = shapes else { return Err(format!("needs 2 inputs, got {}", shapes.len())) };
                 spec.out_shape(pass, a, b)
             }
+            ExternOp::Argsort { .. } => match shapes {
+                [x] if x.len() == 2 => Ok(x.to_vec()),
+                [x] => Err(format!("needs an input of rank 2 ([rows, n]), got {x:?}")),
+                _ => Err(format!("needs 1 input, got {}", shapes.len())),
+            },
         }
     }
 
@@ -123,7 +162,7 @@ impl ExternOp {
     pub fn run_cpu(&self, inputs: &[(&HostBuffer, &[usize])], dtype: DType) -> Result<HostBuffer, KernelError> {
         match *self {
             ExternOp::Matmul { trans_a, trans_b } => {
-                let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
+                let [(a, sa), (b, sb)] = inputs else { return Err(self.wrong_arity(inputs.len())) };
                 let shape = self.out_shape(&[sa, sb]).map_err(|e| self.bad(e))?;
                 let g = Geometry::new(sa, sb, &shape, trans_a, trans_b);
                 match dtype {
@@ -143,19 +182,24 @@ impl ExternOp {
                 }
             }
             ExternOp::Conv2dShift { pass, kernel, dilation } => {
-                let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
+                let [(a, sa), (b, sb)] = inputs else { return Err(self.wrong_arity(inputs.len())) };
                 let g = ConvGeom::new(pass, sa, sb, kernel, dilation).map_err(|e| self.bad(e))?;
                 let out = conv_shift(&g, pass, slice_f32(a)?.as_ref(), slice_f32(b)?.as_ref())?;
                 Ok(HostBuffer::F32(out).into_dtype(dtype))
             }
             ExternOp::Conv2dStride2 { kernel } => {
-                let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
+                let [(a, sa), (b, sb)] = inputs else { return Err(self.wrong_arity(inputs.len())) };
                 let (n, s) = stride2_geom(sa, sb, kernel).map_err(|e| self.bad(e))?;
                 let out = conv_stride2(n, &s, slice_f32(a)?.as_ref(), slice_f32(b)?.as_ref())?;
                 Ok(HostBuffer::F32(out).into_dtype(dtype))
             }
             // off the device: the f64 loops, one rounding per output
             ExternOp::Conv2d { .. } => self.run_reference(inputs, dtype),
+            ExternOp::Argsort { descending } => {
+                let [(x, sx)] = inputs else { return Err(self.wrong_arity(inputs.len())) };
+                self.out_shape(&[sx]).map_err(|e| self.bad(e))?;
+                Ok(HostBuffer::I64(argsort_rows(x, sx[1], descending)))
+            }
         }
     }
 
@@ -163,7 +207,7 @@ impl ExternOp {
     pub fn run_reference(&self, inputs: &[(&HostBuffer, &[usize])], dtype: DType) -> Result<HostBuffer, KernelError> {
         match *self {
             ExternOp::Matmul { trans_a, trans_b } => {
-                let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
+                let [(a, sa), (b, sb)] = inputs else { return Err(self.wrong_arity(inputs.len())) };
                 let shape = self.out_shape(&[sa, sb]).map_err(|e| self.bad(e))?;
                 let g = Geometry::new(sa, sb, &shape, trans_a, trans_b);
                 let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
@@ -183,13 +227,13 @@ impl ExternOp {
                 Ok(HostBuffer::from_f64s(dtype, out))
             }
             ExternOp::Conv2dShift { pass, kernel, dilation } => {
-                let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
+                let [(a, sa), (b, sb)] = inputs else { return Err(self.wrong_arity(inputs.len())) };
                 let g = ConvGeom::new(pass, sa, sb, kernel, dilation).map_err(|e| self.bad(e))?;
                 let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
                 Ok(HostBuffer::from_f64s(dtype, conv_shift_reference(&g, pass, &a, &b)))
             }
             ExternOp::Conv2dStride2 { kernel } => {
-                let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
+                let [(a, sa), (b, sb)] = inputs else { return Err(self.wrong_arity(inputs.len())) };
                 let (n, s) = stride2_geom(sa, sb, kernel).map_err(|e| self.bad(e))?;
                 let (a, b) = (a.to_f64_vec(), b.to_f64_vec());
                 let ([oh, ow], [kh, kw]) = (s.out(), kernel);
@@ -208,22 +252,81 @@ impl ExternOp {
                 Ok(HostBuffer::from_f64s(dtype, out))
             }
             ExternOp::Conv2d { pass, spec } => {
-                let [(a, sa), (b, sb)] = inputs else { return Err(self.arity(inputs.len())) };
+                let [(a, sa), (b, sb)] = inputs else { return Err(self.wrong_arity(inputs.len())) };
                 let dims = spec.dims(pass, sa, sb).map_err(|e| self.bad(e))?;
                 let out = crate::conv2d::run_f64(&spec, pass, dims, &a.to_f64_vec(), &b.to_f64_vec())
                     .map_err(|e| self.bad(e))?;
                 Ok(HostBuffer::from_f64s(dtype, out))
             }
+            // exact on every dtype: the host's sort is its own oracle
+            ExternOp::Argsort { .. } => self.run_cpu(inputs, dtype),
         }
     }
 
-    fn arity(&self, got: usize) -> KernelError {
-        self.bad(format!("needs 2 inputs, got {got}"))
+    fn wrong_arity(&self, got: usize) -> KernelError {
+        self.bad(format!("needs {} inputs, got {got}", self.arity()))
     }
 
     fn bad(&self, reason: String) -> KernelError {
         KernelError::Internal { op: self.name().into(), reason }
     }
+}
+
+/// [`ExternOp::Argsort`] of the rows of `n` elements of `x`.
+fn argsort_rows(x: &HostBuffer, n: usize, descending: bool) -> Vec<i64> {
+    match x {
+        HostBuffer::Bool(v) => sort_rows(v, n, descending, |a, b| a.cmp(b)),
+        HostBuffer::U8(v) => sort_rows(v, n, descending, |a, b| a.cmp(b)),
+        HostBuffer::I32(v) => sort_rows(v, n, descending, |a, b| a.cmp(b)),
+        HostBuffer::I64(v) => sort_rows(v, n, descending, |a, b| a.cmp(b)),
+        HostBuffer::F16(v) => sort_rows(v, n, descending, |a, b| nan_last(a.to_f32(), b.to_f32())),
+        HostBuffer::BF16(v) => sort_rows(v, n, descending, |a, b| nan_last(a.to_f32(), b.to_f32())),
+        HostBuffer::F32(v) => sort_rows(v, n, descending, |a, b| nan_last(*a, *b)),
+        HostBuffer::F64(v) => sort_rows(v, n, descending, |a, b| nan_last(*a, *b)),
+    }
+}
+
+/// The order of floats with NaN after every number (and equal to NaN); `-0.0`
+/// equals `0.0`.
+fn nan_last<T: PartialOrd>(a: T, b: T) -> std::cmp::Ordering {
+    use std::cmp::Ordering::*;
+    match (a.partial_cmp(&a).is_none(), b.partial_cmp(&b).is_none()) {
+        (true, true) => Equal,
+        (true, false) => Greater,
+        (false, true) => Less,
+        (false, false) => a.partial_cmp(&b).unwrap_or(Equal),
+    }
+}
+
+/// The stable sorting permutation of each row of `n` elements of `v` under `cmp`
+/// (reversed when `descending`; ties keep their order either way), rows in parallel.
+fn sort_rows<T: Sync>(
+    v: &[T],
+    n: usize,
+    descending: bool,
+    cmp: impl Fn(&T, &T) -> std::cmp::Ordering + Sync,
+) -> Vec<i64> {
+    let mut out = vec![0i64; v.len()];
+    if n == 0 {
+        return out;
+    }
+    out.par_chunks_mut(n).zip(v.par_chunks(n)).for_each_init(Vec::new, |perm: &mut Vec<u32>, (dst, row)| {
+        perm.clear();
+        perm.extend(0..row.len() as u32);
+        // merge sort (stable): equal keys keep their original order
+        perm.sort_by(|&i, &j| {
+            let o = cmp(&row[i as usize], &row[j as usize]);
+            if descending {
+                o.reverse()
+            } else {
+                o
+            }
+        });
+        for (d, &p) in dst.iter_mut().zip(perm.iter()) {
+            *d = p as i64;
+        }
+    });
+    out
 }
 
 /// Strides of one batched product (elements, row-major storage).

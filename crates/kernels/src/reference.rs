@@ -85,7 +85,8 @@ pub fn eval(
         MetaOp::Full { .. } | MetaOp::Index { .. } | MetaOp::Random { .. } => 0,
         MetaOp::Binary(_) => 2,
         MetaOp::Where => 3,
-        MetaOp::Extern(_) | MetaOp::Gather { .. } | MetaOp::Scatter { .. } => 2,
+        MetaOp::Extern(e) => e.arity(),
+        MetaOp::Gather { .. } | MetaOp::Scatter { .. } => 2,
         _ => 1,
     };
     if inputs.len() != arity {

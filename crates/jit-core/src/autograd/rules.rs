@@ -245,6 +245,8 @@ fn extern_rule(ctx: &Ctx<'_>, op: ExternOp, g: &Var) -> Result<Vec<Option<Var>>>
             };
             Ok(vec![da.transpose()?, db.transpose()?])
         }
+        // positions: no gradient (an i64 output is never recorded)
+        ExternOp::Argsort { .. } => Ok(vec![None]),
         // the stride-2 product runs inside conv2d's own rule only (recording off)
         ExternOp::Conv2dStride2 { .. } => Err(crate::Error::argument(
             "grad",

@@ -72,7 +72,7 @@ pub fn run_extern(op: &ExternOp, inputs: &[(&Buffer, &[usize])], dtype: DType) -
             matmul(trans_a, trans_b, (a, sa), (b, sb), dtype)
         }
         ExternOp::Conv2d { pass, spec } => super::dnn::conv2d(pass, &spec, inputs, dtype),
-        ExternOp::Conv2dShift { .. } | ExternOp::Conv2dStride2 { .. } => Ok(None),
+        ExternOp::Conv2dShift { .. } | ExternOp::Conv2dStride2 { .. } | ExternOp::Argsort { .. } => Ok(None),
     }
 }
 
