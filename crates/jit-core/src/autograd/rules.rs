@@ -189,61 +189,22 @@ fn extern_rule(ctx: &Ctx<'_>, op: ExternOp, g: &Var) -> Result<Vec<Option<Var>>>
         // Each pass is bilinear in its two inputs and the three are adjoints of one
         // another (<dy, fwd(x, w)> = <bd(dy, w), x> = <bf(dy, x), w>), so each one's
         // gradients are the other two, to any order.
-        ExternOp::Conv2d { pass, spec } => {
-            let call = |p: ConvPass, a: &Var, b: &Var| {
-                Var::extern_op(ExternOp::Conv2d { pass: p, spec }, &[a.clone(), b.clone()])
-            };
-            let (a, b) = (ctx.input(0)?, ctx.input(1)?);
-            let (da, db) = match pass {
-                // y = fwd(x, w): dx = bd(g, w), dw = bf(g, x)
-                ConvPass::Forward => (
-                    ctx.wants(0).then(|| call(ConvPass::BackwardData, g, &b)),
-                    ctx.wants(1).then(|| call(ConvPass::BackwardFilter, g, &a)),
-                ),
-                // dx = bd(dy, w): d dy = fwd(g, w), dw = bf(dy, g)
-                ConvPass::BackwardData => (
-                    ctx.wants(0).then(|| call(ConvPass::Forward, g, &b)),
-                    ctx.wants(1).then(|| call(ConvPass::BackwardFilter, &a, g)),
-                ),
-                // dw = bf(dy, x): d dy = fwd(x, g), dx = bd(dy, g)
-                ConvPass::BackwardFilter => (
-                    ctx.wants(0).then(|| call(ConvPass::Forward, &b, g)),
-                    ctx.wants(1).then(|| call(ConvPass::BackwardData, &a, g)),
-                ),
-            };
-            Ok(vec![da.transpose()?, db.transpose()?])
-        }
-        // The host's passes on the padded grid, with the same adjoint relations as
-        // above given their layout's contract: the forward product is zero outside
-        // the valid corner `oh x ow` of the grid, and the output gradient the other
-        // two passes take is zero there (conv2d's rule pads it with zeros). So the
+        ExternOp::Conv2d { pass, spec } => conv_pass_grads(ctx, pass, g, |p, a, b| {
+            Var::extern_op(ExternOp::Conv2d { pass: p, spec }, &[a.clone(), b.clone()])
+        }),
+        // The host's passes on the padded grid, with the same adjoint relations
+        // given their layout's contract: the forward product is zero outside the
+        // valid corner `oh x ow` of the grid, and the output gradient the other two
+        // passes take is zero there (conv2d's rule pads it with zeros). So the
         // forward pass's gradient is first masked to the valid corner, and the
         // gradients the other two give their output-gradient input are forward
         // products (zero outside it, where that input's producer, a zero padding,
         // takes no gradient).
         ExternOp::Conv2dShift { pass, kernel, dilation } => {
-            let call = |p: ConvPass, a: &Var, b: &Var| {
+            let g = if pass == ConvPass::Forward { &valid_corner(g, kernel, dilation)? } else { g };
+            conv_pass_grads(ctx, pass, g, |p, a, b| {
                 Var::extern_op(ExternOp::Conv2dShift { pass: p, kernel, dilation }, &[a.clone(), b.clone()])
-            };
-            let (a, b) = (ctx.input(0)?, ctx.input(1)?);
-            let (da, db) = match pass {
-                ConvPass::Forward => {
-                    let gm = valid_corner(g, kernel, dilation)?;
-                    (
-                        ctx.wants(0).then(|| call(ConvPass::BackwardData, &gm, &b)),
-                        ctx.wants(1).then(|| call(ConvPass::BackwardFilter, &gm, &a)),
-                    )
-                }
-                ConvPass::BackwardData => (
-                    ctx.wants(0).then(|| call(ConvPass::Forward, g, &b)),
-                    ctx.wants(1).then(|| call(ConvPass::BackwardFilter, &a, g)),
-                ),
-                ConvPass::BackwardFilter => (
-                    ctx.wants(0).then(|| call(ConvPass::Forward, &b, g)),
-                    ctx.wants(1).then(|| call(ConvPass::BackwardData, &a, g)),
-                ),
-            };
-            Ok(vec![da.transpose()?, db.transpose()?])
+            })
         }
         // positions: no gradient (an i64 output is never recorded)
         ExternOp::Argsort { .. } => Ok(vec![None]),
@@ -253,6 +214,36 @@ fn extern_rule(ctx: &Ctx<'_>, op: ExternOp, g: &Var) -> Result<Vec<Option<Var>>>
             "the stride-2 convolution product is differentiated by conv2d's own rule, not on its own",
         )),
     }
+}
+
+/// The gradients of one pass of a convolution whose three passes are adjoints of
+/// one another (`<dy, fwd(x, w)> = <bd(dy, w), x> = <bf(dy, x), w>`), so that each
+/// one's gradients are the other two, to any order; `call` builds a pass.
+fn conv_pass_grads(
+    ctx: &Ctx<'_>,
+    pass: ConvPass,
+    g: &Var,
+    call: impl Fn(ConvPass, &Var, &Var) -> Result<Var>,
+) -> Result<Vec<Option<Var>>> {
+    let (a, b) = (ctx.input(0)?, ctx.input(1)?);
+    let (da, db) = match pass {
+        // y = fwd(x, w): dx = bd(g, w), dw = bf(g, x)
+        ConvPass::Forward => (
+            ctx.wants(0).then(|| call(ConvPass::BackwardData, g, &b)),
+            ctx.wants(1).then(|| call(ConvPass::BackwardFilter, g, &a)),
+        ),
+        // dx = bd(dy, w): d dy = fwd(g, w), dw = bf(dy, g)
+        ConvPass::BackwardData => (
+            ctx.wants(0).then(|| call(ConvPass::Forward, g, &b)),
+            ctx.wants(1).then(|| call(ConvPass::BackwardFilter, &a, g)),
+        ),
+        // dw = bf(dy, x): d dy = fwd(x, g), dx = bd(dy, g)
+        ConvPass::BackwardFilter => (
+            ctx.wants(0).then(|| call(ConvPass::Forward, &b, g)),
+            ctx.wants(1).then(|| call(ConvPass::BackwardData, &a, g)),
+        ),
+    };
+    Ok(vec![da.transpose()?, db.transpose()?])
 }
 
 /// `g` (`[N, C, Hp, Wp]`, a padded grid) with zeros outside the valid corner of a
