@@ -503,7 +503,7 @@ fn step_label(step: &Step) -> String {
             }
         }
         Step::Extern { op, inputs, out } => {
-            format!("{} {:?} -> {:?}", op.name(), inputs.iter().map(Var::shape).collect::<Vec<_>>(), out.shape())
+            format!("{} {:?} -> {:?}", op.label(), inputs.iter().map(Var::shape).collect::<Vec<_>>(), out.shape())
         }
         Step::Alias { out, .. } => format!("alias {:?}", out.shape()),
     }

@@ -84,6 +84,27 @@ impl ExternOp {
         }
     }
 
+    /// [`Self::name`] with what tells the variants apart (a convolution's pass, a
+    /// transposed operand, the sort's direction), for profiles and dumps.
+    pub fn label(&self) -> String {
+        let pass = |p: ConvPass| match p {
+            ConvPass::Forward => "conv2d",
+            ConvPass::BackwardData => "conv2d input-grad",
+            ConvPass::BackwardFilter => "conv2d weight-grad",
+        };
+        match *self {
+            ExternOp::Matmul { trans_a, trans_b } => match (trans_a, trans_b) {
+                (false, false) => "matmul".into(),
+                (true, false) => "matmul Aᵀ·B".into(),
+                (false, true) => "matmul A·Bᵀ".into(),
+                (true, true) => "matmul Aᵀ·Bᵀ".into(),
+            },
+            ExternOp::Conv2dShift { pass: p, .. } | ExternOp::Conv2d { pass: p, .. } => pass(p).into(),
+            ExternOp::Conv2dStride2 { .. } => "conv2d stride-2".into(),
+            ExternOp::Argsort { descending } => if descending { "sort descending" } else { "sort" }.into(),
+        }
+    }
+
     /// How many inputs the op takes.
     pub fn arity(&self) -> usize {
         match self {
