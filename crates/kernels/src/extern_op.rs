@@ -219,7 +219,10 @@ impl ExternOp {
             ExternOp::Argsort { descending } => {
                 let [(x, sx)] = inputs else { return Err(self.wrong_arity(inputs.len())) };
                 self.out_shape(&[sx]).map_err(|e| self.bad(e))?;
-                Ok(HostBuffer::I64(argsort_rows(x, sx[1], descending)))
+                let mut out = host_pool::take(DType::I64, x.len(), Fill::Overwritten, "a sort's positions")?;
+                let HostBuffer::I64(dst) = &mut out else { return Err(self.bad("the output is not i64".into())) };
+                argsort_rows(x, sx[1], descending, dst);
+                Ok(out)
             }
         }
     }
@@ -293,17 +296,17 @@ impl ExternOp {
     }
 }
 
-/// [`ExternOp::Argsort`] of the rows of `n` elements of `x`.
-fn argsort_rows(x: &HostBuffer, n: usize, descending: bool) -> Vec<i64> {
+/// [`ExternOp::Argsort`] of the rows of `n` elements of `x`, into `out`.
+fn argsort_rows(x: &HostBuffer, n: usize, descending: bool, out: &mut [i64]) {
     match x {
-        HostBuffer::Bool(v) => sort_rows(v, n, descending, |a, b| a.cmp(b)),
-        HostBuffer::U8(v) => sort_rows(v, n, descending, |a, b| a.cmp(b)),
-        HostBuffer::I32(v) => sort_rows(v, n, descending, |a, b| a.cmp(b)),
-        HostBuffer::I64(v) => sort_rows(v, n, descending, |a, b| a.cmp(b)),
-        HostBuffer::F16(v) => sort_rows(v, n, descending, |a, b| nan_last(a.to_f32(), b.to_f32())),
-        HostBuffer::BF16(v) => sort_rows(v, n, descending, |a, b| nan_last(a.to_f32(), b.to_f32())),
-        HostBuffer::F32(v) => sort_rows(v, n, descending, |a, b| nan_last(*a, *b)),
-        HostBuffer::F64(v) => sort_rows(v, n, descending, |a, b| nan_last(*a, *b)),
+        HostBuffer::Bool(v) => sort_rows(v, n, descending, out, |a, b| a.cmp(b)),
+        HostBuffer::U8(v) => sort_rows(v, n, descending, out, |a, b| a.cmp(b)),
+        HostBuffer::I32(v) => sort_rows(v, n, descending, out, |a, b| a.cmp(b)),
+        HostBuffer::I64(v) => sort_rows(v, n, descending, out, |a, b| a.cmp(b)),
+        HostBuffer::F16(v) => sort_rows(v, n, descending, out, |a, b| nan_last(a.to_f32(), b.to_f32())),
+        HostBuffer::BF16(v) => sort_rows(v, n, descending, out, |a, b| nan_last(a.to_f32(), b.to_f32())),
+        HostBuffer::F32(v) => sort_rows(v, n, descending, out, |a, b| nan_last(*a, *b)),
+        HostBuffer::F64(v) => sort_rows(v, n, descending, out, |a, b| nan_last(*a, *b)),
     }
 }
 
@@ -320,23 +323,24 @@ fn nan_last<T: PartialOrd>(a: T, b: T) -> std::cmp::Ordering {
 }
 
 /// The stable sorting permutation of each row of `n` elements of `v` under `cmp`
-/// (reversed when `descending`; ties keep their order either way), rows in parallel.
+/// (reversed when `descending`; ties keep their order either way) into `out`, rows
+/// in parallel.
 fn sort_rows<T: Sync>(
     v: &[T],
     n: usize,
     descending: bool,
+    out: &mut [i64],
     cmp: impl Fn(&T, &T) -> std::cmp::Ordering + Sync,
-) -> Vec<i64> {
-    let mut out = vec![0i64; v.len()];
+) {
     if n == 0 {
-        return out;
+        return;
     }
-    out.par_chunks_mut(n).zip(v.par_chunks(n)).for_each_init(Vec::new, |perm: &mut Vec<u32>, (dst, row)| {
+    out.par_chunks_mut(n).zip(v.par_chunks(n)).for_each_init(Vec::new, |perm: &mut Vec<usize>, (dst, row)| {
         perm.clear();
-        perm.extend(0..row.len() as u32);
+        perm.extend(0..row.len());
         // merge sort (stable): equal keys keep their original order
         perm.sort_by(|&i, &j| {
-            let o = cmp(&row[i as usize], &row[j as usize]);
+            let o = cmp(&row[i], &row[j]);
             if descending {
                 o.reverse()
             } else {
@@ -347,7 +351,6 @@ fn sort_rows<T: Sync>(
             *d = p as i64;
         }
     });
-    out
 }
 
 /// Strides of one batched product (elements, row-major storage).
