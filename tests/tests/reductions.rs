@@ -253,13 +253,15 @@ fn logsumexp_and_norm_edge_cases() {
 }
 
 /// Reductions over axes that are not the innermost (the compiled backend runs four
-/// neighbouring outputs per vector there) give the IR executor's results bit for bit:
-/// every lane accumulates in the same order as the scalar loop. Rows of 3, 4, 7 and
-/// 19 outputs (vectors and scalar remainders), NaN included (any NaN bit pattern).
+/// neighbouring outputs per vector there, in chunks of up to 256 vectors, four per
+/// step) give the IR executor's results bit for bit: every lane accumulates in the
+/// same order as the scalar loop. Rows of 3, 4, 7, 19, 263 and 1031 outputs (steps
+/// of four vectors, single vectors, scalar remainders, a full chunk and a partial
+/// one), NaN included (any NaN bit pattern).
 #[test]
 fn reductions_over_outer_axes_match_the_scalar_order_exactly() {
     let mut rng = Rng::fresh("reductions_over_outer_axes_match_the_scalar_order_exactly");
-    for last in [3, 4, 7, 19] {
+    for last in [3, 4, 7, 19, 263, 1031] {
         let shape = [37, 5, last];
         let mut x = rng.nd(&shape, -1.0, 1.0).rounded(DType::F32);
         x.data[11] = f64::NAN;
