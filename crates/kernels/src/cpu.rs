@@ -1921,7 +1921,7 @@ fn reduce_chunk(
     let qvar = g.b.declare_var(types::I64);
     g.b.def_var(qvar, zero);
     let red_loop = open_loop(g, qvar, red_n);
-    // UNROLL blocks per step (their address arithmetic shared), then one at a time
+    // CHUNK_UNROLL blocks per step (their address arithmetic shared), then one at a time
     g.b.def_var(vvar, zero);
     let unrolled_end = g.b.ins().iadd_imm_s(nv, -(CHUNK_UNROLL - 1));
     for (step, bound) in [(CHUNK_UNROLL, unrolled_end), (1, nv)] {
@@ -2196,15 +2196,34 @@ fn emit_vectorized(
     };
     let outside: Vec<CV> = pinned_ids.iter().map(|id| g.hoisted[id]).collect();
     let slots = pin_before_loop(g, &outside);
-    let vloop = open_loop(g, jvar, last_start);
-    for ((&id, &slot), &v) in pinned_ids.iter().zip(&slots).zip(&outside) {
-        let t = g.b.func.dfg.value_type(v);
-        let v = g.b.ins().stack_load(types::I64, t, slot, 0);
-        g.hoisted.insert(id, v);
+    let reload = |g: &mut Gen<'_, '_>| {
+        for ((&id, &slot), &v) in pinned_ids.iter().zip(&slots).zip(&outside) {
+            let t = g.b.func.dfg.value_type(v);
+            let v = g.b.ins().stack_load(types::I64, t, slot, 0);
+            g.hoisted.insert(id, v);
+        }
+    };
+    let checks = BlockChecks::of(&kernel.body, l);
+    if checks.is_empty() && kernel.body.len() <= UNROLL_MAX_VALUES {
+        // BODY_UNROLL vectors per step while j + BODY_UNROLL * LANES <= seg_end
+        let last_unrolled = g.b.ins().iadd_imm_s(seg_end, -(BODY_UNROLL * LANES - 1));
+        let uloop = open_loop(g, jvar, last_unrolled);
+        reload(g);
+        let j = g.b.use_var(jvar);
+        for u in 0..BODY_UNROLL {
+            let ju = g.b.ins().iadd_imm_s(j, u * LANES);
+            g.b.def_var(g.idx[l], ju);
+            let vals = g.vector_values(&kernel.body, l)?;
+            store_lanes(g, kernel, outputs, &vals, pos_base, ju);
+        }
+        let next = g.b.ins().iadd_imm_s(j, BODY_UNROLL * LANES);
+        g.b.def_var(jvar, next);
+        close_loop(g, uloop);
     }
+    let vloop = open_loop(g, jvar, last_start);
+    reload(g);
     let j = g.b.use_var(jvar);
     g.b.def_var(g.idx[l], j);
-    let checks = BlockChecks::of(&kernel.body, l);
     if checks.is_empty() {
         let vals = g.vector_values(&kernel.body, l)?;
         store_lanes(g, kernel, outputs, &vals, pos_base, j);
@@ -2230,6 +2249,15 @@ fn emit_vectorized(
     g.b.ins().return_(&[]);
     Ok(())
 }
+
+/// Vectors per step of an element-wise kernel's unrolled loop (see
+/// [`emit_vectorized`]).
+const BODY_UNROLL: i64 = 4;
+
+/// Most values in a body that [`emit_vectorized`] unrolls: the cheap bodies (copies,
+/// casts, gathers, short chains) whose loop and address arithmetic cost as much as
+/// their work; a long body would only grow the code.
+const UNROLL_MAX_VALUES: usize = 24;
 
 /// Most lanes that one run-time check of a vector loop's [`BlockChecks`] covers
 /// when they pass on the whole span (eight vectors): the checks cost about as much
