@@ -18,7 +18,7 @@ use crate::cache::{KernelCache, FRAMEWORK_VERSION};
 use crate::dtype::DType;
 use crate::error::KernelError;
 use crate::expr::{CmpOp, IndexExpr};
-use crate::ir::{Indirect, Inst, Kernel, Launch, Store, Value};
+use crate::ir::{Indirect, Inst, Kernel, Launch, Output, Store, Value};
 use crate::meta::{BinaryOp, Distribution, ReduceOp, UnaryOp};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{
@@ -894,33 +894,7 @@ fn emit_kernel(
         let v = vals[o.value];
         match &o.store {
             Store::Dense => g.store(*base, o.dtype, pv, v)?,
-            Store::Scatter { op, offset, guard, at, .. } => {
-                let gv = match at {
-                    None => g.iexpr(guard),
-                    Some(at) => g.indirect_ok(vals[at.value], at, Some(guard)),
-                };
-                let yes = g.b.create_block();
-                let done = g.b.create_block();
-                g.b.ins().brif(gv, yes, &[], done, &[]);
-                g.b.seal_block(yes);
-                g.b.switch_to_block(yes);
-                let off = match at {
-                    None => g.iexpr(offset),
-                    Some(at) => g.indirect_offset(offset, vals[at.value], at),
-                };
-                // read-modify-write through the output, as an input of its own dtype
-                g.inputs.push(*base);
-                g.input_dtypes.push(o.dtype);
-                let old = g.load(g.inputs.len() - 1, o.dtype, off)?;
-                g.inputs.pop();
-                g.input_dtypes.pop();
-                let new = g.combine(*op, old, v, o.dtype)?;
-                let new = if o.dtype.is_float() { new } else { g.wrap(new, o.dtype) };
-                g.store(*base, o.dtype, off, new)?;
-                g.b.ins().jump(done, &[]);
-                g.b.seal_block(done);
-                g.b.switch_to_block(done);
-            }
+            Store::Scatter { .. } => g.scatter_store(o, *base, v, &vals)?,
         }
     }
     odometer(&mut g, 0, &out_dims);
@@ -930,6 +904,54 @@ fn emit_kernel(
     close_loop(&mut g, outer);
     g.b.ins().return_(&[]);
     Ok(())
+}
+
+impl Gen<'_, '_> {
+    /// Combines `v` into scatter output `o` (base address `base`) at the current
+    /// indices, where its guard holds and its data-dependent index (in `vals`) is in
+    /// range: one element for a scalar `v`; for an f32x4 `v`, the four elements from
+    /// the innermost index's (see [`scatter_vectorizable`]: they are distinct, so
+    /// each receives its contributions in the scalar loop's order).
+    fn scatter_store(&mut self, o: &Output, base: CV, v: CV, vals: &[CV]) -> Result<(), String> {
+        let Store::Scatter { op, offset, guard, at, .. } = &o.store else {
+            return Err("a dense output stored as a scatter".into());
+        };
+        let gv = match at {
+            None => self.iexpr(guard),
+            Some(at) => self.indirect_ok(vals[at.value], at, Some(guard)),
+        };
+        let yes = self.b.create_block();
+        let done = self.b.create_block();
+        self.b.ins().brif(gv, yes, &[], done, &[]);
+        self.b.seal_block(yes);
+        self.b.switch_to_block(yes);
+        let off = match at {
+            None => self.iexpr(offset),
+            Some(at) => self.indirect_offset(offset, vals[at.value], at),
+        };
+        if self.b.func.dfg.value_type(v) == types::F32X4 {
+            let scaled = self.b.ins().imul_imm_s(off, 4);
+            let addr = self.b.ins().iadd(base, scaled);
+            let flags = MemFlagsData::new().with_notrap();
+            let old = self.b.ins().load(types::F32X4, flags, addr, 0);
+            let new = self.vector_combine(*op, old, v);
+            self.b.ins().store(flags, new, addr, 0);
+        } else {
+            // read-modify-write through the output, as an input of its own dtype
+            self.inputs.push(base);
+            self.input_dtypes.push(o.dtype);
+            let old = self.load(self.inputs.len() - 1, o.dtype, off)?;
+            self.inputs.pop();
+            self.input_dtypes.pop();
+            let new = self.combine(*op, old, v, o.dtype)?;
+            let new = if o.dtype.is_float() { new } else { self.wrap(new, o.dtype) };
+            self.store(base, o.dtype, off, new)?;
+        }
+        self.b.ins().jump(done, &[]);
+        self.b.seal_block(done);
+        self.b.switch_to_block(done);
+        Ok(())
+    }
 }
 
 /// Opens `while var < bound { .. }`: returns the header (to jump back to) and the
@@ -1017,6 +1039,12 @@ pub fn run_with(
         .iter()
         .zip(&launch.output_lens)
         .map(|(o, &n)| match &o.store {
+            // a sum starts from zeros: a pooled buffer zeroed by both threads, whose
+            // pages are already mapped (a fresh zeroed allocation faults them in
+            // one at a time while the scatter runs, in one piece)
+            Store::Scatter { op: ReduceOp::Sum, .. } => {
+                crate::host_pool::take(o.dtype, n, crate::host_pool::Fill::Zeroed, "a kernel output")
+            }
             Store::Scatter { op, .. } => {
                 crate::host_pool::check(o.dtype, n, "a kernel output")?;
                 Ok(scatter_init(*op, o.dtype, n))
@@ -1249,12 +1277,38 @@ fn condition_factors(g: &IndexExpr) -> Vec<&IndexExpr> {
 /// invariant along the innermost output index, or piecewise so with run-time block
 /// checks ([`BlockChecks`]): its inner loop can run on vectors.
 fn vectorizable(k: &Kernel) -> bool {
-    if k.red_rank != 0 || k.out_rank == 0 || k.has_scatter() {
+    if k.red_rank != 0 || k.out_rank == 0 {
         return false;
     }
+    let l = k.out_rank - 1;
     let outputs: Vec<usize> = k.outputs.iter().map(|o| o.value).collect();
-    values_vectorizable(&k.body, &k.inputs, k.out_rank - 1, &outputs, true)
-        && k.outputs.iter().all(|o| in_f32(o.dtype) && o.store == Store::Dense)
+    values_vectorizable(&k.body, &k.inputs, l, &outputs, true)
+        && k.outputs.iter().all(|o| match o.store {
+            Store::Dense => in_f32(o.dtype),
+            Store::Scatter { .. } => scatter_vectorizable(k, o, l),
+        })
+}
+
+/// True when scatter output `o` can take four lanes per step along loop index `l`:
+/// an f32 sum whose target offset advances by one per lane (so the four targets
+/// are distinct), whose guard does not depend on `l`, and whose data-dependent
+/// index, if any, is an integer read once per row (the row of an `index_add`).
+fn scatter_vectorizable(k: &Kernel, o: &Output, l: usize) -> bool {
+    let Store::Scatter { op, offset, guard, at, .. } = &o.store else { return false };
+    let row_index = |at: &Indirect| {
+        let v = &k.body[at.value];
+        matches!(&v.inst, Inst::Load { offset, guard: None, .. } if !offset.mentions(l))
+            && !v.dtype.is_float()
+            && v.dtype != DType::Bool
+            && !at.stride.mentions(l)
+            && !at.extent.mentions(l)
+    };
+    o.dtype == DType::F32
+        && k.body[o.value].dtype == DType::F32
+        && *op == ReduceOp::Sum
+        && offset.linear_coefficient(l) == Some(1)
+        && !guard.mentions(l)
+        && at.as_ref().is_none_or(row_index)
 }
 
 /// True when a reduction kernel whose reduced axis is not contiguous can run four
@@ -1975,7 +2029,7 @@ fn reduce_chunk(
     for id in &acc_ids {
         g.hoisted.remove(id);
     }
-    store_lanes(g, kernel, outputs, &vals, pos_base, jl);
+    store_lanes(g, kernel, outputs, &vals, pos_base, jl)?;
     let v1 = g.b.ins().iadd_imm_s(v, 1);
     g.b.def_var(vvar, v1);
     close_loop(g, stores);
@@ -2141,7 +2195,10 @@ fn scalar_step(
     let vals = g.values(&kernel.body, &[])?;
     let pos = g.b.ins().iadd(pos_base, j);
     for (o, base) in kernel.outputs.iter().zip(outputs) {
-        g.store(*base, o.dtype, pos, vals[o.value])?;
+        match o.store {
+            Store::Dense => g.store(*base, o.dtype, pos, vals[o.value])?,
+            Store::Scatter { .. } => g.scatter_store(o, *base, vals[o.value], &vals)?,
+        }
     }
     let j1 = g.b.ins().iadd_imm_s(j, 1);
     g.b.def_var(jvar, j1);
@@ -2214,7 +2271,7 @@ fn emit_vectorized(
             let ju = g.b.ins().iadd_imm_s(j, u * LANES);
             g.b.def_var(g.idx[l], ju);
             let vals = g.vector_values(&kernel.body, l)?;
-            store_lanes(g, kernel, outputs, &vals, pos_base, ju);
+            store_lanes(g, kernel, outputs, &vals, pos_base, ju)?;
         }
         let next = g.b.ins().iadd_imm_s(j, BODY_UNROLL * LANES);
         g.b.def_var(jvar, next);
@@ -2226,7 +2283,7 @@ fn emit_vectorized(
     g.b.def_var(g.idx[l], j);
     if checks.is_empty() {
         let vals = g.vector_values(&kernel.body, l)?;
-        store_lanes(g, kernel, outputs, &vals, pos_base, j);
+        store_lanes(g, kernel, outputs, &vals, pos_base, j)?;
         let j4 = g.b.ins().iadd_imm_s(j, LANES);
         g.b.def_var(jvar, j4);
     } else {
@@ -2330,7 +2387,7 @@ fn emit_checked_blocks(
         g.block_conditions.insert(e.clone(), v);
     }
     let vals = g.vector_values(&kernel.body, l)?;
-    store_lanes(g, kernel, outputs, &vals, pos_base, jv);
+    store_lanes(g, kernel, outputs, &vals, pos_base, jv)?;
     let j4 = g.b.ins().iadd_imm_s(jv, LANES);
     g.b.def_var(jvar, j4);
     close_loop(g, inner);
@@ -2343,10 +2400,21 @@ fn emit_checked_blocks(
 /// Stores the f32x4 output values `vals` (by body value) of positions
 /// `pos_base + j .. + 4` into every dense output (f32, or f16 and bf16 rounded once
 /// and written as four 16-bit lanes).
-fn store_lanes(g: &mut Gen<'_, '_>, kernel: &Kernel, outputs: &[CV], vals: &[CV], pos_base: CV, j: CV) {
+fn store_lanes(
+    g: &mut Gen<'_, '_>,
+    kernel: &Kernel,
+    outputs: &[CV],
+    vals: &[CV],
+    pos_base: CV,
+    j: CV,
+) -> Result<(), String> {
     let pos = g.b.ins().iadd(pos_base, j);
     let flags = MemFlagsData::new().with_notrap();
     for (o, base) in kernel.outputs.iter().zip(outputs) {
+        if matches!(o.store, Store::Scatter { .. }) {
+            g.scatter_store(o, *base, vals[o.value], vals)?;
+            continue;
+        }
         let scaled = g.b.ins().imul_imm_s(pos, o.dtype.size_in_bytes() as i64);
         let addr = g.b.ins().iadd(*base, scaled);
         if o.dtype == DType::F32 {
@@ -2368,6 +2436,7 @@ fn store_lanes(g: &mut Gen<'_, '_>, kernel: &Kernel, outputs: &[CV], vals: &[CV]
             g.b.ins().store(flags, low, addr, 0);
         }
     }
+    Ok(())
 }
 
 /// The loop over row segments of the output range `[start, end)`: each segment is
