@@ -7,20 +7,9 @@
 use kernels::conv_direct::{forward, pack, DirectConv};
 use kernels::extern_op::{ConvPass, ExternOp};
 use kernels::{DType, HostBuffer};
-use std::time::Instant;
-fn med(mut f: impl FnMut()) -> f64 {
-    for _ in 0..2 {
-        f();
-    }
-    let mut ts = vec![];
-    for _ in 0..7 {
-        let t = Instant::now();
-        f();
-        ts.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    ts[3]
-}
+mod probe;
+
+use probe::med;
 fn main() {
     for &(c, o, hp, k) in &[
         (3usize, 32usize, 520usize, 9usize),

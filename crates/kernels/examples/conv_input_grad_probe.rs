@@ -12,21 +12,9 @@
 
 use kernels::extern_op::{ConvPass, ExternOp};
 use kernels::{DType, HostBuffer};
-use std::time::Instant;
+mod probe;
 
-fn med(mut f: impl FnMut()) -> f64 {
-    for _ in 0..2 {
-        f();
-    }
-    let mut ts = vec![];
-    for _ in 0..7 {
-        let t = Instant::now();
-        f();
-        ts.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    ts.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    ts[3]
-}
+use probe::med;
 
 fn main() {
     let algo = std::env::var("JIT_CONV_ALGO").unwrap_or_else(|_| "auto".into());
