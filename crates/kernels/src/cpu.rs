@@ -847,46 +847,14 @@ fn emit_kernel(
     }
     let pvar = g.b.declare_var(types::I64);
     g.b.def_var(pvar, start);
-    let red_n = red_dims.iter().fold(None, |acc: Option<CV>, &d| {
-        Some(match acc {
-            None => d,
-            Some(a) => g.b.ins().imul(a, d),
-        })
-    });
-
     let outer = open_loop(&mut g, pvar, end);
 
     // reduction loop
     let accs: Vec<Variable> = kernel.reductions.iter().map(|r| g.b.declare_var(cty(r.dtype))).collect();
-    if red_n.is_some() && reduction_vectorizable(kernel) {
+    if kernel.red_rank > 0 && reduction_vectorizable(kernel) {
         emit_vector_reduction(&mut g, kernel, &red_dims, &accs)?;
-    } else if let Some(red_n) = red_n {
-        for (var, r) in accs.iter().zip(&kernel.reductions) {
-            let init = if r.dtype.is_float() {
-                g.constant(r.op.identity_f64(), r.dtype)?
-            } else {
-                g.i64c(r.op.identity_for(r.dtype))
-            };
-            g.b.def_var(*var, init);
-        }
-        let qvar = g.b.declare_var(types::I64);
-        let zero = g.i64c(0);
-        g.b.def_var(qvar, zero);
-        for d in 0..kernel.red_rank {
-            g.b.def_var(g.idx[kernel.out_rank + d], zero);
-        }
-        let red_loop = open_loop(&mut g, qvar, red_n);
-        let vals = g.values(&kernel.inner, &[])?;
-        for (var, r) in accs.iter().zip(&kernel.reductions) {
-            let a = g.b.use_var(*var);
-            let c = g.combine(r.op, a, vals[r.value], r.dtype)?;
-            g.b.def_var(*var, c);
-        }
-        odometer(&mut g, kernel.out_rank, &red_dims);
-        let q = g.b.use_var(qvar);
-        let q1 = g.b.ins().iadd_imm_s(q, 1);
-        g.b.def_var(qvar, q1);
-        close_loop(&mut g, red_loop);
+    } else if kernel.red_rank > 0 {
+        reduce_in_order(&mut g, kernel, &red_dims, &accs)?;
     }
     let vals = g.values(&kernel.body, &accs)?;
     let pv = g.b.use_var(pvar);
@@ -1884,10 +1852,14 @@ fn emit_vector_reduction(
 }
 
 /// The reductions of the output position at the current indices, folded over the
-/// whole reduction domain in order into the scalar `accs`.
+/// whole reduction domain in order into the scalar `accs` (any dtype).
 fn reduce_in_order(g: &mut Gen<'_, '_>, kernel: &Kernel, red_dims: &[CV], accs: &[Variable]) -> Result<(), String> {
     for (var, r) in accs.iter().zip(&kernel.reductions) {
-        let init = g.constant(r.op.identity_f64(), r.dtype)?;
+        let init = if r.dtype.is_float() {
+            g.constant(r.op.identity_f64(), r.dtype)?
+        } else {
+            g.i64c(r.op.identity_for(r.dtype))
+        };
         g.b.def_var(*var, init);
     }
     let red_n = red_dims.iter().skip(1).fold(red_dims[0], |a, &d| g.b.ins().imul(a, d));
