@@ -608,3 +608,58 @@ fn index_add_rows_in_vectors_match_the_executor_bit_for_bit() {
         }
     }
 }
+
+/// `zeros(...).index_add(...)` (and `scatter_add` onto zeros) is the scatter sum
+/// alone, without a pass that adds the zero table: the same bits as adding `+0`
+/// elementwise afterwards (a sum that starts from `+0` is never `-0`, the one value
+/// that pass would change), `-0` and NaN sources included, on every backend fused
+/// and unfused. A zero table that takes a gradient keeps the addition.
+#[test]
+fn index_add_onto_zeros_is_the_scatter_alone() {
+    let mut rng = Rng::fresh("index_add_onto_zeros_is_the_scatter_alone");
+    let (rows, table, cols) = (9 + rng.below(8), 5 + rng.below(4), 1 + rng.below(9));
+    let mut src = rng.nd(&[rows, cols], -4.0, 4.0).rounded(DType::F32).data;
+    // rows made of -0 (alone in their target or summed with each other), a NaN
+    for c in 0..cols {
+        src[c] = -0.0;
+        src[cols + c] = -0.0;
+    }
+    src[2 * cols] = f64::NAN;
+    let mut idx: Vec<i64> = (0..rows).map(|_| (2 + rng.below(table - 2)) as i64).collect();
+    idx[0] = 0;
+    idx[1] = 0;
+    idx[2] = 1;
+    let source = Var::from_vec(src.iter().map(|&v| v as f32).collect::<Vec<f32>>(), &[rows, cols]).unwrap();
+    let iv = Var::from_vec(idx.clone(), &[rows]).unwrap();
+    let expected: Vec<u32> = {
+        let mut t = vec![0.0f32; table * cols];
+        for (r, &i) in idx.iter().enumerate() {
+            for c in 0..cols {
+                t[i as usize * cols + c] += src[r * cols + c] as f32;
+            }
+        }
+        t.iter().map(|v| (v + 0.0).to_bits()).collect()
+    };
+    assert!(expected[..cols].iter().all(|&b| b == 0), "a sum of -0 from +0 is +0");
+    for flags in every_backend() {
+        let (backend, fusion) = (flags.backend, flags.fusion);
+        jit_core::with_flags(flags, || {
+            let y = Var::zeros(&[table, cols], DType::F32).index_add(0, &iv, &source, 1.0).unwrap();
+            assert_eq!(y.op_name(), "scatter", "{backend:?} fusion {fusion}: the zero table is not added");
+            let got: Vec<u32> = y.to_vec::<f32>().unwrap().into_iter().map(f32::to_bits).collect();
+            let same = got
+                .iter()
+                .zip(&expected)
+                .all(|(a, b)| a == b || (f32::from_bits(*a).is_nan() && f32::from_bits(*b).is_nan()));
+            assert!(same, "{backend:?} fusion {fusion}: {got:x?} against {expected:x?} (seed {})", rng.seed);
+            let full_index = iv.unsqueeze(1).unwrap().broadcast_as(&[rows, cols]).unwrap();
+            let y = Var::zeros(&[table, cols], DType::F32).scatter_add(0, &full_index, &source).unwrap();
+            assert_eq!(y.op_name(), "scatter", "scatter_add onto zeros");
+        });
+    }
+    let z = Var::zeros(&[table, cols], DType::F32).requires_grad_(true).unwrap();
+    let y = z.index_add(0, &iv, &source, 1.0).unwrap();
+    assert_eq!(y.op_name(), "add", "a zero table that takes a gradient keeps its addition");
+    let g = jit_core::grad(&y.sum(&[0, 1], false).unwrap(), &[z]).unwrap();
+    assert_eq!(g[0].to_vec::<f32>().unwrap(), vec![1.0; table * cols], "the zero table's gradient");
+}

@@ -13,7 +13,7 @@
 //! result on every run).
 
 use crate::shape::ShapeOps;
-use jit_core::{normalize_dim, BinaryOp, DType, Error, ReduceOp, Result, Var};
+use jit_core::{normalize_dim, BinaryOp, DType, Error, MetaOp, ReduceOp, Result, Var};
 
 /// How [`IndexOps::scatter_reduce`] combines the values that meet at one position
 /// (PyTorch's `reduce` argument).
@@ -121,6 +121,12 @@ fn scatter_operands(op: &str, x: &Var, dim: isize, index: &Var, src: &Var) -> Re
     Ok((d, corner(op, src, index.shape())?))
 }
 
+/// True for a pending `full(+0.0)` that takes no gradient: adding it to a scatter
+/// sum changes nothing, so `zeros(...).index_add(...)` skips that pass.
+fn is_plain_positive_zero(x: &Var) -> bool {
+    matches!(x.op(), Some(MetaOp::Full { value }) if value == 0.0 && value.is_sign_positive()) && !x.requires_grad()
+}
+
 /// How many sources reach each position of `shape` (i64).
 fn hits(dim: usize, index: &Var, shape: &[usize]) -> Result<Var> {
     Var::full(index.shape(), 1.0, DType::I64).scatter_indexed(ReduceOp::Sum, dim, index, shape)
@@ -203,6 +209,11 @@ impl IndexOps for Var {
             };
         }
         if include_self {
+            if reduce == ScatterReduce::Sum && is_plain_positive_zero(self) {
+                // the scatter sums start from +0, so `+0 + s` is `s` bit for bit
+                // (a sum from +0 is never -0, the one value `+0 + x` changes)
+                return Ok(s);
+            }
             return with_self(&s);
         }
         Var::where_(&hits(d, index, self.shape())?.gt(0)?, &s, self)
