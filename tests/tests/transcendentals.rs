@@ -75,7 +75,8 @@ fn exp_keeps_nan_and_infinities_and_reaches_the_subnormals() {
 /// infinities and zeros (with their signs) come out as IEEE defines them, negative
 /// inputs of `log` and `rsqrt` give NaN, and subnormal inputs are handled (`log` of a
 /// subnormal is a normal number, not the result for the nearest normal one), and
-/// `sin` and `cos` agree on both sides of their inline range's bound and beyond it.
+/// `sin` and `cos` agree on both sides of their inline range's bound and beyond it,
+/// and `erf` on both sides of its three ranges' bounds.
 #[test]
 fn inline_functions_keep_special_values_and_subnormals() {
     let f = Flags { backend: Backend::Cpu, fusion: true, dump: false };
@@ -86,8 +87,9 @@ fn inline_functions_keep_special_values_and_subnormals() {
     xs.extend(tiny.iter().map(|t| -t));
     xs.extend([0.999_999_9, 1.000_000_1, 3.9, 4.0, 4.1, 9.0, -9.0, 44.0, 89.0]);
     xs.extend([8191.9, 8192.0, -8192.0, 8192.001, 1e4, -3e5, 1e20, 0.3, -2.0]);
-    // around log's reduction boundary sqrt(2) and its half
-    for c in [std::f32::consts::SQRT_2, std::f32::consts::FRAC_1_SQRT_2] {
+    // around log's reduction boundary sqrt(2) and its half, and erf's range bounds
+    // 1 and 2.5 (in vectors that mix lanes of the polynomials and of the tail)
+    for c in [std::f32::consts::SQRT_2, std::f32::consts::FRAC_1_SQRT_2, 2.5, -2.5, 1.75, -1.0] {
         xs.extend([f32::from_bits(c.to_bits() - 1), c, f32::from_bits(c.to_bits() + 1)]);
     }
     while !xs.len().is_multiple_of(4) {

@@ -485,7 +485,7 @@ impl Gen<'_, '_> {
             UnaryOp::Sigmoid if t == types::F32 => self.sigmoid_f32(x),
             UnaryOp::Log if t == types::F32 => self.log_f32(x),
             UnaryOp::Tanh if t == types::F32 => self.tanh_f32(x),
-            UnaryOp::Erf if t == types::F32 => self.erf_f32(x),
+            UnaryOp::Erf if t == types::F32 => self.erf_f32(x)?,
             UnaryOp::Sin | UnaryOp::Cos if t == types::F32 => self.trig_f32(x, op)?,
             UnaryOp::Recip if t == types::F32 => {
                 let one = self.b.ins().f32const(1.0);
@@ -1650,7 +1650,7 @@ impl Gen<'_, '_> {
                         UnaryOp::Sigmoid => self.sigmoid_f32(x),
                         UnaryOp::Log => self.log_f32(x),
                         UnaryOp::Tanh => self.tanh_f32(x),
-                        UnaryOp::Erf => self.erf_f32(x),
+                        UnaryOp::Erf => self.erf_f32(x)?,
                         UnaryOp::Sin | UnaryOp::Cos => self.trig_f32(x, *op)?,
                         UnaryOp::Recip | UnaryOp::Rsqrt => {
                             let one = self.fconst_like(x, 1.0);
