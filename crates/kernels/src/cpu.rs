@@ -48,6 +48,9 @@ pub struct Compiled {
     pub ir: String,
     /// The Cranelift IR that was compiled (for `JIT_DUMP`).
     pub clif: String,
+    /// The machine code as Cranelift lists it, when compiled for `JIT_DUMP`
+    /// (empty otherwise).
+    pub asm: String,
 }
 
 impl Compiled {
@@ -91,14 +94,14 @@ impl Compiled {
 }
 
 /// The compiled code of `kernel`: from the cache, or compiled now and cached (with
-/// `dump`, the kernel's IR and its Cranelift code are printed to stderr when it is
-/// compiled).
+/// `dump`, the kernel's IR, its Cranelift code and the machine code are printed to
+/// stderr when it is compiled).
 pub fn compiled(kernel: &Kernel, dump: bool) -> Result<Arc<Compiled>, KernelError> {
     let key = cache_key(kernel);
     cache().get_or_compile(&key, || {
-        let c = compile(kernel)?;
+        let c = compile_listed(kernel, dump)?;
         if dump {
-            eprintln!("[jit] compiled cpu kernel {key}\n{}\n{}", c.ir, c.clif);
+            eprintln!("[jit] compiled cpu kernel {key}\n{}\n{}\n{}", c.ir, c.clif, c.asm);
         }
         Ok::<_, KernelError>(c)
     })
@@ -759,6 +762,11 @@ fn isa() -> Result<cranelift_codegen::isa::OwnedTargetIsa, String> {
 
 /// Compiles a kernel to native code (no caching; see [`run`]).
 pub fn compile(kernel: &Kernel) -> Result<Compiled, KernelError> {
+    compile_listed(kernel, false)
+}
+
+/// [`compile`], with the machine code listed in [`Compiled::asm`] when `disasm`.
+fn compile_listed(kernel: &Kernel, disasm: bool) -> Result<Compiled, KernelError> {
     let ir = kernel.to_string();
     let fail = |message: String| KernelError::Compile { backend: "cpu", message, ir: ir.clone() };
     let isa = isa().map_err(fail)?;
@@ -782,13 +790,16 @@ pub fn compile(kernel: &Kernel) -> Result<Compiled, KernelError> {
     }
     let clif = ctx.func.display().to_string();
     let id = module.declare_function("kernel", Linkage::Export, &sig).map_err(|e| fail(e.to_string()))?;
+    ctx.set_disasm(disasm);
     module.define_function(id, &mut ctx).map_err(|e| fail(format!("{e:?}")))?;
+    let asm =
+        if disasm { ctx.compiled_code().and_then(|c| c.vcode.clone()).unwrap_or_default() } else { String::new() };
     module.clear_context(&mut ctx);
     module.finalize_definitions().map_err(|e| fail(e.to_string()))?;
     let code = module.get_finalized_function(id);
     // SAFETY: the function was just compiled with exactly this signature.
     let func = unsafe { std::mem::transmute::<*const u8, KernelFn>(code) };
-    Ok(Compiled { _module: module, func, ir, clif })
+    Ok(Compiled { _module: module, func, ir, clif, asm })
 }
 
 fn emit_kernel(
