@@ -1,7 +1,7 @@
 //! Every way `conv2d` runs on the CPU, against the reference backend (f64), forward
 //! and backward, on random awkward sizes: the direct convolution (fewer than 16
 //! input channels, or at most 288 channel-tap pairs), shifted gemms (more), the
-//! direct stride-2 product (at most 288 pairs; its gradients through the
+//! Winograd form (3x3 with 64 or more channels in and out), the direct stride-2 product (at most 288 pairs; its gradients through the
 //! space-to-depth form), space-to-depth (other strides, or more pairs: shifted
 //! gemms), and the im2col product (groups, a 1x1 kernel with stride, f64, and every
 //! convolution built for the CUDA backend). Seeds are printed; rerun with
@@ -64,6 +64,28 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
             kernel: [3, 3],
             opts: Conv2dOptions { padding: [1, 1], ..Default::default() },
             bias: true,
+        },
+        // 64 or more channels in and out, 3x3: the Winograd form forward and for the
+        // input gradient (odd grids: tiles that overhang the valid corner)
+        Case {
+            name: "winograd",
+            x: [2, 64 + rng.below(9), odd(rng, 4), 9 + rng.below(12)],
+            o: 64 + rng.below(7),
+            kernel: [3, 3],
+            opts: Conv2dOptions { padding: [1, 1], ..Default::default() },
+            bias: true,
+        },
+        Case {
+            name: "winograd reflect, unpadded",
+            x: [1, 66, 3 + rng.below(7), odd(rng, 3)],
+            o: 65,
+            kernel: [3, 3],
+            opts: Conv2dOptions {
+                padding: [rng.below(2), 1],
+                padding_mode: ConvPadding::Reflect,
+                ..Default::default()
+            },
+            bias: false,
         },
         Case {
             name: "direct stride 2, 4 channels",

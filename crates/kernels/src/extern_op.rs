@@ -702,6 +702,14 @@ unsafe fn gemm_view_on<T: GemmElem>(
     });
 }
 
+/// `dst = lhs · rhs` in f32 for `[m, n, k]` on strided views, on the calling thread.
+///
+/// # Safety
+/// As for [`gemm_view_on`].
+pub(crate) unsafe fn gemm_f32(mnk: [usize; 3], dst: View<*mut f32>, lhs: View<*const f32>, rhs: View<*const f32>) {
+    gemm_once(mnk, dst, false, lhs, rhs, gemm::Parallelism::None);
+}
+
 /// One call of the gemm crate on strided views: `dst = lhs · rhs`, or `dst += lhs ·
 /// rhs` with `accumulate`.
 ///
@@ -853,8 +861,18 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
                     }
                 }
             };
-            // a thin product per tap: accumulate in registers instead
-            direct_or_gemms(pass, &direct, b, &mut out, len, run_direct, run_gemms)?;
+            if crate::conv_winograd::applies(g.c, g.o, g.kernel, g.dilation) {
+                let s = crate::conv_winograd::WinogradConv { c: g.c, o: g.o, hp: g.hp, wp: g.wp, full: false };
+                let u = crate::conv_winograd::transform_weight(&s, b)?;
+                for bi in 0..g.n {
+                    let xp = &a[bi * g.c * plane..(bi + 1) * g.c * plane];
+                    let dst = &mut out[bi * g.o * plane..(bi + 1) * g.o * plane];
+                    crate::conv_winograd::forward(&s, &u, xp, dst);
+                }
+            } else {
+                // a thin product per tap: accumulate in registers instead
+                direct_or_gemms(pass, &direct, b, &mut out, len, run_direct, run_gemms)?;
+            }
         }
         ConvPass::BackwardData => {
             expected("the output gradient", a.len(), g.n * g.o * plane)?;
@@ -885,7 +903,25 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
             // taps fall outside, take the gemms' sums over the columns that fall
             // inside.
             let last = g.tap(taps - 1);
-            if l <= last || crate::conv_direct::gemms_by_size(g.o, taps) {
+            if crate::conv_winograd::applies(g.o, g.c, g.kernel, g.dilation) {
+                // the full correlation of dy with the flipped weight, channels swapped
+                let s = crate::conv_winograd::WinogradConv { c: g.o, o: g.c, hp: g.hp, wp: g.wp, full: true };
+                let mut flipped = host_pool::take_f32(g.c * g.o * 9, Fill::Overwritten, "a flipped weight")?;
+                flipped.par_chunks_mut(g.o * 9).enumerate().for_each(|(c, row)| {
+                    for (o, dst) in row.chunks_mut(9).enumerate() {
+                        for (t, x) in dst.iter_mut().enumerate() {
+                            *x = b[(o * g.c + c) * 9 + 8 - t];
+                        }
+                    }
+                });
+                let u = crate::conv_winograd::transform_weight(&s, &flipped)?;
+                host_pool::give(HostBuffer::F32(flipped));
+                for bi in 0..g.n {
+                    let dy = &a[bi * g.o * plane..(bi + 1) * g.o * plane];
+                    let dst = &mut out[bi * g.c * plane..(bi + 1) * g.c * plane];
+                    crate::conv_winograd::forward(&s, &u, dy, dst);
+                }
+            } else if l <= last || crate::conv_direct::gemms_by_size(g.o, taps) {
                 // (decided before transposing a weight of up to tens of megabytes)
                 run_gemms(&mut out);
             } else {

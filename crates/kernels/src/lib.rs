@@ -31,6 +31,7 @@ pub mod cache;
 pub mod collapse;
 pub mod conv2d;
 pub mod conv_direct;
+pub mod conv_winograd;
 pub mod cpu;
 pub mod cuda;
 pub mod disk_cache;
