@@ -47,7 +47,7 @@ struct Common {
     /// `vgg_normalised.pth` (or .safetensors).
     #[arg(long)]
     vgg: PathBuf,
-    /// Output image (default: <content>_<command>.png next to the content).
+    /// Output image (default: next to the content image, named CONTENT_COMMAND.png, e.g. photo_adain.png).
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Scale both pictures down so the longer side is at most this (0: no limit).
