@@ -195,6 +195,14 @@ pub fn forward(s: &WinogradConv, u: &Transformed, xp: &[f32], y: &mut [f32]) {
             }
             let (v, rest) = scratch.split_at_mut(16 * s.c * nt);
             let (m, rows_buf) = rest.split_at_mut(16 * no * nt);
+            #[cfg(target_arch = "x86_64")]
+            if avx2() {
+                // SAFETY: the host has AVX2 and FMA (checked)
+                unsafe { wide::input(s, xp, rows.clone(), v, rows_buf) }
+            } else {
+                transform_input(s, xp, rows.clone(), v, rows_buf)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
             transform_input(s, xp, rows.clone(), v, rows_buf);
             for xi in 0..16 {
                 // SAFETY: U_ξ's rows outs are [no, C] at (outs.start*16 + xi)*C with row
@@ -212,9 +220,60 @@ pub fn forward(s: &WinogradConv, u: &Transformed, xp: &[f32], y: &mut [f32]) {
             // SAFETY: this task writes only output rows 2*rows.start..2*rows.end of the
             // planes outs, which no other task writes; y holds O planes (asserted).
             let y = unsafe { std::slice::from_raw_parts_mut(y_addr as *mut f32, s.o * plane) };
+            #[cfg(target_arch = "x86_64")]
+            if avx2() {
+                // SAFETY: the host has AVX2 and FMA (checked)
+                unsafe { wide::output(s, m, rows, outs, y, rows_buf) }
+            } else {
+                transform_output(s, m, rows, outs, y, rows_buf)
+            }
+            #[cfg(not(target_arch = "x86_64"))]
             transform_output(s, m, rows, outs, y, rows_buf);
         });
     });
+}
+
+/// Whether the host has AVX2 (checked once): the transforms are then compiled for
+/// it (eight lanes and its shuffles for the even and odd columns).
+fn avx2() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    #[cfg(target_arch = "x86_64")]
+    return *ON.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"));
+    #[cfg(not(target_arch = "x86_64"))]
+    return *ON.get_or_init(|| false);
+}
+
+/// [`transform_input`] and [`transform_output`] compiled for AVX2.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use super::*;
+
+    /// # Safety
+    /// The host must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn input(
+        s: &WinogradConv,
+        xp: &[f32],
+        rows: std::ops::Range<usize>,
+        v: &mut [f32],
+        buf: &mut [f32],
+    ) {
+        transform_input(s, xp, rows, v, buf)
+    }
+
+    /// # Safety
+    /// The host must have AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn output(
+        s: &WinogradConv,
+        m: &[f32],
+        rows: std::ops::Range<usize>,
+        outs: std::ops::Range<usize>,
+        y: &mut [f32],
+        buf: &mut [f32],
+    ) {
+        transform_output(s, m, rows, outs, y, buf)
+    }
 }
 
 /// `V = Bᵀ d B` for the tiles of tile rows `rows`, into `v` (`[16][C][T]`, tile `t =
@@ -222,6 +281,7 @@ pub fn forward(s: &WinogradConv, u: &Transformed, xp: &[f32], y: &mut [f32]) {
 /// are first combined down the columns (contiguous) and then across, through the
 /// even and odd columns of each combination. Positions outside the readable part of
 /// the input ([`WinogradConv::readable`]) read 0.
+#[inline(always)]
 fn transform_input(s: &WinogradConv, xp: &[f32], rows: std::ops::Range<usize>, v: &mut [f32], buf: &mut [f32]) {
     let (_, tw) = s.tiles();
     let (in_rows, in_cols, shift) = s.readable();
@@ -274,6 +334,7 @@ fn transform_input(s: &WinogradConv, xp: &[f32], rows: std::ops::Range<usize>, v
 
 /// `Y = Aᵀ M A` for the tiles of tile rows `rows` and the output channels `outs` (`m`
 /// is `[16][outs][T]`), written to the valid outputs of `y` (`[O, hp, wp]`).
+#[inline(always)]
 fn transform_output(
     s: &WinogradConv,
     m: &[f32],
