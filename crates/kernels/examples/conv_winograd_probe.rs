@@ -35,10 +35,10 @@ fn main() {
         let mut y2 = vec![0.0f32; o * plane];
         let wt = med(|| {
             let u = conv_winograd::transform_weight(&ws, &w).unwrap();
-            conv_winograd::forward(&ws, &u, &xp, &mut y2)
+            conv_winograd::forward(&ws, &u, 1, &xp, &mut y2)
         });
         let u = conv_winograd::transform_weight(&ws, &w).unwrap();
-        let wf = med(|| conv_winograd::forward(&ws, &u, &xp, &mut y2));
+        let wf = med(|| conv_winograd::forward(&ws, &u, 1, &xp, &mut y2));
         let tr = med(|| drop(conv_winograd::transform_weight(&ws, &w).unwrap()));
         let flops = 2.0 * (o * c * 9 * (hp - 2) * (wp - 2)) as f64;
         println!(

@@ -153,35 +153,43 @@ thread_local! {
 }
 
 /// `y[o, r, q] = Σ_{c, i, j < 3} w[o, c, i, j] xp[c, r + i, q + j]` for the valid
-/// outputs `r < hp - 2`, `q < wp - 2` of one image; `xp` is `[C, hp, wp]`, `y` is
-/// `[O, hp, wp]`, whose other positions are left as they are. With `full`, the same
+/// outputs `r < hp - 2`, `q < wp - 2` of each of `n` images; `xp` is `[n, C, hp,
+/// wp]`, `y` is `[n, O, hp, wp]`, whose other positions are left as they are. With `full`, the same
 /// sum with `xp[c, r + i - 2, q + j - 2]` (0 outside its `[hp - 2, wp - 2]` corner)
 /// for every output of the grid.
 ///
 /// # Panics
 /// When the buffers are smaller than the sizes say, the grid is smaller than 3x3, or
 /// `u` was transformed for other channel counts.
-pub fn forward(s: &WinogradConv, u: &Transformed, xp: &[f32], y: &mut [f32]) {
+pub fn forward(s: &WinogradConv, u: &Transformed, n: usize, xp: &[f32], y: &mut [f32]) {
     let plane = s.hp * s.wp;
     assert!(s.hp >= 3 && s.wp >= 3, "the grid {}x{} is smaller than the kernel", s.hp, s.wp);
-    assert!(xp.len() >= s.c * plane && y.len() >= s.o * plane, "buffers smaller than {} planes", s.c.max(s.o));
+    assert!(
+        xp.len() >= n * s.c * plane && y.len() >= n * s.o * plane,
+        "buffers smaller than {n} images of {} planes",
+        s.c.max(s.o)
+    );
     assert!(u.c == s.c && u.o == s.o, "the weight was transformed for other sizes");
     let (th, tw) = s.tiles();
-    let rows_per_block = TILES_PER_BLOCK.div_ceil(tw).clamp(1, th);
-    let blocks = th.div_ceil(rows_per_block);
+    // blocks of whole tile rows, at least TILES_PER_BLOCK tiles, evened out
+    let blocks = th.div_ceil(TILES_PER_BLOCK.div_ceil(tw).clamp(1, th));
+    let rows_per_block = th.div_ceil(blocks);
     // too few blocks for the threads (small grids): split the output channels too,
     // each part transforming its block's input again (linear in C, not C x O)
     let threads = rayon::current_num_threads().max(1);
-    let parts = if blocks >= 2 * threads { 1 } else { (2 * threads).div_ceil(blocks).min(s.o.div_ceil(32)).max(1) };
+    let units = n * blocks;
+    let parts =
+        if units >= 2 * threads { 1 } else { (2 * threads).div_ceil(units.max(1)).min(s.o.div_ceil(32)).max(1) };
     let per_part = s.o.div_ceil(parts);
     let y_addr = y.as_mut_ptr() as usize;
-    (0..blocks * parts).into_par_iter().for_each(|task| {
-        let (b, part) = (task / parts, task % parts);
+    (0..units * parts).into_par_iter().for_each(|task| {
+        let (image, b, part) = (task / (blocks * parts), (task / parts) % blocks, task % parts);
         let rows = b * rows_per_block..((b + 1) * rows_per_block).min(th);
         let outs = part * per_part..((part + 1) * per_part).min(s.o);
-        if outs.is_empty() {
+        if outs.is_empty() || rows.is_empty() {
             return;
         }
+        let xp = &xp[image * s.c * plane..(image + 1) * s.c * plane];
         let no = outs.len();
         SCRATCH.with(|cell| {
             let mut scratch = cell.borrow_mut();
@@ -218,8 +226,10 @@ pub fn forward(s: &WinogradConv, u: &Transformed, xp: &[f32], y: &mut [f32]) {
                 }
             }
             // SAFETY: this task writes only output rows 2*rows.start..2*rows.end of the
-            // planes outs, which no other task writes; y holds O planes (asserted).
-            let y = unsafe { std::slice::from_raw_parts_mut(y_addr as *mut f32, s.o * plane) };
+            // planes outs of its image, which no other task writes; y holds n images
+            // of O planes (asserted).
+            let y =
+                unsafe { std::slice::from_raw_parts_mut((y_addr as *mut f32).add(image * s.o * plane), s.o * plane) };
             #[cfg(target_arch = "x86_64")]
             if avx2() {
                 // SAFETY: the host has AVX2 and FMA (checked)
@@ -418,6 +428,7 @@ mod tests {
 
     /// Odd and even grids (tile rows and columns that overhang the valid corner),
     /// blocks of one and of several tile rows, output channels split across threads,
+    /// batches of one to three images,
     /// channel counts that are not multiples of anything, the forward and the full
     /// correlation: every valid output within 1e-5 of the output's scale, the rest of
     /// the planes untouched, and in the full form the input past its corner (NaN
@@ -436,14 +447,17 @@ mod tests {
             let s = WinogradConv { c, o, hp, wp, full };
             let plane = hp * wp;
             let (in_rows, in_cols, _) = s.readable();
-            let xp: Vec<f32> = (0..c * plane)
+            // a batch of 1, 2 or 3 images
+            let n = 1 + (c + o) % 3;
+            let xp: Vec<f32> = (0..n * c * plane)
                 .map(|p| if (p % plane) / wp < in_rows && p % wp < in_cols { rnd() } else { f32::NAN })
                 .collect();
             let w: Vec<f32> = (0..o * c * 9).map(|_| rnd()).collect();
             let u = transform_weight(&s, &w).unwrap();
-            let mut y = vec![f32::NAN; o * plane];
-            forward(&s, &u, &xp, &mut y);
-            let want = definition(&s, &xp, &w);
+            let mut y = vec![f32::NAN; n * o * plane];
+            forward(&s, &u, n, &xp, &mut y);
+            let want: Vec<f64> =
+                (0..n).flat_map(|i| definition(&s, &xp[i * c * plane..(i + 1) * c * plane], &w)).collect();
             let scale = want.iter().fold(0.0f64, |a, b| a.max(b.abs()));
             let (oh, ow) = s.valid();
             for (p, (&g, &w)) in y.iter().zip(&want).enumerate() {
@@ -451,7 +465,7 @@ mod tests {
                 if r < oh && q < ow {
                     assert!(
                         (f64::from(g) - w).abs() <= 1e-5 * scale,
-                        "{c}->{o} on {hp}x{wp} (full {full}): {p}: {g} vs {w}"
+                        "{c}->{o} on {hp}x{wp} (full {full}, {n} images): {p}: {g} vs {w}"
                     );
                 } else {
                     assert!(g.is_nan(), "{c}->{o} on {hp}x{wp}: position {p} outside the valid corner was written");

@@ -864,11 +864,7 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
             if crate::conv_winograd::applies(g.c, g.o, g.kernel, g.dilation) {
                 let s = crate::conv_winograd::WinogradConv { c: g.c, o: g.o, hp: g.hp, wp: g.wp, full: false };
                 let u = crate::conv_winograd::transform_weight(&s, b)?;
-                for bi in 0..g.n {
-                    let xp = &a[bi * g.c * plane..(bi + 1) * g.c * plane];
-                    let dst = &mut out[bi * g.o * plane..(bi + 1) * g.o * plane];
-                    crate::conv_winograd::forward(&s, &u, xp, dst);
-                }
+                crate::conv_winograd::forward(&s, &u, g.n, a, &mut out);
             } else {
                 // a thin product per tap: accumulate in registers instead
                 direct_or_gemms(pass, &direct, b, &mut out, len, run_direct, run_gemms)?;
@@ -916,11 +912,7 @@ fn conv_shift(g: &ConvGeom, pass: ConvPass, a: &[f32], b: &[f32]) -> Result<Vec<
                 });
                 let u = crate::conv_winograd::transform_weight(&s, &flipped)?;
                 host_pool::give(HostBuffer::F32(flipped));
-                for bi in 0..g.n {
-                    let dy = &a[bi * g.o * plane..(bi + 1) * g.o * plane];
-                    let dst = &mut out[bi * g.c * plane..(bi + 1) * g.c * plane];
-                    crate::conv_winograd::forward(&s, &u, dy, dst);
-                }
+                crate::conv_winograd::forward(&s, &u, g.n, a, &mut out);
             } else if l <= last || crate::conv_direct::gemms_by_size(g.o, taps) {
                 // (decided before transposing a weight of up to tens of megabytes)
                 run_gemms(&mut out);
