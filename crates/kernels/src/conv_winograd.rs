@@ -1,6 +1,6 @@
-//! Winograd F(2x2, 3x3) convolution on the CPU: the forward product of a unit-stride,
-//! undilated 3x3 convolution with many channels, in the padded-grid layout of
-//! [`ExternOp::Conv2dShift`](crate::ExternOp::Conv2dShift).
+//! Winograd F(2x2, 3x3) convolution on the CPU: the forward product and the input
+//! gradient of a unit-stride, undilated 3x3 convolution with many channels, in the
+//! padded-grid layout of [`ExternOp::Conv2dShift`](crate::ExternOp::Conv2dShift).
 //!
 //! Each 2x2 block of outputs (a *tile*) is `Aᵀ [Σ_c (G g Gᵀ) ⊙ (Bᵀ d B)] A`, where `d`
 //! is the tile's 4x4 input window of channel `c` and `g` the 3x3 weight of the pair
@@ -154,9 +154,9 @@ thread_local! {
 
 /// `y[o, r, q] = Σ_{c, i, j < 3} w[o, c, i, j] xp[c, r + i, q + j]` for the valid
 /// outputs `r < hp - 2`, `q < wp - 2` of each of `n` images; `xp` is `[n, C, hp,
-/// wp]`, `y` is `[n, O, hp, wp]`, whose other positions are left as they are. With `full`, the same
-/// sum with `xp[c, r + i - 2, q + j - 2]` (0 outside its `[hp - 2, wp - 2]` corner)
-/// for every output of the grid.
+/// wp]`, `y` is `[n, O, hp, wp]`, whose other positions are left as they are. With
+/// `full`, the same sum with `xp[c, r + i - 2, q + j - 2]` (0 outside its `[hp - 2,
+/// wp - 2]` corner) for every output of the grid.
 ///
 /// # Panics
 /// When the buffers are smaller than the sizes say, the grid is smaller than 3x3, or
@@ -203,15 +203,7 @@ pub fn forward(s: &WinogradConv, u: &Transformed, n: usize, xp: &[f32], y: &mut 
             }
             let (v, rest) = scratch.split_at_mut(16 * s.c * nt);
             let (m, rows_buf) = rest.split_at_mut(16 * no * nt);
-            #[cfg(target_arch = "x86_64")]
-            if avx2() {
-                // SAFETY: the host has AVX2 and FMA (checked)
-                unsafe { wide::input(s, xp, rows.clone(), v, rows_buf) }
-            } else {
-                transform_input(s, xp, rows.clone(), v, rows_buf)
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            transform_input(s, xp, rows.clone(), v, rows_buf);
+            input_tiles(s, xp, rows.clone(), v, rows_buf);
             for xi in 0..16 {
                 // SAFETY: U_ξ's rows outs are [no, C] at (outs.start*16 + xi)*C with row
                 // stride 16C inside u (O*16*C values); V_ξ [C, nt] and M_ξ [no, nt] are
@@ -230,27 +222,44 @@ pub fn forward(s: &WinogradConv, u: &Transformed, n: usize, xp: &[f32], y: &mut 
             // of O planes (asserted).
             let y =
                 unsafe { std::slice::from_raw_parts_mut((y_addr as *mut f32).add(image * s.o * plane), s.o * plane) };
-            #[cfg(target_arch = "x86_64")]
-            if avx2() {
-                // SAFETY: the host has AVX2 and FMA (checked)
-                unsafe { wide::output(s, m, rows, outs, y, rows_buf) }
-            } else {
-                transform_output(s, m, rows, outs, y, rows_buf)
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            transform_output(s, m, rows, outs, y, rows_buf);
+            output_tiles(s, m, rows, outs, y, rows_buf);
         });
     });
 }
 
-/// Whether the host has AVX2 (checked once): the transforms are then compiled for
-/// it (eight lanes and its shuffles for the even and odd columns).
+/// Whether the host has AVX2 and FMA (checked once): the transforms are then
+/// compiled for it (eight lanes and its shuffles for the even and odd columns).
+#[cfg(target_arch = "x86_64")]
 fn avx2() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+}
+
+/// [`transform_input`], compiled for AVX2 when the host has it.
+fn input_tiles(s: &WinogradConv, xp: &[f32], rows: std::ops::Range<usize>, v: &mut [f32], buf: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    return *ON.get_or_init(|| std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"));
-    #[cfg(not(target_arch = "x86_64"))]
-    return *ON.get_or_init(|| false);
+    if avx2() {
+        // SAFETY: the host has AVX2 and FMA (checked)
+        return unsafe { wide::input(s, xp, rows, v, buf) };
+    }
+    transform_input(s, xp, rows, v, buf)
+}
+
+/// [`transform_output`], compiled for AVX2 when the host has it.
+fn output_tiles(
+    s: &WinogradConv,
+    m: &[f32],
+    rows: std::ops::Range<usize>,
+    outs: std::ops::Range<usize>,
+    y: &mut [f32],
+    buf: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
+        // SAFETY: the host has AVX2 and FMA (checked)
+        return unsafe { wide::output(s, m, rows, outs, y, buf) };
+    }
+    transform_output(s, m, rows, outs, y, buf)
 }
 
 /// [`transform_input`] and [`transform_output`] compiled for AVX2.
