@@ -5,7 +5,9 @@ medians and ratios, plus PyTorch's peak GPU memory on CUDA.
 
 Workloads (see benches/src/bin/style_bench.rs): the AdaIN network (content and
 style S x S, batch 1), one AdaIN training step (batch B of S x S crops, decoder
-gradients, Adam), one Gatys iteration (S x S, Adam on the image).
+gradients, Adam), one Gatys iteration (S x S, Adam on the image), the SANet and
+MCCNet networks (content and style S x S, batch 1; the modules as the reference
+repositories define them, as in scripts/make_style_fixtures.py).
 
     cargo build --release -p benches --bin style_bench
     python3 benches/style_bench.py --device cpu --size 256 --batch 2 --reps 3
@@ -75,6 +77,51 @@ def adain(c, s):
     return (c - cm) / cs * ss + sm
 
 
+def normal(f):
+    m, s = calc_mean_std(f)
+    return (f - m) / s
+
+
+class SANet(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.f, self.g, self.h, self.out_conv = (nn.Conv2d(d, d, (1, 1)) for _ in range(4))
+
+    def forward(self, content, style):
+        b, c, h, w = content.shape
+        q = self.f(normal(content)).view(b, c, h * w).permute(0, 2, 1)
+        k = self.g(normal(style)).flatten(2)
+        attn = torch.softmax(torch.bmm(q, k), dim=-1)
+        o = torch.bmm(self.h(style).flatten(2), attn.permute(0, 2, 1))
+        return self.out_conv(o.view(b, c, h, w)) + content
+
+
+class Transform(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.sanet4_1, self.sanet5_1 = SANet(d), SANet(d)
+        self.merge_conv = nn.Conv2d(d, d, (3, 3))
+
+    def forward(self, c4, s4, c5, s5):
+        x = self.sanet4_1(c4, s4) + F.interpolate(self.sanet5_1(c5, s5), scale_factor=2, mode="nearest")
+        return self.merge_conv(F.pad(x, (1, 1, 1, 1), mode="reflect"))
+
+
+class MCC(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.f, self.g, self.out_conv = (nn.Conv2d(d, d, (1, 1)) for _ in range(3))
+        self.fc = nn.Linear(d, d)
+
+    def forward(self, content, style):
+        f = self.f(normal(content))
+        b, c, h, w = style.shape
+        g = self.g(normal(style)).view(-1, 1, h * w)
+        g_sum = g.view(b, c, h * w).sum(-1)
+        fc_s = self.fc(torch.bmm(g, g.permute(0, 2, 1)).view(b, c) / g_sum).view(b, c, 1, 1)
+        return content + self.out_conv(f * fc_s)
+
+
 def torch_times(a, dev, mode):
     torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"
     torch.backends.cudnn.allow_tf32 = mode == "tf32"
@@ -112,6 +159,10 @@ def torch_times(a, dev, mode):
         return statistics.median(ts)
 
     out = {}
+
+    def want(w):
+        return not a.only or w in a.only.split(",")
+
     mse = nn.MSELoss()
     S, B, T = a.size, a.batch, a.train_size or a.size
     c1, s1 = torch.rand(1, 3, S, S, device=dev), torch.rand(1, 3, S, S, device=dev)
@@ -123,7 +174,8 @@ def torch_times(a, dev, mode):
 
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    out["adain"] = (bench(net), torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None)
+    if want("adain"):
+        out["adain"] = (bench(net), torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None)
 
     cb, sb = torch.rand(B, 3, T, T, device=dev), torch.rand(B, 3, T, T, device=dev)
     opt = torch.optim.Adam(dec.parameters(), lr=1e-4)
@@ -149,7 +201,8 @@ def torch_times(a, dev, mode):
 
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    out["adain-train"] = (bench(train_step), torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None)
+    if want("adain-train"):
+        out["adain-train"] = (bench(train_step), torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None)
 
     with torch.no_grad():
         ct = relu4_2(feats(c1, 4)[3])
@@ -178,7 +231,26 @@ def torch_times(a, dev, mode):
 
     if dev == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    out["gatys"] = (bench(gatys_step), torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None)
+    if want("gatys"):
+        out["gatys"] = (bench(gatys_step), torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None)
+
+    tra, mcc = Transform(512).to(dev), MCC(512).to(dev)
+
+    def sanet():
+        with torch.no_grad(), torch.autocast(dev, dtype=hdt, enabled=half):
+            c, s = feats(c1, 5), feats(s1, 5)
+            return dec(tra(c[3], s[3], c[4], s[4]))
+
+    def mccnet():
+        with torch.no_grad(), torch.autocast(dev, dtype=hdt, enabled=half):
+            return dec(mcc(feats(c1, 4)[3], feats(s1, 4)[3]))
+
+    for name, fn in [("sanet", sanet), ("mccnet", mccnet)]:
+        if not want(name):
+            continue
+        if dev == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        out[name] = (bench(fn), torch.cuda.max_memory_allocated() / 2**20 if dev == "cuda" else None)
     return out
 
 
@@ -204,6 +276,8 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--modes", default="", help="comma-separated among f32, tf32, f16, bf16 "
                     "(default: f32 on cpu; f32,tf32,f16 on cuda)")
+    ap.add_argument("--only", default="", help="comma-separated workloads among adain, adain-train, gatys, "
+                    "sanet, mccnet (default: all)")
     ap.add_argument("--bin", default=os.path.join(os.path.dirname(__file__), "..", "target", "release", "style_bench"))
     a = ap.parse_args()
     threads = os.cpu_count()
@@ -219,7 +293,10 @@ def main():
     print(head + " | kernels per step (f32) |")
     print("|" + "---|" * (head.count("|") + 1))
     peaks = {}
-    for w, size, batch in [("adain", a.size, 1), ("adain-train", T, a.batch), ("gatys", a.size, 1)]:
+    for w, size, batch in [("adain", a.size, 1), ("adain-train", T, a.batch), ("gatys", a.size, 1),
+                           ("sanet", a.size, 1), ("mccnet", a.size, 1)]:
+        if a.only and w not in a.only.split(","):
+            continue
         mine = {m: ours(a, w, size, batch, m) for m in modes}
         peaks[w] = mine["f32"].get("peak_gpu_mib")
         cells = " | ".join(f"{mine[m]['median_ms']:.1f}" for m in modes)
@@ -229,7 +306,7 @@ def main():
     if a.device == "cuda":
         print("\nPeak GPU memory, f32 (MiB, ours / PyTorch's max_memory_allocated): " + ", ".join(
             f"{w} {peaks[w] if peaks[w] is not None else float('nan'):.0f} / {theirs['f32'][w][1]:.0f}"
-            for w in ["adain", "adain-train", "gatys"]))
+            for w in ["adain", "adain-train", "gatys", "sanet", "mccnet"] if w in peaks))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,18 @@
 //!   decoder gradients, Adam update).
 //! * `gatys`: one Gatys iteration at `S x S` (five feature levels and relu4_2, Gram
 //!   losses, image gradient, Adam update).
+//! * `sanet`: the SANet network, content and style `[1, 3, S, S]` -> stylised image
+//!   (two encoder passes to relu5_1, style attention at relu4_1 and relu5_1, merge,
+//!   decoder); the attention at relu4_1 is a `[S²/64, S²/64]` softmax.
+//! * `mccnet`: the MCCNet network (two encoder passes to relu4_1, the multi-channel
+//!   correlation module, decoder).
 //!
 //! `--precision f16` (or `bf16`) runs each workload under `autocast` (products and
 //! convolutions in half precision, f32 parameters), the f16 training steps with a
 //! `GradScaler`, as PyTorch's `torch.autocast` + `GradScaler` recipe does; `f32` (the
 //! default) is plain f32 (set `JIT_ALLOW_TF32=1` for TF32 on a GPU).
 //!
-//! `style_bench [--workload adain|adain-train|gatys|all] [--size 512] [--batch 8] [--reps 5] [--precision f32|f16|bf16]`
+//! `style_bench [--workload adain|adain-train|gatys|sanet|mccnet|all] [--size 512] [--batch 8] [--reps 5] [--precision f32|f16|bf16]`
 
 use jit_nn::amp::{autocast, GradScaler};
 use jit_nn::optim::Adam;
@@ -24,6 +29,8 @@ use jit_ops::prelude::*;
 use std::time::Instant;
 use style_models::adain::AdaIn;
 use style_models::gatys::{Gatys, GatysOptions};
+use style_models::mccnet::MccNet;
+use style_models::sanet::SaNet;
 
 fn arg(name: &str) -> Option<String> {
     let args: Vec<String> = std::env::args().collect();
@@ -84,6 +91,9 @@ fn maybe_autocast<R>(half: Option<DType>, body: impl FnOnce() -> Result<R>) -> R
     }
 }
 
+/// The workload names `--workload` accepts (besides `all`).
+const WORKLOADS: [&str; 5] = ["adain", "adain-train", "gatys", "sanet", "mccnet"];
+
 fn run() -> Result<()> {
     let workload = arg("--workload").unwrap_or_else(|| "all".into());
     let half = match arg("--precision").as_deref() {
@@ -97,7 +107,7 @@ fn run() -> Result<()> {
     let scaler = || GradScaler::new().enabled(half == Some(DType::F16));
     let (size, batch, reps) = (num("--size", 512)?, num("--batch", 8)?, num("--reps", 5)?.max(1));
     let all = workload == "all";
-    if !all && !["adain", "adain-train", "gatys"].contains(&workload.as_str()) {
+    if !all && !WORKLOADS.contains(&workload.as_str()) {
         return Err(Error::argument("style_bench", format!("unknown workload {workload:?}")));
     }
     manual_seed(0);
@@ -138,6 +148,23 @@ fn run() -> Result<()> {
             let (loss, _) = maybe_autocast(half, || g.loss(&img))?;
             scaler.step(&mut opt, &loss).map(|_| ())
         })?;
+    }
+    for (name, is_sanet) in [("sanet", true), ("mccnet", false)] {
+        if !(all || workload == name) {
+            continue;
+        }
+        let c = Var::rand(&[1, 3, size, size], DType::F32)?;
+        let s = Var::rand(&[1, 3, size, size], DType::F32)?;
+        realize(&[c.clone(), s.clone()])?;
+        if is_sanet {
+            let net = SaNet::new()?;
+            time(name, size, 1, reps, || maybe_autocast(half, || jit_core::no_grad(|| net.stylize(&c, &s)))?.sync())?;
+        } else {
+            let net = MccNet::new()?;
+            time(name, size, 1, reps, || {
+                maybe_autocast(half, || jit_core::no_grad(|| net.stylize(&c, &s, 1.0)))?.sync()
+            })?;
+        }
     }
     Ok(())
 }
