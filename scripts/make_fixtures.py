@@ -167,6 +167,36 @@ case("norm3", lambda x: torch.linalg.vector_norm(x, 3, dim=(0, 2)), dict(x=r(3, 
 case("normalize", lambda x: F.normalize(x, p=2.0, dim=1), dict(x=r(2, 6, 3, 4)))
 case("cosine", lambda a, b: F.cosine_similarity(a, b, dim=1), dict(a=r(2, 6, 3, 4), b=r(1, 6, 3, 4)))
 
+# binary and divergence losses, huber, lerp (appended, as above, and from their own
+# seed, so that the random inputs of the files below stay as they were); weights that
+# PyTorch does not differentiate are stored beside the case and captured by its function
+rng_state = torch.get_rng_state()
+torch.manual_seed(20261203)
+p_bce = torch.rand(3, 4, 5) * 0.96 + 0.02
+w_bce = torch.rand(4, 5) + 0.5
+put("bce.w", w_bce)
+case("bce", lambda p, t: F.binary_cross_entropy(p, t, weight=w_bce), dict(p=p_bce, t=torch.rand(3, 4, 5)))
+w_bcel, pw_bcel = torch.rand(3, 1, 5) + 0.5, torch.rand(5) + 0.5
+put("bce_logits.w", w_bcel)
+put("bce_logits.pw", pw_bcel)
+case(
+    "bce_logits",
+    lambda x, t: F.binary_cross_entropy_with_logits(x, t, weight=w_bcel, pos_weight=pw_bcel, reduction="sum"),
+    dict(x=r(3, 4, 5) * 4, t=torch.rand(3, 4, 5)),
+)
+t_kl = F.softmax(r(3, 4, 5), dim=1)
+t_kl[0, :, 0] = torch.tensor([0.0, 0.5, 0.25, 0.25])  # a zero target: its term and gradients are 0
+case("kl", lambda x, t: F.kl_div(x, t, reduction="batchmean"), dict(x=F.log_softmax(r(3, 4, 5), dim=1), t=t_kl))
+case(
+    "kl_log",
+    lambda x, t: F.kl_div(x, t, reduction="sum", log_target=True),
+    dict(x=F.log_softmax(r(3, 4, 5), dim=1), t=F.log_softmax(r(3, 4, 5), dim=1)),
+)
+case("huber", lambda x, t: F.huber_loss(x, t, delta=0.7), dict(x=r(3, 4, 5), t=r(3, 4, 5)))
+case("lerp", lambda a, b, w: torch.lerp(a, b, w), dict(a=r(3, 4, 5), b=r(3, 4, 5), w=torch.rand(4, 1) * 3 - 1))
+case("lerp_scalar", lambda a, b: torch.lerp(a, b, 0.75), dict(a=r(3, 4, 5), b=r(3, 4, 5)))
+torch.set_rng_state(rng_state)
+
 
 def write_safetensors(path, named):
     dt = {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16", torch.float64: "F64"}

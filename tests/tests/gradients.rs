@@ -321,6 +321,36 @@ fn convolutions_pooling_resizing_norms_and_losses() {
 }
 
 #[test]
+fn binary_and_divergence_losses_huber_and_lerp() {
+    let mut rng = Rng::fresh("binary_and_divergence_losses_huber_and_lerp");
+    let rank = 1 + rng.below(3);
+    let s = shape(&mut rng, rank);
+    let t = input(&mut rng, &s, 0.0, 1.0);
+    let ws = broadcastable(&mut rng, &s);
+    let w = input(&mut rng, &ws, 0.5, 1.5);
+    let p = input(&mut rng, &s, 0.05, 0.95);
+    check("binary_cross_entropy", &mut rng, &[p, t.clone(), w.clone()], |v| {
+        binary_cross_entropy(&v[0], &v[1], Some(&v[2]), Reduction::Mean)
+    });
+    let x = input(&mut rng, &s, -4.0, 4.0);
+    let pw = input(&mut rng, &s[s.len() - 1..], 0.5, 2.0);
+    check("binary_cross_entropy_with_logits", &mut rng, &[x.clone(), t, w, pw], |v| {
+        binary_cross_entropy_with_logits(&v[0], &v[1], Some(&v[2]), Some(&v[3]), Reduction::Sum)
+    });
+    let logp = input(&mut rng, &s, -3.0, -0.1);
+    let q = input(&mut rng, &s, 0.05, 1.0);
+    check("kl_div", &mut rng, &[logp.clone(), q], |v| kl_div(&v[0], &v[1], KlReduction::BatchMean, false));
+    let logq = input(&mut rng, &s, -3.0, -0.1);
+    check("kl_div log_target", &mut rng, &[logp, logq], |v| kl_div(&v[0], &v[1], KlReduction::Mean, true));
+    let y = input(&mut rng, &s, -4.0, 4.0);
+    check("huber_loss", &mut rng, &[x.clone(), y.clone()], |v| huber_loss(&v[0], &v[1], 0.8, Reduction::Sum));
+    // weights on both sides of 0.5, where lerp switches between its two forms
+    let lw = input(&mut rng, &ws, -1.0, 2.0);
+    check("lerp", &mut rng, &[x.clone(), y.clone(), lw], |v| lerp(&v[0], &v[1], v[2].clone()));
+    check("lerp scalar", &mut rng, &[x, y], |v| lerp(&v[0], &v[1], 0.3));
+}
+
+#[test]
 fn smooth_activations_norms_and_similarities() {
     let mut rng = Rng::fresh("smooth_activations_norms_and_similarities");
     let s = shape(&mut rng, 3);

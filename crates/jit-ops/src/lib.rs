@@ -21,8 +21,9 @@
 //! * [`pool`]: `max_pool2d`, `avg_pool2d`, `adaptive_avg_pool2d`, global pooling.
 //! * [`norm`]: `batch_norm`, `instance_norm`, `layer_norm`, `group_norm`.
 //! * [`upsample`]: bilinear resizing (nearest is in [`shape`]).
-//! * [`loss`]: `mse_loss`, `l1_loss`, `smooth_l1_loss`, `nll_loss`, `cross_entropy`,
-//!   `tv_loss`.
+//! * [`loss`]: `mse_loss`, `l1_loss`, `smooth_l1_loss`, `huber_loss`, `nll_loss`,
+//!   `cross_entropy`, `binary_cross_entropy` (and `_with_logits`), `kl_div`, `tv_loss`;
+//!   `lerp`.
 //! * [`autocast`](mod@autocast): automatic mixed precision (`torch.autocast`): matrix products and
 //!   convolutions in f16 or bf16, reductions that need it in f32.
 //!
@@ -58,7 +59,10 @@ pub use fold::{fold, pixel_shuffle, pixel_unshuffle, unfold, FoldOptions};
 pub use indexing::{embedding, IndexOps, ScatterReduce};
 pub use jit_core::{DType, Device, Error, Result, Var};
 pub use linalg::{linear, matmul};
-pub use loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_loss, Reduction};
+pub use loss::{
+    binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss, kl_div, l1_loss, lerp, mse_loss,
+    nll_loss, smooth_l1_loss, tv_loss, KlReduction, Reduction,
+};
 pub use norm::{batch_norm, group_norm, instance_norm, layer_norm, RunningStats};
 pub use pool::{adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d, Pool2dOptions};
 pub use reduce::ReduceOps;
@@ -80,7 +84,10 @@ pub mod prelude {
     pub use crate::fold::{fold, pixel_shuffle, pixel_unshuffle, unfold, FoldOptions};
     pub use crate::indexing::{embedding, IndexOps, ScatterReduce};
     pub use crate::linalg::{linear, matmul};
-    pub use crate::loss::{cross_entropy, l1_loss, mse_loss, nll_loss, smooth_l1_loss, tv_loss, Reduction};
+    pub use crate::loss::{
+        binary_cross_entropy, binary_cross_entropy_with_logits, cross_entropy, huber_loss, kl_div, l1_loss, lerp,
+        mse_loss, nll_loss, smooth_l1_loss, tv_loss, KlReduction, Reduction,
+    };
     pub use crate::norm::{batch_norm, group_norm, instance_norm, layer_norm, RunningStats};
     pub use crate::pool::{adaptive_avg_pool2d, avg_pool2d, global_avg_pool2d, max_pool2d, Pool2dOptions};
     pub use crate::reduce::ReduceOps;

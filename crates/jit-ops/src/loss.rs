@@ -3,7 +3,7 @@
 
 use crate::activation::Activations;
 use crate::reduce::ReduceOps;
-use jit_core::{DType, Error, Result, Var};
+use jit_core::{broadcast_shapes, DType, Error, Operand, Result, Var};
 
 /// How a loss reduces its per-element values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -71,6 +71,192 @@ pub fn smooth_l1_loss(x: &Var, target: &Var, beta: f64, r: Reduction) -> Result<
     let quad = a.try_mul(&a)?.try_mul(0.5 / beta)?;
     let lin = a.try_sub(0.5 * beta)?;
     reduce(Var::where_(&a.lt(beta)?, &quad, &lin)?, r)
+}
+
+/// `F.huber_loss`: `0.5 d^2` where `|d| < delta`, else `delta (|d| - delta / 2)`
+/// (`delta` times the smooth L1 loss with `beta = delta`); `delta` must be positive.
+pub fn huber_loss(x: &Var, target: &Var, delta: f64, r: Reduction) -> Result<Var> {
+    if let Some(v) = crate::autocast::widened(&[x, target]) {
+        return huber_loss(&v[0], &v[1], delta, r);
+    }
+    same_shape("huber_loss", x, target)?;
+    if !(delta > 0.0 && delta.is_finite()) {
+        return Err(Error::argument("huber_loss", format!("delta must be positive and finite, got {delta}")));
+    }
+    let a = x.try_sub(target)?.abs();
+    let quad = a.try_mul(&a)?.try_mul(0.5)?;
+    let lin = a.try_sub(0.5 * delta)?.try_mul(delta)?;
+    reduce(Var::where_(&a.lt(delta)?, &quad, &lin)?, r)
+}
+
+/// A floating-point operand of a loss, or an error naming the loss and the argument.
+fn float_arg(op: &str, what: &str, x: &Var) -> Result<()> {
+    if x.dtype().is_float() {
+        Ok(())
+    } else {
+        Err(Error::dtype(op, format!("{what} must be floating point, got {} (cast it first)", x.dtype())))
+    }
+}
+
+/// Checks that an optional per-element weight broadcasts to `shape` (`what` names it).
+fn weight_shape(op: &str, what: &str, w: Option<&Var>, shape: &[usize]) -> Result<()> {
+    if let Some(w) = w {
+        float_arg(op, what, w)?;
+        let b = broadcast_shapes(op, w.shape(), shape)?;
+        if b != shape {
+            return Err(Error::shape(
+                op,
+                format!("{what} {:?} must broadcast to the input's shape {shape:?}", w.shape()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `F.binary_cross_entropy` on probabilities `p` in `[0, 1]`: `-w (t log p + (1 - t)
+/// log(1 - p))`, each logarithm clamped at -100 as PyTorch does (so `p = 0` or `1`
+/// gives a finite loss); `weight` broadcasts to the input's shape. Unlike PyTorch,
+/// values of `p` outside `[0, 1]` are not checked (that would need the values on the
+/// host): they give NaN. Its gradient is `w (p - t) / (p (1 - p))` where both
+/// logarithms are above -100.
+pub fn binary_cross_entropy(p: &Var, target: &Var, weight: Option<&Var>, r: Reduction) -> Result<Var> {
+    let op = "binary_cross_entropy";
+    if let Some(v) = crate::autocast::widened(&[p, target]) {
+        return binary_cross_entropy(&v[0], &v[1], weight, r);
+    }
+    float_arg(op, "input", p)?;
+    float_arg(op, "target", target)?;
+    same_shape(op, p, target)?;
+    weight_shape(op, "weight", weight, p.shape())?;
+    let log_p = p.log().maximum(-100.0)?;
+    let log_q = p.try_neg()?.try_add(1.0)?.log().maximum(-100.0)?;
+    // -(t log p + (1 - t) log q) = (t - 1) log q - t log p
+    let per = target.try_sub(1.0)?.try_mul(&log_q)?.try_sub(&target.try_mul(&log_p)?)?;
+    let per = match weight {
+        Some(w) => per.try_mul(w)?,
+        None => per,
+    };
+    reduce(per, r)
+}
+
+/// `F.binary_cross_entropy_with_logits` on raw scores `x`:
+/// `w ((1 - t) x + (1 + (pw - 1) t) softplus(-x))`, with
+/// `softplus(-x) = max(-x, 0) + log(1 + exp(-|x|))`, finite for every score (the form
+/// PyTorch computes). `weight` broadcasts to the input's
+/// shape; `pos_weight` (the weight of positive examples, per class) broadcasts along
+/// the last dims, as in PyTorch.
+pub fn binary_cross_entropy_with_logits(
+    x: &Var,
+    target: &Var,
+    weight: Option<&Var>,
+    pos_weight: Option<&Var>,
+    r: Reduction,
+) -> Result<Var> {
+    let op = "binary_cross_entropy_with_logits";
+    if let Some(v) = crate::autocast::widened(&[x, target]) {
+        return binary_cross_entropy_with_logits(&v[0], &v[1], weight, pos_weight, r);
+    }
+    float_arg(op, "input", x)?;
+    float_arg(op, "target", target)?;
+    same_shape(op, x, target)?;
+    weight_shape(op, "weight", weight, x.shape())?;
+    weight_shape(op, "pos_weight", pos_weight, x.shape())?;
+    let soft = x.try_neg()?.softplus(1.0, f64::INFINITY)?;
+    let soft = match pos_weight {
+        Some(pw) => pw.try_sub(1.0)?.try_mul(target)?.try_add(1.0)?.try_mul(&soft)?,
+        None => soft,
+    };
+    let per = target.try_neg()?.try_add(1.0)?.try_mul(x)?.try_add(&soft)?;
+    let per = match weight {
+        Some(w) => per.try_mul(w)?,
+        None => per,
+    };
+    reduce(per, r)
+}
+
+/// How [`kl_div`] reduces: PyTorch's `reduction` of `F.kl_div`, where `BatchMean` (the
+/// sum divided by the batch size, dim 0) is the one that gives the KL divergence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KlReduction {
+    /// Keep every value.
+    None,
+    /// The mean over every element (PyTorch's default, not the divergence's value).
+    Mean,
+    /// The sum divided by the size of dim 0.
+    BatchMean,
+    /// The sum.
+    Sum,
+}
+
+/// `F.kl_div(input, target)`: `input` holds log-probabilities; the pointwise term is
+/// `t (log t - input)` (0 where `t = 0`), or with `log_target` (targets given as
+/// log-probabilities) `exp(t) (t - input)`. Gradients flow to both. Where `t = 0`, the
+/// term and both gradients are 0; PyTorch 2.15 gives NaN for the target's gradient
+/// there (from the derivative of its `xlogy(t, t)`), its other values are the same.
+pub fn kl_div(input: &Var, target: &Var, reduction: KlReduction, log_target: bool) -> Result<Var> {
+    let op = "kl_div";
+    if let Some(v) = crate::autocast::widened(&[input, target]) {
+        return kl_div(&v[0], &v[1], reduction, log_target);
+    }
+    float_arg(op, "input", input)?;
+    float_arg(op, "target", target)?;
+    same_shape(op, input, target)?;
+    let per = if log_target {
+        target.exp().try_mul(&target.try_sub(input)?)?
+    } else {
+        // t log t as 0 at t = 0 with a finite gradient there: log of 1 in its place
+        let zero = target.eq(0.0)?;
+        let safe = Var::where_(&zero, 1.0, target)?;
+        Var::where_(&zero, 0.0, &target.try_mul(&safe.log().try_sub(input)?)?)?
+    };
+    match reduction {
+        KlReduction::None => Ok(per),
+        KlReduction::Mean => per.mean_all(),
+        KlReduction::Sum => per.sum_all(),
+        KlReduction::BatchMean => {
+            let n = input.shape().first().copied().unwrap_or(1).max(1);
+            per.sum_all()?.try_div(n as f64)
+        }
+    }
+}
+
+/// `torch.lerp(start, end, weight)`: `start + weight (end - start)`, computed as
+/// PyTorch does (`end - (end - start)(1 - weight)` where `|weight| >= 0.5`, so that
+/// `weight = 1` gives `end` exactly); `weight` is a scalar or a tensor that broadcasts.
+pub fn lerp(start: &Var, end: &Var, weight: impl Into<Operand>) -> Result<Var> {
+    let op = "lerp";
+    float_arg(op, "start", start)?;
+    float_arg(op, "end", end)?;
+    if start.dtype() != end.dtype() {
+        return Err(Error::dtype(
+            op,
+            format!("start and end must have the same dtype, got {} and {}", start.dtype(), end.dtype()),
+        ));
+    }
+    let diff = end.try_sub(start)?;
+    let scalar = |w: f64| {
+        if w.abs() < 0.5 {
+            start.try_add(&diff.try_mul(w)?)
+        } else {
+            end.try_sub(&diff.try_mul(1.0 - w)?)
+        }
+    };
+    match weight.into() {
+        Operand::Float(w) => scalar(w),
+        Operand::Int(w) => scalar(w as f64),
+        Operand::Bool(_) => Err(Error::dtype(op, "weight must be a number or a floating-point tensor, got a bool")),
+        Operand::Var(w) => {
+            if w.dtype() != start.dtype() {
+                return Err(Error::dtype(
+                    op,
+                    format!("weight must have the dtype of start and end ({}), got {}", start.dtype(), w.dtype()),
+                ));
+            }
+            let small = start.try_add(&diff.try_mul(&w)?)?;
+            let large = end.try_sub(&diff.try_mul(&w.try_neg()?.try_add(1.0)?)?)?;
+            Var::where_(&w.abs().lt(0.5)?, &small, &large)
+        }
+    }
 }
 
 /// Checks `[N, C, d..]` scores against `[N, d..]` class indices; returns C.
