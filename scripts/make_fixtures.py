@@ -197,6 +197,33 @@ case("lerp", lambda a, b, w: torch.lerp(a, b, w), dict(a=r(3, 4, 5), b=r(3, 4, 5
 case("lerp_scalar", lambda a, b: torch.lerp(a, b, 0.75), dict(a=r(3, 4, 5), b=r(3, 4, 5)))
 torch.set_rng_state(rng_state)
 
+# grid_sample and affine_grid (appended from their own seed, as the block above);
+# grid points out to 1.3 (or 2.2) read outside the input
+rng_state = torch.get_rng_state()
+torch.manual_seed(20261204)
+
+
+def grid(scale=1.3):
+    return (torch.rand(2, 4, 6, 2) * 2 - 1) * scale
+
+
+for name, mode, pad, ac, sc in [
+    ("gs_zeros", "bilinear", "zeros", False, 1.3),
+    ("gs_border_ac", "bilinear", "border", True, 1.3),
+    ("gs_reflect", "bilinear", "reflection", False, 2.2),
+    ("gs_reflect_ac", "bilinear", "reflection", True, 2.2),
+    ("gs_nearest", "nearest", "zeros", False, 1.3),
+    ("gs_nearest_reflect_ac", "nearest", "reflection", True, 2.2),
+]:
+    case(
+        name,
+        lambda x, g, mode=mode, pad=pad, ac=ac: F.grid_sample(x, g, mode=mode, padding_mode=pad, align_corners=ac),
+        dict(x=r(2, 3, 5, 7), g=grid(sc)),
+    )
+case("affine", lambda t: F.affine_grid(t, [2, 3, 5, 7], align_corners=False), dict(t=r(2, 2, 3)))
+case("affine_ac", lambda t: F.affine_grid(t, [2, 3, 4, 1], align_corners=True), dict(t=r(2, 2, 3)))
+torch.set_rng_state(rng_state)
+
 
 def write_safetensors(path, named):
     dt = {torch.float32: "F32", torch.int64: "I64", torch.float16: "F16", torch.float64: "F64"}

@@ -350,6 +350,48 @@ fn binary_and_divergence_losses_huber_and_lerp() {
     check("lerp scalar", &mut rng, &[x, y], |v| lerp(&v[0], &v[1], 0.3));
 }
 
+/// A `[n, ho, wo, 2]` grid whose pixel coordinates (along an axis of `w` or `h`
+/// pixels) lie between the kinks of `grid_sample`: whole numbers (bilinear corners,
+/// clip bounds, reflections with `align_corners`) and halves (reflections without),
+/// up to two pixels outside the input.
+fn sample_grid(rng: &mut Rng, n: usize, ho: usize, wo: usize, [h, w]: [usize; 2], align_corners: bool) -> Nd {
+    let mut g = Nd::from_fn(&[n, ho, wo, 2], |_| 0.0);
+    for (k, v) in g.data.iter_mut().enumerate() {
+        let size = if k % 2 == 0 { w } else { h } as f64;
+        let whole = rng.int(-2, size as i64 + 1) as f64;
+        let frac = if rng.chance(0.5) { rng.uniform(0.05, 0.45) } else { rng.uniform(0.55, 0.95) };
+        let x = whole + frac;
+        *v = if align_corners { x * 2.0 / (size - 1.0).max(1.0) - 1.0 } else { (x + 0.5) * 2.0 / size - 1.0 };
+    }
+    g
+}
+
+#[test]
+fn grid_sample_and_affine_grid() {
+    let mut rng = Rng::fresh("grid_sample_and_affine_grid");
+    let (n, c) = (1 + rng.below(2), 1 + rng.below(3));
+    let (h, w) = (2 + rng.below(4), 2 + rng.below(4));
+    let (ho, wo) = (1 + rng.below(3), 1 + rng.below(4));
+    let x = input(&mut rng, &[n, c, h, w], -1.0, 1.0);
+    for padding in [GridPadding::Zeros, GridPadding::Border, GridPadding::Reflection] {
+        for align_corners in [false, true] {
+            let g = sample_grid(&mut rng, n, ho, wo, [h, w], align_corners);
+            let name = format!("grid_sample bilinear {padding:?} align_corners={align_corners}");
+            check(&name, &mut rng, &[x.clone(), g.clone()], |v| {
+                grid_sample(&v[0], &v[1], GridMode::Bilinear, padding, align_corners)
+            });
+            let name = format!("grid_sample nearest {padding:?} align_corners={align_corners}");
+            check(&name, &mut rng, &[x.clone(), g], |v| {
+                grid_sample(&v[0], &v[1], GridMode::Nearest, padding, align_corners)
+            });
+        }
+    }
+    let theta = input(&mut rng, &[n, 2, 3], -1.0, 1.0);
+    for align_corners in [false, true] {
+        check("affine_grid", &mut rng, &[theta.clone()], |v| affine_grid(&v[0], [n, c, h, w], align_corners));
+    }
+}
+
 #[test]
 fn smooth_activations_norms_and_similarities() {
     let mut rng = Rng::fresh("smooth_activations_norms_and_similarities");

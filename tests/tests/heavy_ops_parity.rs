@@ -1,7 +1,7 @@
 //! Parity with PyTorch: `tests/fixtures/heavy_ops.safetensors` holds inputs, outputs,
 //! an upstream gradient and the input gradients of convolutions, pooling, resizing,
 //! normalisation, losses, unfold/fold, pixel shuffles, activations, norms,
-//! similarities and `lerp`, computed by PyTorch 2.15 on the CPU in f32 (written by
+//! similarities, `lerp`, `grid_sample` and `affine_grid`, computed by PyTorch 2.15 on the CPU in f32 (written by
 //! `scripts/make_fixtures.py`; the options of each case are repeated here). Every
 //! output and gradient must match to a relative error of 1e-5 (per element
 //! `|ours - torch| <= 1e-5 |torch| + 1e-6 max|torch|`), on the compiled CPU backend
@@ -115,6 +115,26 @@ fn cases() -> Vec<(&'static str, Vec<&'static str>, Case)> {
         c("huber", vec!["x", "t"], |m| huber_loss(v(m, "x"), v(m, "t"), 0.7, Reduction::Mean)),
         c("lerp", vec!["a", "b", "w"], |m| lerp(v(m, "a"), v(m, "b"), v(m, "w").clone())),
         c("lerp_scalar", vec!["a", "b"], |m| lerp(v(m, "a"), v(m, "b"), 0.75)),
+        c("gs_zeros", vec!["x", "g"], |m| {
+            grid_sample(v(m, "x"), v(m, "g"), GridMode::Bilinear, GridPadding::Zeros, false)
+        }),
+        c("gs_border_ac", vec!["x", "g"], |m| {
+            grid_sample(v(m, "x"), v(m, "g"), GridMode::Bilinear, GridPadding::Border, true)
+        }),
+        c("gs_reflect", vec!["x", "g"], |m| {
+            grid_sample(v(m, "x"), v(m, "g"), GridMode::Bilinear, GridPadding::Reflection, false)
+        }),
+        c("gs_reflect_ac", vec!["x", "g"], |m| {
+            grid_sample(v(m, "x"), v(m, "g"), GridMode::Bilinear, GridPadding::Reflection, true)
+        }),
+        c("gs_nearest", vec!["x", "g"], |m| {
+            grid_sample(v(m, "x"), v(m, "g"), GridMode::Nearest, GridPadding::Zeros, false)
+        }),
+        c("gs_nearest_reflect_ac", vec!["x", "g"], |m| {
+            grid_sample(v(m, "x"), v(m, "g"), GridMode::Nearest, GridPadding::Reflection, true)
+        }),
+        c("affine", vec!["t"], |m| affine_grid(v(m, "t"), [2, 3, 5, 7], false)),
+        c("affine_ac", vec!["t"], |m| affine_grid(v(m, "t"), [2, 3, 4, 1], true)),
     ]
 }
 

@@ -21,6 +21,8 @@
 //! * [`pool`]: `max_pool2d`, `avg_pool2d`, `adaptive_avg_pool2d`, global pooling.
 //! * [`norm`]: `batch_norm`, `instance_norm`, `layer_norm`, `group_norm`.
 //! * [`upsample`]: bilinear resizing (nearest is in [`shape`]).
+//! * [`grid_sample`](mod@grid_sample): `grid_sample` (bilinear or nearest; zeros,
+//!   border or reflection padding) and `affine_grid`.
 //! * [`loss`]: `mse_loss`, `l1_loss`, `smooth_l1_loss`, `huber_loss`, `nll_loss`,
 //!   `cross_entropy`, `binary_cross_entropy` (and `_with_logits`), `kl_div`, `tv_loss`;
 //!   `lerp`.
@@ -36,6 +38,7 @@ pub mod autocast;
 pub mod conv;
 pub mod finite;
 pub mod fold;
+pub mod grid_sample;
 pub mod indexing;
 pub mod linalg;
 pub mod loss;
@@ -56,6 +59,7 @@ pub use conv::{
 };
 pub use finite::FiniteOps;
 pub use fold::{fold, pixel_shuffle, pixel_unshuffle, unfold, FoldOptions};
+pub use grid_sample::{affine_grid, grid_sample, GridMode, GridPadding};
 pub use indexing::{embedding, IndexOps, ScatterReduce};
 pub use jit_core::{DType, Device, Error, Result, Var};
 pub use linalg::{linear, matmul};
@@ -82,6 +86,7 @@ pub mod prelude {
     };
     pub use crate::finite::FiniteOps;
     pub use crate::fold::{fold, pixel_shuffle, pixel_unshuffle, unfold, FoldOptions};
+    pub use crate::grid_sample::{affine_grid, grid_sample, GridMode, GridPadding};
     pub use crate::indexing::{embedding, IndexOps, ScatterReduce};
     pub use crate::linalg::{linear, matmul};
     pub use crate::loss::{
